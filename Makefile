@@ -1,0 +1,31 @@
+# The README's two commands: `make demo` and `make test`. Both run the set-up first.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+OUT ?= demo_out
+
+.PHONY: setup demo test test-python test-r check-r docs
+
+setup:
+	@bash scripts/setup.sh
+
+## set-up, then the main job on the bundled mouse olfactory bulb data
+demo: setup
+	$(VENV)/bin/sigel demo --out $(OUT)
+
+## set-up, then all tests: pytest, R testthat, R CMD build + check
+test: setup
+	$(MAKE) test-python test-r check-r
+
+test-python:
+	$(PY) -m pytest tests/python -q
+
+test-r:
+	Rscript -e 'testthat::test_local(".", reporter = "summary", stop_on_failure = TRUE)'
+
+check-r:
+	bash scripts/check-r.sh
+
+## regenerate NAMESPACE and man/ from roxygen comments
+docs:
+	Rscript -e 'roxygen2::roxygenise()'

@@ -1,0 +1,145 @@
+# The one place that decides which Python runs the backend and imports it.
+
+.sigel_env <- new.env(parent = emptyenv())
+
+#' Locate the Python interpreter of the sigel backend
+#'
+#' Looks, in order, at `options(sigel.python = )`, the environment variable
+#' `SIGEL_PYTHON`, the project virtualenv recorded by the set-up
+#' (`make setup` writes its path into the installed package), and a
+#' reticulate virtualenv named `r-sigel` (made by [installSigel()]).
+#'
+#' @return `character(1)`: the path of the Python executable, or `NA` when
+#'   none was found.
+#' @examples
+#' sigelPythonPath()
+#' @export
+sigelPythonPath <- function() {
+    cands <- c(
+        getOption("sigel.python", ""),
+        Sys.getenv("SIGEL_PYTHON", ""),
+        .recorded_python()
+    )
+    for (p in cands) {
+        if (nzchar(p) && file.exists(p)) return(normalizePath(p))
+    }
+    venv <- tryCatch(
+        if (reticulate::virtualenv_exists("r-sigel"))
+            reticulate::virtualenv_python("r-sigel") else "",
+        error = function(e) ""
+    )
+    if (nzchar(venv) && file.exists(venv)) return(venv)
+    NA_character_
+}
+
+.recorded_python <- function() {
+    f <- system.file("python-path", package = "sigel")
+    if (!nzchar(f)) return("")
+    p <- trimws(readLines(f, n = 1L, warn = FALSE))
+    if (length(p) == 0L) "" else p
+}
+
+.no_backend_message <- function() {
+    paste0(
+        "No Python backend for sigel was found.\n",
+        "  * From a source checkout run `make setup` (creates .venv), or\n",
+        "  * run sigel::installSigel() to create the 'r-sigel' virtualenv, or\n",
+        "  * point to a Python with the backend: ",
+        "Sys.setenv(SIGEL_PYTHON = '/path/to/python')."
+    )
+}
+
+#' Is the sigel Python backend available?
+#'
+#' @return `logical(1)`; never raises.
+#' @examples
+#' sigelPythonAvailable()
+#' @export
+sigelPythonAvailable <- function() {
+    ok <- tryCatch({
+        .sigel_py()
+        TRUE
+    }, error = function(e) FALSE)
+    ok
+}
+
+# Import the backend once (lazily); every call into Python goes through this.
+.sigel_py <- function() {
+    if (!is.null(.sigel_env$mod)) return(.sigel_env$mod)
+    py <- sigelPythonPath()
+    if (is.na(py) && !reticulate::py_available(initialize = FALSE)) {
+        stop(.no_backend_message(), call. = FALSE)
+    }
+    if (!is.na(py) && !reticulate::py_available(initialize = FALSE)) {
+        Sys.setenv(RETICULATE_PYTHON = py)
+        reticulate::use_python(py, required = TRUE)
+    }
+    cfg <- reticulate::py_config()
+    if (!is.null(cfg$numpy) && !is.null(cfg$numpy$version) &&
+        numeric_version(as.character(cfg$numpy$version)) >= "2.0.0" &&
+        utils::packageVersion("reticulate") < "1.36") {
+        stop("numpy ", cfg$numpy$version, " is too new for reticulate ",
+             utils::packageVersion("reticulate"),
+             "; install numpy < 2 in ", cfg$python, call. = FALSE)
+    }
+    mod <- tryCatch(
+        reticulate::import("sigel", convert = FALSE),
+        error = function(e) {
+            stop("The Python at ", cfg$python, " cannot import the sigel ",
+                 "backend: ", conditionMessage(e), "\n", .no_backend_message(),
+                 call. = FALSE)
+        }
+    )
+    .sigel_env$mod <- mod
+    mod
+}
+
+#' Report the Python backend in use
+#'
+#' @return A named list: python path, backend, torch and numpy versions,
+#'   the device `"auto"` resolves to, and whether CUDA is available.
+#' @examples
+#' if (sigelPythonAvailable()) sigelBackendInfo()
+#' @export
+sigelBackendInfo <- function() {
+    mod <- .sigel_py()
+    info <- reticulate::py_to_r(mod$`_backend_info`())
+    info
+}
+
+#' Install the sigel Python backend into a reticulate virtualenv
+#'
+#' Creates the virtualenv `envname` and installs the pinned stack (torch,
+#' numpy < 2, ...) and the backend. Works offline when `path` points to a
+#' local source checkout (or wheel) and the dependencies are in a local pip
+#' cache or wheelhouse (`extra_pip_args = c("--no-index",
+#' "--find-links=/wheels")`).
+#'
+#' @param envname `character(1)`: name of the virtualenv.
+#' @param path `character(1)`: a sigel source folder or wheel to install the
+#'   backend from.
+#' @param python `character(1)` or `NULL`: the base Python to create it from.
+#' @param extra_pip_args `character`: extra arguments for pip.
+#' @return The path of the new environment's Python, invisibly.
+#' @examples
+#' \dontrun{
+#' installSigel(path = "~/src/sigel")
+#' }
+#' @export
+installSigel <- function(envname = "r-sigel", path = NULL, python = NULL,
+                         extra_pip_args = character()) {
+    if (is.null(path)) {
+        stop("`path` must name a sigel source folder or wheel ",
+             "(the backend is not on PyPI).", call. = FALSE)
+    }
+    if (!file.exists(path)) stop("`path` does not exist: ", path, call. = FALSE)
+    reticulate::virtualenv_create(envname, python = python)
+    req <- file.path(path, "requirements.txt")
+    pkgs <- if (file.exists(req)) c("-r", normalizePath(req)) else
+        c("torch==2.13.0", "numpy<2")
+    reticulate::virtualenv_install(envname, pkgs,
+                                   pip_options = extra_pip_args)
+    reticulate::virtualenv_install(envname, normalizePath(path),
+                                   pip_options = extra_pip_args)
+    invisible(reticulate::virtualenv_python(envname))
+}

@@ -1,0 +1,75 @@
+"""Small named validators: each error names the parameter, the value and what was expected."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+
+
+class SigelInputError(ValueError):
+    """Raised for bad user input (shapes, values, missing keys)."""
+
+
+def assert_positive(name: str, value, *, allow_zero: bool = False) -> None:
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok:
+        rel = ">= 0" if allow_zero else "> 0"
+        raise SigelInputError(f"`{name}` must be {rel}; got {value!r}")
+
+
+def assert_in_range(name: str, value, lo, hi) -> None:
+    if not (lo <= value <= hi):
+        raise SigelInputError(f"`{name}` must be in [{lo}, {hi}]; got {value!r}")
+
+
+def assert_one_of(name: str, value, options: Iterable) -> None:
+    options = list(options)
+    if value not in options:
+        raise SigelInputError(f"`{name}` must be one of {options}; got {value!r}")
+
+
+def assert_key_in(name: str, key, mapping, where: str) -> None:
+    if key not in mapping:
+        avail = list(mapping.keys()) if hasattr(mapping, "keys") else list(mapping)
+        raise SigelInputError(f"{name} {key!r} not found in {where}; available: {avail[:20]}")
+
+
+def assert_unique_names(names, what: str = "gene names") -> None:
+    idx = pd.Index(names)
+    if idx.has_duplicates:
+        dup = idx[idx.duplicated()].unique().tolist()
+        raise SigelInputError(
+            f"duplicated {what}: {dup[:10]}{' ...' if len(dup) > 10 else ''} "
+            f"({len(dup)} names); make them unique (e.g. adata.var_names_make_unique())"
+        )
+
+
+def assert_finite_nonnegative(values: np.ndarray, what: str = "expression values") -> None:
+    """Values must be finite and >= 0 (works on the data array of a sparse matrix)."""
+    if values.size == 0:
+        return
+    if not np.all(np.isfinite(values)):
+        n = int(np.size(values) - np.isfinite(values).sum())
+        raise SigelInputError(f"{what} contain {n} NaN or infinite entries")
+    if values.min() < 0:
+        raise SigelInputError(f"{what} contain negative entries (min {values.min():g}); expected counts or non-negative values")
+
+
+def as_coordinates(coords, n_obs: int, what: str = "coordinates") -> np.ndarray:
+    """Check an (n_obs, 2) numeric coordinate array and return it as float64."""
+    try:
+        arr = np.asarray(coords)
+    except Exception as e:  # pragma: no cover - exotic inputs
+        raise SigelInputError(f"{what} could not be read as an array: {e}") from e
+    if arr.dtype.kind not in "biuf":
+        raise SigelInputError(f"{what} must be numeric; got dtype {arr.dtype}")
+    arr = arr.astype(np.float64)
+    if arr.ndim != 2 or arr.shape[1] < 2:
+        raise SigelInputError(f"{what} must have shape (n_spots, 2); got {arr.shape}")
+    arr = arr[:, :2]
+    if arr.shape[0] != n_obs:
+        raise SigelInputError(f"{what} have {arr.shape[0]} rows but the count matrix has {n_obs} spots")
+    if not np.all(np.isfinite(arr)):
+        raise SigelInputError(f"{what} contain NaN or infinite values")
+    return arr

@@ -1,0 +1,414 @@
+"""Gene images: every gene's spatial expression map as a sparse image.
+
+The one data type of the backend (`GeneImages`). Built in one vectorised pass:
+normalise the sparse count matrix, scatter spots onto pixels with a sparse
+(pixels x spots) averaging matrix, scale each gene robustly. Images stay
+sparse (genes x pixels); dense tensors are made per batch.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .._validate import (
+    SigelInputError,
+    as_coordinates,
+    assert_finite_nonnegative,
+    assert_in_range,
+    assert_one_of,
+    assert_positive,
+    assert_unique_names,
+)
+
+GEOMETRIES = ("auto", "visium", "grid", "free")
+DEFAULT_EXCLUDE = ("MT-", "ERCC-")
+
+
+@dataclass
+class GeneImages:
+    """Sparse gene images on a common pixel grid.
+
+    Attributes
+    ----------
+    values
+        ``scipy.sparse.csr_matrix`` (genes x pixels, float32); pixel ``p`` is
+        row ``p // width``, column ``p % width`` of the padded image.
+    height, width
+        Padded image size (multiples of ``settings['patch_size']``).
+    mask
+        Boolean ``(height, width)`` tissue mask: pixels holding >= 1 spot.
+    spot_pixel
+        Flat pixel index of every spot/cell (``obs`` order).
+    genes
+        Gene names (``pd.Index``), the row labels of ``values``.
+    spot_names
+        Spot/cell names (``pd.Index``).
+    settings
+        The options used to build the images (geometry, normalisation, ...).
+    """
+
+    values: sp.csr_matrix
+    height: int
+    width: int
+    mask: np.ndarray
+    spot_pixel: np.ndarray
+    genes: pd.Index
+    spot_names: pd.Index
+    settings: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ build
+    @classmethod
+    def from_anndata(
+        cls,
+        adata,
+        *,
+        layer: str | None = None,
+        genes=None,
+        geometry: str = "auto",
+        spatial_key: str = "spatial",
+        library_size_key: str | None = None,
+        resolution: int = 64,
+        patch_size: int = 4,
+        normalize: bool = True,
+        target_sum: float | None = None,
+        log1p: bool = True,
+        scale: str | None = "quantile",
+        scale_quantile: float = 0.99,
+        min_spots: int = 3,
+        exclude_prefixes=DEFAULT_EXCLUDE,
+    ) -> "GeneImages":
+        """Build gene images from an AnnData (spots/cells x genes).
+
+        Parameters
+        ----------
+        adata
+            AnnData with counts in ``X`` (or ``layers[layer]``) and coordinates
+            in ``obs['array_row'/'array_col']`` (Visium), ``obs['x'/'y']``
+            (integer grids) or ``obsm[spatial_key]``. Never modified.
+        layer
+            Layer holding the counts (default ``X``).
+        genes
+            Optional subset of genes (names) to image; unknown names raise.
+        geometry
+            ``'auto'`` (detect), ``'visium'`` (hexagonal array: row =
+            ``array_row``, column = ``array_col // 2``), ``'grid'`` (integer
+            x/y, e.g. legacy ST) or ``'free'`` (rasterise arbitrary
+            coordinates; pixel = mean of its cells).
+        spatial_key
+            Key of ``obsm`` with coordinates (used for ``'grid'``/``'free'``
+            when no ``obs`` coordinate columns exist).
+        library_size_key
+            ``obs`` column with each spot's library size (e.g. ``'sum_umi'``
+            when ``X`` holds a gene subset). Default: the row sums of ``X``.
+        resolution
+            Longest image side in pixels for ``'free'`` geometry.
+        patch_size
+            Height and width are padded up to a multiple of this (tissue is
+            never cropped).
+        normalize, target_sum
+            Library-size normalisation to ``target_sum`` (default: median
+            library size).
+        log1p
+            Apply ``log1p`` after normalisation.
+        scale
+            ``'quantile'``: divide each gene by its ``scale_quantile`` in-tissue
+            pixel quantile (its maximum when that quantile is 0) and clip at 1,
+            so images describe pattern, not intensity; ``None``: no scaling.
+        min_spots
+            Keep genes detected (> 0) in at least this many spots.
+        exclude_prefixes
+            Gene-name prefixes removed (case-insensitive), e.g. mitochondrial
+            ``'MT-'`` and spike-ins ``'ERCC-'``; ``()`` keeps all.
+
+        Returns
+        -------
+        GeneImages
+        """
+        assert_one_of("geometry", geometry, GEOMETRIES)
+        assert_positive("resolution", resolution)
+        assert_positive("patch_size", patch_size)
+        assert_positive("min_spots", min_spots, allow_zero=True)
+        assert_in_range("scale_quantile", scale_quantile, 0.0, 1.0)
+        assert_one_of("scale", scale, ("quantile", None))
+
+        X = _counts_matrix(adata, layer)
+        n_obs, n_var = X.shape
+        if n_obs < 2:
+            raise SigelInputError(f"need at least 2 spots to build images; got {n_obs}")
+        if n_var < 1:
+            raise SigelInputError("the count matrix has no genes")
+        gene_names = pd.Index(adata.var_names.astype(str))
+        assert_unique_names(gene_names, "gene names (adata.var_names)")
+        assert_finite_nonnegative(X.data, "expression values")
+
+        rows, cols, geom = spot_pixels(adata, geometry=geometry, spatial_key=spatial_key, resolution=resolution)
+
+        # --- library size (over all genes, before filtering) ---
+        if library_size_key is not None:
+            if library_size_key not in adata.obs:
+                raise SigelInputError(
+                    f"library_size_key {library_size_key!r} not found in adata.obs; "
+                    f"available: {list(adata.obs.columns)[:20]}"
+                )
+            lib = pd.to_numeric(adata.obs[library_size_key], errors="coerce").to_numpy(np.float64)
+            if not np.all(np.isfinite(lib)) or np.any(lib < 0):
+                raise SigelInputError(f"adata.obs[{library_size_key!r}] must be finite and >= 0")
+        else:
+            lib = np.asarray(X.sum(axis=1)).ravel().astype(np.float64)
+
+        # --- gene filter ---
+        keep = np.ones(n_var, dtype=bool)
+        if genes is not None:
+            wanted = pd.Index([str(g) for g in np.atleast_1d(genes)])
+            missing = wanted.difference(gene_names)
+            if len(missing):
+                raise SigelInputError(f"{len(missing)} requested genes not in adata.var_names: {missing[:10].tolist()}")
+            keep = gene_names.isin(wanted)
+        if exclude_prefixes:
+            low = gene_names.str.lower()
+            for pre in exclude_prefixes:
+                keep &= ~low.str.startswith(str(pre).lower())
+        if min_spots > 0:
+            Xc = X.tocsc()
+            Xc.eliminate_zeros()
+            n_expr = np.diff(Xc.indptr)
+            keep &= n_expr >= min_spots
+        if not keep.any():
+            raise SigelInputError(
+                f"no genes left after filtering (min_spots={min_spots}, exclude_prefixes={tuple(exclude_prefixes or ())}); "
+                "lower min_spots or check the input"
+            )
+        X = X[:, np.flatnonzero(keep)]
+
+        # --- normalisation (sparse-preserving) ---
+        Xn = X.astype(np.float32).tocsr(copy=True)
+        if normalize:
+            ts = float(np.median(lib[lib > 0])) if target_sum is None and np.any(lib > 0) else (target_sum or 1.0)
+            factor = np.divide(ts, lib, out=np.zeros_like(lib), where=lib > 0).astype(np.float32)
+            Xn = sp.csr_matrix(sp.diags(factor) @ Xn)
+        else:
+            ts = None
+        if log1p:
+            Xn.data = np.log1p(Xn.data)
+
+        # --- scatter spots onto pixels (mean per pixel), padded to patch multiples ---
+        h = int(rows.max()) + 1
+        w = int(cols.max()) + 1
+        H = -(-h // patch_size) * patch_size
+        W = -(-w // patch_size) * patch_size
+        flat = rows.astype(np.int64) * W + cols.astype(np.int64)
+        counts = np.bincount(flat, minlength=H * W)
+        A = sp.csr_matrix(
+            (1.0 / counts[flat], (flat, np.arange(n_obs))), shape=(H * W, n_obs), dtype=np.float32
+        )
+        values = sp.csr_matrix((A @ Xn).T)
+        values.eliminate_zeros()
+        values.sort_indices()
+        mask = (counts > 0).reshape(H, W)
+
+        if scale == "quantile":
+            values = _robust_scale(values, int(mask.sum()), scale_quantile)
+
+        settings = dict(
+            geometry=geom, layer=layer, spatial_key=spatial_key, library_size_key=library_size_key,
+            resolution=int(resolution), patch_size=int(patch_size), normalize=bool(normalize),
+            target_sum=ts, log1p=bool(log1p), scale=scale, scale_quantile=float(scale_quantile),
+            min_spots=int(min_spots), exclude_prefixes=list(exclude_prefixes or ()),
+            n_genes_input=int(n_var), n_spots=int(n_obs), n_spots_sharing_pixel=int(n_obs - mask.sum()),
+        )
+        return cls(
+            values=values.astype(np.float32), height=H, width=W, mask=mask, spot_pixel=flat,
+            genes=gene_names[keep], spot_names=pd.Index(adata.obs_names.astype(str)), settings=settings,
+        )
+
+    # ---------------------------------------------------------------- access
+    @property
+    def n_genes(self) -> int:
+        return self.values.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Image (height, width)."""
+        return (self.height, self.width)
+
+    def __repr__(self) -> str:
+        return (
+            f"GeneImages: {self.n_genes} genes x {self.height}x{self.width} pixels "
+            f"({int(self.mask.sum())} in tissue, geometry={self.settings.get('geometry')}, "
+            f"nnz={self.values.nnz})"
+        )
+
+    def gene_index(self, genes) -> np.ndarray:
+        """Row indices of ``genes`` (names); unknown names raise naming them."""
+        genes = pd.Index([str(g) for g in np.atleast_1d(genes)])
+        idx = self.genes.get_indexer(genes)
+        if np.any(idx < 0):
+            raise SigelInputError(f"genes not in these images: {genes[idx < 0][:10].tolist()}")
+        return idx
+
+    def dense(self, idx) -> np.ndarray:
+        """Dense ``(B, H, W)`` float32 array of the genes at row indices ``idx``."""
+        idx = np.asarray(idx, dtype=np.int64)
+        return self.values[idx].toarray().reshape(len(idx), self.height, self.width)
+
+    def to_tensor(self, idx, device=None, dtype=None):
+        """Dense batch ``(B, 2, H, W)`` torch tensor: value channel + tissue-mask channel."""
+        import torch
+
+        dtype = dtype or torch.float32
+        v = torch.from_numpy(self.dense(idx)).to(device=device, dtype=dtype)
+        m = torch.from_numpy(self.mask).to(device=device, dtype=dtype).expand_as(v)
+        return torch.stack([v, m], dim=1)
+
+    def image(self, gene) -> np.ndarray:
+        """One gene's image (H x W) with NaN outside the tissue, for plotting."""
+        img = self.dense(self.gene_index(gene))[0].astype(np.float64)
+        img[~self.mask] = np.nan
+        return img
+
+    def spot_values(self, genes=None) -> sp.csr_matrix:
+        """Processed values read back at every spot (genes x spots, sparse)."""
+        vals = self.values if genes is None else self.values[self.gene_index(genes)]
+        return sp.csr_matrix(vals[:, self.spot_pixel])
+
+    def subset(self, genes) -> "GeneImages":
+        """A new `GeneImages` holding only ``genes`` (in the given order)."""
+        idx = self.gene_index(genes)
+        return GeneImages(
+            values=self.values[idx], height=self.height, width=self.width, mask=self.mask,
+            spot_pixel=self.spot_pixel, genes=self.genes[idx], spot_names=self.spot_names,
+            settings=dict(self.settings),
+        )
+
+    @staticmethod
+    def image_options(settings: dict) -> dict:
+        """The `from_anndata` keyword arguments that rebuild images with ``settings``."""
+        keys = ("geometry", "layer", "spatial_key", "library_size_key", "resolution", "patch_size",
+                "normalize", "log1p", "scale", "scale_quantile", "min_spots", "exclude_prefixes")
+        return {k: settings[k] for k in keys if k in settings}
+
+
+# ---------------------------------------------------------------------- helpers
+def _counts_matrix(adata, layer):
+    if layer is None:
+        X = adata.X
+    else:
+        if layer not in adata.layers:
+            raise SigelInputError(f"layer {layer!r} not found in adata.layers; available: {list(adata.layers.keys())}")
+        X = adata.layers[layer]
+    if X is None:
+        raise SigelInputError("adata.X is empty; pass the layer holding counts with `layer=`")
+    if sp.issparse(X):
+        X = sp.csr_matrix(X)
+    else:
+        arr = np.asarray(X)
+        if arr.dtype.kind not in "biuf":
+            raise SigelInputError(f"expression values must be numeric; got dtype {arr.dtype}")
+        if not np.all(np.isfinite(arr)):
+            raise SigelInputError("expression values contain NaN or infinite entries")
+        X = sp.csr_matrix(arr)
+    if X.dtype.kind not in "biuf":
+        raise SigelInputError(f"expression values must be numeric; got dtype {X.dtype}")
+    return X
+
+
+def _obs_numeric(adata, cols):
+    out = []
+    for c in cols:
+        s = adata.obs[c]
+        v = pd.to_numeric(s, errors="coerce").to_numpy(np.float64)
+        if np.any(~np.isfinite(v)):
+            raise SigelInputError(f"adata.obs[{c!r}] must hold finite numbers (found non-numeric, NaN or inf)")
+        out.append(v)
+    return np.column_stack(out)
+
+
+def detect_geometry(adata, spatial_key: str = "spatial") -> str:
+    """Guess the platform geometry: ``'visium'``, ``'grid'`` or ``'free'``."""
+    obs = adata.obs
+    if "array_row" in obs and "array_col" in obs:
+        rc = _obs_numeric(adata, ["array_row", "array_col"])
+        par = (rc[:, 0] + rc[:, 1]) % 2
+        return "visium" if np.all(par == par[0]) else "grid"
+    xy = _grid_xy(adata, spatial_key)
+    if xy is not None:
+        r = np.round(xy)
+        if np.allclose(xy, r, atol=0.25) and len(np.unique(r[:, 0] * 1e6 + r[:, 1])) == len(r) \
+                and np.ptp(r, axis=0).max() <= 512:
+            return "grid"
+    return "free"
+
+
+def _grid_xy(adata, spatial_key):
+    if "x" in adata.obs and "y" in adata.obs:
+        return _obs_numeric(adata, ["x", "y"])
+    if spatial_key in adata.obsm:
+        return as_coordinates(adata.obsm[spatial_key], adata.n_obs, f"adata.obsm[{spatial_key!r}]")
+    return None
+
+
+def spot_pixels(adata, *, geometry="auto", spatial_key="spatial", resolution=64):
+    """Integer (row, column) pixel of every spot and the geometry used."""
+    obs = adata.obs
+    if geometry == "auto":
+        has_any = ("array_row" in obs and "array_col" in obs) or ("x" in obs and "y" in obs) \
+            or spatial_key in adata.obsm
+        if not has_any:
+            raise SigelInputError(
+                "no spatial coordinates found: looked for obs['array_row','array_col'] (Visium), "
+                f"obs['x','y'] (grid) and obsm[{spatial_key!r}]"
+            )
+        geometry = detect_geometry(adata, spatial_key)
+    if geometry == "visium":
+        for c in ("array_row", "array_col"):
+            if c not in obs:
+                raise SigelInputError(f"geometry='visium' needs adata.obs[{c!r}]; not found")
+        rc = np.round(_obs_numeric(adata, ["array_row", "array_col"])).astype(np.int64)
+        rows = rc[:, 0] - rc[:, 0].min()
+        cols = rc[:, 1] // 2
+        cols = cols - cols.min()
+    else:
+        xy = _grid_xy(adata, spatial_key)
+        if xy is None:
+            raise SigelInputError(
+                f"geometry={geometry!r} needs coordinates in obs['x','y'] or obsm[{spatial_key!r}]; none found"
+            )
+        xy = xy - xy.min(axis=0)
+        if geometry == "grid":
+            r = np.round(xy).astype(np.int64)
+            if not np.allclose(xy, r, atol=0.5):
+                warnings.warn("geometry='grid' with non-integer coordinates: rounding to the nearest pixel")
+            cols, rows = r[:, 0], r[:, 1]
+        else:  # free coordinates: rasterise, longest side ~ resolution pixels
+            span = float(np.ptp(xy, axis=0).max())
+            step = span / max(resolution - 1, 1) if span > 0 else 1.0
+            r = np.floor(xy / step + 0.5).astype(np.int64)
+            cols, rows = r[:, 0], r[:, 1]
+    return rows, cols, geometry
+
+
+def _robust_scale(values: sp.csr_matrix, n_tissue: int, q: float) -> sp.csr_matrix:
+    """Divide each row by its q-quantile over ``n_tissue`` in-tissue pixels (zeros included); clip at 1."""
+    values = values.copy()
+    n_g = values.shape[0]
+    nnz = np.diff(values.indptr)
+    row_of = np.repeat(np.arange(n_g), nnz)
+    order = np.lexsort((values.data, row_of))
+    sorted_data = values.data[order]
+    rank = int(np.ceil(q * (n_tissue - 1)))
+    n_zero = n_tissue - nnz
+    pos = rank - n_zero  # position among the sorted non-zeros
+    has = (pos >= 0) & (nnz > 0)
+    scale = np.ones(n_g, dtype=np.float64)
+    last = values.indptr[1:] - 1
+    gmax = np.where(nnz > 0, sorted_data[np.clip(last, 0, None)] if sorted_data.size else 0.0, 1.0)
+    scale[:] = np.where(nnz > 0, gmax, 1.0)
+    if sorted_data.size:
+        scale[has] = sorted_data[values.indptr[:-1][has] + pos[has]]
+    scale[scale <= 0] = 1.0
+    values.data = np.minimum(values.data / scale[row_of], 1.0).astype(np.float32)
+    return values

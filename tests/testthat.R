@@ -1,0 +1,3 @@
+library(testthat)
+library(sigel)
+test_check("sigel")
