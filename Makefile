@@ -21,7 +21,7 @@ test-python:
 	$(PY) -m pytest tests/python -q
 
 test-r:
-	Rscript -e 'testthat::test_local(".", reporter = "summary", stop_on_failure = TRUE)'
+	SIGEL_PYTHON=$(abspath $(PY)) Rscript -e 'testthat::test_local(".", reporter = "summary", stop_on_failure = TRUE)'
 
 check-r:
 	bash scripts/check-r.sh

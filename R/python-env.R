@@ -21,7 +21,7 @@ sigelPythonPath <- function() {
         .recorded_python()
     )
     for (p in cands) {
-        if (nzchar(p) && file.exists(p)) return(normalizePath(p))
+        if (nzchar(p) && file.exists(p)) return(path.expand(p))
     }
     venv <- tryCatch(
         if (reticulate::virtualenv_exists("r-sigel"))

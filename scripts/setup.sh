@@ -57,8 +57,8 @@ fi
 r_hash=$( (cat DESCRIPTION NAMESPACE; find R inst -type f -print0 | sort -z | xargs -0 cat) | sha1sum | cut -c1-16)
 if [ ! -f "$STAMPS/r-$r_hash" ] || ! Rscript -e 'quit(status = !requireNamespace("sigel", quietly = TRUE))' >/dev/null 2>&1; then
   say "installing the R package"
-  R CMD INSTALL --no-test-load . >/dev/null 2>"$STAMPS/r-install.log" || { cat "$STAMPS/r-install.log"; exit 1; }
-  rm -f "$STAMPS"/r-*[!g]; touch "$STAMPS/r-$r_hash"
+  R CMD INSTALL --no-test-load . >/dev/null 2>"$VENV/.sigel-r-install.log" || { cat "$VENV/.sigel-r-install.log"; exit 1; }
+  rm -f "$STAMPS"/r-*; touch "$STAMPS/r-$r_hash"
 else
   say "R package: ok"
 fi

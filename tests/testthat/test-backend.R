@@ -19,10 +19,11 @@ test_that("the Python backend is reachable through reticulate", {
 test_that("R and Python read the same bundled data", {
     skip_if_no_sigel_python()
     sce <- sigelExampleData()
-    py <- reticulate::import("sigel")
+    py <- reticulate::import("sigel", convert = FALSE)
     ad <- py$datasets$mouse_olfactory_bulb()
-    expect_equal(as.integer(ad$n_obs), ncol(sce))
-    expect_equal(as.character(reticulate::py_to_r(ad$var_names$tolist())), rownames(sce))
+    expect_equal(reticulate::py_to_r(ad$n_obs), ncol(sce))
+    expect_equal(as.character(reticulate::py_to_r(ad$var_names$tolist())),
+                 rownames(sce))
     expect_equal(sum(SummarizedExperiment::assay(sce, "counts")),
                  reticulate::py_to_r(ad$X$sum()))
 })

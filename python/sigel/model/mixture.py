@@ -91,6 +91,11 @@ class MixtureParams:
         return cls(**{f: torch.as_tensor(d[f]) for f in _FIELDS})
 
 
+def _wide(device: torch.device) -> torch.dtype:
+    """Accumulation dtype for the small K-sized pieces (MPS has no float64)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def _sq_mahalanobis(z: Tensor, mu: Tensor, var: Tensor) -> Tensor:
     """``delta_ik = sum_d (z_id - mu_kd)^2 / var_kd`` as ``(G, K)`` via matmuls."""
     c = mu.mean(0)  # common shift: delta is invariant, cancellation is smaller
@@ -101,7 +106,7 @@ def _sq_mahalanobis(z: Tensor, mu: Tensor, var: Tensor) -> Tensor:
 
 def _t_log_norm(nu: Tensor, dim: int) -> Tensor:
     """Log normaliser of the D-variate t without the scale term, in float64."""
-    nu = nu.double()
+    nu = nu.to(_wide(nu.device))
     return torch.lgamma((nu + dim) / 2) - torch.lgamma(nu / 2) - dim / 2 * torch.log(nu * math.pi)
 
 
@@ -260,16 +265,17 @@ class StudentTMixture:
         if generator is None:
             generator = torch.Generator().manual_seed(self.seed)
         trials = 2 + int(math.log(k))  # greedy k-means++ (as in scikit-learn)
-        draws = torch.rand(k, trials, generator=generator, dtype=torch.float64).to(z.device)
+        wide = _wide(z.device)
+        draws = torch.rand(k, trials, generator=generator, dtype=torch.float64).to(z.device, wide)
         first = (draws[0, 0] * n).long().clamp_max(n - 1)
         idx = [first]
-        d2 = ((z - z[first]) ** 2).sum(1).double()
+        d2 = ((z - z[first]) ** 2).sum(1).to(wide)
         sq = (z * z).sum(1, keepdim=True)
         for j in range(1, k):  # sequential by definition; each step is O(G D trials)
             cw = torch.cumsum(d2.clamp_min(0.0), 0)
             cand = torch.searchsorted(cw, draws[j] * cw[-1]).clamp_max(n - 1)
             zc = z[cand]
-            dc = (sq - 2.0 * z @ zc.T + (zc * zc).sum(1)).clamp_min(0.0).double()
+            dc = (sq - 2.0 * z @ zc.T + (zc * zc).sum(1)).clamp_min(0.0).to(wide)
             dc = torch.minimum(d2[:, None], dc)
             best = dc.sum(0).argmin()
             idx.append(cand[best])
@@ -351,8 +357,9 @@ class StudentTMixture:
         if self.kind == "student_t" and update_nu:
             dim = z.shape[1]
             log_u = u.clamp_min(fin.tiny).log()
-            mean_term = ((resp * (log_u - u)).sum(0) / nk.clamp_min(fin.tiny)).double()
-            half = (old.nu.double() + dim) / 2
+            wide = _wide(z.device)
+            mean_term = ((resp * (log_u - u)).sum(0) / nk.clamp_min(fin.tiny)).to(wide)
+            half = (old.nu.to(wide) + dim) / 2
             cst = 1.0 + mean_term + torch.digamma(half) - torch.log(half)
             nu_new = _solve_nu(cst, *self.nu_bounds).to(z.dtype)
             nu = torch.where(nk > fin.eps, nu_new, old.nu)
@@ -376,7 +383,8 @@ class StudentTMixture:
         p = self._check_params(z)
         return self.e_step(z)[2].sum() + self._log_prior(p, self._prior_scale(z))
 
-    def fit(self, z: Tensor, n_iter: int | None = None, warm_start: bool = True) -> "StudentTMixture":
+    def fit(self, z: Tensor, n_iter: int | None = None,
+            warm_start: bool = True) -> "StudentTMixture":
         """Run MAP-EM.
 
         Parameters
@@ -401,7 +409,7 @@ class StudentTMixture:
                 self.var_prior_scale_ = None  # recomputed from the current data
             b = self._prior_scale(z)
             p = self.params
-            if (p is None or not warm_start or p.mu.shape != (self.n_components, z.shape[1])):
+            if p is None or not warm_start or p.mu.shape != (self.n_components, z.shape[1]):
                 self.init_kmeanspp(z)
             log_resp, u, ll = self.e_step(z)
             obj = float(ll.sum() + self._log_prior(self.params, b))

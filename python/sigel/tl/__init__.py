@@ -1,2 +1,40 @@
-"""Tasks on the gene embeddings (one module per task in ``sigel.tasks``)."""
-__all__: list[str] = []
+"""Tasks on the gene embeddings (``sigel.tl.<task>``).
+
+Each task lives in its own module of ``sigel.tasks`` and depends only on the
+data layer and the public methods of a fitted `sigel.SIGEL` model. Functions
+are imported on first use, so optional dependencies (rpy2, SpaGCN) load only
+when their task runs.
+"""
+from __future__ import annotations
+
+import importlib
+
+# public name -> module in sigel.tasks
+_TASKS = {
+    # contexts, semantics, gene-gene relations (issue 5)
+    "context_maps": "contexts", "context_scores": "contexts",
+    "neighbors": "neighbors",
+    "enrichment": "enrichment", "read_gmt": "enrichment",
+    "interactions": "interactions",
+    # pattern detection (issue 6)
+    "pattern_search": "search", "svg": "svg", "compare_svg": "svg", "morans_i": "svg",
+    # across samples (issue 7)
+    "align": "align", "shifted_genes": "align", "altered_interactions": "align",
+    # imputation (issue 8)
+    "impute": "impute", "impute_cv": "impute", "impute_metrics": "impute",
+    # spatial domains (issue 9)
+    "prune_genes": "domains", "spatial_domains": "domains", "domain_scores": "domains",
+}
+
+__all__ = sorted(_TASKS)
+
+
+def __getattr__(name: str):
+    if name in _TASKS:
+        mod = importlib.import_module(f"sigel.tasks.{_TASKS[name]}")
+        return getattr(mod, name)
+    raise AttributeError(f"module 'sigel.tl' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

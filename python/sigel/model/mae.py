@@ -1,0 +1,459 @@
+"""Module I: masked autoencoder over gene images (local spatial context).
+
+Tensor maths only, in named steps (``patchify`` -> ``mask_tissue_patches`` ->
+``encode`` -> ``decode`` -> ``loss``; ``embed`` for the gene vector). Inputs
+are dense batches ``(B, 2, H, W)`` from :meth:`sigel.GeneImages.to_tensor`:
+channel 0 holds the scaled expression values, channel 1 the tissue mask.
+
+Design choices (see ``DESIGN.md`` section 3):
+
+- Tokens are the *in-tissue* patches (a patch is in tissue when any of its
+  pixels is). Background patches hold no information (value 0, mask 0) and
+  are never encoded; this also makes the encoder cost scale with the tissue
+  area, not the bounding box.
+- Masking draws a fraction of the in-tissue patches per sample; the encoder
+  sees the visible ones only. Samples of one batch may have different tissue
+  masks: tokens are gathered into a padded ``(B, L, C)`` block with a validity
+  mask (no padding when the masks agree, the usual case).
+- Positions are fixed 2-D sin-cos tables built for the actual patch grid of
+  the batch (cached per grid), so a new sample on another grid works.
+- The decoder is convolutional: decoded visible tokens and a learned mask
+  token are put back on the patch grid (plus the patch-level tissue mask as a
+  channel) and upsampled by transposed convolutions to full resolution.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["MaskedAutoencoder", "sincos_pos_embed_2d", "TokenBatch"]
+
+
+# --------------------------------------------------------------------- helpers
+def sincos_pos_embed_2d(grid_h: int, grid_w: int, dim: int, *, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Fixed 2-D sine-cosine positional embeddings for a ``grid_h x grid_w`` patch grid.
+
+    Half of the channels encode the row, half the column (each with sines and
+    cosines at geometrically spaced frequencies), as in the MAE reference.
+
+    Parameters
+    ----------
+    grid_h, grid_w
+        Patch grid size.
+    dim
+        Embedding width (must be divisible by 4).
+    device, dtype
+        Placement of the returned table.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(grid_h * grid_w, dim)``; row ``i * grid_w + j`` is patch ``(i, j)``.
+    """
+    if dim % 4 != 0:
+        raise ValueError(f"positional embedding width must be divisible by 4; got {dim}")
+    quarter = dim // 4
+    omega = torch.arange(quarter, dtype=torch.float64, device=device) / quarter
+    omega = 1.0 / (10000.0 ** omega)
+    rows = torch.arange(grid_h, dtype=torch.float64, device=device)
+    cols = torch.arange(grid_w, dtype=torch.float64, device=device)
+    rr, cc = torch.meshgrid(rows, cols, indexing="ij")
+    out_r = rr.reshape(-1, 1) * omega[None, :]
+    out_c = cc.reshape(-1, 1) * omega[None, :]
+    emb = torch.cat([torch.sin(out_r), torch.cos(out_r), torch.sin(out_c), torch.cos(out_c)], dim=1)
+    return emb.to(dtype)
+
+
+class TokenBatch:
+    """Tokens gathered for the encoder: a padded block plus bookkeeping.
+
+    Attributes
+    ----------
+    ids
+        ``(B, L)`` long: the patch index (row-major on the patch grid) of each
+        gathered token.
+    valid
+        ``(B, L)`` bool: ``False`` for padding slots. ``None`` when every
+        sample has ``L`` tokens (no padding).
+    masked
+        ``(B, N)`` bool: in-tissue patches hidden from the encoder (all
+        ``False`` for an unmasked pass).
+    tissue
+        ``(B, N)`` bool: in-tissue patches.
+    grid
+        ``(grid_h, grid_w)``.
+    """
+
+    __slots__ = ("ids", "valid", "masked", "tissue", "grid")
+
+    def __init__(self, ids, valid, masked, tissue, grid):
+        self.ids, self.valid, self.masked, self.tissue, self.grid = ids, valid, masked, tissue, grid
+
+
+# ---------------------------------------------------------------------- blocks
+class _Attention(nn.Module):
+    def __init__(self, width: int, n_heads: int):
+        super().__init__()
+        if width % n_heads != 0:
+            raise ValueError(f"width ({width}) must be divisible by n_heads ({n_heads})")
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x, attn_mask=None):
+        B, L, C = x.shape
+        qkv = self.qkv(x).reshape(B, L, 3, self.n_heads, C // self.n_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.proj(y.transpose(1, 2).reshape(B, L, C))
+
+
+class _Block(nn.Module):
+    """Pre-norm transformer block: x + Attn(LN(x)); x + MLP(LN(x))."""
+
+    def __init__(self, width: int, n_heads: int, mlp_ratio: float):
+        super().__init__()
+        hidden = max(int(round(width * mlp_ratio)), 1)
+        self.norm1 = nn.LayerNorm(width)
+        self.attn = _Attention(width, n_heads)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
+
+    def forward(self, x, attn_mask=None):
+        x = x + self.attn(self.norm1(x), attn_mask)
+        return x + self.mlp(self.norm2(x))
+
+
+# ----------------------------------------------------------------------- model
+class MaskedAutoencoder(nn.Module):
+    """Masked autoencoder with a transformer encoder and a convolutional decoder.
+
+    Parameters
+    ----------
+    patch_size
+        Side of the square patches (pixels); kernel = stride of the patch
+        embedding convolution. Must be a power of two (the decoder upsamples
+        by factors of 2).
+    width
+        Encoder token width.
+    depth
+        Number of transformer blocks.
+    n_heads
+        Attention heads per block.
+    mlp_ratio
+        Hidden width of the block MLP relative to ``width``.
+    embed_dim
+        Dimension D of the gene vector (projection head output).
+    decoder_width
+        Channels of the decoder at patch resolution; halved at each
+        upsampling stage (at least 8).
+    mask_ratio
+        Default fraction of in-tissue patches hidden from the encoder.
+    in_chans
+        Input channels (2: value + tissue mask).
+    """
+
+    def __init__(
+        self,
+        *,
+        patch_size: int = 4,
+        width: int = 32,
+        depth: int = 4,
+        n_heads: int = 4,
+        mlp_ratio: float = 2.0,
+        embed_dim: int = 32,
+        decoder_width: int = 32,
+        mask_ratio: float = 0.5,
+        in_chans: int = 2,
+    ):
+        super().__init__()
+        if patch_size < 1 or (patch_size & (patch_size - 1)) != 0:
+            raise ValueError(f"patch_size must be a power of two; got {patch_size}")
+        if width % 4 != 0:
+            raise ValueError(f"width must be divisible by 4; got {width}")
+        self.patch_size = int(patch_size)
+        self.width = int(width)
+        self.embed_dim = int(embed_dim)
+        self.mask_ratio = float(mask_ratio)
+        self.in_chans = int(in_chans)
+
+        # encoder
+        self.patch_embed = nn.Conv2d(in_chans, width, kernel_size=patch_size, stride=patch_size)
+        self.blocks = nn.ModuleList([_Block(width, n_heads, mlp_ratio) for _ in range(depth)])
+        self.norm = nn.LayerNorm(width)
+        # projection head -> gene vector
+        self.head = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, embed_dim))
+
+        # decoder: tokens -> patch grid -> transposed-conv upsampling to pixels
+        dw = int(decoder_width)
+        if dw % 4 != 0:
+            raise ValueError(f"decoder_width must be divisible by 4; got {decoder_width}")
+        self.decoder_width = dw
+        self.decoder_embed = nn.Linear(width, dw)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dw))
+        self.decoder_in = nn.Sequential(nn.Conv2d(dw + 1, dw, 3, padding=1), nn.GELU())
+        stages = []
+        c = dw
+        for _ in range(int(math.log2(patch_size))):
+            c_out = max(c // 2, 8)
+            stages.append(nn.Sequential(
+                nn.ConvTranspose2d(c, c_out, kernel_size=2, stride=2), nn.GELU(),
+                nn.Conv2d(c_out, c_out, 3, padding=1), nn.GELU(),
+            ))
+            c = c_out
+        self.decoder_up = nn.Sequential(*stages)
+        self.decoder_out = nn.Conv2d(c, 1, kernel_size=1)
+
+        self._pos_cache: dict = {}
+        self._init_weights()
+
+    # ------------------------------------------------------------------ init
+    def _init_weights(self):
+        w = self.patch_embed.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.normal_(self.mask_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def _pos(self, grid, dim, device, dtype):
+        key = (grid, dim, str(device), dtype)
+        pe = self._pos_cache.get(key)
+        if pe is None:
+            pe = sincos_pos_embed_2d(grid[0], grid[1], dim, device=device, dtype=dtype)
+            self._pos_cache[key] = pe
+        return pe
+
+    # -------------------------------------------------------------- patchify
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """Zero-pad ``(B, C, H, W)`` on the bottom/right to multiples of ``patch_size``."""
+        p = self.patch_size
+        H, W = x.shape[-2:]
+        ph, pw = (-H) % p, (-W) % p
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph))
+        return x
+
+    def patchify(self, x: torch.Tensor):
+        """Patch-embed a batch.
+
+        Parameters
+        ----------
+        x
+            ``(B, 2, H, W)`` value + tissue-mask channels.
+
+        Returns
+        -------
+        tokens : torch.Tensor
+            ``(B, N, width)`` patch tokens with positions added (row-major grid).
+        tissue : torch.Tensor
+            ``(B, N)`` bool, patch holds at least one tissue pixel.
+        grid : tuple
+            ``(grid_h, grid_w)``.
+        """
+        x = self.pad(x)
+        p = self.patch_size
+        t = self.patch_embed(x)  # (B, C, gh, gw)
+        B, C, gh, gw = t.shape
+        t = t.flatten(2).transpose(1, 2)
+        t = t + self._pos((gh, gw), C, t.device, t.dtype)[None]
+        tissue = F.max_pool2d(x[:, 1:2].float(), kernel_size=p, stride=p).flatten(1) > 0
+        return t, tissue, (gh, gw)
+
+    # ---------------------------------------------------------------- masking
+    @staticmethod
+    def mask_tissue_patches(tissue: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None,
+                            grid=None) -> TokenBatch:
+        """Choose visible tokens: a random ``1 - mask_ratio`` share of each sample's tissue patches.
+
+        Parameters
+        ----------
+        tissue
+            ``(B, N)`` bool in-tissue patches.
+        mask_ratio
+            Fraction of in-tissue patches to hide (0 = keep all in-tissue
+            patches, the embedding pass). At least one patch stays visible and,
+            when ``mask_ratio > 0`` and a sample has >= 2 tissue patches, at
+            least one is hidden.
+        generator
+            Torch generator for the random draw (on the tensor's device).
+        grid
+            Patch grid, stored on the result.
+
+        Returns
+        -------
+        TokenBatch
+            Visible token ids (in random order), validity and the hidden set.
+        """
+        B, N = tissue.shape
+        dev = tissue.device
+        n_tis = tissue.sum(1)
+        if mask_ratio <= 0:
+            n_keep = n_tis
+            # stable order: tissue patches first, in grid order
+            key = (~tissue).to(torch.float32) * 2.0 + torch.arange(N, device=dev, dtype=torch.float32)[None] / N
+        else:
+            n_keep = torch.round(n_tis.to(torch.float32) * (1.0 - mask_ratio)).to(torch.long)
+            n_keep = torch.minimum(n_keep, n_tis - 1)
+            noise = torch.rand(B, N, device=dev, generator=generator)
+            key = noise + (~tissue).to(torch.float32) * 2.0
+        n_keep = n_keep.clamp(min=1)
+        order = torch.argsort(key, dim=1)
+        rank = torch.argsort(order, dim=1)  # position of every patch in the shuffled order
+        L = int(n_keep.max())
+        ids = order[:, :L]
+        valid = torch.arange(L, device=dev)[None, :] < n_keep[:, None]
+        masked = tissue & (rank >= n_keep[:, None])
+        if bool(valid.all()):
+            valid = None
+        else:
+            ids = torch.where(valid, ids, ids[:, :1])  # pad slots repeat a valid id (ignored via `valid`)
+        return TokenBatch(ids, valid, masked, tissue, grid)
+
+    # ---------------------------------------------------------------- encoder
+    def encode(self, tokens: torch.Tensor, tb: TokenBatch) -> torch.Tensor:
+        """Run the transformer on the gathered tokens.
+
+        Parameters
+        ----------
+        tokens
+            ``(B, N, width)`` output of :meth:`patchify`.
+        tb
+            Which tokens to encode (:meth:`mask_tissue_patches`).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, L, width)`` normalised latent tokens (padding slots hold junk).
+        """
+        x = torch.gather(tokens, 1, tb.ids[..., None].expand(-1, -1, tokens.shape[-1]))
+        attn_mask = None if tb.valid is None else tb.valid[:, None, None, :]
+        for blk in self.blocks:
+            x = blk(x, attn_mask)
+        return self.norm(x)
+
+    def pool(self, latent: torch.Tensor, tb: TokenBatch) -> torch.Tensor:
+        """Mean of the latent tokens over valid slots, then the projection head -> ``(B, D)``."""
+        if tb.valid is None:
+            h = latent.mean(1)
+        else:
+            w = tb.valid.to(latent.dtype)[..., None]
+            h = (latent * w).sum(1) / w.sum(1).clamp(min=1.0)
+        return self.head(h)
+
+    # ---------------------------------------------------------------- decoder
+    def decode(self, latent: torch.Tensor, tb: TokenBatch, out_hw) -> torch.Tensor:
+        """Reconstruct full-resolution images from the visible latent tokens.
+
+        Parameters
+        ----------
+        latent
+            ``(B, L, width)`` from :meth:`encode`.
+        tb
+            The token bookkeeping used to encode.
+        out_hw
+            ``(H, W)`` of the input (the output is cropped to it).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, H, W)`` predicted value channel.
+        """
+        B, L, _ = latent.shape
+        gh, gw = tb.grid
+        N = gh * gw
+        y = self.decoder_embed(latent)
+        dw = y.shape[-1]
+        ids = tb.ids if tb.valid is None else torch.where(tb.valid, tb.ids, torch.full_like(tb.ids, N))
+        full = self.mask_token.to(y.dtype).expand(B, N + 1, dw).clone()
+        full = full.scatter(1, ids[..., None].expand(-1, -1, dw), y)[:, :N]
+        full = full + self._pos((gh, gw), dw, y.device, y.dtype)[None]
+        grid = full.transpose(1, 2).reshape(B, dw, gh, gw)
+        tis = tb.tissue.to(grid.dtype).reshape(B, 1, gh, gw)
+        g = self.decoder_in(torch.cat([grid, tis], dim=1))
+        g = self.decoder_up(g)
+        out = self.decoder_out(g)[:, 0]
+        return out[:, : out_hw[0], : out_hw[1]]
+
+    # ------------------------------------------------------------------- loss
+    def loss(self, x: torch.Tensor, pred: torch.Tensor, tb: TokenBatch, reduction: str = "mean") -> torch.Tensor:
+        """Mean squared error on hidden, in-tissue pixels.
+
+        Each sample's error is averaged over its own hidden tissue pixels, so
+        every gene weighs the same regardless of tissue size.
+
+        Parameters
+        ----------
+        x
+            ``(B, 2, H, W)`` input.
+        pred
+            ``(B, H, W)`` from :meth:`decode`.
+        tb
+            Token bookkeeping (the hidden set ``tb.masked``).
+        reduction
+            ``'mean'`` (scalar) or ``'none'`` (``(B,)``).
+        """
+        p = self.patch_size
+        gh, gw = tb.grid
+        H, W = x.shape[-2:]
+        hid = tb.masked.reshape(-1, gh, gw).repeat_interleave(p, 1).repeat_interleave(p, 2)[:, :H, :W]
+        m = hid.to(pred.dtype) * x[:, 1].to(pred.dtype)
+        err = (pred.float() - x[:, 0].float()) ** 2 * m.float()
+        per = err.flatten(1).sum(1) / m.float().flatten(1).sum(1).clamp(min=1.0)
+        return per.mean() if reduction == "mean" else per
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor, mask_ratio: float | None = None, generator: torch.Generator | None = None):
+        """One masked-autoencoding pass.
+
+        Parameters
+        ----------
+        x
+            ``(B, 2, H, W)`` value + mask channels.
+        mask_ratio
+            Fraction of in-tissue patches hidden (default: the model's).
+        generator
+            Torch generator for the masking draw.
+
+        Returns
+        -------
+        dict
+            ``loss`` (scalar reconstruction loss), ``pred`` (``(B, H, W)``),
+            ``z`` (``(B, D)`` gene vector pooled over the *visible* tokens, a
+            masked view used by the refinement losses), ``tokens``
+            (:class:`TokenBatch`).
+        """
+        ratio = self.mask_ratio if mask_ratio is None else float(mask_ratio)
+        tokens, tissue, grid = self.patchify(x)
+        tb = self.mask_tissue_patches(tissue, ratio, generator, grid)
+        latent = self.encode(tokens, tb)
+        pred = self.decode(latent, tb, x.shape[-2:])
+        loss = self.loss(x, pred, tb)
+        return {"loss": loss, "pred": pred, "z": self.pool(latent, tb), "tokens": tb}
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Gene vectors: encoder on all in-tissue tokens, mean-pooled, projected.
+
+        Never runs the decoder.
+
+        Parameters
+        ----------
+        x
+            ``(B, 2, H, W)`` value + mask channels.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, D)``.
+        """
+        tokens, tissue, grid = self.patchify(x)
+        tb = self.mask_tissue_patches(tissue, 0.0, None, grid)
+        return self.pool(self.encode(tokens, tb), tb)
