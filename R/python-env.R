@@ -109,17 +109,23 @@ sigelBackendInfo <- function() {
 
 #' Install the sigel Python backend into a reticulate virtualenv
 #'
-#' Creates the virtualenv `envname` and installs the pinned stack (torch,
-#' numpy < 2, ...) and the backend. Works offline when `path` points to a
-#' local source checkout (or wheel) and the dependencies are in a local pip
-#' cache or wheelhouse (`extra_pip_args = c("--no-index",
-#' "--find-links=/wheels")`).
+#' Creates the virtualenv `envname` (see [reticulate::virtualenv_create()])
+#' and installs, with that environment's pip, the pinned stack from
+#' `requirements.txt` (torch, numpy < 2, ...) and then the backend itself.
+#' Works offline when `path` points to a local source checkout and the
+#' dependencies are in a local wheelhouse (`extra_pip_args =
+#' c("--no-index", "--find-links=/wheels")`). [sigelPythonPath()] finds the
+#' environment afterwards (after a restart of R, or when Python has not been
+#' initialised yet in this session).
 #'
 #' @param envname `character(1)`: name of the virtualenv.
-#' @param path `character(1)`: a sigel source folder or wheel to install the
-#'   backend from.
+#' @param path `character(1)`: a sigel source folder (with `pyproject.toml`
+#'   and `requirements.txt`) or a wheel file.
 #' @param python `character(1)` or `NULL`: the base Python to create it from.
-#' @param extra_pip_args `character`: extra arguments for pip.
+#' @param extra_pip_args `character`: extra arguments for `pip install`.
+#' @param requirements `logical(1)`: install `requirements.txt` of `path`
+#'   first (the pinned stack); `FALSE` installs the backend with its own
+#'   (looser) dependencies only.
 #' @return The path of the new environment's Python, invisibly.
 #' @examples
 #' \dontrun{
@@ -127,19 +133,34 @@ sigelBackendInfo <- function() {
 #' }
 #' @export
 installSigel <- function(envname = "r-sigel", path = NULL, python = NULL,
-                         extra_pip_args = character()) {
+                         extra_pip_args = character(),
+                         requirements = TRUE) {
     if (is.null(path)) {
         stop("`path` must name a sigel source folder or wheel ",
              "(the backend is not on PyPI).", call. = FALSE)
     }
     if (!file.exists(path)) stop("`path` does not exist: ", path, call. = FALSE)
-    reticulate::virtualenv_create(envname, python = python)
+    path <- normalizePath(path)
+    if (!reticulate::virtualenv_exists(envname)) {
+        reticulate::virtualenv_create(envname, python = python)
+    }
+    py <- reticulate::virtualenv_python(envname)
+    pip <- function(...) {
+        args <- c("-m", "pip", "install", extra_pip_args, ...)
+        # a subprocess must not inherit R's LD_LIBRARY_PATH (it may load the
+        # system libpython instead of the virtualenv's; see STACK.md)
+        st <- system2(py, shQuote(args), env = "LD_LIBRARY_PATH=")
+        if (!identical(as.integer(st), 0L)) {
+            stop("pip failed (exit status ", st, "): pip install ",
+                 paste(c(extra_pip_args, ...), collapse = " "), call. = FALSE)
+        }
+    }
     req <- file.path(path, "requirements.txt")
-    pkgs <- if (file.exists(req)) c("-r", normalizePath(req)) else
-        c("torch==2.13.0", "numpy<2")
-    reticulate::virtualenv_install(envname, pkgs,
-                                   pip_options = extra_pip_args)
-    reticulate::virtualenv_install(envname, normalizePath(path),
-                                   pip_options = extra_pip_args)
-    invisible(reticulate::virtualenv_python(envname))
+    if (isTRUE(requirements) && dir.exists(path) && file.exists(req)) {
+        pip("-r", req)
+    } else if (isTRUE(requirements)) {
+        pip("torch>=2.1", "numpy<2")
+    }
+    pip(path)
+    invisible(py)
 }

@@ -9,3 +9,6 @@
 #' @keywords internal
 #' @importFrom methods is as new
 "_PACKAGE"
+
+utils::globalVariables(c("col", "row", "value", "PC1", "PC2", "context",
+                         "confidence"))

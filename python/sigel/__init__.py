@@ -9,12 +9,13 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import datasets, pl, tl
+from . import datasets, pl, sim, tl
+from ._model import SIGEL
 from ._settings import settings
 from ._validate import SigelInputError
 from .data import GeneImages
 
-__all__ = ["GeneImages", "SigelInputError", "datasets", "settings", "__version__"]
+__all__ = ["GeneImages", "SIGEL", "SigelInputError", "datasets", "settings", "__version__"]
 
 
 def _backend_info() -> dict:

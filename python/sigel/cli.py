@@ -1,44 +1,102 @@
-"""Command line: ``sigel train`` / ``sigel demo`` (the README's main job)."""
+"""Command line: ``sigel train`` and ``sigel demo`` (the README's main job)."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from pathlib import Path
 
 
-def _render_images(adata, out: Path, n: int = 24) -> Path:
+def write_outputs(model, out: Path, *, title: str) -> dict:
+    """Write the tables, history, model and HTML report of a fitted model into ``out``."""
     import matplotlib
 
     matplotlib.use("Agg")
-    from . import pl
-    from .data import GeneImages
+    from .report import write_report
 
-    im = GeneImages.from_anndata(adata)
-    # the most variable processed images first: a quick look at spatial structure
-    v = im.values
-    mean = v.mean(axis=1).A1
-    var = v.multiply(v).mean(axis=1).A1 - mean**2
-    top = im.genes[(-var).argsort()[:n]]
-    fig = pl.gene_images(im, top)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "gene_images.png"
-    fig.savefig(path, dpi=100)
-    return path
+    emb = model.embeddings_.copy()
+    emb.index.name = "gene"
+    emb.to_csv(out / "embeddings.tsv", sep="\t")
+    ctx = model.contexts_[["context", "confidence"]].copy()
+    ctx.index.name = "gene"
+    ctx.to_csv(out / "contexts.tsv", sep="\t")
+    mem = model.memberships_.copy()
+    mem.index.name = "gene"
+    mem.to_csv(out / "memberships.tsv", sep="\t")
+    hist = model.history_.reset_index(drop=True)
+    (out / "history.json").write_text(json.dumps(hist.to_dict(orient="records"), indent=1))
+    model.save(out / "model", overwrite=True)
+    write_report(model, out / "report.html", title=title)
+    return {p: str(out / p) for p in ("embeddings.tsv", "contexts.tsv", "memberships.tsv", "history.json",
+                                      "model", "report.html")}
+
+
+def _fit(adata, args):
+    from . import SIGEL
+
+    hyper = {}
+    if args.epochs is not None:
+        hyper["epochs"] = args.epochs
+    if args.n_contexts is not None:
+        hyper["n_contexts"] = args.n_contexts
+    model = SIGEL(**hyper)
+    fit_kw = dict(device=args.device, seed=args.seed, progress=not args.quiet, n_threads=args.threads)
+    if getattr(args, "library_size_key", None):
+        fit_kw["library_size_key"] = args.library_size_key
+    if getattr(args, "layer", None):
+        fit_kw["layer"] = args.layer
+    return model.fit(adata, **fit_kw)
+
+
+def _common(p):
+    p.add_argument("--out", required=p.prog.endswith("train"), default="demo_out", help="output folder")
+    p.add_argument("--epochs", type=int, default=None, help="epoch limit (default: the model's)")
+    p.add_argument("--n-contexts", type=int, default=None, help="number of contexts K (default: from the gene count)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def main(argv=None) -> int:
     """Entry point of the ``sigel`` console script."""
     parser = argparse.ArgumentParser(prog="sigel", description="SIGEL gene embeddings for spatial transcriptomics")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("demo", help="run on the bundled mouse olfactory bulb data")
-    d.add_argument("--out", default="demo_out", help="output folder")
+    t = sub.add_parser("train", help="fit a model on an .h5ad file (spots x genes, raw counts)")
+    t.add_argument("input", help="AnnData .h5ad file")
+    t.add_argument("--layer", default=None, help="layer with counts (default X)")
+    t.add_argument("--library-size-key", default=None, help="obs column with library sizes (e.g. sum_umi)")
+    _common(t)
+    d = sub.add_parser("demo", help="fit on the bundled mouse olfactory bulb and write a report")
+    _common(d)
     args = parser.parse_args(argv)
-    if args.cmd == "demo":
-        from . import datasets
 
-        adata = datasets.mouse_olfactory_bulb()
-        path = _render_images(adata, Path(args.out))
-        print(f"wrote {path}")
+    from . import datasets
+    from ._validate import SigelInputError
+
+    t0 = time.perf_counter()
+    try:
+        if args.cmd == "train":
+            import anndata as ad
+
+            src = Path(args.input)
+            if not src.exists():
+                raise SigelInputError(f"input file not found: {src}")
+            adata = ad.read_h5ad(src)
+            title = f"sigel: {src.name}"
+        else:
+            adata = datasets.mouse_olfactory_bulb()
+            title = "sigel demo: mouse olfactory bulb (Ståhl et al. 2016)"
+        model = _fit(adata, args)
+        paths = write_outputs(model, Path(args.out), title=title)
+    except SigelInputError as e:
+        print(f"sigel: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{model!r}\nfinished in {time.perf_counter() - t0:.0f} s; wrote:")
+    for k, v in paths.items():
+        print(f"  {v}")
     return 0
 
 

@@ -16,12 +16,15 @@ _TASKS = {
     "neighbors": "neighbors",
     "enrichment": "enrichment", "read_gmt": "enrichment",
     "interactions": "interactions",
+    "gene_clusters": "enrichment", "enrichment_summary": "enrichment", "fit_interactions": "interactions",
     # pattern detection (issue 6)
     "pattern_search": "search", "svg": "svg", "compare_svg": "svg", "morans_i": "svg",
     # across samples (issue 7)
     "align": "align", "shifted_genes": "align", "altered_interactions": "align",
+    "interaction_modules": "align", "housekeeping_genes": "align", "split_half_embeddings": "align",
     # imputation (issue 8)
     "impute": "impute", "impute_cv": "impute", "impute_metrics": "impute",
+    "impute_summary": "impute",
     # spatial domains (issue 9)
     "prune_genes": "domains", "spatial_domains": "domains", "domain_scores": "domains",
 }

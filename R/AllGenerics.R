@@ -1,0 +1,3 @@
+#' @rdname runSIGEL
+#' @export
+setGeneric("runSIGEL", function(x, ...) standardGeneric("runSIGEL"))

@@ -1,0 +1,839 @@
+"""The `SIGEL` model object: fit / transform / save / load and the AnnData writer.
+
+The facade over the model layer (``sigel.model``: masked autoencoder,
+Student-t mixture, refinement losses, scaffold) and the training loop
+(``sigel.train``). It owns the data (gene images), the hyper-parameters and
+the results; the network classes hold tensor maths only.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from ._settings import logger, resolve_device, seed_everything, set_threads, settings
+from ._validate import SigelInputError, assert_in_range, assert_one_of, assert_positive
+from .data.images import GeneImages
+
+__all__ = ["SIGEL", "embed", "default_n_contexts"]
+
+FORMAT = "sigel-model"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+def default_n_contexts(n_genes: int) -> int:
+    """Default number of contexts for ``n_genes`` genes: ``round(G / 30)`` bounded to [2, 50] (and < G)."""
+    k = int(round(n_genes / 30.0))
+    k = min(max(k, 2), 50)
+    return int(max(min(k, n_genes - 1), 1))
+
+
+def _auto_patch_size(height: int, width: int, max_tokens: int, minimum: int = 4) -> int:
+    """Smallest power-of-two patch (>= ``minimum``) whose patch grid has at most ``max_tokens`` cells."""
+    p = 1
+    while p < minimum:
+        p *= 2
+    while math.ceil(height / p) * math.ceil(width / p) > max_tokens and p < max(height, width):
+        p *= 2
+    return p
+
+
+def _jsonable(obj):
+    """Convert numpy scalars/arrays, NaN and tuples into plain JSON values (NaN -> null)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        f = float(obj)
+        return None if not math.isfinite(f) else f
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    return obj
+
+
+class SIGEL:
+    """SIGEL gene embeddings: masked autoencoder + Student-t mixture + self-paced refinement.
+
+    Learns one vector per gene from its spatial expression image such that
+    genes with similar spatial patterns lie close, and organises the space
+    into soft contexts (Li et al., Genome Biology 26:287, 2025; our design
+    choices are in ``DESIGN.md``).
+
+    All parameters are keyword-only; they are captured in ``init_params_``
+    (JSON-serialisable) and saved with the model.
+
+    Parameters
+    ----------
+    n_contexts
+        Number of contexts K (mixture components). ``None``: ``round(G / 30)``
+        bounded to [2, 50], from the number of genes G at fit time.
+    embed_dim
+        Dimension D of the gene vectors.
+    patch_size
+        Patch side in pixels (a power of two). ``None``: 4, doubled while the
+        patch grid has more than ``max_tokens`` cells (e.g. 8 for Visium DLPFC
+        80 x 60 images), which keeps the encoder fast on a CPU.
+    max_tokens
+        Patch-grid budget for the automatic ``patch_size``.
+    width, depth, n_heads, mlp_ratio
+        Transformer encoder: token width, blocks, attention heads, MLP ratio.
+    decoder_width
+        Channels of the convolutional decoder at patch resolution.
+    mask_ratio
+        Fraction of in-tissue patches hidden from the encoder per step.
+    epochs
+        Maximum number of epochs in total (pre-training included).
+    pretrain_epochs
+        Reconstruction-only epochs before refinement starts.
+    batch_size
+        Genes per gradient step.
+    lr, weight_decay, warmup_epochs
+        AdamW learning rate (warm-up, then cosine decay to ``lr / 20``),
+        decoupled weight decay, warm-up length.
+    refine
+        Run the self-paced refinement (Modules II + III). ``False`` is the
+        autoencoder-only ablation: the mixture is fitted once at the end.
+    scaffold
+        Use the image kNN similarity scaffold (graph smoothness term).
+    scaffold_k, scaffold_weight
+        Neighbours per gene in the scaffold and the term's initial weight (it
+        decays linearly to 0 by the end of the self-paced ramp).
+    mixture
+        ``'student_t'`` (default) or ``'gaussian'`` (ablation).
+    dirichlet_alpha
+        Symmetric Dirichlet prior on the mixture weights (>= 1).
+    contrastive_weight, mixture_weight, temperature
+        Weight of the pseudo-contrastive term, of the mixture likelihood term,
+        and the contrastive temperature.
+    select_start, select_end
+        Self-paced kept fraction of each context's most confident genes at the
+        first refinement epoch and at the end of the ramp (half of the
+        refinement epochs).
+    em_iters
+        MAP-EM iterations per epoch (warm-started).
+    tol
+        Stop when fewer than this fraction of genes change hard context
+        between epochs (checked after the self-paced ramp).
+    amp
+        bf16 mixed precision on CUDA (ignored on CPU).
+    embed_batch_size
+        Genes per inference batch (``transform``, per-epoch embedding).
+
+    Attributes
+    ----------
+    init_params_ : dict
+        The constructor arguments.
+    embeddings_ : pandas.DataFrame
+        Genes x D (index: gene names; columns ``dim_0..``).
+    memberships_ : pandas.DataFrame
+        Genes x K soft memberships (columns ``context_0..``; rows sum to 1).
+    contexts_ : pandas.DataFrame
+        Index genes; ``context`` (int, hard assignment) and ``confidence``
+        (its membership).
+    history_ : pandas.DataFrame
+        One row per epoch: loss terms, ``label_change``, ``n_selected``,
+        ``seconds``, ...
+    mixture_ : sigel.model.MixtureParams
+        Fitted mixture (``log_pi``, ``mu``, ``var``, ``nu``).
+    images_ : sigel.GeneImages or None
+        The training images (``None`` after :meth:`load`).
+    graph_ : sigel.model.GeneGraph or None
+        The image kNN scaffold used in training.
+    stop_reason_ : str
+        ``'converged'`` or ``'max_epochs'``.
+    is_trained : bool
+
+    Examples
+    --------
+    >>> import sigel
+    >>> adata = sigel.datasets.synthetic_tissue(200)
+    >>> model = sigel.SIGEL(epochs=20).fit(adata)      # doctest: +SKIP
+    >>> model.embeddings_.shape                         # doctest: +SKIP
+    (200, 32)
+    """
+
+    def __init__(
+        self,
+        *,
+        n_contexts: int | None = None,
+        embed_dim: int = 32,
+        patch_size: int | None = None,
+        max_tokens: int = 128,
+        width: int = 32,
+        depth: int = 4,
+        n_heads: int = 4,
+        mlp_ratio: float = 2.0,
+        decoder_width: int = 32,
+        mask_ratio: float = 0.5,
+        epochs: int = 40,
+        pretrain_epochs: int = 10,
+        batch_size: int = 64,
+        lr: float = 2e-3,
+        weight_decay: float = 0.05,
+        warmup_epochs: int = 2,
+        refine: bool = True,
+        scaffold: bool = True,
+        scaffold_k: int = 10,
+        scaffold_weight: float = 1.0,
+        mixture: str = "student_t",
+        dirichlet_alpha: float = 2.0,
+        contrastive_weight: float = 1.0,
+        mixture_weight: float = 0.1,
+        temperature: float = 0.2,
+        select_start: float = 0.3,
+        select_end: float = 1.0,
+        em_iters: int = 5,
+        tol: float = 1e-3,
+        amp: bool = False,
+        embed_batch_size: int = 256,
+    ):
+        frame = inspect.currentframe()
+        args, _, _, values = inspect.getargvalues(frame)
+        self.init_params_ = {a: values[a] for a in args if a != "self"}
+        self._validate_params(self.init_params_)
+        self._reset()
+
+    # ------------------------------------------------------------ validation
+    @staticmethod
+    def _validate_params(p: dict) -> None:
+        if p["n_contexts"] is not None:
+            assert_positive("n_contexts", p["n_contexts"])
+        for k in ("embed_dim", "max_tokens", "width", "depth", "n_heads", "decoder_width", "epochs",
+                  "batch_size", "scaffold_k", "embed_batch_size"):
+            assert_positive(k, p[k])
+        for k in ("pretrain_epochs", "warmup_epochs", "em_iters", "weight_decay", "scaffold_weight",
+                  "contrastive_weight", "mixture_weight", "tol"):
+            assert_positive(k, p[k], allow_zero=True)
+        assert_positive("lr", p["lr"])
+        assert_positive("temperature", p["temperature"])
+        assert_positive("mlp_ratio", p["mlp_ratio"])
+        assert_in_range("mask_ratio", p["mask_ratio"], 0.0, 0.95)
+        assert_in_range("select_start", p["select_start"], 1e-6, 1.0)
+        assert_in_range("select_end", p["select_end"], p["select_start"], 1.0)
+        assert_one_of("mixture", p["mixture"], ("student_t", "gaussian"))
+        if p["dirichlet_alpha"] < 1:
+            raise SigelInputError(f"`dirichlet_alpha` must be >= 1; got {p['dirichlet_alpha']!r}")
+        if p["patch_size"] is not None:
+            ps = int(p["patch_size"])
+            if ps < 1 or ps & (ps - 1):
+                raise SigelInputError(f"`patch_size` must be a power of two (or None); got {p['patch_size']!r}")
+        if p["width"] % p["n_heads"] or p["width"] % 4:
+            raise SigelInputError(
+                f"`width` must be divisible by 4 and by `n_heads`; got width={p['width']}, n_heads={p['n_heads']}"
+            )
+        if p["decoder_width"] % 4:
+            raise SigelInputError(f"`decoder_width` must be divisible by 4; got {p['decoder_width']}")
+        for k in ("refine", "scaffold", "amp"):
+            if not isinstance(p[k], (bool, np.bool_)):
+                raise SigelInputError(f"`{k}` must be True or False; got {p[k]!r}")
+
+    def _reset(self) -> None:
+        self.module_ = None
+        self.mixture_model_ = None
+        self.embeddings_ = None
+        self.memberships_ = None
+        self.contexts_ = None
+        self.history_ = None
+        self.images_ = None
+        self.graph_ = None
+        self.stop_reason_ = None
+        self.epochs_run_ = 0
+        self.fit_seconds_ = None
+        self.n_contexts_ = None
+        self.patch_size_ = None
+        self.image_options_ = {}
+        self.fit_params_ = {}
+        self.device_ = None
+
+    # ------------------------------------------------------------- properties
+    @property
+    def is_trained(self) -> bool:
+        """Whether the model has been fitted (or loaded)."""
+        return self.module_ is not None and self.embeddings_ is not None
+
+    @property
+    def mixture_(self):
+        """Fitted mixture parameters (:class:`sigel.model.MixtureParams`)."""
+        return None if self.mixture_model_ is None else self.mixture_model_.params
+
+    @property
+    def embed_dim(self) -> int:
+        """Dimension D of the gene vectors."""
+        return int(self.init_params_["embed_dim"])
+
+    def _require_trained(self, what: str) -> None:
+        if not self.is_trained:
+            raise SigelInputError(f"this SIGEL model is not trained; call `fit()` (or `SIGEL.load()`) before `{what}`")
+
+    def __repr__(self) -> str:
+        p = self.init_params_
+        if not self.is_trained:
+            k = p["n_contexts"] if p["n_contexts"] is not None else "auto"
+            return (f"SIGEL(untrained; D={p['embed_dim']}, K={k}, epochs<={p['epochs']}, "
+                    f"refine={p['refine']}, scaffold={p['scaffold']}, mixture={p['mixture']!r})")
+        return (f"SIGEL: {len(self.embeddings_):,} genes x {self.embed_dim} dims, K={self.n_contexts_} contexts; "
+                f"{self.epochs_run_} epochs ({self.stop_reason_}); patch {self.patch_size_}, "
+                f"width {p['width']}, depth {p['depth']}; refine={p['refine']}, scaffold={p['scaffold']}, "
+                f"mixture={p['mixture']!r}")
+
+    # ---------------------------------------------------------------- builders
+    def _build_module(self, patch_size: int):
+        from .model.mae import MaskedAutoencoder
+
+        p = self.init_params_
+        return MaskedAutoencoder(
+            patch_size=patch_size, width=p["width"], depth=p["depth"], n_heads=p["n_heads"],
+            mlp_ratio=p["mlp_ratio"], embed_dim=p["embed_dim"], decoder_width=p["decoder_width"],
+            mask_ratio=p["mask_ratio"],
+        )
+
+    def _build_mixture(self, n_contexts: int, seed: int):
+        from .model.mixture import StudentTMixture
+
+        p = self.init_params_
+        return StudentTMixture(n_contexts, kind=p["mixture"], dirichlet_alpha=p["dirichlet_alpha"],
+                               n_iter=p["em_iters"], seed=seed)
+
+    def _train_config(self):
+        from .train.trainer import TrainConfig
+
+        p = self.init_params_
+        return TrainConfig(
+            epochs=p["epochs"], pretrain_epochs=min(p["pretrain_epochs"], p["epochs"]), batch_size=p["batch_size"],
+            embed_batch_size=p["embed_batch_size"], lr=p["lr"], min_lr=p["lr"] / 20.0,
+            weight_decay=p["weight_decay"], warmup_epochs=p["warmup_epochs"], mask_ratio=p["mask_ratio"],
+            refine=bool(p["refine"]), scaffold=bool(p["scaffold"]), scaffold_k=p["scaffold_k"],
+            scaffold_weight=p["scaffold_weight"], contrastive_weight=p["contrastive_weight"],
+            mixture_weight=p["mixture_weight"], temperature=p["temperature"], select_start=p["select_start"],
+            select_end=p["select_end"], em_iters=p["em_iters"], tol=p["tol"], amp=bool(p["amp"]),
+        )
+
+    # --------------------------------------------------------------------- fit
+    def fit(self, adata, *, layer: str | None = None, spatial_key: str = "spatial",
+            library_size_key: str | None = None, genes=None, device: str = "auto", seed: int | None = None,
+            progress: bool | None = None, n_threads: int | None = None, **image_options) -> "SIGEL":
+        """Build gene images from an AnnData and train.
+
+        ``adata`` is never modified; use :meth:`write_to` (or :func:`embed`)
+        to store the results in it.
+
+        Parameters
+        ----------
+        adata
+            AnnData, spots/cells x genes, raw counts in ``X`` or ``layers[layer]``,
+            coordinates as :meth:`sigel.GeneImages.from_anndata` reads them.
+        layer
+            Layer with the counts (default ``X``).
+        spatial_key
+            ``obsm`` key with coordinates.
+        library_size_key
+            ``obs`` column with each spot's library size (e.g. ``'sum_umi'``).
+        genes
+            Optional subset of genes to embed (names).
+        device
+            ``'auto'`` (CUDA, then MPS, then CPU), ``'cpu'``, ``'cuda'``, ``'cuda:N'``.
+        seed
+            Random seed (``None``: ``sigel.settings.seed``). On CPU the same seed
+            gives identical results.
+        progress
+            Show a progress bar (``None``: ``sigel.settings.show_progress()``).
+        n_threads
+            Torch CPU threads during the fit (``None``: torch's default).
+        **image_options
+            Passed to :meth:`sigel.GeneImages.from_anndata` (``geometry``,
+            ``resolution``, ``normalize``, ``log1p``, ``scale``, ``min_spots``, ...).
+            They are saved and reused by :meth:`transform`.
+
+        Returns
+        -------
+        SIGEL
+            ``self``, fitted.
+        """
+        images = GeneImages.from_anndata(adata, layer=layer, genes=genes, spatial_key=spatial_key,
+                                         library_size_key=library_size_key, **image_options)
+        fit_params = dict(layer=layer, spatial_key=spatial_key, library_size_key=library_size_key)
+        requested = {**image_options}
+        self.fit_images(images, device=device, seed=seed, progress=progress, n_threads=n_threads)
+        opts = GeneImages.image_options(images.settings)
+        opts.update(fit_params)
+        opts["geometry"] = requested.get("geometry", "auto")
+        self.image_options_ = _jsonable(opts)
+        self.fit_params_ = _jsonable(fit_params)
+        return self
+
+    def fit_images(self, images: GeneImages, *, device: str = "auto", seed: int | None = None,
+                   progress: bool | None = None, n_threads: int | None = None) -> "SIGEL":
+        """Train on prebuilt gene images.
+
+        Parameters
+        ----------
+        images
+            :class:`sigel.GeneImages` (e.g. from a bridge or a distributed
+            loader).
+        device, seed, progress, n_threads
+            As in :meth:`fit`.
+
+        Returns
+        -------
+        SIGEL
+            ``self``, fitted.
+        """
+        import torch
+
+        from .train.trainer import Trainer
+
+        if not isinstance(images, GeneImages):
+            raise SigelInputError(f"`images` must be a sigel.GeneImages; got {type(images).__name__}")
+        G = images.n_genes
+        if G < 2:
+            raise SigelInputError(f"need at least 2 genes to fit; got {G}")
+        p = self.init_params_
+        K = int(p["n_contexts"]) if p["n_contexts"] is not None else default_n_contexts(G)
+        if K > G:
+            raise SigelInputError(f"`n_contexts` ({K}) is larger than the number of genes ({G})")
+        if G < 10 * K:
+            logger.warning("only %d genes for %d contexts; contexts will be small and unstable", G, K)
+
+        dev = resolve_device(device)
+        old_threads = torch.get_num_threads()
+        set_threads(n_threads)
+        t0 = time.perf_counter()
+        try:
+            seed = seed_everything(seed)
+            min_patch = int(images.settings.get("patch_size", 4) or 4)
+            patch = int(p["patch_size"]) if p["patch_size"] is not None else \
+                _auto_patch_size(images.height, images.width, int(p["max_tokens"]), minimum=min(min_patch, 4))
+            module = self._build_module(patch)
+            mixture = self._build_mixture(K, seed + 2)
+            trainer = Trainer(module, mixture, images, self._train_config(), device=dev, seed=seed,
+                              progress=progress)
+            logger.info("training on %s: %d genes, %dx%d images, patch %d, K=%d", dev, G, images.height,
+                        images.width, patch, K)
+            result = trainer.fit()
+        finally:
+            if n_threads is not None:
+                torch.set_num_threads(old_threads)
+
+        self.module_ = trainer.model.eval()
+        self.mixture_model_ = mixture
+        self.device_ = str(dev)
+        self.patch_size_ = patch
+        self.n_contexts_ = K
+        self.images_ = images
+        self.graph_ = result.graph
+        self.stop_reason_ = result.stop_reason
+        self.epochs_run_ = result.epochs_run
+        self.fit_seconds_ = time.perf_counter() - t0
+        self.history_ = pd.DataFrame(result.history)
+        self.image_options_ = _jsonable({**GeneImages.image_options(images.settings), "geometry": "auto"})
+        self.fit_params_ = {}
+        self._set_results(images.genes, result.embeddings, result.memberships)
+        logger.info("%d epochs (%s), %s genes x %d dims, K=%d contexts, %.1f s", self.epochs_run_,
+                    self.stop_reason_, f"{G:,}", self.embed_dim, K, self.fit_seconds_)
+        return self
+
+    def _set_results(self, genes, emb: np.ndarray, resp: np.ndarray) -> None:
+        genes = pd.Index(genes, name="gene")
+        self.embeddings_ = pd.DataFrame(np.asarray(emb, dtype=np.float32), index=genes,
+                                        columns=[f"dim_{i}" for i in range(emb.shape[1])])
+        self.memberships_ = self._memberships_frame(resp, genes)
+        self.contexts_ = self._contexts_frame(self.memberships_)
+
+    @staticmethod
+    def _memberships_frame(resp, genes) -> pd.DataFrame:
+        r = np.asarray(resp, dtype=np.float64)
+        r = np.clip(r, 0.0, None)
+        r = r / np.clip(r.sum(1, keepdims=True), 1e-300, None)
+        return pd.DataFrame(r, index=pd.Index(genes, name="gene"), columns=[f"context_{k}" for k in range(r.shape[1])])
+
+    @staticmethod
+    def _contexts_frame(memberships: pd.DataFrame) -> pd.DataFrame:
+        r = memberships.to_numpy()
+        return pd.DataFrame({"context": r.argmax(1).astype(np.int64), "confidence": r.max(1)},
+                            index=memberships.index)
+
+    # --------------------------------------------------------------- inference
+    def embed_images(self, images: GeneImages, *, batch_size: int | None = None, device=None) -> np.ndarray:
+        """Embed the genes of prebuilt images with the trained encoder (no decoder, no grad).
+
+        Parameters
+        ----------
+        images
+            :class:`sigel.GeneImages`, any grid (positions are rebuilt for it).
+        batch_size
+            Genes per forward pass (default ``embed_batch_size``).
+        device
+            Torch device (default: where the model is).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(images.n_genes, D)`` float32, rows in ``images.genes`` order.
+        """
+        import torch
+
+        from .train.trainer import embed_all
+
+        self._require_trained("embed_images")
+        if not isinstance(images, GeneImages):
+            raise SigelInputError(f"`images` must be a sigel.GeneImages; got {type(images).__name__}")
+        dev = torch.device(device) if device is not None else next(self.module_.parameters()).device
+        if dev != next(self.module_.parameters()).device:
+            self.module_.to(dev)
+        bs = int(batch_size or self.init_params_["embed_batch_size"])
+        Z = embed_all(self.module_, images, batch_size=bs, device=dev, amp=bool(self.init_params_["amp"]))
+        return Z.cpu().numpy().astype(np.float32)
+
+    def transform(self, adata_or_images, *, genes=None, batch_size: int | None = None, device=None,
+                  **image_options) -> pd.DataFrame:
+        """Embed the genes of a new AnnData (or of prebuilt images) without retraining.
+
+        Images are rebuilt with the options saved at fit time (normalisation,
+        scaling, layer, library-size column ...) on the new sample's own grid;
+        ``geometry`` is re-detected unless given.
+
+        Parameters
+        ----------
+        adata_or_images
+            AnnData (new genes, or a new sample) or :class:`sigel.GeneImages`.
+        genes
+            Optional subset of genes (names).
+        batch_size
+            Genes per forward pass.
+        device
+            Torch device (default: where the model is).
+        **image_options
+            Overrides of the saved image options (e.g. ``library_size_key=None``
+            for a sample without that column).
+
+        Returns
+        -------
+        pandas.DataFrame
+            Genes x D (index gene names, columns ``dim_0..``). Genes removed by
+            the image filters (``min_spots``, ``exclude_prefixes``) are absent.
+        """
+        self._require_trained("transform")
+        if isinstance(adata_or_images, GeneImages):
+            images = adata_or_images if genes is None else adata_or_images.subset(genes)
+        else:
+            opts = dict(self.image_options_)
+            opts.update(image_options)
+            lib = opts.get("library_size_key")
+            if lib is not None and lib not in adata_or_images.obs and "library_size_key" not in image_options:
+                logger.warning("library_size_key %r not in the new data; using the row sums", lib)
+                opts["library_size_key"] = None
+            images = GeneImages.from_anndata(adata_or_images, genes=genes, **opts)
+        Z = self.embed_images(images, batch_size=batch_size, device=device)
+        return pd.DataFrame(Z, index=pd.Index(images.genes, name="gene"),
+                            columns=[f"dim_{i}" for i in range(Z.shape[1])])
+
+    def predict_memberships(self, embeddings) -> pd.DataFrame:
+        """Soft context memberships of (new) embeddings under the fitted mixture.
+
+        Parameters
+        ----------
+        embeddings
+            DataFrame (genes x D, e.g. from :meth:`transform`) or array ``(n, D)``.
+
+        Returns
+        -------
+        pandas.DataFrame
+            ``(n, K)``, columns ``context_0..``; rows sum to 1.
+        """
+        import torch
+
+        self._require_trained("predict_memberships")
+        if isinstance(embeddings, pd.DataFrame):
+            index, arr = embeddings.index, embeddings.to_numpy(np.float32)
+        else:
+            arr = np.asarray(embeddings, dtype=np.float32)
+            index = pd.RangeIndex(arr.shape[0])
+        if arr.ndim != 2 or arr.shape[1] != self.embed_dim:
+            raise SigelInputError(f"embeddings must have shape (n, {self.embed_dim}); got {arr.shape}")
+        dev = self.mixture_model_.params.mu.device
+        with torch.no_grad():
+            r = self.mixture_model_.predict_proba(torch.from_numpy(arr).to(dev))
+        return self._memberships_frame(r.double().cpu().numpy(), index)
+
+    # ------------------------------------------------------------ AnnData I/O
+    def write_to(self, adata, *, key_added: str = "sigel") -> "SIGEL":
+        """Store the results in ``adata`` (scanpy style); returns the model.
+
+        Genes are matched by name. Genes of ``adata`` that were not embedded
+        (filtered out or not requested) get NaN rows / missing values.
+
+        Parameters
+        ----------
+        adata
+            AnnData whose ``var_names`` include the embedded genes.
+        key_added
+            Prefix of the keys written.
+
+        Returns
+        -------
+        SIGEL
+            ``self``. Sets:
+
+            - ``adata.varm[key_added]``: ``(n_vars, D)`` float32 embeddings (NaN
+              rows for genes not embedded);
+            - ``adata.varm[key_added + '_contexts']``: ``(n_vars, K)`` memberships;
+            - ``adata.var[key_added + '_context']``: nullable ``Int64`` hard context;
+            - ``adata.var[key_added + '_confidence']``: float, its membership;
+            - ``adata.uns[key_added]``: dict with ``params`` (constructor
+              arguments), ``image_options``, ``history`` (dict of lists),
+              ``stop_reason``, ``epochs_run``, ``n_contexts``, ``n_genes``,
+              ``mixture`` (``log_pi``, ``mu``, ``var``, ``nu`` arrays) and
+              ``version``.
+        """
+        self._require_trained("write_to")
+        var_names = pd.Index(adata.var_names.astype(str))
+        pos = var_names.get_indexer(self.embeddings_.index)
+        ok = pos >= 0
+        if not ok.any():
+            raise SigelInputError("none of the embedded genes are in adata.var_names; was the model fitted on this data?")
+        if (~ok).any():
+            logger.warning("%d embedded genes are not in adata.var_names and were skipped", int((~ok).sum()))
+        n, D, K = adata.n_vars, self.embed_dim, self.n_contexts_
+        emb = np.full((n, D), np.nan, dtype=np.float32)
+        emb[pos[ok]] = self.embeddings_.to_numpy()[ok]
+        mem = np.full((n, K), np.nan, dtype=np.float64)
+        mem[pos[ok]] = self.memberships_.to_numpy()[ok]
+        ctx = pd.array(np.full(n, pd.NA), dtype="Int64")
+        ctx[pos[ok]] = self.contexts_["context"].to_numpy()[ok]
+        conf = np.full(n, np.nan)
+        conf[pos[ok]] = self.contexts_["confidence"].to_numpy()[ok]
+        adata.varm[key_added] = emb
+        adata.varm[f"{key_added}_contexts"] = mem
+        adata.var[f"{key_added}_context"] = ctx
+        adata.var[f"{key_added}_confidence"] = conf
+        mix = {k: v.detach().cpu().numpy() for k, v in self.mixture_.state_dict().items()}
+        hist = {c: self.history_[c].tolist() for c in self.history_.columns} if self.history_ is not None else {}
+        adata.uns[key_added] = {
+            "params": _jsonable({k: ("None" if v is None else v) for k, v in self.init_params_.items()}),
+            "image_options": _jsonable({k: ("None" if v is None else v) for k, v in self.image_options_.items()}),
+            "history": hist,
+            "stop_reason": str(self.stop_reason_),
+            "epochs_run": int(self.epochs_run_),
+            "n_contexts": int(K),
+            "n_genes": int(ok.sum()),
+            "patch_size": int(self.patch_size_),
+            "mixture": mix,
+            "version": __version__,
+        }
+        logger.info("%s genes x %d dims -> adata.varm[%r]; contexts -> adata.var[%r], adata.uns[%r]",
+                    f"{int(ok.sum()):,}", D, key_added, f"{key_added}_context", key_added)
+        return self
+
+    # ------------------------------------------------------------ persistence
+    def save(self, path, *, overwrite: bool = False) -> Path:
+        """Save to a directory: ``config.json`` + ``weights.safetensors`` (no pickles).
+
+        Parameters
+        ----------
+        path
+            Directory to create.
+        overwrite
+            Replace an existing directory (only one holding a saved SIGEL model
+            or empty).
+
+        Returns
+        -------
+        pathlib.Path
+            The directory.
+        """
+        from safetensors.torch import save_file
+
+        self._require_trained("save")
+        path = Path(path)
+        if path.exists():
+            if not overwrite:
+                raise SigelInputError(f"{str(path)!r} already exists; pass overwrite=True to replace it")
+            if not path.is_dir():
+                raise SigelInputError(f"{str(path)!r} exists and is not a directory")
+            if any(path.iterdir()) and not (path / CONFIG_FILE).exists():
+                raise SigelInputError(f"refusing to overwrite {str(path)!r}: it is not a saved SIGEL model")
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+        tensors = {f"mae.{k}": v.detach().cpu().contiguous().clone() for k, v in self.module_.state_dict().items()}
+        tensors.update({f"mixture.{k}": v.detach().cpu().contiguous() for k, v in self.mixture_.state_dict().items()})
+        import torch
+
+        tensors["results.embeddings"] = torch.from_numpy(self.embeddings_.to_numpy(np.float32).copy())
+        tensors["results.memberships"] = torch.from_numpy(self.memberships_.to_numpy(np.float64).copy())
+        save_file(tensors, str(path / WEIGHTS_FILE))
+        mix = self.mixture_model_
+        hist = {c: self.history_[c].tolist() for c in self.history_.columns} if self.history_ is not None else {}
+        config = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "class": "SIGEL",
+            "init_params": self.init_params_,
+            "resolved": {"patch_size": self.patch_size_, "n_contexts": self.n_contexts_,
+                         "embed_dim": self.embed_dim, "mixture_prior_scale": mix.var_prior_scale_},
+            "image_options": self.image_options_,
+            "fit_params": self.fit_params_,
+            "genes": [str(g) for g in self.embeddings_.index],
+            "history": hist,
+            "stop_reason": self.stop_reason_,
+            "epochs_run": self.epochs_run_,
+            "fit_seconds": self.fit_seconds_,
+            "device_trained": self.device_,
+            "versions": self._versions(),
+        }
+        with open(path / CONFIG_FILE, "w") as fh:
+            json.dump(_jsonable(config), fh, indent=1)
+        logger.info("saved model to %s", path)
+        return path
+
+    @staticmethod
+    def _versions() -> dict:
+        import torch
+
+        return {"sigel": __version__, "torch": torch.__version__, "numpy": np.__version__,
+                "python": platform.python_version()}
+
+    @classmethod
+    def load(cls, path, *, device: str = "cpu") -> "SIGEL":
+        """Load a model saved with :meth:`save` (whatever device it was trained on).
+
+        Parameters
+        ----------
+        path
+            The directory.
+        device
+            Where to put the weights (default CPU; ``'auto'`` allowed).
+
+        Returns
+        -------
+        SIGEL
+            A trained model (``images_`` and ``graph_`` are ``None``).
+
+        Raises
+        ------
+        SigelInputError
+            Missing, corrupt or foreign directory, naming the problem.
+        """
+        import torch
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not path.exists():
+            raise SigelInputError(f"no saved model at {str(path)!r}: the path does not exist")
+        if not path.is_dir():
+            raise SigelInputError(f"{str(path)!r} is not a directory; a saved SIGEL model is a directory")
+        cfg_file, w_file = path / CONFIG_FILE, path / WEIGHTS_FILE
+        if not cfg_file.exists():
+            raise SigelInputError(f"{str(path)!r} has no {CONFIG_FILE}: not a saved SIGEL model")
+        try:
+            with open(cfg_file) as fh:
+                cfg = json.load(fh)
+        except (OSError, ValueError) as e:
+            raise SigelInputError(f"{str(cfg_file)!r} is corrupt (not valid JSON): {e}") from None
+        if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+            raise SigelInputError(f"{str(path)!r} is not a saved SIGEL model (config.json has no "
+                                  f"'format': {FORMAT!r})")
+        if int(cfg.get("format_version", 0)) > FORMAT_VERSION:
+            raise SigelInputError(f"{str(path)!r} was saved by a newer sigel (format version "
+                                  f"{cfg.get('format_version')}); upgrade sigel to load it")
+        required = ("init_params", "resolved", "genes", "image_options")
+        missing = [k for k in required if k not in cfg]
+        if missing:
+            raise SigelInputError(f"{str(cfg_file)!r} is incomplete: missing {missing}")
+        if not w_file.exists():
+            raise SigelInputError(f"{str(path)!r} has no {WEIGHTS_FILE}: the weights are missing")
+        try:
+            tensors = load_file(str(w_file), device="cpu")
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise SigelInputError(f"{str(w_file)!r} is corrupt: {e}") from None
+
+        known = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        params = {k: v for k, v in cfg["init_params"].items() if k in known}
+        try:
+            model = cls(**params)
+        except (TypeError, SigelInputError) as e:
+            raise SigelInputError(f"{str(cfg_file)!r} holds invalid hyper-parameters: {e}") from None
+        res = cfg["resolved"]
+        try:
+            module = model._build_module(int(res["patch_size"]))
+            mae_sd = {k[4:]: v for k, v in tensors.items() if k.startswith("mae.")}
+            module.load_state_dict(mae_sd, strict=True)
+            from .model.mixture import MixtureParams
+
+            mix = model._build_mixture(int(res["n_contexts"]), 0)
+            mix.params = MixtureParams.from_state_dict({k[8:]: v for k, v in tensors.items()
+                                                        if k.startswith("mixture.")})
+            mix.var_prior_scale_ = res.get("mixture_prior_scale")
+            emb = tensors["results.embeddings"].numpy()
+            mem = tensors["results.memberships"].numpy()
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise SigelInputError(f"{str(w_file)!r} does not match {CONFIG_FILE}: {msg}") from None
+        genes = cfg["genes"]
+        if emb.shape != (len(genes), model.embed_dim) or mem.shape[0] != len(genes):
+            raise SigelInputError(f"{str(w_file)!r} does not match {CONFIG_FILE}: result shapes "
+                                  f"{tuple(emb.shape)} / {tuple(mem.shape)} for {len(genes)} genes")
+        dev = resolve_device(device)
+        model.module_ = module.to(dev).eval()
+        mix.params = mix.params.to(dev)
+        model.mixture_model_ = mix
+        model.device_ = str(dev)
+        model.patch_size_ = int(res["patch_size"])
+        model.n_contexts_ = int(res["n_contexts"])
+        model.image_options_ = dict(cfg["image_options"])
+        model.fit_params_ = dict(cfg.get("fit_params") or {})
+        model.history_ = pd.DataFrame(cfg.get("history") or {})
+        model.stop_reason_ = cfg.get("stop_reason")
+        model.epochs_run_ = int(cfg.get("epochs_run") or 0)
+        model.fit_seconds_ = cfg.get("fit_seconds")
+        model._set_results(pd.Index(genes), emb, mem)
+        return model
+
+
+def embed(adata, *, key_added: str = "sigel", layer: str | None = None, spatial_key: str = "spatial",
+          library_size_key: str | None = None, genes=None, device: str = "auto", seed: int | None = None,
+          progress: bool | None = None, n_threads: int | None = None, image_options: dict | None = None,
+          **hyperparameters) -> SIGEL:
+    """Fit a :class:`SIGEL` model on ``adata`` and write the results into it (scanpy style).
+
+    Parameters
+    ----------
+    adata
+        AnnData (spots x genes, counts). Results are added to it (see
+        :meth:`SIGEL.write_to`); nothing else is changed.
+    key_added
+        Prefix of the keys written.
+    layer, spatial_key, library_size_key, genes, device, seed, progress, n_threads
+        As in :meth:`SIGEL.fit`.
+    image_options
+        Extra :meth:`sigel.GeneImages.from_anndata` options.
+    **hyperparameters
+        :class:`SIGEL` constructor arguments.
+
+    Returns
+    -------
+    SIGEL
+        The fitted model. Sets ``adata.varm[key_added]``,
+        ``adata.varm[key_added + '_contexts']``, ``adata.var[key_added +
+        '_context']``, ``adata.var[key_added + '_confidence']`` and
+        ``adata.uns[key_added]``.
+    """
+    model = SIGEL(**hyperparameters)
+    model.fit(adata, layer=layer, spatial_key=spatial_key, library_size_key=library_size_key, genes=genes,
+              device=device, seed=seed, progress=progress, n_threads=n_threads, **(image_options or {}))
+    return model.write_to(adata, key_added=key_added)

@@ -1,0 +1,190 @@
+"""Calls into the R package ``sigel`` through rpy2 (optional dependency, imported lazily).
+
+Used by the ``"r"`` engine of `sigel.sim` (``simulatePattern()``,
+``simulateHomogeneous()``) and by `sigel.tl.compare_svg` (``sigelSparkX()``).
+Works from plain Python and nested inside an R session (R -> reticulate ->
+Python -> rpy2 attaches to the running R).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+_INSTALL = (
+    "the R engine needs rpy2 and the R package 'sigel': "
+    "pip install 'rpy2==3.6.6' 'rpy2-rinterface==3.6.5' 'rpy2-robjects==3.6.6' "
+    "(or pip install 'sigel[r]'), then install the R package (bash scripts/setup.sh, "
+    "or R CMD INSTALL . from the source tree)"
+)
+_cache: dict = {}
+
+
+def require_rpy2():
+    """Import ``rpy2.robjects`` or raise ImportError naming the install command."""
+    try:
+        import rpy2.robjects as ro  # noqa: F401
+    except Exception as e:  # ImportError, or R not found by rpy2
+        raise ImportError(f"{_INSTALL} ({type(e).__name__}: {e})") from e
+    return ro
+
+
+def r_available() -> bool:
+    """Whether rpy2 and the R package ``sigel`` can be used (never raises)."""
+    try:
+        sigel_r()
+        return True
+    except Exception:
+        return False
+
+
+def sigel_r():
+    """The R package ``sigel`` as an rpy2 package object (cached)."""
+    if "pkg" in _cache:
+        return _cache["pkg"]
+    require_rpy2()
+    from rpy2.robjects.packages import PackageNotInstalledError, importr
+
+    try:
+        pkg = importr("sigel")
+    except PackageNotInstalledError as e:
+        raise ImportError(_INSTALL) from e
+    _cache["pkg"] = pkg
+    return pkg
+
+
+def _np2r(a):
+    """numpy array -> R vector/matrix (column-major, dims kept)."""
+    import rpy2.robjects as ro
+    from rpy2.robjects import numpy2ri
+    from rpy2.robjects.conversion import localconverter
+
+    with localconverter(ro.default_converter + numpy2ri.converter):
+        return ro.conversion.get_conversion().py2rpy(np.asarray(a))
+
+
+def _r2np(x) -> np.ndarray:
+    import rpy2.robjects as ro
+    from rpy2.robjects import numpy2ri
+    from rpy2.robjects.conversion import localconverter
+
+    with localconverter(ro.default_converter + numpy2ri.converter):
+        return np.asarray(ro.conversion.get_conversion().rpy2py(x))
+
+
+def to_r_dgc(X):
+    """scipy (spots x genes) -> R ``dgCMatrix`` genes x spots (built from the CSR arrays)."""
+    import rpy2.robjects as ro
+    from rpy2.robjects.packages import importr
+
+    Matrix = importr("Matrix")
+    X = sp.csr_matrix(X, dtype=np.float64)
+    X.sort_indices()
+    n_spots, n_genes = X.shape
+    # CSR of spots x genes == CSC of genes x spots
+    return Matrix.sparseMatrix(
+        i=ro.IntVector(X.indices.astype(np.int32)), p=ro.IntVector(X.indptr.astype(np.int32)),
+        x=ro.FloatVector(X.data), dims=ro.IntVector([n_genes, n_spots]), index1=False,
+    )
+
+
+def _template_r(template):
+    import rpy2.robjects as ro
+
+    if isinstance(template, pd.Series):
+        template = pd.Categorical(template) if isinstance(template.dtype, pd.CategoricalDtype) \
+            else template.to_numpy()
+    if isinstance(template, pd.Categorical):
+        levels = [str(c) for c in template.categories]
+        return ro.FactorVector(ro.StrVector([levels[c] for c in template.codes]), levels=ro.StrVector(levels))
+    arr = np.asarray(template)
+    if arr.ndim == 2:
+        if arr.dtype.kind == "b":
+            return _np2r(arr.astype(bool))
+        if arr.dtype.kind in "iuf":
+            return _np2r(arr.astype(np.float64))
+        return _np2r(arr.astype(str))
+    if arr.dtype.kind == "b":
+        return ro.BoolVector(arr.tolist())
+    if arr.dtype.kind in "iu":
+        return ro.IntVector(arr.astype(np.int64).tolist())
+    if arr.dtype.kind == "f":
+        return ro.FloatVector(arr.tolist())
+    return ro.StrVector([str(v) for v in arr])
+
+
+def _named(d: dict | None):
+    import rpy2.robjects as ro
+
+    if d is None:
+        return ro.NULL
+    v = ro.FloatVector([float(x) for x in d.values()])
+    v.names = ro.StrVector([str(k) for k in d.keys()])
+    return v
+
+
+def _opt(x):
+    import rpy2.robjects as ro
+
+    if x is None:
+        return ro.NULL
+    return ro.FloatVector(np.asarray(x, dtype=np.float64).ravel().tolist())
+
+
+def simulate_pattern_r(coords, template, *, counts=None, quantiles=None, means=None, taper=0.0, n_draws=1,
+                       library_size=None, trend=None, seed=None, return_params=False):
+    """`sigel.sim.pseudo_gene` through the R package's ``simulatePattern()`` (spots x draws)."""
+    import rpy2.robjects as ro
+
+    pkg = sigel_r()
+    res = pkg.simulatePattern(
+        _np2r(np.asarray(coords, dtype=np.float64)), _template_r(template),
+        counts=ro.NULL if counts is None else to_r_dgc(counts),
+        quantiles=_named(quantiles), means=_named(means), taper=float(taper), n_draws=int(n_draws),
+        library_size=_opt(library_size), trend=_opt(trend),
+        seed=ro.NULL if seed is None else int(seed), return_params=bool(return_params),
+    )
+    y = _r2np(res).astype(np.int64).reshape(len(coords), int(n_draws), order="F")
+    if not return_params:
+        return y
+    p = ro.r["attr"](res, "params")
+    get = dict(zip(p.names, list(p)))
+    regions = [str(r) for r in get["regions"]]
+    params = dict(
+        regions=regions,
+        region_means={r: float(v) for r, v in zip(regions, _r2np(get["region_means"]))},
+        trend=tuple(float(v) for v in _r2np(get["trend"])),
+        size_factors=_r2np(get["size_factors"]).astype(np.float64),
+        mu=_r2np(get["mu"]).astype(np.float64),
+        weights=_r2np(get["weights"]).astype(np.float64),
+    )
+    return y, params
+
+
+def simulate_homogeneous_r(X, n_draws, *, library_size=None, seed=None) -> np.ndarray:
+    """`sigel.sim.homogeneous` through ``simulateHomogeneous()``: (spots x genes x draws)."""
+    import rpy2.robjects as ro
+
+    pkg = sigel_r()
+    res = pkg.simulateHomogeneous(to_r_dgc(X), n_draws=int(n_draws), library_size=_opt(library_size),
+                                  seed=ro.NULL if seed is None else int(seed))
+    arr = _r2np(res)
+    return arr.reshape(X.shape[0], X.shape[1], int(n_draws), order="F").astype(np.int64) \
+        if arr.ndim != 3 else arr.astype(np.int64)
+
+
+def sparkx_r(X, coords, *, genes=None) -> pd.DataFrame:
+    """The R package's SPARK-X-style test (``sigelSparkX()``) on counts X (spots x genes)."""
+    import rpy2.robjects as ro
+    from rpy2.robjects import pandas2ri
+    from rpy2.robjects.conversion import localconverter
+
+    pkg = sigel_r()
+    M = to_r_dgc(X)
+    if genes is not None:
+        M = ro.r("function(m, g) { rownames(m) <- g; m }")(M, ro.StrVector([str(g) for g in genes]))
+    res = pkg.sigelSparkX(M, _np2r(np.asarray(coords, dtype=np.float64)))
+    with localconverter(ro.default_converter + pandas2ri.converter):
+        df = ro.conversion.get_conversion().rpy2py(res)
+    df.index = pd.Index([str(g) for g in df.index], name="gene")
+    return df

@@ -1,0 +1,278 @@
+"""Module III: self-paced pseudo-contrastive refinement (losses and selection).
+
+Pure tensor functions; the training loop (:mod:`sigel.train.trainer`) calls
+them once per epoch (:func:`select_confident`, :func:`schedule`) and once per
+mini-batch (:func:`refinement_losses`). Every loss function returns a scalar;
+:func:`refinement_losses` returns a dict of named, *unweighted* terms plus
+the weighted ``'total'`` so the history can show each term.
+
+Embeddings are compared after centring on the mixture's overall mean
+(``sum_k pi_k mu_k``): cosine similarities of centred vectors measure
+direction *relative to the cloud*, which stays informative when every gene
+vector lies in the same orthant.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "RefineState",
+    "select_confident",
+    "schedule",
+    "prototype_contrastive_loss",
+    "mixture_nll_loss",
+    "scaffold_smoothness_loss",
+    "refinement_losses",
+    "label_change",
+]
+
+
+@dataclass
+class RefineState:
+    """Everything the per-batch losses need from the current epoch (all detached).
+
+    Attributes
+    ----------
+    embeddings
+        ``(G, D)`` gene vectors of the epoch (no grad).
+    labels
+        ``(G,)`` hard context of every gene (``None`` before the first mixture fit).
+    selected
+        ``(G,)`` bool, genes whose pseudo-label is trusted this epoch.
+    prototypes
+        ``(K, D)`` context prototypes (mixture means).
+    center
+        ``(D,)`` overall mean used to centre vectors before cosine similarities.
+    scale
+        Scalar: mean squared norm of the centred embeddings (normalises the
+        scaffold term).
+    mixture
+        The fitted :class:`sigel.model.mixture.StudentTMixture` (for ``log_prob``).
+    graph
+        :class:`sigel.model.scaffold.GeneGraph` or ``None``.
+    weights
+        Loss weights for this epoch: keys ``recon``, ``contrastive``,
+        ``mixture``, ``scaffold``.
+    temperature
+        Softmax temperature of the contrastive term.
+    """
+
+    embeddings: torch.Tensor
+    labels: torch.Tensor | None
+    selected: torch.Tensor | None
+    prototypes: torch.Tensor | None
+    center: torch.Tensor
+    scale: torch.Tensor
+    mixture: object | None
+    graph: object | None
+    weights: dict
+    temperature: float = 0.2
+
+
+# ----------------------------------------------------------------- selection
+def select_confident(resp: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Self-paced selection: per context, keep its most confident genes.
+
+    Parameters
+    ----------
+    resp
+        ``(G, K)`` memberships.
+    fraction
+        Share of each context's (hard-assigned) genes to keep, in ``(0, 1]``;
+        at least one gene per non-empty context is kept.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(G,)`` bool.
+    """
+    conf, labels = resp.max(1)
+    G = resp.shape[0]
+    if fraction >= 1.0:
+        return torch.ones(G, dtype=torch.bool, device=resp.device)
+    # sort by (label asc, confidence desc): a stable sort on confidence then on label
+    order = torch.argsort(-conf, stable=True)
+    order = order[torch.argsort(labels[order], stable=True)]
+    sorted_labels = labels[order]
+    counts = torch.bincount(labels, minlength=resp.shape[1])
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(G, device=resp.device) - starts[sorted_labels]
+    n_keep = torch.ceil(counts.to(torch.float64) * float(fraction)).to(torch.long).clamp(min=1)
+    keep_sorted = rank < n_keep[sorted_labels]
+    keep = torch.zeros(G, dtype=torch.bool, device=resp.device)
+    keep[order] = keep_sorted
+    return keep
+
+
+def schedule(epoch: int, start: int, length: int, v0: float, v1: float) -> float:
+    """Linear ramp from ``v0`` (at ``start``) to ``v1`` (at ``start + length``), constant outside.
+
+    Parameters
+    ----------
+    epoch
+        Current epoch (0-based).
+    start
+        Epoch where the ramp begins.
+    length
+        Ramp length in epochs (``<= 0`` jumps straight to ``v1``).
+    v0, v1
+        Values at both ends.
+    """
+    if length <= 0:
+        return float(v1) if epoch >= start else float(v0)
+    t = min(max((epoch - start) / float(length), 0.0), 1.0)
+    return float(v0 + (v1 - v0) * t)
+
+
+# --------------------------------------------------------------------- terms
+def prototype_contrastive_loss(z: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor,
+                               center: torch.Tensor, temperature: float = 0.2,
+                               weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Pseudo-contrastive loss: pull each gene to its context prototype, push from the others.
+
+    ``-log softmax_k(cos(z - c, mu_k - c) / T)[label]``: the own prototype is
+    the positive, every other prototype a negative (the negatives are what
+    prevents collapse onto one point).
+
+    Parameters
+    ----------
+    z
+        ``(B, D)`` embeddings (with grad).
+    labels
+        ``(B,)`` pseudo-labels.
+    prototypes
+        ``(K, D)`` context prototypes.
+    center
+        ``(D,)`` centring vector.
+    temperature
+        Softmax temperature.
+    weight
+        Optional ``(B,)`` per-gene weights (0 drops a gene).
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar (0 when no gene carries weight).
+    """
+    zc = F.normalize(z.float() - center, dim=1)
+    pc = F.normalize(prototypes.float() - center, dim=1)
+    logits = zc @ pc.T / temperature
+    ce = F.cross_entropy(logits, labels, reduction="none")
+    if weight is None:
+        return ce.mean()
+    w = weight.to(ce.dtype)
+    return (ce * w).sum() / w.sum().clamp(min=1.0)
+
+
+def mixture_nll_loss(z: torch.Tensor, mixture, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Negative log-likelihood of embeddings under the current (fixed) mixture, per dimension.
+
+    Parameters
+    ----------
+    z
+        ``(B, D)`` embeddings (with grad).
+    mixture
+        Fitted mixture with a differentiable ``log_prob``.
+    weight
+        Optional ``(B,)`` weights.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar ``-mean(log p(z)) / D``.
+    """
+    lp = mixture.log_prob(z.float()) / z.shape[1]
+    if weight is None:
+        return -lp.mean()
+    w = weight.to(lp.dtype)
+    return -(lp * w).sum() / w.sum().clamp(min=1.0)
+
+
+def scaffold_smoothness_loss(z: torch.Tensor, idx: torch.Tensor, graph, embeddings: torch.Tensor,
+                             scale: torch.Tensor) -> torch.Tensor:
+    """Graph smoothness: weighted squared distance of each gene to its image neighbours.
+
+    Neighbour vectors are the epoch's (detached) embeddings, so each step pulls
+    a gene toward the current positions of the genes its image resembles.
+    Divided by the mean squared norm of the centred embeddings (``scale``),
+    so the term does not reward shrinking the whole space.
+
+    Parameters
+    ----------
+    z
+        ``(B, D)`` embeddings of the batch (with grad).
+    idx
+        ``(B,)`` gene indices of the batch (rows of ``graph``).
+    graph
+        :class:`sigel.model.scaffold.GeneGraph` (same device as ``z``).
+    embeddings
+        ``(G, D)`` detached embeddings of all genes.
+    scale
+        Scalar normaliser.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar.
+    """
+    nb = graph.indices[idx]
+    w = graph.weights[idx].to(torch.float32)
+    target = embeddings[nb].float()  # (B, k, D)
+    d2 = ((z.float()[:, None, :] - target) ** 2).sum(-1)
+    per = (w * d2).sum(1) / w.sum(1).clamp(min=1e-8)
+    return per.mean() / scale.clamp(min=1e-12)
+
+
+def refinement_losses(recon: torch.Tensor, z: torch.Tensor, idx: torch.Tensor, state: RefineState) -> dict:
+    """All loss terms for one mini-batch.
+
+    Parameters
+    ----------
+    recon
+        Scalar reconstruction loss of the batch (Module I; always included).
+    z
+        ``(B, D)`` embeddings of the batch (with grad).
+    idx
+        ``(B,)`` gene indices of the batch.
+    state
+        The epoch's :class:`RefineState`.
+
+    Returns
+    -------
+    dict
+        ``{'recon', 'contrastive', 'mixture', 'scaffold', 'total'}``; terms
+        whose weight is 0 are omitted (except ``recon`` and ``total``).
+    """
+    w = state.weights
+    out = {"recon": recon}
+    total = w.get("recon", 1.0) * recon
+    if w.get("contrastive", 0.0) > 0 and state.labels is not None:
+        sel = state.selected[idx] if state.selected is not None else None
+        if sel is None or bool(sel.any()):
+            c = prototype_contrastive_loss(z, state.labels[idx], state.prototypes, state.center,
+                                           state.temperature, sel)
+        else:
+            c = z.sum() * 0.0
+        out["contrastive"] = c
+        total = total + w["contrastive"] * c
+    if w.get("mixture", 0.0) > 0 and state.mixture is not None:
+        m = mixture_nll_loss(z, state.mixture)
+        out["mixture"] = m
+        total = total + w["mixture"] * m
+    if w.get("scaffold", 0.0) > 0 and state.graph is not None:
+        s = scaffold_smoothness_loss(z, idx, state.graph, state.embeddings, state.scale)
+        out["scaffold"] = s
+        total = total + w["scaffold"] * s
+    out["total"] = total
+    return out
+
+
+def label_change(prev: torch.Tensor | None, new: torch.Tensor) -> float:
+    """Fraction of genes whose hard context differs between two epochs (``nan`` without a previous epoch)."""
+    if prev is None:
+        return math.nan
+    return float((prev != new).to(torch.float32).mean())

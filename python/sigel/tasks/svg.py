@@ -1,0 +1,530 @@
+"""Spatially variable genes: distance from simulated homogeneous controls in the embedding space.
+
+For every gene, ``n_null + 1`` spatially homogeneous controls are simulated
+from the gene's own marginal (`sigel.sim.homogeneous`: a zero-inflated
+negative binomial shuffled over the tissue), imaged exactly as the real genes
+were and embedded with the trained encoder, in batches. The score of a gene
+is the distance of its vector from the mean of ``n_null`` of its controls,
+divided by their spread (root mean squared distance of the controls to their
+mean). Each control gets the same score against the other ``n_null``
+controls (leave one out), so under the null a real gene and its controls'
+scores are exchangeable; the null scores are pooled over the genes of similar
+expression level (quantile bins of the mean count) to give fine-grained
+empirical p-values, then Benjamini-Hochberg q-values.
+
+`compare_svg` runs this next to a SPARK-X-style test (the R package's
+``sigelSparkX()``, through rpy2) and Moran's I (`morans_i`) on the same genes.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .. import _keys
+from .._settings import logger, settings
+from .._validate import SigelInputError, assert_one_of, assert_positive
+from ..sim import _check_model, _model_image_options, _same_grid, _spot_coords as _coords
+
+__all__ = ["svg", "svg_scores", "compare_svg", "morans_i", "bh"]
+
+
+# ====================================================================== helpers
+def bh(p) -> np.ndarray:
+    """Benjamini-Hochberg q-values (NaN stays NaN).
+
+    Examples
+    --------
+    >>> from sigel.tasks.svg import bh
+    >>> bh([0.01, 0.04, 0.03]).round(3).tolist()
+    [0.03, 0.04, 0.04]
+    """
+    p = np.asarray(p, dtype=np.float64)
+    q = np.full_like(p, np.nan)
+    ok = np.isfinite(p)
+    pv = p[ok]
+    n = pv.size
+    if n == 0:
+        return q
+    order = np.argsort(pv)
+    ranked = pv[order] * n / np.arange(1, n + 1)
+    ranked = np.minimum.accumulate(ranked[::-1])[::-1]
+    out = np.empty(n)
+    out[order] = np.minimum(ranked, 1.0)
+    q[ok] = out
+    return q
+
+
+def _counts(adata, layer):
+    X = adata.X if layer is None else adata.layers[layer]
+    return sp.csr_matrix(X) if sp.issparse(X) else sp.csr_matrix(np.asarray(X))
+
+
+def real_images(model, adata, genes=None, opts: dict | None = None):
+    """The real genes' images rebuilt from ``adata`` with the model's image options."""
+    from ..data import GeneImages
+
+    opts = _model_image_options(model) if opts is None else opts
+    return GeneImages.from_anndata(adata, genes=genes, **opts)
+
+
+def _normalise(Z):
+    n = np.linalg.norm(Z, axis=-1, keepdims=True)
+    return Z / np.maximum(n, 1e-12)
+
+
+# ====================================================================== core
+def svg_scores(real, controls, level=None, *, n_bins: int = 10, min_bin: int = 50,
+               metric: str = "cosine", index=None) -> pd.DataFrame:
+    """Scores, pooled-null p-values and q-values from real and control embeddings (the core of `svg`).
+
+    Parameters
+    ----------
+    real
+        ``(G, D)`` embeddings of the real genes.
+    controls
+        ``(G, n_null + 1, D)`` embeddings of each gene's homogeneous controls.
+        The real gene is compared with controls ``1..n_null``; every control
+        ``j`` is scored against the other ``n_null`` (leave one out) for the null.
+    level
+        ``(G,)`` expression level used to pool null scores (quantile bins);
+        ``None`` pools all genes.
+    n_bins
+        Number of expression bins (fewer when a bin would hold < ``min_bin`` genes).
+    min_bin
+        Minimum number of genes per bin.
+    metric
+        ``"cosine"`` (vectors scaled to unit length first) or ``"euclidean"``.
+    index
+        Gene names for the output.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``score``, ``pval``, ``qval``, ``rank`` (1 = most spatially variable),
+        ``bin``; sorted by rank.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sigel.tasks.svg import svg_scores
+    >>> rng = np.random.default_rng(0)
+    >>> C = rng.normal(size=(200, 11, 4)); R = rng.normal(size=(200, 4))
+    >>> R[:10] += 4  # ten "spatially variable" genes
+    >>> tab = svg_scores(R, C, index=[f"g{i}" for i in range(200)], metric="euclidean")
+    >>> int((tab["qval"] < 0.05).sum()) >= 8
+    True
+    """
+    assert_one_of("metric", metric, ("cosine", "euclidean"))
+    R = np.asarray(real, dtype=np.float64)
+    C = np.asarray(controls, dtype=np.float64)
+    if C.ndim != 3 or C.shape[0] != R.shape[0] or C.shape[2] != R.shape[1] or C.shape[1] < 3:
+        raise SigelInputError(
+            f"controls must have shape (G, n_null + 1 >= 3, D) matching real {R.shape}; got {C.shape}"
+        )
+    if metric == "cosine":
+        R, C = _normalise(R), _normalise(C)
+    G, n1, _ = C.shape
+    n = n1 - 1
+    # real gene vs controls 1..n
+    ref = C[:, 1:, :]
+    m = ref.mean(1)
+    spread2 = (ref ** 2).sum(-1).mean(1) - (m ** 2).sum(-1)
+    score = np.sqrt(((R - m) ** 2).sum(-1) / np.maximum(spread2, 1e-24))
+    # every control vs the other n (leave one out)
+    S = C.sum(1, keepdims=True)
+    sq = (C ** 2).sum(-1)                                  # (G, n1)
+    m_loo = (S - C) / n                                    # (G, n1, D)
+    spread_loo = (sq.sum(1, keepdims=True) - sq) / n - (m_loo ** 2).sum(-1)
+    null = np.sqrt(((C - m_loo) ** 2).sum(-1) / np.maximum(spread_loo, 1e-24))   # (G, n1)
+
+    if level is None:
+        bins = np.zeros(G, dtype=np.int64)
+    else:
+        level = np.asarray(level, dtype=np.float64)
+        nb = int(max(1, min(n_bins, G // max(min_bin, 1))))
+        ranks = pd.Series(level).rank(method="first").to_numpy() - 1
+        bins = np.minimum((ranks * nb / G).astype(np.int64), nb - 1)
+    pval = np.empty(G)
+    for b in np.unique(bins):
+        sel = bins == b
+        pool = np.sort(null[sel].ravel())
+        n_ge = pool.size - np.searchsorted(pool, score[sel], side="left")
+        pval[sel] = (1.0 + n_ge) / (1.0 + pool.size)
+    out = pd.DataFrame({"score": score, "pval": pval, "qval": bh(pval), "bin": bins},
+                       index=pd.Index(index if index is not None else np.arange(G), name="gene"))
+    out["rank"] = out["score"].rank(ascending=False, method="first").astype(np.int64)
+    return out.sort_values("rank")[["score", "pval", "qval", "rank", "bin"]]
+
+
+# ====================================================================== wrapper
+def svg(
+    model,
+    adata,
+    *,
+    genes=None,
+    n_null: int = 10,
+    n_bins: int = 10,
+    metric: str = "cosine",
+    depth_aware: bool = True,
+    batch_genes: int = 256,
+    image_options: dict | None = None,
+    seed: int | None = 0,
+    progress: bool | None = None,
+    key_added: str = _keys.SVG,
+) -> pd.DataFrame:
+    """Spatially variable genes against simulated spatially homogeneous controls.
+
+    For every gene, ``n_null + 1`` controls are drawn from the gene's own
+    zero-inflated negative binomial marginal shuffled over the tissue
+    (`sigel.sim.homogeneous`), turned into images exactly as the real genes
+    were (same grid, library sizes of the real genes, same scaling) and
+    embedded with the trained encoder in batches. Score = distance of the
+    gene's vector from its controls' mean over the controls' spread; p-values
+    from the leave-one-out control scores pooled over genes of similar mean
+    count (`svg_scores`); BH q-values.
+
+    Parameters
+    ----------
+    model
+        A trained `sigel.SIGEL`.
+    adata
+        The AnnData the model was trained on (same spots; counts as at fit).
+    genes
+        Genes to test (default: every gene the model embedded that is in ``adata``).
+    n_null
+        Controls per gene in the reference set (``n_null + 1`` are simulated).
+    n_bins
+        Expression bins for pooling null scores.
+    metric
+        ``"cosine"`` (default) or ``"euclidean"`` distances between vectors.
+    depth_aware
+        Draw controls with each spot's library size (``ZINB(pi, sf_s mu,
+        theta)``, the default), so that after library-size normalisation they
+        are flat, like a real gene whose counts only follow sequencing depth.
+        ``False``: a pure shuffle of the raw counts (controls then carry the
+        inverse of the library-size map after normalisation, which inflates
+        the scores of every gene when depth varies between spots).
+    batch_genes
+        Genes whose controls are simulated, imaged and embedded together.
+    image_options
+        Overrides of the model's image options (`sigel.GeneImages.from_anndata`
+        arguments, e.g. ``library_size_key``) for reading ``adata``.
+    seed
+        Random seed for the controls.
+    progress
+        Progress bar over gene batches (``None``: ``sigel.settings``).
+    key_added
+        Prefix of the columns written to ``adata.var``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index gene; ``score``, ``pval``, ``qval``, ``rank`` (1 = most
+        spatially variable), ``bin`` (expression bin), ``mean`` (mean count);
+        sorted by rank. Also written to ``adata.var['<key_added>_score' |
+        '_pval' | '_qval' | '_rank']`` (NaN for untested genes) and
+        ``adata.uns[key_added]`` (parameters).
+
+    Examples
+    --------
+    >>> import sigel
+    >>> ad = sigel.datasets.synthetic_tissue(100, seed=0)
+    >>> model = sigel.SIGEL(epochs=2, embed_dim=8).fit(ad)   # doctest: +SKIP
+    >>> tab = sigel.tl.svg(model, ad, n_null=10)              # doctest: +SKIP
+    >>> tab.columns.tolist()                                 # doctest: +SKIP
+    ['score', 'pval', 'qval', 'rank', 'bin', 'mean']
+    """
+    from tqdm.auto import tqdm
+
+    from .. import sim
+
+    _check_model(model, "svg")
+    assert_positive("n_null", n_null)
+    if n_null < 2:
+        raise SigelInputError(f"`n_null` must be >= 2; got {n_null}")
+    assert_positive("n_bins", n_bins)
+    assert_positive("batch_genes", batch_genes)
+    assert_one_of("metric", metric, ("cosine", "euclidean"))
+    t0 = time.perf_counter()
+    opts = _model_image_options(model, image_options)
+    if genes is None:
+        genes = model.embeddings_.index.intersection(adata.var_names, sort=False)
+    genes = pd.Index([str(g) for g in np.atleast_1d(genes)])
+    if len(genes) == 0:
+        raise SigelInputError("no genes to test: none of the model's genes is in adata.var_names")
+    images = real_images(model, adata, genes, opts)
+    genes = images.genes
+    real = model.embed_images(images)
+
+    X = _counts(adata, opts.get("layer"))[:, adata.var_names.get_indexer(genes)]
+    lib = sim.real_library_size(adata, opts)
+    sf = lib / lib.mean() if depth_aware else np.ones(adata.n_obs)
+    params = sim._fit_zinb(sp.csr_matrix(X, dtype=np.float64), sf)
+    mean_count = np.asarray(X.mean(axis=0)).ravel()
+
+    rng = np.random.default_rng(seed)
+    n1 = int(n_null) + 1
+    G = len(genes)
+    controls = np.empty((G, n1, real.shape[1]), dtype=np.float32)
+    starts = range(0, G, int(batch_genes))
+    for s in tqdm(starts, disable=not settings.show_progress(progress), desc="svg controls"):
+        e = min(s + int(batch_genes), G)
+        Y = sim._draw_zinb(rng, params.iloc[s:e], sf, n1)
+        names = [f"__ctrl{i}" for i in range(Y.shape[1])]
+        pim = sim.pseudo_images(adata, Y, names, {**opts}, library_size=lib)
+        _same_grid(pim, images)
+        controls[s:e] = model.embed_images(pim).reshape(e - s, n1, -1)
+    level = np.log1p(mean_count)
+    tab = svg_scores(real, controls, level, n_bins=n_bins, metric=metric, index=genes)
+    tab["mean"] = pd.Series(mean_count, index=genes).reindex(tab.index).to_numpy()
+    secs = time.perf_counter() - t0
+    _write(adata, tab, key_added, dict(n_null=int(n_null), n_bins=int(n_bins), metric=metric,
+                                       depth_aware=bool(depth_aware), seed=seed, seconds=secs))
+    logger.info("svg: %d genes, %d at q < 0.05, %.1f s", G, int((tab["qval"] < 0.05).sum()), secs)
+    return tab
+
+
+def _write(adata, tab, key_added, params):
+    for col in ("score", "pval", "qval", "rank"):
+        _keys.store(adata, "var", f"{key_added}_{col}", tab[col].reindex(adata.var_names).to_numpy())
+    _keys.store(adata, "uns", key_added, {"params": params})
+
+
+# ====================================================================== Moran's I
+def _knn_weights(coords, k: int):
+    from scipy.spatial import cKDTree
+
+    n = coords.shape[0]
+    k = int(min(k, n - 1))
+    _, idx = cKDTree(coords).query(coords, k=k + 1)
+    rows = np.repeat(np.arange(n), k)
+    cols = idx[:, 1:].ravel()
+    W = sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(n, n))
+    W = ((W + W.T) > 0).astype(np.float64)          # symmetric binary kNN graph
+    return sp.csr_matrix(W)
+
+
+def morans_i(adata, *, genes=None, layer=None, spatial_key: str = "spatial", n_neighbors: int = 6,
+             library_size_key: str | None = None, batch_genes: int = 2048) -> pd.DataFrame:
+    """Moran's I of every gene on a symmetric k-nearest-neighbour graph of the spots.
+
+    Values are library-size normalised (to the median library size) and
+    ``log1p``-transformed. The p-value uses the normality approximation
+    (``E[I] = -1/(n-1)`` and the variance under normality, Cliff & Ord 1981),
+    one-sided for positive autocorrelation.
+
+    Parameters
+    ----------
+    adata
+        AnnData with counts and coordinates (``obsm[spatial_key]``, else
+        ``obs['x','y']`` or ``obs['array_row','array_col']``).
+    genes
+        Genes to score (default all).
+    layer
+        Counts layer (default ``X``).
+    spatial_key
+        Coordinates key.
+    n_neighbors
+        k of the kNN graph (6 suits hexagonal Visium spots).
+    library_size_key
+        ``obs`` column with library sizes (default: row sums over all genes).
+    batch_genes
+        Genes per dense block.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index gene; ``I``, ``z``, ``pval``, ``qval``, ``rank``; sorted by rank.
+
+    Examples
+    --------
+    >>> import sigel
+    >>> ad = sigel.datasets.synthetic_tissue(40, seed=0)
+    >>> tab = sigel.tl.morans_i(ad)
+    >>> tab.columns.tolist()
+    ['I', 'z', 'pval', 'qval', 'rank']
+    """
+    from scipy.stats import norm
+
+    assert_positive("n_neighbors", n_neighbors)
+    coords = _coords(adata, spatial_key)
+    X = _counts(adata, layer).astype(np.float64)
+    if library_size_key is not None:
+        lib = pd.to_numeric(adata.obs[library_size_key]).to_numpy(np.float64)
+    else:
+        lib = np.asarray(X.sum(axis=1)).ravel()
+    names = pd.Index(adata.var_names.astype(str))
+    if genes is not None:
+        idx = names.get_indexer(pd.Index([str(g) for g in np.atleast_1d(genes)]))
+        if np.any(idx < 0):
+            raise SigelInputError(f"genes not in adata.var_names: {np.atleast_1d(genes)[idx < 0][:10].tolist()}")
+        X, names = X[:, idx], names[idx]
+    ts = np.median(lib[lib > 0])
+    Xn = sp.csr_matrix(sp.diags(np.divide(ts, lib, out=np.zeros_like(lib), where=lib > 0)) @ X)
+    Xn.data = np.log1p(Xn.data)
+    W = _knn_weights(coords, n_neighbors)
+    n = coords.shape[0]
+    S0 = W.sum()
+    S1 = 0.5 * ((W + W.T).power(2)).sum()
+    S2 = float(((np.asarray(W.sum(1)).ravel() + np.asarray(W.sum(0)).ravel()) ** 2).sum())
+    EI = -1.0 / (n - 1)
+    VI = (n * n * S1 - n * S2 + 3 * S0 * S0) / ((n * n - 1) * S0 * S0) - EI ** 2
+    I = np.empty(Xn.shape[1])
+    Xc = Xn.tocsc()
+    for s in range(0, Xn.shape[1], int(batch_genes)):
+        Z = Xc[:, s:s + int(batch_genes)].toarray()
+        Z -= Z.mean(0)
+        num = (Z * (W @ Z)).sum(0)
+        den = (Z * Z).sum(0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            I[s:s + Z.shape[1]] = n / S0 * num / den
+    z = (I - EI) / np.sqrt(VI)
+    p = norm.sf(z)
+    out = pd.DataFrame({"I": I, "z": z, "pval": p, "qval": bh(p)}, index=pd.Index(names, name="gene"))
+    out["rank"] = out["I"].rank(ascending=False, method="first", na_option="bottom").astype(np.int64)
+    return out.sort_values("rank")
+
+
+# ====================================================================== comparison
+def compare_svg(
+    model,
+    adata,
+    *,
+    genes=None,
+    n_null: int = 10,
+    top_k=(50, 100),
+    sparkx: bool = True,
+    n_neighbors: int = 6,
+    image_options: dict | None = None,
+    seed: int | None = 0,
+    progress: bool | None = None,
+    key_added: str = "sigel_compare_svg",
+) -> pd.DataFrame:
+    """Compare sigel's SVG ranking with a SPARK-X-style test and Moran's I on the same genes.
+
+    Parameters
+    ----------
+    model
+        A trained `sigel.SIGEL`.
+    adata
+        The AnnData the model was trained on.
+    genes
+        Genes to compare (default: the model's genes present in ``adata``).
+    n_null
+        Controls per gene for `svg`.
+    top_k
+        Sizes of the top lists whose overlaps are reported.
+    sparkx
+        Run the SPARK-X-style test (R package ``sigel`` through rpy2).
+    n_neighbors
+        kNN graph of Moran's I.
+    image_options
+        Overrides of the model's image options (see `svg`).
+    seed, progress
+        Passed to `svg`.
+    key_added
+        ``adata.uns`` key for the comparison.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index gene; ``sigel_score``, ``sigel_pval``, ``sigel_qval``,
+        ``sigel_rank``, ``sparkx_stat`` (-log10 combined p), ``sparkx_pval``,
+        ``sparkx_qval``, ``sparkx_rank``, ``moran_I``, ``moran_pval``,
+        ``moran_qval``, ``moran_rank``. ``.attrs`` holds ``spearman``
+        (methods x methods rank correlations), ``overlap`` (top-k overlaps:
+        one row per k and method pair) and ``seconds`` (run time per method).
+        All of it is also stored in ``adata.uns[key_added]``.
+
+    Examples
+    --------
+    >>> import sigel
+    >>> ad = sigel.datasets.synthetic_tissue(100, seed=0)
+    >>> model = sigel.SIGEL(epochs=2, embed_dim=8).fit(ad)   # doctest: +SKIP
+    >>> cmp = sigel.tl.compare_svg(model, ad)                # doctest: +SKIP
+    >>> cmp.attrs["spearman"]                                # doctest: +SKIP
+    """
+    _check_model(model, "compare_svg")
+    opts = _model_image_options(model, image_options)
+    secs = {}
+    t = time.perf_counter()
+    s = svg(model, adata, genes=genes, n_null=n_null, image_options=image_options, seed=seed, progress=progress)
+    secs["sigel"] = time.perf_counter() - t
+    genes = s.index
+    out = s[["score", "pval", "qval", "rank"]].add_prefix("sigel_")
+    layer = opts.get("layer")
+    lib_key = opts.get("library_size_key")
+    if sparkx:
+        from .._rbridge import sparkx_r
+
+        t = time.perf_counter()
+        X = _counts(adata, layer)[:, adata.var_names.get_indexer(genes)]
+        sx = sparkx_r(X, _coords(adata, opts.get("spatial_key", "spatial")), genes=genes)
+        secs["sparkx"] = time.perf_counter() - t
+        sx = sx.reindex(genes)
+        out["sparkx_stat"] = -np.log10(np.clip(sx["pval"].to_numpy(), 1e-300, None))
+        out["sparkx_pval"] = sx["pval"].to_numpy()
+        out["sparkx_qval"] = sx["qval"].to_numpy()
+        out["sparkx_rank"] = pd.Series(out["sparkx_pval"]).rank(method="first").astype(np.int64).to_numpy()
+    t = time.perf_counter()
+    mi = morans_i(adata, genes=genes, layer=layer, spatial_key=opts.get("spatial_key", "spatial"),
+                  n_neighbors=n_neighbors, library_size_key=lib_key).reindex(genes)
+    secs["moran"] = time.perf_counter() - t
+    out["moran_I"] = mi["I"].to_numpy()
+    out["moran_pval"] = mi["pval"].to_numpy()
+    out["moran_qval"] = mi["qval"].to_numpy()
+    out["moran_rank"] = mi["I"].rank(ascending=False, method="first").astype(np.int64).to_numpy()
+    spearman, overlap = rank_agreement(out, top_k=top_k)
+    out = out.sort_values("sigel_rank")
+    out.attrs["spearman"] = spearman
+    out.attrs["overlap"] = overlap
+    out.attrs["seconds"] = secs
+    _keys.store(adata, "uns", key_added, {"table": out.copy(), "spearman": spearman, "overlap": overlap,
+                                          "seconds": secs})
+    return out
+
+
+def rank_agreement(table: pd.DataFrame, *, top_k=(50, 100)):
+    """Pairwise Spearman correlations of the ``*_rank`` columns and their top-k overlaps.
+
+    Parameters
+    ----------
+    table
+        A frame with columns ``<method>_rank``.
+    top_k
+        List sizes.
+
+    Returns
+    -------
+    spearman : pandas.DataFrame
+        Methods x methods.
+    overlap : pandas.DataFrame
+        Columns ``k``, ``method_a``, ``method_b``, ``overlap`` (count),
+        ``fraction`` (count / k).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from sigel.tasks.svg import rank_agreement
+    >>> t = pd.DataFrame({"a_rank": [1, 2, 3, 4], "b_rank": [2, 1, 3, 4]})
+    >>> rho, ov = rank_agreement(t, top_k=(2,))
+    >>> float(ov["fraction"].iloc[0])
+    1.0
+    """
+    cols = [c for c in table.columns if c.endswith("_rank")]
+    methods = [c[: -len("_rank")] for c in cols]
+    R = table[cols].copy()
+    R.columns = methods
+    spearman = R.rank().corr(method="pearson")
+    rows = []
+    for k in np.atleast_1d(top_k):
+        k = int(min(k, len(table)))
+        tops = {m: set(R.index[R[m].to_numpy() <= k]) for m in methods}
+        for i, a in enumerate(methods):
+            for b in methods[i + 1:]:
+                ov = len(tops[a] & tops[b])
+                rows.append(dict(k=k, method_a=a, method_b=b, overlap=ov, fraction=ov / max(k, 1)))
+    return spearman, pd.DataFrame(rows)

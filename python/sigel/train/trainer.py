@@ -1,0 +1,530 @@
+"""The training loop: Module I pre-training, then Module II + III every epoch.
+
+Plain PyTorch. One refinement epoch is four separate steps, each its own
+function so that a data-parallel (``torch.distributed``) version can replace
+one at a time:
+
+1. :func:`embed_all` - embed every gene without gradients (shardable by
+   gene; gather the ``(G, D)`` result).
+2. :func:`fit_mixture` - a few warm-started MAP-EM iterations on the
+   embeddings (small: ``O(G K D)``; run on every rank or all-reduce the
+   sufficient statistics).
+3. :func:`refine.select_confident <sigel.model.refine.select_confident>` -
+   self-paced choice of trusted pseudo-labels.
+4. :func:`gradient_steps` - AdamW steps over a :func:`gene_batches`
+   iterator (shard the batch list per rank and wrap the model in DDP).
+
+A pre-training phase (reconstruction only, plus the decaying scaffold term)
+precedes refinement. Training stops when the fraction of genes changing hard
+context between epochs is below ``tol`` (once the self-paced ramp is over)
+or at the epoch limit.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .._settings import logger, settings
+from ..model.refine import (
+    RefineState,
+    label_change,
+    refinement_losses,
+    schedule,
+    select_confident,
+)
+from ..model.scaffold import image_knn_graph
+
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "embed_all",
+    "fit_mixture",
+    "gene_batches",
+    "gradient_steps",
+    "make_optimizer",
+    "lr_at",
+]
+
+
+# ---------------------------------------------------------------- configuration
+@dataclass
+class TrainConfig:
+    """Training hyper-parameters (see :class:`sigel.SIGEL` for their meaning).
+
+    Attributes
+    ----------
+    epochs
+        Maximum number of epochs in total (pre-training included).
+    pretrain_epochs
+        Epochs of reconstruction-only training before refinement.
+    batch_size, embed_batch_size
+        Genes per gradient step / per inference batch.
+    lr, min_lr, weight_decay, warmup_epochs, grad_clip
+        AdamW with linear warm-up then half-cycle cosine decay to ``min_lr``
+        (set per step); gradient-norm clipping (``None`` = off).
+    mask_ratio
+        Fraction of in-tissue patches hidden per gene and step.
+    refine
+        Run Modules II + III (``False``: autoencoder only; the mixture is fitted
+        once at the end).
+    scaffold, scaffold_k, scaffold_weight, scaffold_epochs
+        Image kNN scaffold: on/off, neighbours per gene, initial weight, and
+        the epoch by which the weight has decayed linearly to 0 (``None``:
+        the end of the self-paced ramp).
+    contrastive_weight, mixture_weight, temperature
+        Weights of the pseudo-contrastive and mixture-likelihood terms; the
+        contrastive softmax temperature.
+    select_start, select_end, select_epochs
+        Self-paced kept fraction per context: grows linearly from
+        ``select_start`` to ``select_end`` over ``select_epochs`` refinement
+        epochs (``None``: half of them).
+    em_iters, final_em_iters
+        MAP-EM iterations per epoch (warm start) and for the final fit.
+    tol
+        Label-change tolerance for stopping.
+    amp
+        bf16 autocast on CUDA (ignored on CPU).
+    """
+
+    epochs: int = 40
+    pretrain_epochs: int = 10
+    batch_size: int = 64
+    embed_batch_size: int = 256
+    lr: float = 2e-3
+    min_lr: float = 1e-4
+    weight_decay: float = 0.05
+    warmup_epochs: int = 2
+    grad_clip: float | None = 1.0
+    mask_ratio: float = 0.5
+    refine: bool = True
+    scaffold: bool = True
+    scaffold_k: int = 10
+    scaffold_weight: float = 1.0
+    scaffold_epochs: int | None = None
+    contrastive_weight: float = 1.0
+    mixture_weight: float = 0.1
+    temperature: float = 0.2
+    select_start: float = 0.3
+    select_end: float = 1.0
+    select_epochs: int | None = None
+    em_iters: int = 5
+    final_em_iters: int = 50
+    tol: float = 1e-3
+    amp: bool = False
+
+    @property
+    def refine_epochs(self) -> int:
+        """Epochs available for refinement."""
+        return max(self.epochs - self.pretrain_epochs, 0) if self.refine else 0
+
+    @property
+    def ramp_epochs(self) -> int:
+        """Length of the self-paced ramp (refinement epochs)."""
+        if self.select_epochs is not None:
+            return int(self.select_epochs)
+        return max(self.refine_epochs // 2, 1)
+
+    @property
+    def ramp_end(self) -> int:
+        """0-based epoch at which the self-paced fraction reaches ``select_end``."""
+        return self.pretrain_epochs + self.ramp_epochs
+
+    @property
+    def scaffold_end(self) -> int:
+        """0-based epoch at which the scaffold weight reaches 0."""
+        if self.scaffold_epochs is not None:
+            return int(self.scaffold_epochs)
+        return self.ramp_end if self.refine else 0
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced.
+
+    Attributes
+    ----------
+    embeddings
+        ``(G, D)`` float32 array, final gene vectors (image row order).
+    memberships
+        ``(G, K)`` float array, final soft memberships.
+    history
+        One dict per epoch (loss terms, label change, n selected, seconds ...).
+    stop_reason
+        ``'converged'`` or ``'max_epochs'``.
+    epochs_run
+        Number of epochs run.
+    graph
+        The scaffold :class:`~sigel.model.scaffold.GeneGraph` (or ``None``).
+    seconds
+        Total wall time.
+    """
+
+    embeddings: np.ndarray
+    memberships: np.ndarray
+    history: list = field(default_factory=list)
+    stop_reason: str = "max_epochs"
+    epochs_run: int = 0
+    graph: object | None = None
+    seconds: float = 0.0
+
+
+# ---------------------------------------------------------------- small helpers
+def _autocast(device: torch.device, amp: bool):
+    if amp and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW without weight decay on biases, norms, positional/mask tokens (1-D or token params).
+
+    Parameters
+    ----------
+    model
+        The network.
+    lr
+        Initial learning rate (the schedule overrides it per step).
+    weight_decay
+        Decoupled weight decay for matrices and kernels.
+    """
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith("mask_token") else decay).append(p)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+    )
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: float) -> float:
+    """Learning rate at ``step``: linear warm-up, then half-cycle cosine to ``min_lr``."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    t = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+    t = min(max(t, 0.0), 1.0)
+    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def gene_batches(n_genes: int, batch_size: int, generator: torch.Generator | None = None) -> list:
+    """Shuffled (or ordered, without a generator) gene-index batches.
+
+    Parameters
+    ----------
+    n_genes
+        Number of genes.
+    batch_size
+        Genes per batch (the last batch may be smaller).
+    generator
+        CPU generator for a deterministic permutation; ``None`` keeps order.
+
+    Returns
+    -------
+    list of torch.LongTensor
+    """
+    order = torch.randperm(n_genes, generator=generator) if generator is not None else torch.arange(n_genes)
+    return list(torch.split(order, batch_size))
+
+
+@torch.no_grad()
+def embed_all(model, images, *, batch_size: int = 256, device=None, amp: bool = False,
+              rows: np.ndarray | None = None) -> torch.Tensor:
+    """Embed every gene (or ``rows``) without gradients.
+
+    Parameters
+    ----------
+    model
+        :class:`sigel.model.mae.MaskedAutoencoder`.
+    images
+        :class:`sigel.GeneImages`.
+    batch_size
+        Genes per forward pass.
+    device
+        Torch device (default: the model's).
+    amp
+        bf16 autocast on CUDA.
+    rows
+        Optional subset of image rows.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(n, D)`` float32 on ``device``.
+    """
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    n = images.n_genes if rows is None else len(rows)
+    out = torch.empty(n, model.embed_dim, device=device, dtype=torch.float32)
+    try:
+        with torch.inference_mode(), _autocast(device, amp):
+            for s in range(0, n, batch_size):
+                idx = np.arange(s, min(s + batch_size, n)) if rows is None else rows[s:s + batch_size]
+                x = images.to_tensor(idx, device=device)
+                out[s:s + len(idx)] = model.embed(x).float()
+    finally:
+        model.train(was_training)
+    return out.clone()  # a normal tensor (inference tensors cannot enter autograd)
+
+
+def fit_mixture(mixture, Z: torch.Tensor, n_iter: int, *, init: bool = False) -> torch.Tensor:
+    """A few MAP-EM iterations on the embeddings; returns the memberships.
+
+    Parameters
+    ----------
+    mixture
+        :class:`sigel.model.mixture.StudentTMixture`.
+    Z
+        ``(G, D)`` embeddings.
+    n_iter
+        EM iterations.
+    init
+        Re-initialise with k-means++ instead of warm-starting.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(G, K)`` memberships under the updated parameters.
+    """
+    mixture.fit(Z, n_iter=n_iter, warm_start=not init)
+    return mixture.resp_
+
+
+def gradient_steps(model, images, batches, optimizer, *, state: RefineState, device, step0: int, total_steps: int,
+                   warmup_steps: int, cfg: TrainConfig, mask_generator: torch.Generator | None, epoch: int) -> dict:
+    """One pass of AdamW steps over ``batches``; returns the mean of every loss term.
+
+    Parameters
+    ----------
+    model
+        The masked autoencoder (train mode is set here).
+    images
+        :class:`sigel.GeneImages`.
+    batches
+        Iterable of gene-index tensors.
+    optimizer
+        From :func:`make_optimizer`.
+    state
+        The epoch's :class:`~sigel.model.refine.RefineState`.
+    device
+        Torch device.
+    step0, total_steps, warmup_steps
+        Global step counter at the start, and the schedule's lengths.
+    cfg
+        :class:`TrainConfig`.
+    mask_generator
+        Generator for the patch masking (on ``device``).
+    epoch
+        0-based epoch, for error messages.
+
+    Returns
+    -------
+    dict
+        Mean of each named term over the batches (``'total'`` included) and
+        ``'lr'`` (the last learning rate used).
+
+    Raises
+    ------
+    FloatingPointError
+        A loss term is NaN or infinite (names epoch, batch and term).
+    """
+    model.train()
+    sums: dict = {}
+    n = 0
+    lr = cfg.lr
+    for b, idx in enumerate(batches):
+        lr = lr_at(step0 + b, total_steps, warmup_steps, cfg.lr, cfg.min_lr)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        x = images.to_tensor(idx.numpy(), device=device)
+        idx_d = idx.to(device)
+        with _autocast(device, cfg.amp):
+            out = model(x, mask_ratio=cfg.mask_ratio, generator=mask_generator)
+        terms = refinement_losses(out["loss"].float(), out["z"].float(), idx_d, state)
+        for name, v in terms.items():
+            if not torch.isfinite(v):
+                raise FloatingPointError(
+                    f"non-finite loss at epoch {epoch + 1}, batch {b + 1}: term {name!r} = {float(v)}"
+                )
+        optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        for name, v in terms.items():
+            sums[name] = sums.get(name, 0.0) + float(v.detach())
+        n += 1
+    out = {k: v / max(n, 1) for k, v in sums.items()}
+    out["lr"] = lr
+    return out
+
+
+# -------------------------------------------------------------------- trainer
+class Trainer:
+    """Runs pre-training and self-paced refinement for one model on one image set.
+
+    Parameters
+    ----------
+    model
+        :class:`sigel.model.mae.MaskedAutoencoder` (moved to ``device``).
+    mixture
+        :class:`sigel.model.mixture.StudentTMixture` with ``K`` components.
+    images
+        :class:`sigel.GeneImages` (the training genes).
+    config
+        :class:`TrainConfig`.
+    device
+        Torch device.
+    seed
+        Seeds the batch order, the masking draws and (through the mixture's own
+        seed) the k-means++ initialisation.
+    progress
+        Show a tqdm bar (``None``: ``sigel.settings.show_progress()``).
+    """
+
+    def __init__(self, model, mixture, images, config: TrainConfig, *, device, seed: int = 0,
+                 progress: bool | None = None):
+        self.model = model.to(device)
+        self.mixture = mixture
+        self.images = images
+        self.cfg = config
+        self.device = torch.device(device)
+        self.seed = int(seed)
+        self.progress = settings.show_progress(progress)
+
+    # -- pieces ---------------------------------------------------------
+    def _state(self, Z, resp, selected, epoch, graph) -> RefineState:
+        cfg = self.cfg
+        w_scaf = 0.0
+        if graph is not None and cfg.scaffold_end > 0:
+            w_scaf = cfg.scaffold_weight * max(0.0, 1.0 - epoch / cfg.scaffold_end)
+        refining = resp is not None
+        if refining:
+            p = self.mixture.params
+            pi = p.log_pi.exp().to(Z.dtype)
+            center = (pi[:, None] * p.mu.to(Z.dtype)).sum(0)
+            prototypes = p.mu.to(Z.dtype)
+            labels = resp.argmax(1)
+        else:
+            center = Z.mean(0)
+            prototypes = labels = None
+        scale = ((Z - center) ** 2).sum(1).mean()
+        weights = {
+            "recon": 1.0,
+            "contrastive": cfg.contrastive_weight if refining else 0.0,
+            "mixture": cfg.mixture_weight if refining else 0.0,
+            "scaffold": w_scaf,
+        }
+        return RefineState(embeddings=Z, labels=labels, selected=selected, prototypes=prototypes, center=center,
+                           scale=scale, mixture=self.mixture if refining else None, graph=graph, weights=weights,
+                           temperature=cfg.temperature)
+
+    @staticmethod
+    def _check_spread(Z: torch.Tensor, epoch: int) -> None:
+        if not torch.isfinite(Z).all():
+            raise FloatingPointError(f"non-finite embeddings at epoch {epoch + 1}")
+        spread = float(Z.var(0, unbiased=False).sum()) if Z.shape[0] > 1 else 1.0
+        if spread < 1e-10:
+            logger.warning("epoch %d: the embeddings have collapsed to a point (total variance %.2e)",
+                           epoch + 1, spread)
+
+    # -- loop -------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        """Train; returns a :class:`TrainResult`."""
+        from tqdm.auto import tqdm
+
+        cfg, model, images, device = self.cfg, self.model, self.images, self.device
+        t_start = time.perf_counter()
+        G = images.n_genes
+        batch_gen = torch.Generator().manual_seed(self.seed)
+        mask_gen = torch.Generator(device=device).manual_seed(self.seed + 1)
+
+        graph = None
+        if cfg.refine and cfg.scaffold and cfg.scaffold_weight > 0 and G > 1:
+            t0 = time.perf_counter()
+            graph = image_knn_graph(images, k=cfg.scaffold_k, device=device)
+            logger.info("scaffold: %d genes x %d neighbours (%.1f s)", G, graph.k, time.perf_counter() - t0)
+
+        optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+        steps_per_epoch = max(math.ceil(G / cfg.batch_size), 1)
+        total_steps = steps_per_epoch * max(cfg.epochs, 1)
+        warmup_steps = min(steps_per_epoch * cfg.warmup_epochs, max(total_steps // 4, 1))
+
+        history: list = []
+        prev_labels = None
+        stop_reason = "max_epochs"
+        step = 0
+        epoch = -1
+        bar = tqdm(total=cfg.epochs, disable=not self.progress, desc="sigel", unit="epoch", leave=True)
+        try:
+            for epoch in range(cfg.epochs):
+                t0 = time.perf_counter()
+                refining = cfg.refine and epoch >= cfg.pretrain_epochs
+                need_Z = refining or (graph is not None and cfg.scaffold_end > epoch)
+                rec = {"epoch": epoch + 1, "phase": "refine" if refining else "pretrain"}
+                resp = selected = None
+                Z = None
+                if need_Z:
+                    Z = embed_all(model, images, batch_size=cfg.embed_batch_size, device=device, amp=cfg.amp)
+                    self._check_spread(Z, epoch)
+                if refining:
+                    first = prev_labels is None
+                    resp = fit_mixture(self.mixture, Z, cfg.em_iters, init=first)
+                    labels = resp.argmax(1)
+                    change = label_change(prev_labels, labels)
+                    prev_labels = labels
+                    frac = schedule(epoch, cfg.pretrain_epochs, cfg.ramp_epochs, cfg.select_start, cfg.select_end)
+                    rec.update(label_change=change, select_fraction=frac,
+                               n_contexts_used=int(torch.unique(labels).numel()),
+                               mixture_loglik=float(self.mixture.history_[-1]) / G if self.mixture.history_ else math.nan)
+                    if (not first and epoch >= cfg.ramp_end and change < cfg.tol):
+                        stop_reason = "converged"
+                        rec.update(seconds=time.perf_counter() - t0, n_selected=0)
+                        history.append(rec)
+                        bar.update(1)
+                        bar.set_postfix(change=f"{change:.4f}", s=f"{rec['seconds']:.1f}")
+                        break
+                    selected = select_confident(resp, frac)
+                    rec["n_selected"] = int(selected.sum())
+                if Z is None:
+                    Z = torch.zeros(G, model.embed_dim, device=device)
+                state = self._state(Z, resp, selected, epoch, graph)
+                rec["scaffold_weight"] = state.weights["scaffold"]
+                batches = gene_batches(G, cfg.batch_size, batch_gen)
+                terms = gradient_steps(model, images, batches, optimizer, state=state, device=device, step0=step,
+                                       total_steps=total_steps, warmup_steps=warmup_steps, cfg=cfg,
+                                       mask_generator=mask_gen, epoch=epoch)
+                step += len(batches)
+                rec["loss"] = terms.pop("total")
+                rec.update(terms)
+                rec["seconds"] = time.perf_counter() - t0
+                history.append(rec)
+                bar.update(1)
+                post = {"loss": f"{rec['loss']:.4f}"}
+                if refining and not math.isnan(rec.get("label_change", math.nan)):
+                    post["change"] = f"{rec['label_change']:.4f}"
+                post["s"] = f"{rec['seconds']:.1f}"
+                bar.set_postfix(post)
+                logger.debug("epoch %d %s", epoch + 1, {k: v for k, v in rec.items()})
+        finally:
+            bar.close()
+
+        # final embeddings and memberships under the final weights
+        Z = embed_all(model, images, batch_size=cfg.embed_batch_size, device=device, amp=cfg.amp)
+        self._check_spread(Z, max(epoch, 0))
+        resp = fit_mixture(self.mixture, Z, cfg.final_em_iters, init=prev_labels is None)
+        return TrainResult(
+            embeddings=Z.detach().cpu().numpy().astype(np.float32),
+            memberships=resp.detach().cpu().double().numpy(),
+            history=history,
+            stop_reason=stop_reason,
+            epochs_run=len(history),
+            graph=graph,
+            seconds=time.perf_counter() - t_start,
+        )
