@@ -126,8 +126,9 @@ utils::globalVariables(".data")
 #'   one-hidden-layer correction).
 #' @param noise `logical(1)` or `NULL`: estimate each gene's split-half
 #'   noise. `NULL`: when both inputs carry SIGEL results.
-#' @param normalize `logical(1)`: centre each sample and scale every gene
-#'   vector to unit length first.
+#' @param normalize `character(1)`: `"center"` subtracts each sample's mean
+#'   vector (over the shared genes) first, `"unit"` also scales every gene
+#'   vector to unit length, `"none"` uses the vectors as they are.
 #' @param trim `numeric(1)` in `[0, 0.5]`: fraction of worst-fitting anchors
 #'   left out of the fit.
 #' @param n_folds `integer(1)`: folds of the anchor cross-validation.
@@ -161,12 +162,13 @@ utils::globalVariables(".data")
 #' @export
 sigelAlign <- function(reference, query, anchors = NULL,
                        method = c("orthogonal", "linear", "mlp"),
-                       noise = NULL, normalize = TRUE, trim = 0,
+                       noise = NULL,
+                       normalize = c("center", "unit", "none"), trim = 0,
                        n_folds = 5L, alpha = 1, seed = 0L, verbose = FALSE) {
     method <- match.arg(method)
     anc <- .anchors_arg(anchors)
     noise <- .lgl1(noise, "noise", null_ok = TRUE)
-    normalize <- .lgl1(normalize, "normalize")
+    normalize <- match.arg(normalize)
     trim <- .num1(trim, "trim", 0, 0.5)
     alpha <- .num1(alpha, "alpha", 0)
     n_folds <- .as_int1(n_folds, "n_folds", 2L)

@@ -128,7 +128,7 @@ sigelPruneGenes <- function(x, data = x, keep = 0.2,
     linkage <- match.arg(linkage)
     keep <- .num1(keep, "keep", lo = 1e-12)
     if (keep > 1 && abs(keep - round(keep)) > 1e-8) {
-        stop("`keep` must be a fraction in (0, 1] or a whole number >= 1; ",
+        stop("`keep` must be a fraction in (0, 1) or a whole number >= 1; ",
              "got ", keep, call. = FALSE)
     }
     keep_py <- if (keep >= 1) as.integer(round(keep)) else keep

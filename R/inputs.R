@@ -137,7 +137,7 @@
 # Look for coordinates among colData-like columns, reducedDims, spatialCoords.
 # `coords` (user): NULL, a table, a reducedDim name or 2 colData column names.
 .coords_sce <- function(x, coords = NULL) {
-    spots <- colnames(x)
+    spots <- .spot_names(x)
     cd <- SummarizedExperiment::colData(x)
     rdn <- SingleCellExperiment::reducedDimNames(x)
     if (!is.null(coords)) {
@@ -320,6 +320,13 @@
 
 # ------------------------------------------------------------ dispatch
 
+# spot names, made up (spot1, ...) when the object has none
+.spot_names <- function(x) {
+    nm <- colnames(x)
+    if (is.null(nm)) nm <- paste0("spot", seq_len(ncol(x)))
+    nm
+}
+
 .library_size <- function(library_size, spots, annot, where) {
     if (is.null(library_size)) return(NULL)
     if (is.character(library_size) && length(library_size) == 1L) {
@@ -370,11 +377,12 @@
                  "x; assayNames(x): ", .fmt_names(an), call. = FALSE)
         }
         counts <- SummarizedExperiment::assay(x, assay, withDimnames = TRUE)
+        if (is.null(colnames(counts))) colnames(counts) <- .spot_names(x)
         cd <- SummarizedExperiment::colData(x)
         return(list(
             counts = counts,
             coords = .coords_sce(x, coords),
-            library_size = .library_size(library_size, colnames(x), cd,
+            library_size = .library_size(library_size, .spot_names(x), cd,
                                          "colData(x)"),
             obs = .annot_obs(cd), kind = "sce"))
     }

@@ -268,7 +268,7 @@ sigelModel <- function(x) {
 .coords_arg <- function(x, res) {
     cc <- res$params$coords
     if (is.null(cc) || is.character(cc)) return(cc)
-    spots <- colnames(x)
+    spots <- .spot_names(x)
     miss <- setdiff(spots, rownames(cc))
     if (length(miss)) {
         stop(length(miss), " spots of x have no stored coordinates; pass ",
@@ -358,8 +358,8 @@ loadSigelModel <- function(path) {
 
 .lib_arg <- function(x, lib) {
     if (is.null(lib) || is.character(lib)) return(lib)
-    if (!is.null(names(lib)) && all(colnames(x) %in% names(lib))) {
-        return(unname(lib[colnames(x)]))
+    if (!is.null(names(lib)) && all(.spot_names(x) %in% names(lib))) {
+        return(unname(lib[.spot_names(x)]))
     }
     lib
 }

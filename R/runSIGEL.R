@@ -332,8 +332,8 @@
     parts <- .input_parts(x, assay = assay, coords = coords,
                           library_size = library_size)
     res <- .run_parts(parts, .collect_args(environment()))
-    res$params <- .input_params(parts, coords, library_size, colnames(x),
-                                assay = assay)
+    res$params <- .input_params(parts, coords, library_size,
+                                .spot_names(x), assay = assay)
     .store_sce(x, res)
 })
 

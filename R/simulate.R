@@ -21,7 +21,8 @@
 #'    `(1 - w, w)`. A matrix is an image read at the spots: coordinates scaled
 #'    to \[0, 1\] per axis, x to columns and y to rows, nearest pixel.
 #' 2. **Size factors** `sf` (mean 1): library sizes (`library_size`, else the
-#'    column sums of `counts`) over their mean; 1 without either.
+#'    column sums of `counts`) over their mean; 1 without either. Spots with
+#'    `sf = 0` are left out of the calibration (steps 3 and 6) and get mean 0.
 #' 3. **Region means** `m_r`: `means`, or with `quantiles` the `q_r`
 #'    quantile (type 7) over the observed genes (any count) of their mean
 #'    size-factor-normalised count in region `r`; a spot belongs to its
@@ -351,7 +352,10 @@ simulateHomogeneous <- function(counts, n_draws = 1L, library_size = NULL,
 }
 
 .region_means <- function(X, hard, regions, quantiles, sf) {
-    Y <- X %*% Matrix::Diagonal(x = 1 / sf)
+    ok <- sf > 0
+    X <- X[, ok, drop = FALSE]
+    hard <- hard[ok]
+    Y <- X %*% Matrix::Diagonal(x = 1 / sf[ok])
     keep <- Matrix::rowSums(X) > 0
     if (!any(keep)) stop("the calibration counts are all zero", call. = FALSE)
     out <- vapply(seq_along(regions), function(r) {
@@ -369,7 +373,8 @@ simulateHomogeneous <- function(counts, n_draws = 1L, library_size = NULL,
 }
 
 .fit_trend <- function(X, sf, n_iter = 25L) {
-    Y <- X %*% Matrix::Diagonal(x = 1 / sf)
+    ok <- sf > 0
+    Y <- X[, ok, drop = FALSE] %*% Matrix::Diagonal(x = 1 / sf[ok])
     n <- ncol(Y)
     mu <- Matrix::rowMeans(Y)
     v <- (Matrix::rowMeans(Y^2) - mu^2) * n / max(n - 1, 1)
@@ -417,6 +422,9 @@ simulateHomogeneous <- function(counts, n_draws = 1L, library_size = NULL,
 }
 
 .fit_zinb <- function(X, sf, n_iter = 60L) {
+    ok <- sf > 0
+    X <- X[, ok, drop = FALSE]
+    sf <- sf[ok]
     n <- ncol(X)
     Y <- X %*% Matrix::Diagonal(x = 1 / sf)
     m <- Matrix::rowMeans(Y)

@@ -109,6 +109,10 @@
 #' @param genes `character` or `NULL`: genes to test (default: every gene
 #'   the model embedded).
 #' @param metric `character(1)`: `"cosine"` or `"euclidean"`.
+#' @param null `character(1)`: controls from a fitted zero-inflated negative
+#'   binomial (`"zinb"`, [simulateHomogeneous()]) or the gene's own values
+#'   shuffled (`"permutation"`, exact marginal; the ZINB null is conservative
+#'   when the noise is lighter-tailed than negative binomial).
 #' @param depth_aware `logical(1)`: controls keep each spot's library size.
 #' @param model `NULL`, or the trained model when `x` carries no results: an
 #'   object returned by [runSIGEL()], a [SigelModel-class] or a saved model
@@ -130,7 +134,8 @@
 #' @examples
 #' if (sigelPythonAvailable()) {
 #'     sce <- sigelExampleData()
-#'     sce <- sce[order(-Matrix::rowSums(SummarizedExperiment::assay(sce)))[1:60], ]
+#'     tot <- Matrix::rowSums(SummarizedExperiment::assay(sce))
+#'     sce <- sce[order(-tot)[1:60], ]
 #'     sce <- runSIGEL(sce, epochs = 2, pretrain_epochs = 1, n_contexts = 3,
 #'                     embed_dim = 8, seed = 1, verbose = FALSE)
 #'     sce <- sigelSVG(sce, n_null = 5)
@@ -138,13 +143,15 @@
 #' }
 #' @export
 sigelSVG <- function(x, n_null = 10L, n_bins = 10L, genes = NULL,
-                     metric = c("cosine", "euclidean"), depth_aware = TRUE,
+                     metric = c("cosine", "euclidean"),
+                     null = c("zinb", "permutation"), depth_aware = TRUE,
                      model = NULL, coords = NULL, library_size = NULL,
                      seed = 0L, verbose = FALSE) {
     n_null <- .svg_int(n_null, "n_null", 2L)
     n_bins <- .svg_int(n_bins, "n_bins", 1L)
     seed <- .svg_int(seed, "seed", 0L)
     metric <- match.arg(metric)
+    null <- match.arg(null)
     if (!is.null(genes) && (!is.character(genes) || !length(genes))) {
         stop("`genes` must be NULL or a non-empty character vector",
              call. = FALSE)
@@ -152,7 +159,7 @@ sigelSVG <- function(x, n_null = 10L, n_bins = 10L, genes = NULL,
     inp <- .task_inputs(x, model, coords, library_size)
     tab <- .py_call(.sigel_py()$tl$svg(
         inp$model, inp$ad, genes = if (is.null(genes)) NULL else as.list(genes),
-        n_null = n_null, n_bins = n_bins, metric = metric,
+        n_null = n_null, n_bins = n_bins, metric = metric, null = null,
         depth_aware = isTRUE(depth_aware), image_options = inp$opts,
         seed = seed, progress = isTRUE(verbose)), "sigelSVG")
     df <- .py_df(tab)
@@ -193,7 +200,9 @@ sigelSVG <- function(x, n_null = 10L, n_bins = 10L, genes = NULL,
     if (is.character(template)) {
         return(np$array(as.list(template), dtype = "object"))
     }
-    if (is.logical(template)) return(np$array(as.list(template), dtype = "bool"))
+    if (is.logical(template)) {
+        return(np$array(as.list(template), dtype = "bool"))
+    }
     if (is.numeric(template)) {
         return(np$asarray(reticulate::r_to_py(as.numeric(template)),
                           dtype = "float64"))
@@ -235,12 +244,13 @@ sigelSVG <- function(x, n_null = 10L, n_bins = 10L, genes = NULL,
 #'   ([simulatePattern()] called back through rpy2).
 #' @return A `data.frame` (rownames genes; `similarity`, `similarity_sd`,
 #'   `rank`), ordered by rank; attribute `"pseudo_image"` is the mean
-#'   pseudo-gene image.
+#'   pseudo-gene image (a matrix, `NA` off tissue).
 #' @seealso [simulatePattern()], [plotGeneImages()]
 #' @examples
 #' if (sigelPythonAvailable()) {
 #'     sce <- sigelExampleData()
-#'     sce <- sce[order(-Matrix::rowSums(SummarizedExperiment::assay(sce)))[1:60], ]
+#'     tot <- Matrix::rowSums(SummarizedExperiment::assay(sce))
+#'     sce <- sce[order(-tot)[1:60], ]
 #'     sce <- runSIGEL(sce, epochs = 2, pretrain_epochs = 1, n_contexts = 3,
 #'                     embed_dim = 8, seed = 1, verbose = FALSE)
 #'     y <- SummarizedExperiment::colData(sce)$y
@@ -271,8 +281,10 @@ sigelPatternSearch <- function(x, template, quantiles = NULL, means = NULL,
         genes = if (is.null(genes)) NULL else as.list(genes), engine = engine,
         image_options = inp$opts, seed = seed), "sigelPatternSearch")
     df <- .py_df(tab)
-    img <- tryCatch(.py_matrix(tab$attrs$get("pseudo_image")),
-                    error = function(e) NULL)
+    img <- tryCatch({
+        u <- inp$ad$uns$`__getitem__`("sigel_pattern_search")
+        .py_matrix(u$`__getitem__`("pseudo_image"))
+    }, error = function(e) NULL)
     attr(df, "pseudo_image") <- img
     df
 }
@@ -299,17 +311,20 @@ sigelPatternSearch <- function(x, template, quantiles = NULL, means = NULL,
 #' @examples
 #' if (sigelPythonAvailable()) {
 #'     sce <- sigelExampleData()
-#'     sce <- sce[order(-Matrix::rowSums(SummarizedExperiment::assay(sce)))[1:60], ]
+#'     tot <- Matrix::rowSums(SummarizedExperiment::assay(sce))
+#'     sce <- sce[order(-tot)[1:60], ]
 #'     sce <- runSIGEL(sce, epochs = 2, pretrain_epochs = 1, n_contexts = 3,
 #'                     embed_dim = 8, seed = 1, verbose = FALSE)
 #'     cmp <- sigelCompareSVG(sce, n_null = 5, top_k = 10)
 #'     cmp$spearman
 #' }
 #' @export
-sigelCompareSVG <- function(x, n_null = 10L, top_k = c(50L, 100L), k = 6L,
+sigelCompareSVG <- function(x, n_null = 10L, null = c("zinb", "permutation"),
+                            top_k = c(50L, 100L), k = 6L,
                             genes = NULL, model = NULL, coords = NULL,
                             library_size = NULL, seed = 0L, verbose = FALSE) {
     n_null <- .svg_int(n_null, "n_null", 2L)
+    null <- match.arg(null)
     k <- .svg_int(k, "k", 1L)
     seed <- .svg_int(seed, "seed", 0L)
     if (!is.numeric(top_k) || !length(top_k) || any(top_k < 1)) {
@@ -320,7 +335,7 @@ sigelCompareSVG <- function(x, n_null = 10L, top_k = c(50L, 100L), k = 6L,
     t0 <- proc.time()[["elapsed"]]
     tab <- .py_call(.sigel_py()$tl$svg(
         inp$model, inp$ad, genes = if (is.null(genes)) NULL else as.list(genes),
-        n_null = n_null, image_options = inp$opts, seed = seed,
+        n_null = n_null, null = null, image_options = inp$opts, seed = seed,
         progress = isTRUE(verbose), key_added = "sigel_svg"),
         "sigelCompareSVG")
     sg <- .py_df(tab)

@@ -78,7 +78,7 @@ def main(argv=None):
     ap.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data"))
     ap.add_argument("--samples", nargs="+", default=["151673", "151675"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--model", default=str(HERE / "out" / "models" / "dlpfc_{sample}"),
+    ap.add_argument("--model", default=str(HERE / "out" / "models" / "domains_dlpfc_{sample}"),
                     help="saved-model directory pattern with {sample}; fitted and saved when missing")
     ap.add_argument("--keep", type=float, default=0.2, help="prune_genes keep (fraction or number per group)")
     ap.add_argument("--n-hvg", type=int, default=3000)

@@ -269,6 +269,7 @@ def fish(args, results):
                    progress=False, n_steps=args.n_steps, min_cells=3)
     osm_s = time.perf_counter() - t
     osum = impute_summary(cv)
+    osm_secs = cv.reset_index().drop_duplicates(["method", "fold"]).groupby("method")["seconds"].sum().to_dict()
     results["fish"] = dict(mc_fit_seconds=fit_s, mc_image_shape=shape, mc_panel=int(len(panel)),
                            mc_eval=int(len(evalg)), mc_summary=summ.reset_index().to_dict(orient="records"),
                            mc_seconds=secs, osmfish_cells=int(osm.n_obs),
@@ -279,7 +280,7 @@ def fish(args, results):
           f"target B1 ({b1.n_obs} cells, rasterised {shape[0]}x{shape[1]}) with a random panel of {len(panel)} "
           f"genes; the other {len(evalg)} imputed:", "", md_table(summ, secs), "",
           f"osmFISH ({osm.n_obs} valid cells) as target of the A1 model: 5-fold impute_cv over the "
-          f"{cv.index.nunique()} shared genes ({osm_s:.0f}s):", "", md_table(osum, {})]
+          f"{cv.index.nunique()} shared genes ({osm_s:.0f}s):", "", md_table(osum, osm_secs)]
     return "\n".join(md)
 
 

@@ -421,7 +421,7 @@ class SIGEL:
             module = self._build_module(patch)
             mixture = self._build_mixture(K, seed + 2)
             trainer = Trainer(module, mixture, images, self._train_config(), device=dev, seed=seed,
-                              progress=progress)
+                              progress=progress, callback=getattr(self, "_callback", None))
             logger.info("training on %s: %d genes, %dx%d images, patch %d, K=%d", dev, G, images.height,
                         images.width, patch, K)
             result = trainer.fit()

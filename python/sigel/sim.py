@@ -20,9 +20,10 @@ Pattern mode (`pseudo_gene`)
      spot coordinates are scaled to [0, 1] per axis (x -> image column,
      y -> image row) and the nearest pixel is taken.
 
-2. **Size factors** ``sf`` (mean 1): each spot's library size (column sums
+2. **Size factors** ``sf`` (mean 1): each spot's library size (row sums
    of the calibration counts, or ``library_size``) divided by its mean; 1
-   without either.
+   without either. Spots with ``sf = 0`` are left out of the calibration
+   (steps 3 and 6, and `fit_zinb`) and get mean 0.
 3. **Region means** ``m_r``: explicit (``means``) or, with ``quantiles``,
    the ``q_r`` quantile (type 7, as ``numpy.quantile`` and R's default) over
    the observed genes (those with any count) of their mean size-factor-
@@ -78,7 +79,7 @@ _ENGINES = ("numpy", "r")
 BACKGROUND, PATTERN = "background", "pattern"
 
 __all__ = [
-    "pseudo_gene", "homogeneous", "fit_zinb", "fit_trend", "region_weights", "region_means",
+    "pseudo_gene", "homogeneous", "permuted", "fit_zinb", "fit_trend", "region_weights", "region_means",
     "size_factors", "pseudo_images", "layers", "core", "ring", "crescent", "interface",
     "checkerboard", "from_mask",
 ]
@@ -318,7 +319,9 @@ def region_means(counts, hard, regions, quantiles, sf) -> dict:
     >>> sigel.sim.region_means(X, np.array([0, 1]), ["a", "b"], {"a": 0.0, "b": 1.0}, np.ones(2))
     {'a': 1.0, 'b': 8.0}
     """
-    Y = sp.csr_matrix(sp.diags(1.0 / sf) @ sp.csr_matrix(counts))
+    ok = sf > 0  # spots without counts carry no information on expression levels
+    Y = sp.csr_matrix(sp.diags(1.0 / sf[ok]) @ sp.csr_matrix(counts)[ok])
+    hard = np.asarray(hard)[ok]
     keep = np.asarray(counts.sum(axis=0)).ravel() > 0
     if not keep.any():
         raise SigelInputError("the calibration counts are all zero")
@@ -364,7 +367,8 @@ def fit_trend(counts, library_size=None, *, n_iter: int = 25) -> tuple[float, fl
 
 
 def _fit_trend(X, sf, n_iter=25):
-    Y = sp.csr_matrix(sp.diags(1.0 / sf) @ X)
+    ok = sf > 0
+    Y = sp.csr_matrix(sp.diags(1.0 / sf[ok]) @ sp.csr_matrix(X)[ok])
     n = Y.shape[0]
     mu = np.asarray(Y.mean(axis=0)).ravel()
     ex2 = np.asarray(Y.multiply(Y).mean(axis=0)).ravel()
@@ -482,7 +486,7 @@ def pseudo_gene(
     >>> y = sigel.sim.pseudo_gene(ad, tpl, quantiles={"layer0": 0.9, "layer1": 0.2, "layer2": 0.2},
     ...                           n_draws=5, taper=1.0, seed=0)
     >>> y.shape
-    (708, 5)
+    (718, 5)
     """
     assert_one_of("engine", engine, _ENGINES)
     assert_positive("n_draws", n_draws)
@@ -574,6 +578,8 @@ def fit_zinb(counts, library_size=None, *, n_iter: int = 60) -> pd.DataFrame:
 
 
 def _fit_zinb(X, sf, n_iter=60) -> pd.DataFrame:
+    ok = sf > 0  # moments over spots with counts (controls are 0 where sf = 0)
+    X, sf = sp.csr_matrix(X)[ok], sf[ok]
     n = X.shape[0]
     Y = sp.csr_matrix(sp.diags(1.0 / sf) @ X)
     m = np.asarray(Y.mean(axis=0)).ravel()
@@ -679,7 +685,7 @@ def homogeneous(
     >>> ad = sigel.datasets.synthetic_tissue(20, seed=0)
     >>> y = sigel.sim.homogeneous(ad.X, 3, seed=0)
     >>> y.shape
-    (708, 20, 3)
+    (718, 20, 3)
     """
     assert_one_of("engine", engine, _ENGINES)
     assert_positive("n_draws", n_draws)
@@ -696,6 +702,59 @@ def homogeneous(
         params = _fit_zinb(X, sf)
     Y = _draw_zinb(_rng(seed), params, sf, int(n_draws)).toarray()
     return Y.reshape(X.shape[0], X.shape[1], int(n_draws)).astype(np.int64)
+
+
+def _draw_permuted(rng, X, sf, n_draws: int) -> sp.csr_matrix:
+    """Shuffled copies of every column of X (spots x genes, dense), gene-major columns, depth-adjusted by sf."""
+    n, G = X.shape
+    X = np.repeat(np.asarray(X, dtype=np.float64), n_draws, axis=1)          # gene-major copies
+    perm = np.argsort(rng.random((n, G * n_draws)), axis=0)
+    Y = np.take_along_axis(X, perm, axis=0)
+    if sf is not None:
+        src = sf[perm]
+        Y = np.divide(Y * sf[:, None], src, out=np.zeros_like(Y), where=src > 0)
+    return sp.csr_matrix(Y.astype(np.float32))
+
+
+def permuted(counts, n_draws: int = 1, *, library_size=None, seed: int | None = None) -> np.ndarray:
+    """Nonparametric homogeneous controls: each gene's observed values shuffled over the spots.
+
+    With ``library_size`` the shuffle keeps each spot's depth: the value moved
+    from spot ``t`` to spot ``s`` is ``y_t * sf_s / sf_t`` (not an integer),
+    so its library-size-normalised value is exactly the gene's normalised
+    value at ``t``. The permutation alternative to `homogeneous` for
+    `sigel.tl.svg` (``null="permutation"``): it keeps the marginal exactly
+    where a ZINB fit does not (e.g. log-normal rather than gamma noise).
+
+    Parameters
+    ----------
+    counts
+        Spots x genes counts (sparse or dense).
+    n_draws
+        Controls per gene.
+    library_size
+        Per-spot library sizes (depth-adjusted shuffle); default a plain shuffle.
+    seed
+        Random seed.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_spots, n_genes, n_draws)`` float64 values.
+
+    Examples
+    --------
+    >>> import sigel
+    >>> ad = sigel.datasets.synthetic_tissue(10, seed=0)
+    >>> y = sigel.sim.permuted(ad.X, 2, seed=0)
+    >>> bool((y[:, 0, 0].sum() == ad.X[:, 0].sum()))
+    True
+    """
+    assert_positive("n_draws", n_draws)
+    X = counts.toarray() if sp.issparse(counts) else np.asarray(counts, dtype=np.float64)
+    sf = None if library_size is None else size_factors(None, library_size, X.shape[0])
+    Y = _draw_permuted(_rng(seed), X, sf, int(n_draws)).toarray().astype(np.float64)
+    return Y.reshape(X.shape[0], X.shape[1], int(n_draws))
 
 
 # ============================================================== images for pseudo-genes
@@ -887,7 +946,20 @@ def core(coords, *, center=(0.5, 0.5), radius: float = 0.25, edge: float = 0.0) 
 
 
 def ring(coords, *, center=(0.5, 0.5), radius: float = 0.3, width: float = 0.1) -> np.ndarray:
-    """An annulus of the given ``radius`` and ``width`` (scaled coordinates); booleans.
+    """An annulus (ring) of the given ``radius`` and ``width``.
+
+    Parameters
+    ----------
+    coords
+        ``(n_spots, 2)`` coordinates.
+    center, radius, width
+        Centre, radius and width of the ring in scaled coordinates (``u``,
+        ``v`` in [0, 1]).
+
+    Returns
+    -------
+    numpy.ndarray
+        Booleans (True on the ring).
 
     Examples
     --------
@@ -903,7 +975,23 @@ def ring(coords, *, center=(0.5, 0.5), radius: float = 0.3, width: float = 0.1) 
 
 def crescent(coords, *, center=(0.5, 0.5), radius: float = 0.35, width: float = 0.1,
              direction: float = 180.0, span: float = 180.0) -> np.ndarray:
-    """Part of a ring: the arc within ``span`` degrees around ``direction`` (0 = +u, 90 = +v); booleans.
+    """A crescent: the part of a ring within ``span`` degrees around ``direction``.
+
+    Parameters
+    ----------
+    coords
+        ``(n_spots, 2)`` coordinates.
+    center, radius, width
+        The ring, in scaled coordinates (``u``, ``v`` in [0, 1]).
+    direction
+        Direction of the crescent's middle in degrees (0 = +u, 90 = +v).
+    span
+        Angular extent in degrees.
+
+    Returns
+    -------
+    numpy.ndarray
+        Booleans (True on the crescent).
 
     Examples
     --------
@@ -966,7 +1054,19 @@ def interface(coords, labels, region, *, width: float = 1.5, side: str = "both")
 
 
 def checkerboard(coords, n: int = 3) -> np.ndarray:
-    """An ``n x n`` checkerboard over the scaled tissue coordinates; booleans.
+    """An ``n x n`` checkerboard over the scaled tissue coordinates.
+
+    Parameters
+    ----------
+    coords
+        ``(n_spots, 2)`` coordinates.
+    n
+        Squares per side.
+
+    Returns
+    -------
+    numpy.ndarray
+        Booleans (True on the "black" squares).
 
     Examples
     --------
@@ -983,7 +1083,20 @@ def checkerboard(coords, n: int = 3) -> np.ndarray:
 
 
 def from_mask(coords, mask) -> np.ndarray:
-    """Read a user mask or label image at the spots (x -> columns, y -> rows, both scaled to the image).
+    """Read a user mask or label image at the spots.
+
+    Parameters
+    ----------
+    coords
+        ``(n_spots, 2)`` coordinates; x maps to image columns, y to rows,
+        both scaled to the image extent (nearest pixel).
+    mask
+        2-D boolean mask or label image.
+
+    Returns
+    -------
+    numpy.ndarray
+        The image value at every spot.
 
     Examples
     --------

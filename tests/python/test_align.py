@@ -40,7 +40,7 @@ def test_methods_shapes_keys_and_different_dims(method):
     ref = _emb(d=8)
     qry = pd.DataFrame(ref.to_numpy() @ np.random.default_rng(3).normal(size=(8, 6)), index=ref.index)
     qry = qry.iloc[::-1]  # order must not matter: everything is keyed by gene name
-    al = sigel.tl.align(ref, qry, anchors=list(ref.index[:80]), method=method, seed=1)
+    al = sigel.tl.align(ref, qry, anchors=list(ref.index[:80]), method=method, n_folds=3, seed=1)
     assert al.aligned.shape == (120, 8)
     assert list(al.aligned.columns) == list(al.reference.columns)
     assert set(al.heldout.index) == set(ref.index)
@@ -153,8 +153,8 @@ def test_trim_resists_changed_anchors_and_shared_anchors():
 def test_same_seed_same_result_and_inputs_untouched():
     ref, qry, anchors = _planted()
     r0, q0 = ref.copy(), qry.copy()
-    a = sigel.tl.align(ref, qry, anchors=anchors, method="mlp", seed=3)
-    b = sigel.tl.align(ref, qry, anchors=anchors, method="mlp", seed=3)
+    a = sigel.tl.align(ref, qry, anchors=anchors, method="mlp", n_folds=2, seed=3)
+    b = sigel.tl.align(ref, qry, anchors=anchors, method="mlp", n_folds=2, seed=3)
     pd.testing.assert_frame_equal(a.heldout, b.heldout)
     pd.testing.assert_frame_equal(sigel.tl.shifted_genes(a), sigel.tl.shifted_genes(b))
     pd.testing.assert_frame_equal(ref, r0)
@@ -224,7 +224,7 @@ def test_plots_return_figures():
     al = sigel.tl.align(ref, qry, anchors=anchors)
     tab = sigel.tl.shifted_genes(al)
     for fig in (sigel.pl.shifted_genes(tab), sigel.pl.aligned_embeddings(al),
-                sigel.pl.aligned_embeddings(al, layout="tsne", max_genes=60),
+                sigel.pl.aligned_embeddings(al, max_genes=40, highlight=["g0", "g1"]),
                 sigel.pl.altered_interactions(sigel.tl.altered_interactions(al, top=None))):
         assert fig.axes
         plt.close(fig)

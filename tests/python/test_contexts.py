@@ -62,7 +62,7 @@ def test_enrichment_finds_planted_families(fitted, tmp_path):
         fams = sub.loc[sub["q"] < 0.05, "set"]
         assert fams.str.startswith("FAMILY_").sum() >= FAMILIES_USED, r
     summ = sigel.tl.enrichment_summary(res)
-    assert list(summ.index) == ["k10", "k5"] and (summ["frac_enriched"] > 0.5).all()
+    assert set(summ.index) == {"k5", "k10"} and (summ["frac_enriched"] >= 0.5).all(), summ
 
 
 # ------------------------------------------------------------------ interactions
@@ -100,10 +100,11 @@ def test_context_maps_and_scores(fitted):
         assert np.nanmin(m) >= 0 and np.nanmax(m) <= 1
     a = adata.copy()
     sc = sigel.tl.context_scores(model, a)
-    assert sc.shape == (adata.n_obs, model.memberships_.shape[1] if len(maps) == 6 else sc.shape[1])
+    assert sc.shape == (adata.n_obs, model.memberships_.shape[1])
+    assert np.isfinite(sc.to_numpy()).all()
     assert "sigel_context_scores" in a.obsm and "sigel_context_scores" not in adata.obsm
     # spot scores are the maps read at the spots' pixels (one spot per pixel on this grid)
-    for c in sc.columns:
+    for c in maps:
         np.testing.assert_allclose(sc[c].to_numpy(), maps[c].ravel()[im.spot_pixel], rtol=1e-5, atol=1e-6)
     # the context holding most of a family's genes paints that family's planted pattern
     pats = sigel.datasets.family_patterns(adata.obs["u"], adata.obs["v"], FAMILIES_USED)

@@ -148,3 +148,13 @@ test_that("Seurat Visium images give array row/col coordinates", {
     sub <- vis[, 1:3]
     expect_equal(nrow(sigel:::.coords_seurat(sub)$obs), 3L)
 })
+
+test_that("objects without spot names get made-up ones for the backend", {
+    s <- mini_sce(x = 1:6, y = 1:6)
+    colnames(s) <- NULL
+    parts <- sigel:::.input_parts(s)
+    expect_equal(colnames(parts$counts), paste0("spot", 1:6))
+    expect_equal(parts$coords$obs$x, 1:6)
+    lib <- sigel:::.input_parts(s, library_size = 11:16)$library_size
+    expect_equal(lib, 11:16)
+})

@@ -9,7 +9,7 @@ from .refine import (
     mixture_nll_loss,
     prototype_contrastive_loss,
     refinement_losses,
-    scaffold_smoothness_loss,
+    scaffold_contrastive_loss,
     select_confident,
 )
 from .scaffold import GeneGraph, image_knn_graph, smoothed_image_features
@@ -24,7 +24,7 @@ __all__ = [
     "mixture_nll_loss",
     "prototype_contrastive_loss",
     "refinement_losses",
-    "scaffold_smoothness_loss",
+    "scaffold_contrastive_loss",
     "select_confident",
     "GeneGraph",
     "image_knn_graph",

@@ -153,6 +153,9 @@ class MaskedAutoencoder(nn.Module):
         upsampling stage (at least 8).
     mask_ratio
         Default fraction of in-tissue patches hidden from the encoder.
+    pool_queries
+        Learned attention-pooling queries used next to the mean when pooling
+        tokens into the gene vector (0 = mean only).
     in_chans
         Input channels (2: value + tissue mask).
     """
@@ -168,6 +171,7 @@ class MaskedAutoencoder(nn.Module):
         embed_dim: int = 32,
         decoder_width: int = 32,
         mask_ratio: float = 0.5,
+        pool_queries: int = 4,
         in_chans: int = 2,
     ):
         super().__init__()
@@ -186,7 +190,15 @@ class MaskedAutoencoder(nn.Module):
         self.blocks = nn.ModuleList([_Block(width, n_heads, mlp_ratio) for _ in range(depth)])
         self.norm = nn.LayerNorm(width)
         # projection head -> gene vector
-        self.head = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, embed_dim))
+        # pooling over tissue tokens: the plain mean plus `pool_queries` learned attention
+        # queries (each a softmax-weighted mean over the tokens); keys carry positions, so
+        # the pooled vector says *where* a gene is expressed, not only how much
+        self.pool_queries = int(pool_queries)
+        if self.pool_queries > 0:
+            self.pool_query = nn.Parameter(torch.zeros(self.pool_queries, width))
+            self.pool_key = nn.Linear(width, width)
+        self.head = nn.Sequential(nn.Linear(width * (1 + self.pool_queries), width), nn.GELU(),
+                                  nn.Linear(width, embed_dim))
 
         # decoder: tokens -> patch grid -> transposed-conv upsampling to pixels
         dw = int(decoder_width)
@@ -222,6 +234,8 @@ class MaskedAutoencoder(nn.Module):
         w = self.patch_embed.weight.data
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.normal_(self.mask_token, std=0.02)
+        if self.pool_queries > 0:
+            nn.init.normal_(self.pool_query, std=1.0)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
@@ -230,6 +244,11 @@ class MaskedAutoencoder(nn.Module):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        # small residual branches at start (scaled init of each block's output projections):
+        # the deep pre-norm encoder then starts close to the identity and trains stably
+        for blk in self.blocks:
+            blk.attn.proj.weight.data.mul_(0.1)
+            blk.mlp[2].weight.data.mul_(0.1)
 
     def _pos(self, grid, dim, device, dtype):
         key = (grid, dim, str(device), dtype)
@@ -348,12 +367,25 @@ class MaskedAutoencoder(nn.Module):
         return self.norm(x)
 
     def pool(self, latent: torch.Tensor, tb: TokenBatch) -> torch.Tensor:
-        """Mean of the latent tokens over valid slots, then the projection head -> ``(B, D)``."""
+        """Pool the latent tokens (valid slots only) and project -> ``(B, D)``.
+
+        The pooled feature is the token mean concatenated with ``pool_queries``
+        attention-weighted means (learned queries against position-aware keys).
+        """
+        B, L, C = latent.shape
         if tb.valid is None:
             h = latent.mean(1)
         else:
             w = tb.valid.to(latent.dtype)[..., None]
             h = (latent * w).sum(1) / w.sum(1).clamp(min=1.0)
+        if self.pool_queries > 0:
+            keys = self.pool_key(latent)  # (B, L, C)
+            scores = torch.einsum("mc,blc->bml", self.pool_query.to(keys.dtype), keys) / math.sqrt(C)
+            if tb.valid is not None:
+                scores = scores.masked_fill(~tb.valid[:, None, :], float("-inf"))
+            att = torch.softmax(scores.float(), dim=-1).to(latent.dtype)
+            pooled = torch.einsum("bml,blc->bmc", att, latent).reshape(B, -1)
+            h = torch.cat([h, pooled], dim=1)
         return self.head(h)
 
     # ---------------------------------------------------------------- decoder

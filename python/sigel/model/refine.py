@@ -25,7 +25,7 @@ __all__ = [
     "schedule",
     "prototype_contrastive_loss",
     "mixture_nll_loss",
-    "scaffold_smoothness_loss",
+    "scaffold_contrastive_loss",
     "refinement_losses",
     "label_change",
 ]
@@ -47,8 +47,8 @@ class RefineState:
         ``(K, D)`` context prototypes (mixture means).
     center
         ``(D,)`` overall mean used to centre vectors before cosine similarities.
-    scale
-        Scalar: mean squared norm of the centred embeddings (normalises the
+    bank
+        ``(G, D)`` centred, L2-normalised embeddings (memory bank of the
         scaffold term).
     mixture
         The fitted :class:`sigel.model.mixture.StudentTMixture` (for ``log_prob``).
@@ -66,7 +66,7 @@ class RefineState:
     selected: torch.Tensor | None
     prototypes: torch.Tensor | None
     center: torch.Tensor
-    scale: torch.Tensor
+    bank: torch.Tensor
     mixture: object | None
     graph: object | None
     weights: dict
@@ -192,39 +192,52 @@ def mixture_nll_loss(z: torch.Tensor, mixture, weight: torch.Tensor | None = Non
     return -(lp * w).sum() / w.sum().clamp(min=1.0)
 
 
-def scaffold_smoothness_loss(z: torch.Tensor, idx: torch.Tensor, graph, embeddings: torch.Tensor,
-                             scale: torch.Tensor) -> torch.Tensor:
-    """Graph smoothness: weighted squared distance of each gene to its image neighbours.
+def scaffold_contrastive_loss(z: torch.Tensor, idx: torch.Tensor, graph, bank: torch.Tensor,
+                              center: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+    """Graph smoothness on the image scaffold, as a contrastive term against a memory bank.
 
-    Neighbour vectors are the epoch's (detached) embeddings, so each step pulls
-    a gene toward the current positions of the genes its image resembles.
-    Divided by the mean squared norm of the centred embeddings (``scale``),
-    so the term does not reward shrinking the whole space.
+    Each gene is pulled toward its image neighbours and, through the softmax
+    over all genes, away from the rest: ``-sum_j w_ij log softmax_g(cos(z_i,
+    Z_g) / T)[j]`` with ``w`` the normalised scaffold weights of gene ``i``
+    and ``Z`` the epoch's (detached) embeddings of every gene (the bank; the
+    gene itself is excluded). The negatives keep the term from being
+    minimised by collapsing everything onto one point, which a plain
+    squared-distance smoothness would reward.
 
     Parameters
     ----------
     z
         ``(B, D)`` embeddings of the batch (with grad).
     idx
-        ``(B,)`` gene indices of the batch (rows of ``graph``).
+        ``(B,)`` gene indices of the batch (rows of ``graph`` and ``bank``).
     graph
         :class:`sigel.model.scaffold.GeneGraph` (same device as ``z``).
-    embeddings
-        ``(G, D)`` detached embeddings of all genes.
-    scale
-        Scalar normaliser.
+    bank
+        ``(G, D)`` detached, centred and L2-normalised embeddings of all genes.
+    center
+        ``(D,)`` centring vector.
+    temperature
+        Softmax temperature.
 
     Returns
     -------
     torch.Tensor
         Scalar.
     """
+    zc = F.normalize(z.float() - center, dim=1)
+    logits = zc @ bank.T / temperature  # (B, G)
+    rows = torch.arange(len(idx), device=z.device)
+    logits = logits.index_put((rows, idx), torch.tensor(-float("inf"), device=z.device))
+    logp = torch.log_softmax(logits, dim=1)
     nb = graph.indices[idx]
-    w = graph.weights[idx].to(torch.float32)
-    target = embeddings[nb].float()  # (B, k, D)
-    d2 = ((z.float()[:, None, :] - target) ** 2).sum(-1)
-    per = (w * d2).sum(1) / w.sum(1).clamp(min=1e-8)
-    return per.mean() / scale.clamp(min=1e-12)
+    w = graph.weights[idx].to(logp.dtype)
+    w = w / w.sum(1, keepdim=True).clamp(min=1e-12)
+    lp = torch.gather(logp, 1, nb)
+    per = -(w * lp).sum(1)
+    has = graph.weights[idx].sum(1) > 0
+    if not bool(has.any()):
+        return z.sum() * 0.0
+    return per[has].mean()
 
 
 def refinement_losses(recon: torch.Tensor, z: torch.Tensor, idx: torch.Tensor, state: RefineState) -> dict:
@@ -264,7 +277,7 @@ def refinement_losses(recon: torch.Tensor, z: torch.Tensor, idx: torch.Tensor, s
         out["mixture"] = m
         total = total + w["mixture"] * m
     if w.get("scaffold", 0.0) > 0 and state.graph is not None:
-        s = scaffold_smoothness_loss(z, idx, state.graph, state.embeddings, state.scale)
+        s = scaffold_contrastive_loss(z, idx, state.graph, state.bank, state.center, state.temperature)
         out["scaffold"] = s
         total = total + w["scaffold"] * s
     out["total"] = total

@@ -44,8 +44,9 @@ def context_maps(model_or_maps, images=None, *, contexts=None, ncols: int = 6, c
     if isinstance(model_or_maps, dict):
         maps = model_or_maps
         if contexts is not None:
-            want = [f"context_{int(c)}" if isinstance(c, (int, np.integer)) else str(c)
-                    for c in np.atleast_1d(contexts)]
+            from ..tasks.contexts import context_names
+
+            want = context_names(contexts)
             maps = {k: maps[k] for k in want if k in maps}
     else:
         from ..tasks.contexts import context_maps as _maps

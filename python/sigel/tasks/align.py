@@ -94,11 +94,13 @@ class _Map:
     W: np.ndarray
     scale: float = 1.0
     mlp: object = None
+    sx: float = 1.0
+    sy: float = 1.0
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         Y = (X - self.mx) @ self.W * self.scale + self.my
         if self.mlp is not None:
-            Y = Y + self.mlp.predict(X).reshape(Y.shape)
+            Y = Y + self.sy * self.mlp.predict((X - self.mx) / self.sx).reshape(Y.shape)
         return Y
 
 
@@ -107,7 +109,9 @@ def _fit_once(X, Y, method, *, center, scale, alpha, hidden, seed) -> _Map:
     my = Y.mean(0) if center else np.zeros(Y.shape[1])
     Xc, Yc = X - mx, Y - my
     if method == "linear":
-        A = Xc.T @ Xc + alpha * np.eye(X.shape[1])
+        # penalty in units of the mean per-dimension variance: alpha ~ pseudo-anchors per dimension
+        lam = alpha * max(float((Xc**2).sum()) / Xc.size, 1e-12)
+        A = Xc.T @ Xc + lam * np.eye(X.shape[1])
         W = np.linalg.solve(A, Xc.T @ Yc)
         return _Map("linear", mx, my, W)
     U, S, Vt = np.linalg.svd(Xc.T @ Yc, full_matrices=False)
@@ -121,12 +125,14 @@ def _fit_once(X, Y, method, *, center, scale, alpha, hidden, seed) -> _Map:
         from sklearn.neural_network import MLPRegressor
 
         resid = Y - m.predict(X)
+        sx = float(np.sqrt(max((Xc**2).mean(), 1e-24)))
+        sy = float(np.sqrt(max((resid**2).mean(), 1e-24)))
         net = MLPRegressor(hidden_layer_sizes=(int(hidden),), activation="tanh", solver="lbfgs",
-                           alpha=float(alpha), max_iter=500, random_state=int(seed) % (2**32))
+                           alpha=float(alpha), max_iter=300, random_state=int(seed) % (2**32))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            net.fit(X, resid)
-        m.mlp = net
+            net.fit(Xc / sx, resid / sy)
+        m.mlp, m.sx, m.sy = net, sx, sy
     return m
 
 
@@ -260,8 +266,8 @@ class Alignment:
     Attributes
     ----------
     reference
-        Reference embeddings (genes x D_ref) as used for the fit (centred,
-        unit-length rows when ``normalize=True``).
+        Reference embeddings (genes x D_ref) as used for the fit (after
+        ``normalize``).
     query
         Query embeddings (genes x D_query), same preprocessing.
     aligned
@@ -317,9 +323,7 @@ class Alignment:
     def transform(self, embeddings: pd.DataFrame) -> pd.DataFrame:
         """Map further query-space vectors (genes x D_query) into the reference space."""
         emb = embedding_frame(embeddings)
-        X = emb.to_numpy()
-        if self.params["normalize"]:
-            X = unit_rows(X - self.query_offset_)
+        X = _preprocess(emb.to_numpy(), self.query_offset_, self.params["normalize"])
         return pd.DataFrame(self.map_.predict(X), index=emb.index, columns=self.reference.columns)
 
     def __repr__(self) -> str:
@@ -330,6 +334,24 @@ class Alignment:
 
 
 # --------------------------------------------------------------------------- inputs
+
+def _preprocess(X: np.ndarray, offset, normalize: str) -> np.ndarray:
+    """Apply ``align``'s ``normalize`` step with a fixed offset (the sample mean of the shared genes)."""
+    if normalize == "none" or offset is None:
+        return np.asarray(X, dtype=np.float64)
+    Z = np.asarray(X, dtype=np.float64) - offset
+    return unit_rows(Z) if normalize == "unit" else Z
+
+
+def _self_nn_accuracy(P: np.ndarray, T: np.ndarray, batch: int = 1024) -> float:
+    """Fraction of rows of ``P`` whose most cosine-similar row of ``T`` is their own (batched)."""
+    Pn, Tn = unit_rows(P), unit_rows(T)
+    hits = 0
+    for s in range(0, len(Pn), batch):
+        S = Pn[s:s + batch] @ Tn.T
+        hits += int(np.sum(S.argmax(1) == np.arange(s, s + S.shape[0])))
+    return hits / max(len(Pn), 1)
+
 
 def _read_sample(x, name: str):
     """Embedding table and (optionally) hard contexts of one sample."""
@@ -346,7 +368,7 @@ def _read_sample(x, name: str):
     return emb, ctx
 
 
-def align(reference, query, anchors=None, *, method: str = "orthogonal", normalize: bool = True,
+def align(reference, query, anchors=None, *, method: str = "orthogonal", normalize: str = "center",
           center: bool = True, scale: bool = True, alpha: float = 1.0, hidden: int = 32, trim: float = 0.0,
           n_folds: int = 5, min_anchors: int = 5, reference_data=None, query_data=None,
           seed: int | None = None) -> Alignment:
@@ -376,15 +398,21 @@ def align(reference, query, anchors=None, *, method: str = "orthogonal", normali
         ``'mlp'`` (Procrustes plus a one-hidden-layer correction of
         ``hidden`` tanh units with L2 penalty ``alpha``; scikit-learn).
     normalize
-        Centre each sample's vectors on their mean over the shared genes and
-        scale every gene vector to unit length before fitting (SIGEL compares
-        genes by cosine; centring removes an offset common to all genes, so
-        relations are centred cosines).
+        Preprocessing of each sample's vectors before the fit: ``'center'``
+        subtracts the sample's mean vector over the shared genes (an offset
+        common to all genes carries no information on any one gene, and
+        relations become centred cosines); ``'unit'`` also scales every gene
+        vector to unit length (then genes with weak patterns, close to the
+        centre, weigh as much as the others); ``'none'`` uses the vectors as
+        they are.
     center, scale
         Fit a translation (anchor means) and, for the Procrustes maps, an
         isotropic scale.
     alpha
-        Ridge penalty (``'linear'``) or weight decay (``'mlp'``).
+        Ridge penalty of ``'linear'``, in units of the mean per-dimension
+        variance of the query anchors (about ``alpha`` pseudo-anchors per
+        dimension), or the L2 weight decay of ``'mlp'`` (on standardised
+        inputs).
     hidden
         Hidden units of the ``'mlp'`` map.
     trim
@@ -426,6 +454,9 @@ def align(reference, query, anchors=None, *, method: str = "orthogonal", normali
     60
     """
     assert_one_of("method", method, _METHODS)
+    if normalize is True or normalize is False:  # accept booleans: True = 'unit', False = 'none'
+        normalize = "unit" if normalize else "none"
+    assert_one_of("normalize", normalize, ("center", "unit", "none"))
     assert_in_range("trim", trim, 0.0, 0.5)
     assert_positive("n_folds", n_folds)
     assert_positive("alpha", alpha, allow_zero=True)
@@ -438,12 +469,12 @@ def align(reference, query, anchors=None, *, method: str = "orthogonal", normali
     ref_cols = [str(c) for c in ref.columns]
     shared = ref.index[ref.index.isin(qry.index)]
     offsets = (None, None)
-    if normalize and len(shared):
-        # centre each sample on its mean over the shared genes, then unit length
+    if normalize != "none" and len(shared):
         mr, mq = ref.loc[shared].mean(0).to_numpy(), qry.loc[shared].mean(0).to_numpy()
         offsets = (mr, mq)
-        ref = pd.DataFrame(unit_rows(ref.to_numpy() - mr), index=ref.index, columns=ref_cols)
-        qry = pd.DataFrame(unit_rows(qry.to_numpy() - mq), index=qry.index, columns=[str(c) for c in qry.columns])
+    ref = pd.DataFrame(_preprocess(ref.to_numpy(), offsets[0], normalize), index=ref.index, columns=ref_cols)
+    qry = pd.DataFrame(_preprocess(qry.to_numpy(), offsets[1], normalize), index=qry.index,
+                       columns=[str(c) for c in qry.columns])
     if len(shared) < min_anchors:
         raise SigelInputError(
             f"only {len(shared)} genes are embedded in both samples; alignment needs at least {min_anchors}. "
@@ -504,12 +535,11 @@ def align(reference, query, anchors=None, *, method: str = "orthogonal", normali
 
         def _prep(E, off):
             Z = E.reindex(shared).to_numpy(dtype=np.float64)
-            return unit_rows(Z - off) if normalize else Z
+            return _preprocess(Z, off, normalize)
 
         ra, rb = _halves(reference, reference_data, "reference", seed)
         qa, qb = _halves(query, query_data, "query", seed + 1)
-        mr0 = offsets[0] if normalize else 0.0
-        mq0 = offsets[1] if normalize else 0.0
+        mr0, mq0 = offsets
         d_r = np.linalg.norm(_prep(ra, mr0) - _prep(rb, mr0), axis=1)
         Qa, Qb = _prep(qa, mq0), _prep(qb, mq0)
         okq = np.isfinite(Qa).all(1) & np.isfinite(Qb).all(1)
@@ -531,9 +561,7 @@ def align(reference, query, anchors=None, *, method: str = "orthogonal", normali
     tab = pd.DataFrame({"residual": resid, "heldout_shift": ho, "used": keep, "fold": fold}, index=cand)
     tab.index.name = "gene"
     tot = float(((Y - Y.mean(0)) ** 2).sum(1).mean())
-    # nearest reference anchor (cosine) of each held-out anchor: itself?
-    S = unit_rows(Yhat) @ unit_rows(Y).T
-    nn_acc = float(np.mean(S.argmax(1) == np.arange(n_found))) if n_found <= 20000 else float("nan")
+    nn_acc = _self_nn_accuracy(Yhat, Y)
     diag = dict(
         method=method, anchor_source=source, n_anchors_requested=int(n_req), n_anchors=int(n_found),
         n_anchors_used=int(keep.sum()), n_shared=int(len(shared)), n_reference=int(ref.shape[0]),
@@ -543,7 +571,7 @@ def align(reference, query, anchors=None, *, method: str = "orthogonal", normali
         heldout_relative_error=float(np.mean(ho**2) / tot) if tot > 0 else float("nan"),
         heldout_nn_accuracy=nn_acc,
     )
-    params = dict(method=method, normalize=bool(normalize), center=bool(center), scale=bool(scale),
+    params = dict(method=method, normalize=normalize, center=bool(center), scale=bool(scale),
                   alpha=float(alpha), hidden=int(hidden), trim=float(trim), n_folds=int(n_folds),
                   min_anchors=int(min_anchors), seed=seed,
                   anchors=None if anchors is None else ("shared" if isinstance(anchors, str) else "list"))

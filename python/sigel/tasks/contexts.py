@@ -19,6 +19,18 @@ from ..data import GeneImages
 from ._genes import _is_anndata, membership_frame
 
 
+def context_names(contexts) -> list:
+    """Context names from names (``'context_3'``) or integers (``3``, ``'3'``)."""
+    items = [contexts] if isinstance(contexts, (str, int, np.integer)) else list(contexts)
+    out = []
+    for c in items:
+        if isinstance(c, (int, np.integer)) or (isinstance(c, str) and c.isdigit()):
+            out.append(f"context_{int(c)}")
+        else:
+            out.append(str(c))
+    return out
+
+
 def _model_images(model, images, genes) -> GeneImages:
     """The gene images to average: given ones, an AnnData rebuilt with the model's options, or the training images."""
     if images is None:
@@ -58,14 +70,18 @@ def _weights(mem: pd.DataFrame, images: GeneImages, contexts, min_genes: int, mi
         logger.info(f"context maps: {len(mem.index) - len(common)} genes of the model are not in the images")
     W = mem.loc[common]
     if contexts is not None:
-        want = [f"context_{int(c)}" if isinstance(c, (int, np.integer)) else str(c) for c in np.atleast_1d(contexts)]
+        want = context_names(contexts)
         bad = [c for c in want if c not in W.columns]
         if bad:
             raise SigelInputError(f"contexts {bad} not found; available: {list(W.columns)[:20]}")
         W = W[want]
-    Wv = W.to_numpy(np.float64).copy()
-    Wv[Wv < min_membership] = 0.0
+    raw = W.to_numpy(np.float64)
+    Wv = np.where(raw >= min_membership, raw, 0.0)
     n_genes = (Wv > 0).sum(0)
+    empty = n_genes == 0                 # no gene above the threshold: fall back to the soft weights
+    Wv[:, empty] = raw[:, empty]
+    if (Wv.sum(0) <= 0).any():
+        Wv[:, Wv.sum(0) <= 0] = 1.0 / Wv.shape[0]
     keep = n_genes >= int(min_genes)
     if not keep.any():
         raise SigelInputError(f"no context has >= {min_genes} genes with membership >= {min_membership}")
@@ -152,7 +168,9 @@ def context_scores(model, adata_or_images=None, *, contexts=None, min_membership
     Returns
     -------
     pandas.DataFrame
-        Spots x contexts (index: spot names, columns ``context_<k>``).
+        Spots x contexts (index: spot names, columns ``context_<k>``, all K
+        contexts; one without any gene at ``min_membership`` is averaged over
+        its soft memberships).
         With an AnnData, also sets ``adata.obsm[key_added]``: the same
         DataFrame, aligned to ``adata.obs_names``.
 

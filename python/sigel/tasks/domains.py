@@ -419,8 +419,8 @@ def prune_genes(
         Spots x genes AnnData with raw counts and coordinates (the sample the
         scores are computed on; usually the one the model was fitted on).
     keep
-        A float in (0, 1]: keep ``ceil(keep * group size)`` genes per group;
-        an int >= 1: keep that many per group.
+        A float in (0, 1): keep ``ceil(keep * group size)`` genes per group;
+        a whole number >= 1 (``1.0`` counts as 1): keep that many per group.
     score
         ``'auto'`` (sigel's SVG score when :func:`sigel.tl.svg` is available
         and ``model`` is a SIGEL model, else Moran's I), ``'svg'`` (slower:
@@ -930,8 +930,8 @@ def domain_scores(labels, truth) -> pd.DataFrame:
     --------
     >>> import sigel
     >>> sigel.tl.domain_scores([0, 0, 1, 1], ["a", "a", "b", None])
-               ari  nmi  n_spots
-    labels     1.0  1.0        3
+            ari  nmi  n_spots
+    labels  1.0  1.0        3
     """
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 

@@ -193,22 +193,31 @@ def _neighbours(Zq: np.ndarray, Zt: np.ndarray, k: int, chunk: int = 2048):
     return idx, sim
 
 
-def _loo_knn_pcc(Zt: np.ndarray, train_values: sp.csr_matrix, k: int) -> np.ndarray:
-    """Leave-one-out kNN accuracy of every training gene: PCC of its kNN prediction from the other ones."""
+def _loo_knn_pcc(Zt: np.ndarray, train_values: sp.csr_matrix, k: int, chunk: int = 256) -> np.ndarray:
+    """Leave-one-out kNN accuracy of every training gene: PCC of its kNN prediction from the other ones.
+
+    Neighbours are found in chunks (no dense genes x genes matrix) and the
+    predictions are scored chunk by chunk (memory bounded by chunk x cells).
+    """
     n = Zt.shape[0]
     kk = int(min(k, n - 1))
     if kk < 1:
         return np.zeros(n)
-    S = _cosine(Zt, Zt)
-    np.fill_diagonal(S, -np.inf)
-    idx = np.argpartition(-S, kk - 1, axis=1)[:, :kk]
-    w = np.clip(np.take_along_axis(S, idx, 1), 0.0, None)
+    idx, sim = _neighbours(Zt, Zt, kk + 1)
+    # drop each gene itself (normally the first neighbour; ties handled by position)
+    keep = idx != np.arange(n)[:, None]
+    first = np.argsort(~keep, axis=1, kind="stable")[:, :kk]
+    idx = np.take_along_axis(idx, first, 1)
+    w = np.clip(np.take_along_axis(sim, first, 1), 0.0, None)
     w[w.sum(1) <= 0] = 1.0
     w = w / w.sum(1, keepdims=True)
     W = sp.csr_matrix((w.ravel(), (np.repeat(np.arange(n), kk), idx.ravel())), shape=(n, n))
-    pred = np.asarray((W @ train_values).todense())
-    truth = np.asarray(train_values.todense())
-    return _metrics_arrays(truth.T, pred.T)["PCC"].to_numpy()
+    out = np.empty(n)
+    for s in range(0, n, chunk):
+        pred = np.asarray((W[s:s + chunk] @ train_values).todense())
+        truth = np.asarray(train_values[s:s + chunk].todense())
+        out[s:s + chunk] = _metrics_arrays(truth.T, pred.T)["PCC"].to_numpy()
+    return out
 
 
 def _reference_signal(ref_images, genes, batch: int = 256) -> np.ndarray:
@@ -603,7 +612,7 @@ def impute(
     problem = _Problem(model, target_adata, layer=layer, spatial_key=spatial_key,
                        library_size_key=library_size_key, geometry=geometry, resolution=resolution,
                        min_cells=min_cells, reference_images=reference_images)
-    query_ref, measured_req = problem.resolve_query(genes)
+    query_ref, _ = problem.resolve_query(genes)
     gan_kw = dict(n_steps=int(n_steps), batch_size=int(batch_size), lr=float(lr), adv_weight=float(adv_weight),
                   adv_start=float(adv_start), hidden=int(hidden), n_prototypes=int(n_prototypes),
                   channels=int(channels), dropout=float(dropout), embed_noise=float(embed_noise),

@@ -80,9 +80,10 @@ def pattern_search(
     pandas.DataFrame
         Index gene; ``similarity`` (mean cosine over the draws),
         ``similarity_sd`` (its SD over draws) and ``rank`` (1 = most similar);
-        sorted by rank. ``.attrs['pseudo_image']`` holds the mean pseudo-gene
-        image (H x W, NaN off tissue) and ``.attrs['region_means']`` the
-        targets used. Stored in ``adata.uns[key_added]`` (table and params).
+        sorted by rank; ``.attrs['region_means']`` holds the region means
+        used. ``adata.uns[key_added]`` stores the table, ``pseudo_image`` (the
+        mean pseudo-gene image, H x W, NaN off tissue, for
+        `sigel.pl.pattern_search`) and the parameters.
 
     Examples
     --------
@@ -139,10 +140,10 @@ def pattern_search(
     out = out.sort_values("rank")
     img = np.asarray(pim.values.mean(axis=0)).reshape(pim.height, pim.width).astype(np.float64)
     img[~pim.mask] = np.nan
-    out.attrs["pseudo_image"] = img
-    out.attrs["region_means"] = dict(params["region_means"])
+    out.attrs["region_means"] = {k: float(v) for k, v in params["region_means"].items()}
     _keys.store(adata, "uns", key_added, {
         "table": out.copy(),
+        "pseudo_image": img,
         "params": dict(quantiles=quantiles, means=means, taper=float(taper), n_draws=int(n_draws),
                        center=bool(center), engine=engine, seed=seed,
                        region_means=dict(params["region_means"]), trend=list(params["trend"])),

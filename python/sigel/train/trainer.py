@@ -70,6 +70,11 @@ class TrainConfig:
         (set per step); gradient-norm clipping (``None`` = off).
     mask_ratio
         Fraction of in-tissue patches hidden per gene and step.
+    refine_view
+        Which embedding the refinement and scaffold terms act on: ``'full'``
+        (an extra encoder pass on all tissue tokens, the same view used to
+        embed and cluster) or ``'masked'`` (the vector pooled over the visible
+        tokens of the reconstruction pass; cheaper, noisier).
     refine
         Run Modules II + III (``False``: autoencoder only; the mixture is fitted
         once at the end).
@@ -84,8 +89,11 @@ class TrainConfig:
         Self-paced kept fraction per context: grows linearly from
         ``select_start`` to ``select_end`` over ``select_epochs`` refinement
         epochs (``None``: half of them).
-    em_iters, final_em_iters
-        MAP-EM iterations per epoch (warm start) and for the final fit.
+    em_iters, init_em_iters, final_em_iters
+        MAP-EM iterations per epoch (warm start), at the first refinement
+        epoch (per restart) and for the final fit.
+    mixture_n_init
+        k-means++ restarts when the mixture is initialised.
     tol
         Label-change tolerance for stopping.
     amp
@@ -102,6 +110,7 @@ class TrainConfig:
     warmup_epochs: int = 2
     grad_clip: float | None = 1.0
     mask_ratio: float = 0.5
+    refine_view: str = "full"
     refine: bool = True
     scaffold: bool = True
     scaffold_k: int = 10
@@ -114,7 +123,9 @@ class TrainConfig:
     select_end: float = 1.0
     select_epochs: int | None = None
     em_iters: int = 5
+    init_em_iters: int = 30
     final_em_iters: int = 50
+    mixture_n_init: int = 10
     tol: float = 1e-3
     amp: bool = False
 
@@ -273,7 +284,8 @@ def embed_all(model, images, *, batch_size: int = 256, device=None, amp: bool = 
     return out.clone()  # a normal tensor (inference tensors cannot enter autograd)
 
 
-def fit_mixture(mixture, Z: torch.Tensor, n_iter: int, *, init: bool = False) -> torch.Tensor:
+def fit_mixture(mixture, Z: torch.Tensor, n_iter: int, *, init: bool = False, n_init: int = 10,
+                seed: int = 0) -> torch.Tensor:
     """A few MAP-EM iterations on the embeddings; returns the memberships.
 
     Parameters
@@ -285,14 +297,33 @@ def fit_mixture(mixture, Z: torch.Tensor, n_iter: int, *, init: bool = False) ->
     n_iter
         EM iterations.
     init
-        Re-initialise with k-means++ instead of warm-starting.
+        Initialise instead of warm-starting: ``n_init`` k-means++ restarts,
+        each followed by ``n_iter`` EM iterations; the restart with the
+        highest log posterior is kept (a single k-means++ draw often merges
+        two contexts and splits another, and self-paced training would then
+        reinforce that mistake).
+    n_init
+        Number of restarts when ``init``.
+    seed
+        Seeds the restarts.
 
     Returns
     -------
     torch.Tensor
         ``(G, K)`` memberships under the updated parameters.
     """
-    mixture.fit(Z, n_iter=n_iter, warm_start=not init)
+    if not init:
+        mixture.fit(Z, n_iter=n_iter, warm_start=True)
+        return mixture.resp_
+    best = None
+    for r in range(max(int(n_init), 1)):
+        gen = torch.Generator().manual_seed(int(seed) * 1009 + r)
+        mixture.init_kmeanspp(Z, generator=gen)
+        mixture.fit(Z, n_iter=n_iter, warm_start=True)
+        score = float(mixture.log_posterior(Z))
+        if best is None or score > best[0]:
+            best = (score, mixture.params, mixture.resp_, list(mixture.history_))
+    mixture.params, mixture.resp_, mixture.history_ = best[1], best[2], best[3]
     return mixture.resp_
 
 
@@ -335,6 +366,8 @@ def gradient_steps(model, images, batches, optimizer, *, state: RefineState, dev
         A loss term is NaN or infinite (names epoch, batch and term).
     """
     model.train()
+    w = state.weights
+    full_view = cfg.refine_view == "full" and any(w.get(k, 0.0) > 0 for k in ("contrastive", "mixture", "scaffold"))
     sums: dict = {}
     n = 0
     lr = cfg.lr
@@ -346,7 +379,10 @@ def gradient_steps(model, images, batches, optimizer, *, state: RefineState, dev
         idx_d = idx.to(device)
         with _autocast(device, cfg.amp):
             out = model(x, mask_ratio=cfg.mask_ratio, generator=mask_generator)
-        terms = refinement_losses(out["loss"].float(), out["z"].float(), idx_d, state)
+            z = out["z"]
+            if full_view:
+                z = model.embed(x)
+        terms = refinement_losses(out["loss"].float(), z.float(), idx_d, state)
         for name, v in terms.items():
             if not torch.isfinite(v):
                 raise FloatingPointError(
@@ -386,10 +422,13 @@ class Trainer:
         seed) the k-means++ initialisation.
     progress
         Show a tqdm bar (``None``: ``sigel.settings.show_progress()``).
+    callback
+        Optional ``callback(epoch, record, Z, resp)`` called after each epoch's
+        mixture step (diagnostics; ``resp`` is ``None`` in pre-training).
     """
 
     def __init__(self, model, mixture, images, config: TrainConfig, *, device, seed: int = 0,
-                 progress: bool | None = None):
+                 progress: bool | None = None, callback=None):
         self.model = model.to(device)
         self.mixture = mixture
         self.images = images
@@ -397,6 +436,7 @@ class Trainer:
         self.device = torch.device(device)
         self.seed = int(seed)
         self.progress = settings.show_progress(progress)
+        self.callback = callback
 
     # -- pieces ---------------------------------------------------------
     def _state(self, Z, resp, selected, epoch, graph) -> RefineState:
@@ -414,7 +454,7 @@ class Trainer:
         else:
             center = Z.mean(0)
             prototypes = labels = None
-        scale = ((Z - center) ** 2).sum(1).mean()
+        bank = torch.nn.functional.normalize(Z - center, dim=1)
         weights = {
             "recon": 1.0,
             "contrastive": cfg.contrastive_weight if refining else 0.0,
@@ -422,7 +462,7 @@ class Trainer:
             "scaffold": w_scaf,
         }
         return RefineState(embeddings=Z, labels=labels, selected=selected, prototypes=prototypes, center=center,
-                           scale=scale, mixture=self.mixture if refining else None, graph=graph, weights=weights,
+                           bank=bank, mixture=self.mixture if refining else None, graph=graph, weights=weights,
                            temperature=cfg.temperature)
 
     @staticmethod
@@ -454,7 +494,8 @@ class Trainer:
         optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
         steps_per_epoch = max(math.ceil(G / cfg.batch_size), 1)
         total_steps = steps_per_epoch * max(cfg.epochs, 1)
-        warmup_steps = min(steps_per_epoch * cfg.warmup_epochs, max(total_steps // 4, 1))
+        # warm-up: `warmup_epochs` epochs but at least 100 steps (transformers need it), at most 1/4 of training
+        warmup_steps = min(max(steps_per_epoch * cfg.warmup_epochs, 100), max(total_steps // 4, 1))
 
         history: list = []
         prev_labels = None
@@ -475,7 +516,8 @@ class Trainer:
                     self._check_spread(Z, epoch)
                 if refining:
                     first = prev_labels is None
-                    resp = fit_mixture(self.mixture, Z, cfg.em_iters, init=first)
+                    resp = fit_mixture(self.mixture, Z, cfg.init_em_iters if first else cfg.em_iters, init=first,
+                                       n_init=cfg.mixture_n_init, seed=self.seed)
                     labels = resp.argmax(1)
                     change = label_change(prev_labels, labels)
                     prev_labels = labels
@@ -492,6 +534,8 @@ class Trainer:
                         break
                     selected = select_confident(resp, frac)
                     rec["n_selected"] = int(selected.sum())
+                if self.callback is not None:
+                    self.callback(epoch, rec, Z, resp)
                 if Z is None:
                     Z = torch.zeros(G, model.embed_dim, device=device)
                 state = self._state(Z, resp, selected, epoch, graph)
@@ -518,7 +562,8 @@ class Trainer:
         # final embeddings and memberships under the final weights
         Z = embed_all(model, images, batch_size=cfg.embed_batch_size, device=device, amp=cfg.amp)
         self._check_spread(Z, max(epoch, 0))
-        resp = fit_mixture(self.mixture, Z, cfg.final_em_iters, init=prev_labels is None)
+        resp = fit_mixture(self.mixture, Z, cfg.final_em_iters, init=prev_labels is None,
+                           n_init=cfg.mixture_n_init, seed=self.seed)
         return TrainResult(
             embeddings=Z.detach().cpu().numpy().astype(np.float32),
             memberships=resp.detach().cpu().double().numpy(),

@@ -1,0 +1,185 @@
+"""Plots for pattern detection: designated-pattern search, spatially variable genes, method comparison."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .._validate import SigelInputError
+
+__all__ = ["pattern_search", "svg", "compare_svg"]
+
+
+def _table(result, key: str, what: str):
+    """The result table (and the uns entry) of an AnnData or a DataFrame."""
+    if isinstance(result, pd.DataFrame):
+        return result, {}
+    uns = getattr(result, "uns", None)
+    if uns is None or key not in uns:
+        raise SigelInputError(f"no {what} result in adata.uns[{key!r}]; run sigel.tl.{what}() first")
+    entry = uns[key]
+    if "table" in entry:
+        return entry["table"], entry
+    return None, entry
+
+
+def _panel(ax, img, title, cmap):
+    import matplotlib.pyplot as plt
+
+    cm = plt.get_cmap(cmap).with_extremes(bad="white")
+    ax.imshow(np.ma.masked_invalid(img), cmap=cm, vmin=0, interpolation="nearest")
+    ax.set_title(title, fontsize=8)
+    ax.set_axis_off()
+
+
+def pattern_search(result, images, *, pseudo_image=None, n_top: int = 5, key: str = "sigel_pattern_search",
+                   cmap: str = "magma", panel_size: float = 2.0):
+    """The designated pattern (mean pseudo-gene image) next to the best-matching genes.
+
+    Parameters
+    ----------
+    result
+        The AnnData passed to `sigel.tl.pattern_search` (reads
+        ``uns[key]``), or the returned table (then give ``pseudo_image``).
+    images
+        `sigel.GeneImages` holding the genes (e.g. ``model.images_``).
+    pseudo_image
+        The pseudo-gene image (H x W); default from ``uns[key]``.
+    n_top
+        Number of top genes shown.
+    key
+        ``adata.uns`` key of the search.
+    cmap, panel_size
+        Colormap and inches per panel.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import sigel
+    >>> ad = sigel.datasets.synthetic_tissue(60, seed=0)
+    >>> model = sigel.SIGEL(epochs=2, embed_dim=8).fit(ad)                          # doctest: +SKIP
+    >>> _ = sigel.tl.pattern_search(model, ad, sigel.sim.core(ad.obsm["spatial"]))  # doctest: +SKIP
+    >>> fig = sigel.pl.pattern_search(ad, model.images_)                            # doctest: +SKIP
+    """
+    import matplotlib.pyplot as plt
+
+    table, entry = _table(result, key, "pattern_search")
+    if pseudo_image is None:
+        pseudo_image = entry.get("pseudo_image")
+    genes = [g for g in table.index[: int(n_top)] if g in images.genes]
+    n = len(genes) + (pseudo_image is not None)
+    fig, axes = plt.subplots(1, max(n, 1), figsize=(panel_size * max(n, 1), panel_size * 1.1), squeeze=False)
+    axes = axes.ravel()
+    i = 0
+    if pseudo_image is not None:
+        _panel(axes[0], np.asarray(pseudo_image, dtype=float), "template\n(pseudo-gene)", "viridis")
+        i = 1
+    for g in genes:
+        _panel(axes[i], images.image(g), f"{g}\ncos {table.loc[g, 'similarity']:.2f}", cmap)
+        i += 1
+    fig.tight_layout()
+    return fig
+
+
+def svg(result, images, *, n_top: int = 8, key: str = "sigel_svg", ncols: int = 4, cmap: str = "magma",
+        panel_size: float = 2.0):
+    """Images of the most spatially variable genes with their scores and q-values.
+
+    Parameters
+    ----------
+    result
+        The table of `sigel.tl.svg`, or the AnnData it wrote to (columns
+        ``adata.var['<key>_score' | '_qval']``).
+    images
+        `sigel.GeneImages` holding the genes.
+    n_top
+        Number of genes shown.
+    key
+        Column prefix in ``adata.var``.
+    ncols, cmap, panel_size
+        Layout, colormap and inches per panel.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import sigel
+    >>> ad = sigel.datasets.synthetic_tissue(60, seed=0)
+    >>> model = sigel.SIGEL(epochs=2, embed_dim=8).fit(ad)   # doctest: +SKIP
+    >>> tab = sigel.tl.svg(model, ad, n_null=5)              # doctest: +SKIP
+    >>> fig = sigel.pl.svg(tab, model.images_)               # doctest: +SKIP
+    """
+    import matplotlib.pyplot as plt
+
+    if isinstance(result, pd.DataFrame):
+        table = result
+    else:
+        var = result.var
+        if f"{key}_score" not in var:
+            raise SigelInputError(f"no adata.var[{key + '_score'!r}]; run sigel.tl.svg() first")
+        table = pd.DataFrame({"score": var[f"{key}_score"], "qval": var[f"{key}_qval"]}).dropna()
+        table = table.sort_values("score", ascending=False)
+    genes = [g for g in table.index[: int(n_top)] if g in images.genes]
+    n = max(len(genes), 1)
+    ncols = max(1, min(ncols, n))
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size * ncols, panel_size * 1.1 * nrows), squeeze=False)
+    axes = axes.ravel()
+    for a in axes:
+        a.set_axis_off()
+    for a, g in zip(axes, genes):
+        _panel(a, images.image(g), f"{g}\nscore {table.loc[g, 'score']:.1f}, q {table.loc[g, 'qval']:.2g}", cmap)
+    fig.tight_layout()
+    return fig
+
+
+def compare_svg(table, *, methods=("sigel", "sparkx", "moran"), panel_size: float = 3.0, highlight=None):
+    """Pairwise scatter plots of the SVG rankings of `sigel.tl.compare_svg`, with Spearman's rho.
+
+    Parameters
+    ----------
+    table
+        The table of `sigel.tl.compare_svg` (columns ``<method>_rank``).
+    methods
+        Methods to compare (those present are used).
+    panel_size
+        Inches per panel.
+    highlight
+        Optional boolean mask / gene list drawn in a second colour (e.g. reference SVGs).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import pandas as pd, sigel
+    >>> t = pd.DataFrame({"sigel_rank": [1, 2, 3], "moran_rank": [2, 1, 3]}, index=list("abc"))
+    >>> fig = sigel.pl.compare_svg(t)
+    """
+    import matplotlib.pyplot as plt
+
+    ms = [m for m in methods if f"{m}_rank" in table]
+    pairs = [(a, b) for i, a in enumerate(ms) for b in ms[i + 1:]]
+    if not pairs:
+        raise SigelInputError(f"need at least two of the columns {[m + '_rank' for m in methods]}")
+    hl = np.zeros(len(table), bool)
+    if highlight is not None:
+        h = np.asarray(highlight)
+        hl = h.astype(bool) if h.dtype == bool and len(h) == len(table) else table.index.isin(list(h))
+    fig, axes = plt.subplots(1, len(pairs), figsize=(panel_size * len(pairs), panel_size), squeeze=False)
+    for ax, (a, b) in zip(axes.ravel(), pairs):
+        x, y = table[f"{a}_rank"].to_numpy(), table[f"{b}_rank"].to_numpy()
+        rho = pd.Series(x).corr(pd.Series(y), method="spearman")
+        ax.scatter(x[~hl], y[~hl], s=4, c="0.6", lw=0)
+        if hl.any():
+            ax.scatter(x[hl], y[hl], s=8, c="tab:red", lw=0, label="highlighted")
+        ax.set_xlabel(f"{a} rank")
+        ax.set_ylabel(f"{b} rank")
+        ax.set_title(f"Spearman rho = {rho:.2f}", fontsize=9)
+    fig.tight_layout()
+    return fig

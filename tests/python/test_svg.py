@@ -1,0 +1,211 @@
+"""Spatially variable genes (sigel.tl.svg), Moran's I, the SPARK-X-style test and the comparison."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import sigel
+from sigel._validate import SigelInputError
+from sigel.tasks.svg import bh, rank_agreement, svg_scores
+
+from conftest import skip_or_fail
+
+N_NULL_GENES = 900
+
+
+def _r_or_skip():
+    from sigel._rbridge import r_available
+
+    if not r_available():
+        skip_or_fail("rpy2 or the R package 'sigel' is not available")
+
+
+def _tissue(noise):
+    # many pattern-free genes (for calibration) + 5 planted families (for power); same spots for any noise
+    return sigel.datasets.synthetic_tissue(N_NULL_GENES + 200, frac_pattern_free=N_NULL_GENES / (N_NULL_GENES + 200),
+                                           shape=(20, 20), seed=0, noise=noise)
+
+
+@pytest.fixture(scope="module")
+def tissue():
+    """Log-normal x negative binomial noise (the generator's default)."""
+    return _tissue(0.3)
+
+
+@pytest.fixture(scope="module")
+def tissue_nb():
+    """Negative binomial noise: the ZINB null's own family."""
+    return _tissue(0.0)
+
+
+@pytest.fixture(scope="module")
+def model(tissue):
+    torch.set_num_threads(1)
+    fam = tissue.var["family"].astype(str)
+    train = list(tissue.var_names[fam != "none"][:100]) + list(tissue.var_names[fam == "none"][:50])
+    return sigel.SIGEL(epochs=3, pretrain_epochs=1, embed_dim=8, width=16, depth=1, n_heads=2,
+                       decoder_width=16, n_contexts=5).fit(tissue, genes=train, seed=0)
+
+
+@pytest.fixture(scope="module")
+def svg_table(model, tissue_nb):
+    ad = tissue_nb.copy()
+    tab = sigel.tl.svg(model, ad, genes=ad.var_names, n_null=10, seed=0)
+    return tab, ad
+
+
+def _calibration(tab, adata):
+    fam = adata.var["family"].astype(str).reindex(tab.index)
+    null = tab[fam == "none"]
+    assert len(null) >= 850
+    frac = float((null["pval"] < 0.05).mean())
+    power = float((tab.loc[fam != "none", "qval"] < 0.05).mean())
+    return frac, power
+
+
+# ---------------------------------------------------------------- core
+def test_bh_matches_definition():
+    p = np.array([0.01, 0.04, 0.03, 0.5, np.nan])
+    q = bh(p)
+    assert np.isnan(q[4])
+    ref = np.minimum.accumulate((np.sort(p[:4]) * 4 / np.arange(1, 5))[::-1])[::-1]
+    assert np.allclose(np.sort(q[:4]), ref)
+
+
+def test_svg_scores_core_calibrated_and_powerful():
+    rng = np.random.default_rng(0)
+    G, n1, D = 2000, 11, 6
+    scale = np.exp(rng.normal(0, 0.5, G))[:, None, None]      # gene-specific spread: the score is pivotal
+    C = rng.normal(size=(G, n1, D)) * scale
+    R = rng.normal(size=(G, D)) * scale[:, 0]
+    R[:100] += 5 * scale[:100, 0]                               # planted
+    level = rng.uniform(0, 5, G)
+    tab = svg_scores(R, C, level, index=[f"g{i}" for i in range(G)], metric="euclidean")
+    null = tab.loc[[f"g{i}" for i in range(100, G)]]
+    assert 0.035 < (null["pval"] < 0.05).mean() < 0.065
+    assert (tab.loc[[f"g{i}" for i in range(100)], "qval"] < 0.05).mean() > 0.9
+    assert list(tab.columns) == ["score", "pval", "qval", "rank", "bin"]
+    assert tab["rank"].tolist() == list(range(1, G + 1))
+    assert tab["bin"].nunique() == 10
+    with pytest.raises(SigelInputError, match="controls must have shape"):
+        svg_scores(R, C[:, :2], level)
+
+
+def test_rank_agreement():
+    t = pd.DataFrame({"a_rank": [1, 2, 3, 4, 5], "b_rank": [5, 4, 3, 2, 1], "c_rank": [1, 2, 3, 5, 4]})
+    rho, ov = rank_agreement(t, top_k=(2,))
+    assert rho.loc["a", "b"] == pytest.approx(-1) and rho.loc["a", "c"] == pytest.approx(0.9)
+    assert ov.set_index(["method_a", "method_b"]).loc[("a", "c"), "overlap"] == 2
+
+
+# ---------------------------------------------------------------- Moran's I
+def test_morans_i_matches_dense_formula(tissue):
+    ad = tissue[:, list(range(20)) + list(range(tissue.n_vars - 20, tissue.n_vars))].copy()
+    tab = sigel.tl.morans_i(ad, n_neighbors=4)
+    from sigel.tasks.svg import _knn_weights
+
+    W = _knn_weights(ad.obsm["spatial"], 4).toarray()
+    X = ad.X.toarray()
+    lib = X.sum(1)  # row sums of the AnnData given
+    Z = np.log1p(X * (np.median(lib) / lib)[:, None])
+    Z = Z - Z.mean(0)
+    n = len(Z)
+    I = n / W.sum() * np.einsum("ig,ij,jg->g", Z, W, Z) / (Z ** 2).sum(0)
+    assert np.allclose(tab["I"].reindex(ad.var_names), I)
+    fam = ad.var["family"].astype(str).reindex(tab.index)
+    assert tab.loc[fam != "none", "I"].median() > 0.3 > tab.loc[fam == "none", "I"].median()
+
+
+# ---------------------------------------------------------------- svg with the real model
+def test_svg_calibration_on_pattern_free_genes(svg_table, tissue_nb, tissue, model, record_property):
+    # default (ZINB) null on negative binomial data
+    tab, _ = svg_table
+    frac, power = _calibration(tab, tissue_nb)
+    record_property("sigel_zinb_null_frac_p05", frac)
+    record_property("sigel_zinb_power_q05", power)
+    print(f"\nsigel svg (zinb null, NB noise): pattern-free genes with p < 0.05: {frac:.3f}; "
+          f"planted genes at q < 0.05: {power:.3f}")
+    assert 0.03 <= frac <= 0.07
+    assert np.isfinite(tab["score"]).all() and tab["pval"].between(0, 1).all()
+    # permutation null on log-normal x NB data (the ZINB null is conservative there)
+    tab_p = sigel.tl.svg(model, tissue.copy(), genes=tissue.var_names, n_null=10, null="permutation", seed=0)
+    frac_p, power_p = _calibration(tab_p, tissue)
+    record_property("sigel_perm_null_frac_p05", frac_p)
+    record_property("sigel_perm_power_q05", power_p)
+    print(f"sigel svg (permutation null, log-normal noise): pattern-free genes with p < 0.05: {frac_p:.3f}; "
+          f"planted genes at q < 0.05: {power_p:.3f}")
+    assert 0.03 <= frac_p <= 0.07
+
+
+def test_svg_table_and_writes(svg_table, model, tissue):
+    tab, ad = svg_table
+    assert list(tab.columns) == ["score", "pval", "qval", "rank", "bin", "mean"]
+    assert tab.index.name == "gene" and tab["rank"].iloc[0] == 1
+    assert tab["score"].is_monotonic_decreasing
+    assert np.allclose(ad.var.loc[tab.index, "sigel_svg_score"], tab["score"])
+    assert ad.uns["sigel_svg"]["params"]["n_null"] == 10
+    assert "sigel_svg_score" not in tissue.var  # inputs are not modified
+    # same seed -> same table; a gene subset gives a table for that subset
+    sub = tissue.var_names[:60]
+    a = sigel.tl.svg(model, tissue.copy(), genes=sub, n_null=4, seed=1)
+    b = sigel.tl.svg(model, tissue.copy(), genes=sub, n_null=4, seed=1)
+    pd.testing.assert_frame_equal(a, b)
+    assert set(a.index) == set(sub)
+    with pytest.raises(SigelInputError, match="n_null"):
+        sigel.tl.svg(model, tissue.copy(), n_null=1)
+    with pytest.raises(SigelInputError, match="not trained"):
+        sigel.tl.svg(sigel.SIGEL(), tissue.copy())
+
+
+# ---------------------------------------------------------------- SPARK-X-style (R) and comparison
+def test_sparkx_calibration_and_power(tissue, record_property):
+    _r_or_skip()
+    from sigel._rbridge import sparkx_r
+
+    fam = tissue.var["family"].astype(str).to_numpy()
+    res = sparkx_r(tissue.X, tissue.obsm["spatial"], genes=tissue.var_names)
+    assert list(res.index) == list(tissue.var_names)
+    assert {"stat", "pval", "qval", "p_projection", "p_gaussian1", "p_cosine5"} <= set(res.columns)
+    frac = float((res["pval"].to_numpy()[fam == "none"] < 0.05).mean())
+    power = float((res["qval"].to_numpy()[fam != "none"] < 0.05).mean())
+    record_property("sparkx_null_frac_p05", frac)
+    record_property("sparkx_power_q05", power)
+    print(f"\nSPARK-X-style: pattern-free genes with p < 0.05: {frac:.3f}; planted genes at q < 0.05: {power:.3f}")
+    assert 0.03 <= frac <= 0.07
+    assert power > 0.9
+
+
+def test_sparkx_mixture_tail_is_exact():
+    _r_or_skip()
+    import rpy2.robjects as ro
+    from scipy import integrate, stats
+
+    lam = (0.9, 0.3)
+    t = np.array([0.5, 2.0, 8.0, 30.0])
+    ours = np.exp(np.array(ro.r("sigel:::.chisq_mix_logsf")(ro.FloatVector(t), ro.FloatVector(lam))))
+    a, b = lam
+
+    def sf(tt):
+        f = lambda x: stats.chi2.pdf(x / a, 1) / a * stats.chi2.sf((tt - x) / b, 1)
+        return integrate.quad(f, 0, tt, limit=200)[0] + stats.chi2.sf(tt / a, 1)
+
+    ref = np.array([sf(tt) for tt in t])
+    assert np.allclose(ours, ref, rtol=2e-3)
+
+
+def test_compare_svg(model, tissue):
+    _r_or_skip()
+    ad = tissue[:, :150].copy()
+    out = sigel.tl.compare_svg(model, ad, genes=ad.var_names, n_null=4, top_k=(10, 30))
+    cols = ["sigel_score", "sigel_pval", "sigel_qval", "sigel_rank", "sparkx_stat", "sparkx_pval", "sparkx_qval",
+            "sparkx_rank", "moran_I", "moran_pval", "moran_qval", "moran_rank"]
+    assert list(out.columns) == cols and len(out) == 150
+    rho, ov = rank_agreement(out, top_k=(10, 30))
+    assert list(rho.columns) == ["sigel", "sparkx", "moran"] and np.allclose(np.diag(rho), 1)
+    assert out.attrs["spearman"]["sparkx"]["moran"] == pytest.approx(rho.loc["sparkx", "moran"])
+    assert out.attrs["overlap"] == ov.to_dict("records")
+    assert len(ov) == 6 and ov["fraction"].between(0, 1).all()
+    assert set(out.attrs["seconds"]) == {"sigel", "sparkx", "moran"}
+    # SPARK-X-style and Moran's I agree strongly on planted vs flat genes
+    assert rho.loc["sparkx", "moran"] > 0.5
+    assert "sigel_compare_svg" in ad.uns
