@@ -120,10 +120,11 @@ utils::globalVariables(".data")
 #'   & Levanon 2013, matched case-insensitively, so mouse symbols work),
 #'   `"shared"` (every gene embedded in both; combine with `trim`) or a
 #'   `character` vector of gene names.
-#' @param method `character(1)`: `"orthogonal"` (Procrustes rotation with
-#'   centring and isotropic scaling; keeps within-sample cosines),
-#'   `"linear"` (ridge regression) or `"mlp"` (Procrustes plus a
-#'   one-hidden-layer correction).
+#' @param method `character(1)`: `"auto"` (whichever of `"orthogonal"` and
+#'   `"linear"` has the smaller cross-validated anchor error),
+#'   `"orthogonal"` (Procrustes rotation with centring and isotropic
+#'   scaling; keeps within-sample cosines), `"linear"` (ridge regression) or
+#'   `"mlp"` (Procrustes plus a one-hidden-layer correction).
 #' @param noise `logical(1)` or `NULL`: estimate each gene's split-half
 #'   noise. `NULL`: when both inputs carry SIGEL results.
 #' @param normalize `character(1)`: `"center"` subtracts each sample's mean
@@ -161,7 +162,7 @@ utils::globalVariables(".data")
 #' }
 #' @export
 sigelAlign <- function(reference, query, anchors = NULL,
-                       method = c("orthogonal", "linear", "mlp"),
+                       method = c("auto", "orthogonal", "linear", "mlp"),
                        noise = NULL,
                        normalize = c("center", "unit", "none"), trim = 0,
                        n_folds = 5L, alpha = 1, seed = 0L, verbose = FALSE) {

@@ -7,7 +7,7 @@
 #' @references Li et al. (2025) SIGEL: a context-aware genomic representation
 #'   learning framework for spatial genomics analysis. Genome Biology 26:287.
 #' @keywords internal
-#' @importFrom methods is as new
+#' @importFrom methods is as new show
 "_PACKAGE"
 
 utils::globalVariables(c("col", "row", "value", "PC1", "PC2", "context",

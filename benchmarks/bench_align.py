@@ -293,10 +293,11 @@ def main():
     t0 = time.perf_counter()
     out = dict(machine=f"{platform.machine()}, {os.cpu_count()} cores, torch threads {args.threads}",
                hyper=hyper, sigel=sigel.__version__)
-    if args.task in ("dlpfc", "all"):
-        out["dlpfc_null"] = bench_dlpfc(args, hyper)
     if args.task in ("prostate", "all"):
         out["prostate"] = bench_prostate(args, hyper)
+        _log(json.dumps(out["prostate"], default=str)[:4000])
+    if args.task in ("dlpfc", "all"):
+        out["dlpfc_null"] = bench_dlpfc(args, hyper)
     out["total_seconds"] = round(time.perf_counter() - t0, 1)
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     with open(os.path.join(args.out, "bench_align.json"), "w") as fh:

@@ -43,10 +43,40 @@ def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
+class SavedResults:
+    """Embeddings and contexts read straight from a saved model directory.
+
+    Used when the weights no longer load into the current code (the model
+    architecture changed after the fit): pruning needs only the results.
+    """
+
+    is_trained = True
+
+    def __init__(self, path: Path):
+        from safetensors.torch import load_file
+
+        cfg = json.loads((path / "config.json").read_text())
+        t = load_file(str(path / "weights.safetensors"), device="cpu")
+        genes = pd.Index(cfg["genes"])
+        self.embeddings_ = pd.DataFrame(t["results.embeddings"].numpy(), index=genes)
+        mem = t["results.memberships"].numpy()
+        self.memberships_ = pd.DataFrame(mem, index=genes, columns=[f"context_{k}" for k in range(mem.shape[1])])
+        self.contexts_ = pd.DataFrame({"context": mem.argmax(1), "confidence": mem.max(1)}, index=genes)
+        self.fit_params_ = dict(cfg.get("fit_params") or {})
+        self.fit_seconds = float(cfg.get("fit_seconds") or 0.0)
+
+    def __repr__(self):
+        return f"SavedResults({self.embeddings_.shape[0]} genes x {self.embeddings_.shape[1]} dims)"
+
+
 def load_or_fit(sigel, adata, path: Path, seed: int, threads: int):
     if (path / "config.json").exists():
         log(f"loading model {path}")
-        return sigel.SIGEL.load(path), 0.0
+        try:
+            return sigel.SIGEL.load(path), 0.0
+        except sigel.SigelInputError as e:
+            log(f"the saved weights do not load into this code ({e}); using the saved embeddings and contexts")
+            return SavedResults(path), 0.0
     log(f"fitting the default SIGEL model on {adata.n_obs} spots x {adata.n_vars} genes (saved to {path})")
     t = time.perf_counter()
     model = sigel.SIGEL().fit(adata, library_size_key="sum_umi", seed=seed, n_threads=threads)

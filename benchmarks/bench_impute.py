@@ -26,7 +26,7 @@ Usage::
 
     PYTHONPATH=python .venv/bin/python benchmarks/bench_impute.py --data ../shared/data \
         [--model DIR] [--save-model DIR] [--n-genes 2000] [--epochs 20] [--threads 2] \
-        [--skip-tangram] [--skip-fish] [--json out.json]
+        [--n-steps 600] [--fish-steps 300] [--skip-tangram] [--skip-fish] [--json out.json]
 
 Prints a markdown section and (with ``--json``) writes all numbers.
 """
@@ -266,7 +266,7 @@ def fish(args, results):
         osm = osm[osm.obs["Valid"].astype(int) == 1].copy()
     t = time.perf_counter()
     cv = impute_cv(model, osm, k=5, method=["gan", "knn", "mean"], geometry="free", seed=0, n_threads=args.threads,
-                   progress=False, n_steps=args.n_steps, min_cells=3)
+                   progress=False, n_steps=args.fish_steps, min_cells=3)
     osm_s = time.perf_counter() - t
     osum = impute_summary(cv)
     osm_secs = cv.reset_index().drop_duplicates(["method", "fold"]).groupby("method")["seconds"].sum().to_dict()
@@ -295,6 +295,7 @@ def main(argv=None):
     p.add_argument("--n-panel", type=int, default=150)
     p.add_argument("--n-eval", type=int, default=500)
     p.add_argument("--n-steps", type=int, default=600, help="GAN training steps")
+    p.add_argument("--fish-steps", type=int, default=300, help="GAN steps per fold of the osmFISH CV")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip-tangram", action="store_true")
     p.add_argument("--skip-dlpfc", action="store_true")

@@ -30,7 +30,7 @@ test_that("sigelAlign on matrices: shapes, diagnostics, print", {
     }
 })
 
-test_that("shifted genes: planted changes on top, data.frame with gene rownames", {
+test_that("shifted genes: planted changes on top, gene rownames", {
     skip_if_no_sigel_python()
     p <- .toy_pair()
     tab <- sigelShiftedGenes(p$ref, p$qry, anchors = p$anchors)
@@ -88,7 +88,8 @@ test_that("bad input is caught in R", {
 test_that("two SCE objects with runSIGEL results: contexts and noise", {
     skip_if_no_sigel_python()
     sce <- sigelExampleData()
-    sce <- sce[order(-Matrix::rowSums(SummarizedExperiment::assay(sce)))[1:60], ]
+    tot <- Matrix::rowSums(SummarizedExperiment::assay(sce))
+    sce <- sce[order(-tot)[1:60], ]
     a <- runSIGEL(sce, epochs = 2, pretrain_epochs = 1, n_contexts = 3,
                   embed_dim = 8, seed = 1, verbose = FALSE)
     b <- runSIGEL(sce, epochs = 2, pretrain_epochs = 1, n_contexts = 3,

@@ -9,10 +9,11 @@ Design (see ``DESIGN.md`` section 6, "Imputation for targeted panels"):
   attention and reads ``r = softmax(q(h) K^T / sqrt(d)) V``; the code passed on
   is ``LayerNorm(h + r)``. The prototypes are learned *feature* prototypes: a
   small dictionary of recurring spatial motifs (layers, blobs, gradients ...)
-  shared by all genes. With few training genes (a panel of tens to hundreds)
-  this stabilises the generator: codes are pulled toward reusable motifs
-  instead of memorising single training images, and a query gene far from all
-  training genes still reads a plausible mixture of motifs. The attention
+  shared by all genes. The intent, with few training genes (a panel of tens
+  to hundreds), is to stabilise the generator: codes are pulled toward
+  reusable motifs instead of memorising single training images, and a query
+  gene far from all training genes still reads a plausible mixture of motifs
+  (``n_prototypes=0`` disables the bank, for ablations). The attention
   weights are returned, so a caller can inspect which prototypes a gene uses.
 - :class:`ImageGenerator` -- MLP on the (standardised) embedding -> memory
   bank -> linear "seed" image at ``1 / 2**s`` of the target resolution ->
@@ -28,7 +29,7 @@ Design (see ``DESIGN.md`` section 6, "Imputation for targeted panels"):
   the number of genes.
 - :class:`ProjectionDiscriminator` -- a conditional critic in the style of
   Miyato & Koyama (2018): spectral-normalised strided convolutions over
-  (image, tissue mask) -> masked global sum pooling -> feature ``phi``;
+  (image, tissue mask) -> global mean pooling over tissue -> feature ``phi``;
   ``D(x, z) = w^T phi + <E z, phi>`` with ``E`` a linear projection of the
   gene's embedding. Trained with the hinge loss.
 """

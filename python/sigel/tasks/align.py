@@ -13,7 +13,10 @@ against the anchors' *held-out* shifts (each anchor's aligned vector comes
 from a map fitted without it, so anchors are not favoured by having been
 fitted). :func:`altered_interactions` ranks gene pairs by the change of their
 cosine similarity between the conditions, against a null from anchor-anchor
-pairs.
+pairs. Given the count data, :func:`align` also measures every gene's vector
+noise by embedding two binomially thinned halves of each sample
+(:func:`split_half_embeddings`); the tests then expect noisy genes (no stable
+pattern, few counts) to move more.
 """
 from __future__ import annotations
 
@@ -368,7 +371,7 @@ def _read_sample(x, name: str):
     return emb, ctx
 
 
-def align(reference, query, anchors=None, *, method: str = "orthogonal", normalize: str = "center",
+def align(reference, query, anchors=None, *, method: str = "auto", normalize: str = "center",
           center: bool = True, scale: bool = True, alpha: float = 1.0, hidden: int = 32, trim: float = 0.0,
           n_folds: int = 5, min_anchors: int = 5, reference_data=None, query_data=None,
           seed: int | None = None) -> Alignment:
@@ -394,9 +397,13 @@ def align(reference, query, anchors=None, *, method: str = "orthogonal", normali
     method
         ``'orthogonal'`` (Procrustes rotation, with optional centering and
         isotropic scaling; preserves cosine relations within a sample),
-        ``'linear'`` (ridge regression with intercept, penalty ``alpha``) or
+        ``'linear'`` (ridge regression with intercept, penalty ``alpha``),
         ``'mlp'`` (Procrustes plus a one-hidden-layer correction of
-        ``hidden`` tanh units with L2 penalty ``alpha``; scikit-learn).
+        ``hidden`` tanh units with L2 penalty ``alpha``; scikit-learn), or
+        ``'auto'`` (default): whichever of ``'orthogonal'`` and ``'linear'``
+        has the smaller cross-validated anchor error (two separately trained
+        networks need not be related by a rotation; both errors are kept in
+        ``diagnostics['method_cv_mse']``).
     normalize
         Preprocessing of each sample's vectors before the fit: ``'center'``
         subtracts the sample's mean vector over the shared genes (an offset
@@ -453,7 +460,8 @@ def align(reference, query, anchors=None, *, method: str = "orthogonal", normali
     >>> al.diagnostics["n_anchors"]
     60
     """
-    assert_one_of("method", method, _METHODS)
+    assert_one_of("method", method, _METHODS + ("auto",))
+    method_requested = method
     if normalize is True or normalize is False:  # accept booleans: True = 'unit', False = 'none'
         normalize = "unit" if normalize else "none"
     assert_one_of("normalize", normalize, ("center", "unit", "none"))
@@ -499,24 +507,38 @@ def align(reference, query, anchors=None, *, method: str = "orthogonal", normali
             f"{max(int(min_anchors), 3)}. Pass `anchors=` (gene names present in both), or anchors='shared'."
         )
     D = max(ref.shape[1], qry.shape[1])
-    if n_found < 2 * D and method != "linear":
+    if n_found < 2 * D and method in ("orthogonal", "mlp"):
         logger.warning(f"align: {n_found} anchors for {D} dimensions: the map is poorly determined; "
                        "consider method='linear' (ridge) or more anchors")
     kw = dict(center=center, scale=scale, alpha=alpha, hidden=hidden, seed=seed)
     X = qry.loc[cand].to_numpy()
     Y = ref.loc[cand].to_numpy()
-    m, keep = _fit_map(X, Y, method, trim=trim, **kw)
-    resid = np.linalg.norm(Y - m.predict(X), axis=1)
-    # ---- k-fold cross-validation over the anchors
+    # ---- k-fold cross-validation over the anchors (same folds for every candidate map)
     k = int(min(n_folds, n_found))
     rng = np.random.default_rng([seed, 7])
     fold = np.empty(n_found, dtype=int)
     fold[rng.permutation(n_found)] = np.arange(n_found) % k
-    Yhat = np.empty_like(Y)
-    for f in range(k):
-        te = fold == f
-        mf, _ = _fit_map(X[~te], Y[~te], method, trim=trim, **kw)
-        Yhat[te] = mf.predict(X[te])
+
+    def _cv(meth):
+        Yh = np.empty_like(Y)
+        for f in range(k):
+            te = fold == f
+            mf, _ = _fit_map(X[~te], Y[~te], meth, trim=trim, **kw)
+            Yh[te] = mf.predict(X[te])
+        return Yh
+
+    cv_errors = {}
+    if method == "auto":
+        cands = {mt: _cv(mt) for mt in ("orthogonal", "linear")}
+        cv_errors = {mt: float(np.mean(np.sum((Y - yh) ** 2, 1))) for mt, yh in cands.items()}
+        method = min(cv_errors, key=cv_errors.get)
+        Yhat = cands[method]
+        logger.info(f"align: method='auto' chose {method!r} (held-out MSE "
+                    + ", ".join(f"{a} {b:.4g}" for a, b in cv_errors.items()) + ")")
+    else:
+        Yhat = _cv(method)
+    m, keep = _fit_map(X, Y, method, trim=trim, **kw)
+    resid = np.linalg.norm(Y - m.predict(X), axis=1)
     ho = np.linalg.norm(Y - Yhat, axis=1)
     # ---- split-half noise of every shared gene's vector
     noise = None
@@ -570,8 +592,9 @@ def align(reference, query, anchors=None, *, method: str = "orthogonal", normali
         relative_error=float(np.mean(resid**2) / tot) if tot > 0 else float("nan"),
         heldout_relative_error=float(np.mean(ho**2) / tot) if tot > 0 else float("nan"),
         heldout_nn_accuracy=nn_acc,
+        method_cv_mse=cv_errors,
     )
-    params = dict(method=method, normalize=normalize, center=bool(center), scale=bool(scale),
+    params = dict(method=method_requested, normalize=normalize, center=bool(center), scale=bool(scale),
                   alpha=float(alpha), hidden=int(hidden), trim=float(trim), n_folds=int(n_folds),
                   min_anchors=int(min_anchors), seed=seed,
                   anchors=None if anchors is None else ("shared" if isinstance(anchors, str) else "list"))

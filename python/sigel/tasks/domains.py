@@ -278,7 +278,9 @@ def morans_i_table(
     I, z, p = _morans_i_core(X, W)
     tab = pd.DataFrame({"score": I, "zscore": z, "pval": p, "qval": _bh(p)}, index=names)
     tab.index.name = "gene"
-    return tab.sort_values("score", ascending=False, na_position="last")
+    tab = tab.sort_values("score", ascending=False, na_position="last")
+    tab.attrs["method"] = "morans_i"
+    return tab
 
 
 # ============================================================== gene grouping
@@ -396,6 +398,7 @@ def prune_genes(
     center: bool = True,
     alpha: float | None = 0.05,
     min_score: float | None = None,
+    drop: str = "groups",
     layer: str | None = None,
     spatial_key: str = "spatial",
     library_size_key: str | None = None,
@@ -407,8 +410,9 @@ def prune_genes(
 
     Genes are grouped by embedding similarity, each gene gets a spatial
     variability score, and from every group the top ``keep`` members (a
-    fraction of the group, or a number) with spatial signal are kept. Groups
-    in which no gene has spatial signal are dropped entirely.
+    fraction of the group, or a number) are kept. Groups in which no gene
+    has spatial signal are dropped entirely (``drop='genes'``: genes without
+    signal are never kept).
 
     Parameters
     ----------
@@ -449,6 +453,10 @@ def prune_genes(
         Alternatively (or additionally), signal requires ``score > min_score``.
         When no gene at all has signal, a warning is given and genes are
         selected by score alone.
+    drop
+        ``'groups'``: drop the groups in which no gene has signal, and keep
+        the top ``keep`` of every other group by score; ``'genes'``: in
+        addition, never keep a gene without signal.
     layer, spatial_key, library_size_key
         Where counts, coordinates and (optional) library sizes are read
         (for the Moran's I score). ``layer`` and ``library_size_key``
@@ -491,6 +499,7 @@ def prune_genes(
         assert_positive("keep", keep)
     if alpha is not None:
         assert_in_range("alpha", alpha, 0.0, 1.0)
+    assert_one_of("drop", drop, ("groups", "genes"))
     emb, ctx = _model_tables(model)
     fit_params = getattr(model, "fit_params_", None) or {}
     if layer is None and fit_params.get("layer") is not None and fit_params["layer"] in adata.layers:
@@ -550,15 +559,16 @@ def prune_genes(
                       stacklevel=2)
         signal = np.isfinite(s)
 
-    # ---- select: top `keep` of each group among members with signal (vectorised)
+    # ---- select: top `keep` of each group with signal (vectorised)
     df = pd.DataFrame({"group": groups.to_numpy(), "score": s, "qval": q, "signal": signal}, index=genes)
+    group_signal = df.groupby("group")["signal"].transform("any").to_numpy(bool)
     size = df.groupby("group")["score"].transform("size").astype(np.int64)
     df["group_size"] = size
     if isinstance(keep, (float, np.floating)) and not float(keep).is_integer():
         n_keep = np.ceil(float(keep) * size.to_numpy()).astype(np.int64)
     else:
         n_keep = np.full(len(df), int(keep), dtype=np.int64)
-    cand = df[df["signal"]].copy()
+    cand = df[(df["signal"].to_numpy() if drop == "genes" else group_signal & np.isfinite(s))].copy()
     cand["rank"] = cand.groupby("group")["score"].rank(method="first", ascending=False).astype(np.int64)
     sel = cand[cand["rank"].to_numpy() <= pd.Series(n_keep, index=df.index).reindex(cand.index).to_numpy()]
     sel = sel.sort_values(["group", "rank"])[["group", "score", "qval", "rank", "group_size"]]
@@ -578,7 +588,8 @@ def prune_genes(
     params = dict(keep=float(keep) if isinstance(keep, float) else int(keep), score=str(score_method),
                   group_by=group_method, threshold=float(threshold), linkage=linkage, center=bool(center),
                   alpha=None if alpha is None else float(alpha),
-                  min_score=None if min_score is None else float(min_score), n_neighbors=int(n_neighbors))
+                  min_score=None if min_score is None else float(min_score), drop=drop,
+                  n_neighbors=int(n_neighbors))
     _keys.store(adata, "uns", key_added, {"params": params, "n_genes": int(len(genes)), "n_groups": n_groups,
                                           "n_groups_kept": n_kept, "n_selected": int(len(sel))})
     logger.info(f"pruned {len(genes):,} genes in {n_groups} groups -> {len(sel):,} genes from {n_kept} groups "

@@ -81,7 +81,7 @@ class TrainConfig:
     scaffold, scaffold_k, scaffold_weight, scaffold_epochs
         Image kNN scaffold: on/off, neighbours per gene, initial weight, and
         the epoch by which the weight has decayed linearly to 0 (``None``:
-        the end of the self-paced ramp).
+        the last epoch).
     contrastive_weight, mixture_weight, temperature
         Weights of the pseudo-contrastive and mixture-likelihood terms; the
         contrastive softmax temperature.
@@ -151,7 +151,7 @@ class TrainConfig:
         """0-based epoch at which the scaffold weight reaches 0."""
         if self.scaffold_epochs is not None:
             return int(self.scaffold_epochs)
-        return self.ramp_end if self.refine else 0
+        return self.epochs if self.refine else 0
 
 
 @dataclass
@@ -386,7 +386,7 @@ def gradient_steps(model, images, batches, optimizer, *, state: RefineState, dev
         for name, v in terms.items():
             if not torch.isfinite(v):
                 raise FloatingPointError(
-                    f"non-finite loss at epoch {epoch + 1}, batch {b + 1}: term {name!r} = {float(v)}"
+                    f"non-finite loss at epoch {epoch + 1}, batch {b + 1}: term {name!r} = {float(v.detach())}"
                 )
         optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
@@ -494,8 +494,8 @@ class Trainer:
         optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
         steps_per_epoch = max(math.ceil(G / cfg.batch_size), 1)
         total_steps = steps_per_epoch * max(cfg.epochs, 1)
-        # warm-up: `warmup_epochs` epochs but at least 100 steps (transformers need it), at most 1/4 of training
-        warmup_steps = min(max(steps_per_epoch * cfg.warmup_epochs, 100), max(total_steps // 4, 1))
+        # warm-up: `warmup_epochs` epochs but at least 50 steps (transformers need it), at most 1/10 of training
+        warmup_steps = min(max(steps_per_epoch * cfg.warmup_epochs, 50), max(total_steps // 10, 1))
 
         history: list = []
         prev_labels = None
