@@ -239,7 +239,7 @@ def bench_prostate(args, hyper):
     gmt = _read_gmt(os.path.join(args.data, "reference", "gene_sets", "h.all.v7.5.1.symbols.cleaned.gmt"))
     androgen = gmt["HALLMARK_ANDROGEN_RESPONSE"]
     runs = {
-        "housekeeping": dict(anchors=None, method="linear"),
+        "housekeeping": dict(anchors=None),
         "shared_trim20": dict(anchors="shared", trim=0.2),
     }
     for name, kw in runs.items():
@@ -295,7 +295,8 @@ def main():
                hyper=hyper, sigel=sigel.__version__)
     if args.task in ("prostate", "all"):
         out["prostate"] = bench_prostate(args, hyper)
-        _log(json.dumps(out["prostate"], default=str)[:4000])
+        with open(os.path.join(args.out, "bench_align_prostate.json"), "w") as fh:
+            json.dump(out["prostate"], fh, indent=1, default=str)
     if args.task in ("dlpfc", "all"):
         out["dlpfc_null"] = bench_dlpfc(args, hyper)
     out["total_seconds"] = round(time.perf_counter() - t0, 1)

@@ -14,14 +14,20 @@ computed, only on different ranks). The batch sequence, each global batch's
 genes and (on CPU) the patch-masking draws are also the same as in one
 process, and each loss term is normalised by its global-batch denominator,
 so the averaged DDP gradient is mathematically the 1-process gradient.
+
 Not bitwise equal: the gradients themselves (each rank's backward sums its
-half of the batch, DDP adds the halves: a different float summation order
-than one backward over the whole batch) and the warm-started MAP-EM sums
-(per-rank partial sums, then an all-reduce). These rounding differences
-(~1e-7 relative per step) propagate through the training, so the test
-requires agreement within ``ATOL`` (observed: ~1e-5) and identical hard
-contexts, not equality.
-"""
+half of the batch and DDP adds the halves: another float summation order than
+one backward over the whole batch) and the warm-started MAP-EM sums (per-rank
+partial sums, then an all-reduce). These ~1e-7 relative rounding differences
+propagate through training. Without refinement (encoder only) they stay at
+~1e-6 (``ATOL_ENCODER``). With refinement, a discrete choice can amplify them:
+the best of the k-means++ restarts is picked by log posterior, and two
+restarts that converge to the *same* partition have scores equal to ~1e-7, so
+the 1- and 2-process runs may keep different restarts. The partition is the
+same but the context labels are permuted and the EM end points differ
+slightly, which moves the embeddings by up to ~2e-3 after the next epoch.
+So the full fit is compared within ``ATOL_FULL``, with hard contexts matched
+up to a relabelling."""
 from __future__ import annotations
 
 import json
@@ -45,7 +51,9 @@ from sigel.train.trainer import gene_batches
 
 HYPER = dict(epochs=4, pretrain_epochs=2, embed_dim=8, width=16, depth=1, n_heads=2, decoder_width=8,
              batch_size=16, embed_batch_size=16, n_contexts=3)
-ATOL = 1e-3  # embeddings live on a scale of ~1; the observed 2-vs-1 process difference is ~1e-5
+ENCODER_ONLY = dict(HYPER, epochs=3, refine=False)  # Module I + DDP only: no discrete choices during training
+ATOL_ENCODER = 1e-4  # observed ~1e-6: gradient summation order only
+ATOL_FULL = 1e-2  # observed 1e-5 .. 2e-3 (see the module docstring); vectors have norm ~2
 
 
 def _tissue(seed=0, sample_seed=None, n=60):
@@ -140,52 +148,76 @@ WORKER = textwrap.dedent('''
     torch.set_num_threads(1)
     import sigel
     from sigel.train.distributed import get_rank, get_world_size
-    out, hyper = sys.argv[1], json.loads(sys.argv[2])
+    out = sys.argv[1]
     adata = sigel.datasets.synthetic_tissue(60, shape=(16, 16), seed=0)
-    m = sigel.SIGEL(**hyper).fit(adata, seed=0, progress=False, n_threads=1, device="cpu",
-                                 out_file=os.path.join(out, "res.h5"))
-    p = m.mixture_
-    np.savez(os.path.join(out, f"rank{get_rank()}.npz"), world=get_world_size(),
-             emb=m.embeddings_.to_numpy(), mem=m.memberships_.to_numpy(), genes=np.asarray(m.embeddings_.index),
-             log_pi=p.log_pi.numpy(), mu=p.mu.numpy(), var=p.var.numpy(), nu=p.nu.numpy(),
-             graph=m.graph_.indices.numpy(), loss=m.history_["loss"].to_numpy())
+    for name, hyper in json.loads(sys.argv[2]).items():
+        m = sigel.SIGEL(**hyper).fit(adata, seed=0, progress=False, n_threads=1, device="cpu",
+                                     out_file=os.path.join(out, name + ".h5"))
+        p = m.mixture_
+        np.savez(os.path.join(out, f"{name}_rank{get_rank()}.npz"), world=get_world_size(),
+                 emb=m.embeddings_.to_numpy(), mem=m.memberships_.to_numpy(), genes=np.asarray(m.embeddings_.index),
+                 log_pi=p.log_pi.numpy(), mu=p.mu.numpy(), var=p.var.numpy(), nu=p.nu.numpy(),
+                 graph=np.zeros(0) if m.graph_ is None else m.graph_.indices.numpy(),
+                 loss=m.history_["loss"].to_numpy())
 ''')
+RUNS = {"full": HYPER, "encoder": ENCODER_ONLY}
 
 
 @pytest.fixture(scope="module")
 def two_process_fit(tmp_path_factory):
     d = tmp_path_factory.mktemp("ddp")
     (d / "sigel_ddp_worker.py").write_text(WORKER)
-    rc = launch([str(d), json.dumps(HYPER)], 2, module="sigel_ddp_worker",
+    rc = launch([str(d), json.dumps(RUNS)], 2, module="sigel_ddp_worker",
                 env={"PYTHONPATH": str(d), "OMP_NUM_THREADS": "1"}, timeout=300)
     assert rc == 0, f"torchrun exited with {rc}"
-    return d, [dict(np.load(d / f"rank{r}.npz", allow_pickle=True)) for r in (0, 1)]
+    return d, {name: [dict(np.load(d / f"{name}_rank{r}.npz", allow_pickle=True)) for r in (0, 1)] for name in RUNS}
 
 
 @pytest.fixture(scope="module")
 def one_process_fit():
-    return sigel.SIGEL(**HYPER).fit(_tissue(0), seed=0, progress=False, n_threads=1, device="cpu")
+    return {name: sigel.SIGEL(**h).fit(_tissue(0), seed=0, progress=False, n_threads=1, device="cpu")
+            for name, h in RUNS.items()}
+
+
+def _matched_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of genes with the same hard context after the best relabelling of b's contexts."""
+    from scipy.optimize import linear_sum_assignment
+
+    la, lb = a.argmax(1), b.argmax(1)
+    k = max(a.shape[1], b.shape[1])
+    cont = np.zeros((k, k))
+    np.add.at(cont, (la, lb), 1)
+    r, c = linear_sum_assignment(-cont)
+    return cont[r, c].sum() / len(la)
 
 
 def test_two_process_gloo_fit_trains_and_ranks_agree(two_process_fit):
-    _, (r0, r1) = two_process_fit
-    assert int(r0["world"]) == 2 and int(r1["world"]) == 2
-    assert r0["loss"][-1] < r0["loss"][0]  # it trains
-    for k in ("log_pi", "mu", "var", "nu", "emb", "mem", "graph"):
-        assert np.array_equal(r0[k], r1[k]), f"{k} differs between ranks"  # bitwise
+    _, runs = two_process_fit
+    for name, (r0, r1) in runs.items():
+        assert int(r0["world"]) == 2 and int(r1["world"]) == 2
+        assert r0["loss"][-1] < r0["loss"][0], name  # it trains
+        for k in ("log_pi", "mu", "var", "nu", "emb", "mem", "graph"):
+            assert np.array_equal(r0[k], r1[k]), f"{name}: {k} differs between ranks"  # bitwise
 
 
-def test_two_process_fit_matches_one_process(two_process_fit, one_process_fit):
-    d, (r0, _) = two_process_fit
-    one = one_process_fit
+def test_two_process_encoder_matches_one_process(two_process_fit, one_process_fit):
+    _, runs = two_process_fit
+    r0, one = runs["encoder"][0], one_process_fit["encoder"]
+    assert list(r0["genes"]) == list(one.embeddings_.index)
+    np.testing.assert_allclose(r0["emb"], one.embeddings_.to_numpy(), atol=ATOL_ENCODER, rtol=0)
+    np.testing.assert_allclose(r0["loss"], one.history_["loss"].to_numpy(), rtol=1e-5)
+
+
+def test_two_process_full_fit_matches_one_process(two_process_fit, one_process_fit):
+    d, runs = two_process_fit
+    r0, one = runs["full"][0], one_process_fit["full"]
     assert list(r0["genes"]) == list(one.embeddings_.index)
     assert np.array_equal(r0["graph"], one.graph_.indices.numpy())  # scaffold: bitwise
-    np.testing.assert_allclose(r0["emb"], one.embeddings_.to_numpy(), atol=ATOL, rtol=0)
-    np.testing.assert_allclose(r0["loss"], one.history_["loss"].to_numpy(), rtol=1e-3)
-    assert np.array_equal(r0["mem"].argmax(1), one.memberships_.to_numpy().argmax(1))
-    np.testing.assert_allclose(r0["mu"], one.mixture_.mu.numpy(), atol=ATOL, rtol=0)
-    # rank 0 wrote the HDF5 results once
-    res = read_results_h5(d / "res.h5")
+    np.testing.assert_allclose(r0["emb"], one.embeddings_.to_numpy(), atol=ATOL_FULL, rtol=0)
+    np.testing.assert_allclose(r0["loss"], one.history_["loss"].to_numpy(), rtol=1e-2)
+    assert _matched_agreement(r0["mem"], one.memberships_.to_numpy()) >= 0.95
+    # rank 0 wrote the HDF5 results (once)
+    res = read_results_h5(d / "full.h5")
     np.testing.assert_array_equal(res["embeddings"].to_numpy(), r0["emb"].astype(np.float32))
     assert list(res["embeddings"].index) == list(one.embeddings_.index)
 
@@ -218,7 +250,7 @@ def test_multi_sample_fit_one_space(tmp_path):
 
 # ------------------------------------------------------------------- HDF5 output
 def test_transform_to_h5_streams_the_same_vectors(one_process_fit, tmp_path):
-    m = one_process_fit
+    m = one_process_fit["full"]
     new = _tissue(0, sample_seed=2)
     want = m.transform(new)
     path = transform_to_h5(m, new, tmp_path / "t.h5", batch_size=7, progress=False)

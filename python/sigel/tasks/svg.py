@@ -77,8 +77,8 @@ def _normalise(Z):
 
 
 # ====================================================================== core
-def svg_scores(real, controls, level=None, *, n_bins: int = 10, min_bin: int = 50,
-               metric: str = "cosine", index=None) -> pd.DataFrame:
+def svg_scores(real, controls, level=None, *, n_bins: int = 10, min_bin: int = 50, metric: str = "cosine",
+               floor: float = 0.25, tail: bool = True, index=None) -> pd.DataFrame:
     """Scores, pooled-null p-values and q-values from real and control embeddings (the core of `svg`).
 
     Parameters
@@ -98,6 +98,18 @@ def svg_scores(real, controls, level=None, *, n_bins: int = 10, min_bin: int = 5
         Minimum number of genes per bin.
     metric
         ``"cosine"`` (vectors scaled to unit length first) or ``"euclidean"``.
+    floor
+        Lower bound of a gene's squared control spread, as a fraction of the
+        median over its expression bin (applied alike to the real gene and
+        to the leave-one-out controls). It keeps genes whose few controls
+        happen to be nearly identical (e.g. all-zero images of very sparse
+        genes) from getting huge scores.
+    tail
+        Where fewer than 10 null scores of the bin exceed a gene's score,
+        extrapolate the p-value with a generalised Pareto fit to the bin's
+        upper null tail (Knijnenburg et al. 2009; shape clipped at 0, i.e. at
+        most an exponential decay, so p never drops to 0) instead of stopping
+        at ``1 / (N + 1)``.
     index
         Gene names for the output.
 
@@ -119,6 +131,8 @@ def svg_scores(real, controls, level=None, *, n_bins: int = 10, min_bin: int = 5
     True
     """
     assert_one_of("metric", metric, ("cosine", "euclidean"))
+    if not 0 <= floor <= 1:
+        raise SigelInputError(f"`floor` must be in [0, 1]; got {floor!r}")
     R = np.asarray(real, dtype=np.float64)
     C = np.asarray(controls, dtype=np.float64)
     if C.ndim != 3 or C.shape[0] != R.shape[0] or C.shape[2] != R.shape[1] or C.shape[1] < 3:
@@ -129,18 +143,6 @@ def svg_scores(real, controls, level=None, *, n_bins: int = 10, min_bin: int = 5
         R, C = _normalise(R), _normalise(C)
     G, n1, _ = C.shape
     n = n1 - 1
-    # real gene vs controls 1..n
-    ref = C[:, 1:, :]
-    m = ref.mean(1)
-    spread2 = (ref ** 2).sum(-1).mean(1) - (m ** 2).sum(-1)
-    score = np.sqrt(((R - m) ** 2).sum(-1) / np.maximum(spread2, 1e-24))
-    # every control vs the other n (leave one out)
-    S = C.sum(1, keepdims=True)
-    sq = (C ** 2).sum(-1)                                  # (G, n1)
-    m_loo = (S - C) / n                                    # (G, n1, D)
-    spread_loo = (sq.sum(1, keepdims=True) - sq) / n - (m_loo ** 2).sum(-1)
-    null = np.sqrt(((C - m_loo) ** 2).sum(-1) / np.maximum(spread_loo, 1e-24))   # (G, n1)
-
     if level is None:
         bins = np.zeros(G, dtype=np.int64)
     else:
@@ -148,16 +150,62 @@ def svg_scores(real, controls, level=None, *, n_bins: int = 10, min_bin: int = 5
         nb = int(max(1, min(n_bins, G // max(min_bin, 1))))
         ranks = pd.Series(level).rank(method="first").to_numpy() - 1
         bins = np.minimum((ranks * nb / G).astype(np.int64), nb - 1)
+    # real gene vs controls 1..n
+    ref = C[:, 1:, :]
+    m = ref.mean(1)
+    spread2 = np.maximum((ref ** 2).sum(-1).mean(1) - (m ** 2).sum(-1), 0.0)
+    d2 = ((R - m) ** 2).sum(-1)
+    # every control vs the other n (leave one out)
+    S = C.sum(1, keepdims=True)
+    sq = (C ** 2).sum(-1)                                  # (G, n1)
+    m_loo = (S - C) / n                                    # (G, n1, D)
+    spread_loo = np.maximum((sq.sum(1, keepdims=True) - sq) / n - (m_loo ** 2).sum(-1), 0.0)
+    d2_loo = ((C - m_loo) ** 2).sum(-1)                    # (G, n1)
+    if floor > 0:
+        low = np.zeros(G)
+        for b in np.unique(bins):
+            low[bins == b] = floor * np.median(spread2[bins == b])
+        spread2 = np.maximum(spread2, low)
+        spread_loo = np.maximum(spread_loo, low[:, None])
+    score = np.sqrt(d2 / np.maximum(spread2, 1e-24))
+    null = np.sqrt(d2_loo / np.maximum(spread_loo, 1e-24))
+
     pval = np.empty(G)
     for b in np.unique(bins):
         sel = bins == b
         pool = np.sort(null[sel].ravel())
         n_ge = pool.size - np.searchsorted(pool, score[sel], side="left")
-        pval[sel] = (1.0 + n_ge) / (1.0 + pool.size)
+        p = (1.0 + n_ge) / (1.0 + pool.size)
+        if tail:
+            far = n_ge < 10
+            if far.any():
+                p[far] = np.minimum(p[far], _gpd_tail(pool, score[sel][far]))
+        pval[sel] = p
     out = pd.DataFrame({"score": score, "pval": pval, "qval": bh(pval), "bin": bins},
                        index=pd.Index(index if index is not None else np.arange(G), name="gene"))
     out["rank"] = out["score"].rank(ascending=False, method="first").astype(np.int64)
     return out.sort_values("rank")[["score", "pval", "qval", "rank", "bin"]]
+
+
+def _gpd_tail(pool: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """P(null > x) from a generalised Pareto fit to the upper tail of the sorted null ``pool``."""
+    from scipy import stats
+
+    N = pool.size
+    n_exc = int(min(250, max(N // 10, 0)))
+    if n_exc < 30:
+        return np.full(x.shape, 1.0)
+    t = 0.5 * (pool[N - n_exc - 1] + pool[N - n_exc])
+    exc = pool[N - n_exc:] - t
+    try:
+        c, _, scale = stats.genpareto.fit(exc, floc=0.0)
+    except Exception:  # pragma: no cover - degenerate tails
+        return np.full(x.shape, 1.0)
+    if not (np.isfinite(c) and np.isfinite(scale) and scale > 0):
+        return np.full(x.shape, 1.0)
+    if c < 0:  # a bounded tail would give p = 0 beyond its end point: use the exponential tail instead
+        c, scale = 0.0, float(exc.mean())
+    return np.clip(n_exc / N * stats.genpareto.sf(np.maximum(x - t, 0.0), c, loc=0.0, scale=scale), 1e-300, 1.0)
 
 
 # ====================================================================== wrapper
