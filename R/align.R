@@ -314,11 +314,15 @@ sigelShiftedGenes <- function(x, query = NULL,
 #'   (default all shared genes).
 #' @param top `integer(1)` or `NULL`: number of ranked pairs returned
 #'   (q-values always use every tested pair).
+#' @param standardize `character(1)`: `"genes"` scales each pair's change
+#'   by the robust spread of its two genes' changes against random genes (a
+#'   pair is altered beyond its genes' overall movement or noise), `"noise"`
+#'   by the change expected from the split-half noise (needs a noise
+#'   estimate), `"none"` uses the raw change.
 #' @param null `character(1)`: `"normal"` (robust, two-sided) or
 #'   `"empirical"`.
-#' @param use_noise `logical(1)` or `NULL`: scale each change by the noise of
-#'   the two genes when available.
-#' @param seed `integer(1)`: seeds the subset of null pairs.
+#' @param seed `integer(1)`: seeds the probe genes and the subset of null
+#'   pairs.
 #' @param ... passed to [sigelAlign()] when `x` is not an alignment.
 #' @return A data.frame (rownames `"geneA|geneB"`) sorted by `rank`:
 #'   `gene_a`, `gene_b`, `cos_reference`, `cos_query`, `delta`, `score`,
@@ -342,10 +346,11 @@ sigelShiftedGenes <- function(x, query = NULL,
 sigelAlteredInteractions <- function(x, query = NULL, genes = NULL,
                                      n_genes = NULL, partners = NULL,
                                      top = 500L,
+                                     standardize = c("genes", "noise", "none"),
                                      null = c("normal", "empirical"),
-                                     use_noise = NULL, seed = 0L, ...) {
+                                     seed = 0L, ...) {
+    standardize <- match.arg(standardize)
     null <- match.arg(null)
-    use_noise <- .lgl1(use_noise, "use_noise", null_ok = TRUE)
     if (!is.null(genes) && (!is.character(genes) || anyNA(genes))) {
         stop("`genes` must be NULL or a character vector", call. = FALSE)
     }
@@ -360,7 +365,7 @@ sigelAlteredInteractions <- function(x, query = NULL, genes = NULL,
     tab <- .py_call(.align_mod()$altered_interactions(
         py, if (is.null(genes)) NULL else as.list(genes), n_genes = n_genes,
         partners = if (is.null(partners)) NULL else as.list(partners),
-        top = top, null = null, use_noise = use_noise, seed = seed),
+        top = top, standardize = standardize, null = null, seed = seed),
         "sigelAlteredInteractions")
     .py_df(tab)
 }

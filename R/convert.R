@@ -111,6 +111,11 @@
 
 .py_series <- function(s, n) {
     dt <- .py_str(s$dtype)
+    np <- reticulate::import("numpy", convert = FALSE)
+    num <- function() {
+        as.numeric(reticulate::py_to_r(
+            s$to_numpy(dtype = "float64", na_value = np$nan)))
+    }
     if (identical(dt, "category")) {
         lev <- .py_chr(s$cat$categories)
         codes <- as.integer(reticulate::py_to_r(
@@ -119,19 +124,15 @@
         return(factor(lev[codes + 1L], levels = lev))
     }
     if (dt %in% c("bool", "boolean")) {
-        return(as.logical(reticulate::py_to_r(
-            s$astype("float64")$to_numpy())) > 0)
+        v <- num()
+        return(ifelse(is.na(v), NA, v > 0))
     }
     if (grepl("^(u?int|Int|UInt)[0-9]*$", dt)) {
-        v <- reticulate::py_to_r(s$astype("float64")$to_numpy())
-        v <- as.numeric(v)
+        v <- num()
         if (all(is.na(v) | abs(v) < .Machine$integer.max)) v <- as.integer(v)
         return(v)
     }
-    if (grepl("^(float|Float)", dt)) {
-        return(as.numeric(reticulate::py_to_r(
-            s$astype("float64")$to_numpy())))
-    }
+    if (grepl("^(float|Float)", dt)) return(num())
     # strings / objects / anything else: as character, None/NaN -> NA
     na <- as.logical(reticulate::py_to_r(s$isna()$to_numpy()))
     v <- .py_chr(s$astype("str"))

@@ -75,7 +75,8 @@
 #' cosine-similarity threshold), scores every gene's spatial variability
 #' (SIGEL's SVG score when available, else Moran's I), and keeps the top
 #' `keep` members of each group; groups without any gene with spatial
-#' signal are dropped. The result is a lean gene set for spot clustering
+#' signal are dropped (with `drop = "genes"`, so is every gene without
+#' signal). The result is a lean gene set for spot clustering
 #' with [sigelDomains()].
 #'
 #' @param x an object with SIGEL results (from [runSIGEL()]:
@@ -96,6 +97,9 @@
 #'   components) or `"complete"`, for `group_by = "threshold"`.
 #' @param alpha `numeric(1)` or `NULL`: a gene has spatial signal when its
 #'   score's q-value is below `alpha`.
+#' @param drop `character(1)`: `"groups"` drops the groups without any gene
+#'   with signal and keeps the top `keep` of the others; `"genes"` in
+#'   addition never keeps a gene without signal.
 #' @param assay,coords,library_size how to read `data` (defaults: as
 #'   [runSIGEL()] read it).
 #' @param seed `integer(1)`: seed of the SVG simulations.
@@ -116,16 +120,18 @@
 #'     head(sel)
 #' }
 #' @export
-sigelPruneGenes <- function(x, data = x, keep = 0.2,
+sigelPruneGenes <- function(x, data = x, keep = 0.5,
                             score = c("auto", "svg", "morans_i"),
                             group_by = c("contexts", "threshold"),
                             threshold = 0.9,
                             linkage = c("average", "single", "complete"),
-                            alpha = 0.05, assay = NULL, coords = NULL,
+                            alpha = 0.05, drop = c("groups", "genes"),
+                            assay = NULL, coords = NULL,
                             library_size = NULL, seed = 0L) {
     score <- match.arg(score)
     group_by <- match.arg(group_by)
     linkage <- match.arg(linkage)
+    drop <- match.arg(drop)
     keep <- .num1(keep, "keep", lo = 1e-12)
     if (keep > 1 && abs(keep - round(keep)) > 1e-8) {
         stop("`keep` must be a fraction in (0, 1) or a whole number >= 1; ",
@@ -142,7 +148,7 @@ sigelPruneGenes <- function(x, data = x, keep = 0.2,
     res <- .py_call(tl$prune_genes(
         model, ad, keep = keep_py, score = score, group_by = group_by,
         threshold = threshold, linkage = linkage, alpha = alpha,
-        seed = seed), "sigelPruneGenes")
+        drop = drop, seed = seed), "sigelPruneGenes")
     out <- .py_df(res)
     attrs <- reticulate::py_to_r(res$attrs)
     for (a in c("n_groups", "n_groups_kept", "score_method")) {

@@ -239,8 +239,7 @@ sigelMoransI <- function(counts, coords, k = 6L, library_size = NULL) {
     mu <- Matrix::rowMeans(Y)
     # sum_ij w_ij z_i z_j with z = y - mu, without densifying Y
     YW <- as.matrix(Y %*% W)                          # genes x spots
-    Yd <- Y
-    num <- Matrix::rowSums(Yd * YW) -
+    num <- Matrix::rowSums(Y * YW) -
         mu * Matrix::rowSums(YW) - mu * as.vector(Y %*% Matrix::colSums(W)) +
         mu^2 * S0
     den <- Matrix::rowSums(Y^2) - n * mu^2

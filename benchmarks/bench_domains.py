@@ -7,11 +7,12 @@ domains; NA spots are clustered but not scored) and each seed, SpaGCN 1.2.7
 * ``all``      every gene in ``X`` detected in >= 3 spots,
 * ``hvg3000``  the top 3000 highly variable genes (scanpy ``seurat_v3`` on
   counts when scikit-misc is installed, else ``seurat`` on log-normalised data),
-* ``pruned``   `sigel.tl.prune_genes` (model contexts, top ``--keep`` of each,
-  groups without Moran's I signal dropped),
-* ``moran_top`` (ablation) the same number of genes as ``pruned``, taken by
-  Moran's I alone (no embedding groups),
-* ``pruned_svg`` (with ``--svg``) as ``pruned`` but scored with `sigel.tl.svg`.
+* ``pruned_k<keep>``  `sigel.tl.prune_genes` (model contexts, top ``keep``
+  of each by Moran's I, contexts without Moran's I signal dropped), one
+  condition per ``--keep`` value,
+* ``moran_top`` (ablation) the same number of genes as the first
+  ``pruned_k``, the top genes by Moran's I alone (no embedding groups),
+* ``pruned_svg_k<keep>`` (with ``--svg``) scored with `sigel.tl.svg`.
 
 A SIGEL model per section is loaded from ``--model`` (a path pattern with
 ``{sample}``) or, when absent, fitted with the default settings and saved
@@ -72,11 +73,12 @@ class SavedResults:
 def load_or_fit(sigel, adata, path: Path, seed: int, threads: int):
     if (path / "config.json").exists():
         log(f"loading model {path}")
+        secs = float(json.loads((path / "config.json").read_text()).get("fit_seconds") or 0.0)
         try:
-            return sigel.SIGEL.load(path), 0.0
+            return sigel.SIGEL.load(path), secs
         except sigel.SigelInputError as e:
             log(f"the saved weights do not load into this code ({e}); using the saved embeddings and contexts")
-            return SavedResults(path), 0.0
+            return SavedResults(path), secs
     log(f"fitting the default SIGEL model on {adata.n_obs} spots x {adata.n_vars} genes (saved to {path})")
     t = time.perf_counter()
     model = sigel.SIGEL().fit(adata, library_size_key="sum_umi", seed=seed, n_threads=threads)
@@ -110,7 +112,9 @@ def main(argv=None):
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--model", default=str(HERE / "out" / "models" / "domains_dlpfc_{sample}"),
                     help="saved-model directory pattern with {sample}; fitted and saved when missing")
-    ap.add_argument("--keep", type=float, default=0.2, help="prune_genes keep (fraction or number per group)")
+    ap.add_argument("--keep", type=float, nargs="+", default=[0.5, 0.2],
+                    help="prune_genes keep values (fraction or number per group); one 'pruned' condition each, "
+                         "the first also sizes 'moran_top'")
     ap.add_argument("--n-hvg", type=int, default=3000)
     ap.add_argument("--conditions", nargs="+", default=["all", "hvg3000", "pruned", "moran_top"])
     ap.add_argument("--svg", action="store_true", help="also run pruned_svg (sigel.tl.svg scores; slow)")
@@ -129,8 +133,11 @@ def main(argv=None):
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    conditions = list(args.conditions) + (["pruned_svg"] if args.svg else [])
-    keep = int(args.keep) if args.keep >= 1 else float(args.keep)
+    keeps = [int(k) if k >= 1 else float(k) for k in args.keep]
+    base = [c for c in args.conditions if c != "pruned"]
+    conditions = [c for c in base if c in ("all", "hvg3000")] + \
+        ([f"pruned_k{k}" for k in keeps] if "pruned" in args.conditions else []) + \
+        [c for c in base if c not in ("all", "hvg3000")] + ([f"pruned_svg_k{keeps[0]}"] if args.svg else [])
     records = []
     for sample in args.samples:
         f = Path(args.data) / "dlpfc" / f"dlpfc_{sample}_counts.h5ad"
@@ -151,23 +158,24 @@ def main(argv=None):
         t = time.perf_counter()
         moran = morans_i_table(adata, library_size_key="sum_umi")
         moran_s = time.perf_counter() - t
-        if "pruned" in conditions or "moran_top" in conditions:
+        for i, keep in enumerate(keeps if ("pruned" in args.conditions or "moran_top" in args.conditions) else []):
             t = time.perf_counter()
             sel = sigel.tl.prune_genes(model, adata, keep=keep, score=moran, library_size_key="sum_umi")
-            prep["pruned"] = dict(seconds=time.perf_counter() - t + moran_s, n_groups=sel.attrs["n_groups"],
-                                  n_groups_kept=sel.attrs["n_groups_kept"], score="morans_i")
-            genesets["pruned"] = sel.index
-            sel.to_csv(out / f"pruned_{sample}.csv")
-            if "moran_top" in conditions:
-                ok = moran[moran["qval"] < 0.05]
-                genesets["moran_top"] = ok.index[:len(sel)]
-        if "pruned_svg" in conditions:
+            name = f"pruned_k{keep}"
+            prep[name] = dict(seconds=time.perf_counter() - t + moran_s, n_groups=sel.attrs["n_groups"],
+                              n_groups_kept=sel.attrs["n_groups_kept"], score="morans_i")
+            genesets[name] = sel.index
+            sel.to_csv(out / f"{name}_{sample}.csv")
+            if i == 0 and "moran_top" in conditions:
+                genesets["moran_top"] = moran.index[:len(sel)]
+        if args.svg:
             t = time.perf_counter()
-            sel = sigel.tl.prune_genes(model, adata, keep=keep, score="svg", library_size_key="sum_umi")
-            prep["pruned_svg"] = dict(seconds=time.perf_counter() - t, n_groups=sel.attrs["n_groups"],
-                                      n_groups_kept=sel.attrs["n_groups_kept"], score="svg")
-            genesets["pruned_svg"] = sel.index
-            sel.to_csv(out / f"pruned_svg_{sample}.csv")
+            sel = sigel.tl.prune_genes(model, adata, keep=keeps[0], score="svg", library_size_key="sum_umi")
+            name = f"pruned_svg_k{keeps[0]}"
+            prep[name] = dict(seconds=time.perf_counter() - t, n_groups=sel.attrs["n_groups"],
+                              n_groups_kept=sel.attrs["n_groups_kept"], score="svg")
+            genesets[name] = sel.index
+            sel.to_csv(out / f"{name}_{sample}.csv")
         overlap = {k: int(len(pd.Index(v).intersection(genesets.get("hvg3000", pd.Index([])))))
                    for k, v in genesets.items()}
         for cond in [c for c in conditions if c in genesets]:

@@ -69,6 +69,25 @@ def load_or_fit(sigel, adata, path: Path, seed: int, threads: int):
     return model, secs
 
 
+def to_data_ids(emb: pd.DataFrame, adata) -> pd.DataFrame:
+    """Index the model's embedding by the data's var_names (a model keyed by symbols is mapped through
+    var['gene_symbol']); genes not in the data are dropped."""
+    ids = pd.Index(adata.var_names.astype(str))
+    if emb.index.isin(ids).mean() >= 0.5:
+        return emb.loc[emb.index.isin(ids)]
+    sym = adata.var["gene_symbol"].astype(object)
+    s2i = pd.Series(ids, index=sym.to_numpy())
+    s2i = s2i[s2i.index.notna() & ~s2i.index.duplicated()]
+    hit = emb.index.isin(s2i.index)
+    if hit.mean() < 0.5:
+        raise SystemExit(f"the model's genes are neither var_names nor var['gene_symbol'] of this data "
+                         f"(e.g. {list(emb.index[:5])})")
+    log(f"model genes are symbols: mapped {int(hit.sum())} of {len(emb)} to Ensembl ids")
+    out = emb.loc[hit]
+    out.index = pd.Index(s2i[out.index].to_numpy())
+    return out
+
+
 def pca_embedding(adata, genes, dim: int, seed: int) -> pd.DataFrame:
     """PCA-of-expression gene vectors: genes x spots standardised log-normalised matrix -> top `dim` PCs."""
     import scipy.sparse as sp
@@ -297,7 +316,8 @@ def main(argv=None):
     ap.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data"))
     ap.add_argument("--sample", default="151673")
     ap.add_argument("--model", default=None,
-                    help="saved model directory (default benchmarks/out/models/dlpfc_<sample>); fitted when missing")
+                    help="saved model directory (default benchmarks/out/models/semantics_dlpfc_<sample>); "
+                         "fitted with the default settings and saved there when missing")
     ap.add_argument("--resolutions", nargs="+", type=int, default=[10, 30, 60])
     ap.add_argument("--min-group", type=int, default=5)
     ap.add_argument("--classifiers", nargs="+", default=["logistic", "mlp"])
@@ -319,9 +339,10 @@ def main(argv=None):
     data = Path(args.data)
     ref = data / "reference"
     adata = ad.read_h5ad(data / "dlpfc" / f"dlpfc_{args.sample}_counts.h5ad")
-    model_dir = Path(args.model) if args.model else HERE / "out" / "models" / f"dlpfc_{args.sample}"
+    model_dir = Path(args.model) if args.model else HERE / "out" / "models" / f"semantics_dlpfc_{args.sample}"
     model, fit_s = load_or_fit(sigel, adata, model_dir, args.seed, args.threads)
     sig = model.embeddings_.astype(np.float64)
+    sig = to_data_ids(sig, adata)
     genes = sig.index
     D = sig.shape[1]
     id2sym = adata.var["gene_symbol"].astype(object).where(adata.var["gene_symbol"].notna(), None)
@@ -330,12 +351,12 @@ def main(argv=None):
     log(f"{len(genes)} embedded genes, {len(symbols)} with a symbol, D = {D}")
     embs = {"sigel": sig, "pca": pca_embedding(adata, genes, D, args.seed),
             "random": random_embedding(genes, D, args.seed)}
-    ctx = model.contexts_["context"].map(lambda k: f"context_{k}")
+    ctx = to_data_ids(model.contexts_[["context"]], adata)["context"].map(lambda k: f"context_{k}")
     meta = dict(sample=args.sample, n_genes=int(len(genes)), n_with_symbol=int(len(symbols)), dim=int(D),
                 model=str(model_dir), fit_seconds=float(fit_s))
     gmt = ref / "gene_sets" / "human_GO_BP_propagated_10-500_symbols.gmt.gz"
     rows = []
-    meta["neighbors"] = neighbor_examples(sigel, model, symbols,
+    meta["neighbors"] = neighbor_examples(sigel, sig, symbols,
                                           [g for g in ["MBP", "SNAP25", "PCP4", "GFAP", "MOBP", "NEFL"]
                                            if g in set(symbols.values())])
     log(json.dumps(meta["neighbors"]))

@@ -97,9 +97,12 @@ class SIGEL:
     mask_ratio
         Fraction of in-tissue patches hidden from the encoder per step.
     epochs
-        Maximum number of epochs in total (pre-training included).
+        Maximum number of epochs in total (pre-training included). ``None``:
+        enough for about 6,000 gradient steps, bounded to [20, 60] epochs
+        (60 for a few hundred genes, about 23 for 8,000 genes).
     pretrain_epochs
-        Reconstruction-only epochs before refinement starts.
+        Epochs before refinement starts (reconstruction plus the scaffold
+        term). ``None``: half of ``epochs``.
     batch_size
         Genes per gradient step.
     lr, weight_decay, warmup_epochs
@@ -179,11 +182,11 @@ class SIGEL:
         n_heads: int = 4,
         mlp_ratio: float = 2.0,
         decoder_width: int = 32,
-        mask_ratio: float = 0.5,
-        epochs: int = 40,
-        pretrain_epochs: int = 10,
-        batch_size: int = 64,
-        lr: float = 2e-3,
+        mask_ratio: float = 0.75,
+        epochs: int | None = None,
+        pretrain_epochs: int | None = None,
+        batch_size: int = 32,
+        lr: float = 3e-3,
         weight_decay: float = 0.05,
         warmup_epochs: int = 2,
         refine: bool = True,
@@ -213,10 +216,14 @@ class SIGEL:
     def _validate_params(p: dict) -> None:
         if p["n_contexts"] is not None:
             assert_positive("n_contexts", p["n_contexts"])
-        for k in ("embed_dim", "max_tokens", "width", "depth", "n_heads", "decoder_width", "epochs",
+        for k in ("embed_dim", "max_tokens", "width", "depth", "n_heads", "decoder_width",
                   "batch_size", "scaffold_k", "embed_batch_size"):
             assert_positive(k, p[k])
-        for k in ("pretrain_epochs", "warmup_epochs", "em_iters", "weight_decay", "scaffold_weight",
+        if p["epochs"] is not None:
+            assert_positive("epochs", p["epochs"])
+        if p["pretrain_epochs"] is not None:
+            assert_positive("pretrain_epochs", p["pretrain_epochs"], allow_zero=True)
+        for k in ("warmup_epochs", "em_iters", "weight_decay", "scaffold_weight",
                   "contrastive_weight", "mixture_weight", "tol"):
             assert_positive(k, p[k], allow_zero=True)
         assert_positive("lr", p["lr"])
@@ -284,7 +291,8 @@ class SIGEL:
         p = self.init_params_
         if not self.is_trained:
             k = p["n_contexts"] if p["n_contexts"] is not None else "auto"
-            return (f"SIGEL(untrained; D={p['embed_dim']}, K={k}, epochs<={p['epochs']}, "
+            e = p["epochs"] if p["epochs"] is not None else "auto"
+            return (f"SIGEL(untrained; D={p['embed_dim']}, K={k}, epochs<={e}, "
                     f"refine={p['refine']}, scaffold={p['scaffold']}, mixture={p['mixture']!r})")
         return (f"SIGEL: {len(self.embeddings_):,} genes x {self.embed_dim} dims, K={self.n_contexts_} contexts; "
                 f"{self.epochs_run_} epochs ({self.stop_reason_}); patch {self.patch_size_}, "
@@ -309,12 +317,29 @@ class SIGEL:
         return StudentTMixture(n_contexts, kind=p["mixture"], dirichlet_alpha=p["dirichlet_alpha"],
                                n_iter=p["em_iters"], seed=seed)
 
-    def _train_config(self):
+    def resolve_epochs(self, n_genes: int) -> tuple[int, int]:
+        """The ``(epochs, pretrain_epochs)`` used for ``n_genes`` genes (resolving ``None`` defaults).
+
+        ``epochs=None`` gives about 6,000 gradient steps (``6000 * batch_size /
+        n_genes`` epochs) bounded to [20, 60]; ``pretrain_epochs=None`` half
+        of the epochs.
+        """
+        p = self.init_params_
+        if p["epochs"] is not None:
+            epochs = int(p["epochs"])
+        else:
+            steps_per_epoch = max(math.ceil(n_genes / p["batch_size"]), 1)
+            epochs = int(min(max(round(6000 / steps_per_epoch), 20), 60))
+        pre = epochs // 2 if p["pretrain_epochs"] is None else min(int(p["pretrain_epochs"]), epochs)
+        return epochs, pre
+
+    def _train_config(self, n_genes: int):
         from .train.trainer import TrainConfig
 
         p = self.init_params_
+        epochs, pre = self.resolve_epochs(n_genes)
         return TrainConfig(
-            epochs=p["epochs"], pretrain_epochs=min(p["pretrain_epochs"], p["epochs"]), batch_size=p["batch_size"],
+            epochs=epochs, pretrain_epochs=pre, batch_size=p["batch_size"],
             embed_batch_size=p["embed_batch_size"], lr=p["lr"], min_lr=p["lr"] / 20.0,
             weight_decay=p["weight_decay"], warmup_epochs=p["warmup_epochs"], mask_ratio=p["mask_ratio"],
             refine=bool(p["refine"]), scaffold=bool(p["scaffold"]), scaffold_k=p["scaffold_k"],
@@ -420,7 +445,7 @@ class SIGEL:
                 _auto_patch_size(images.height, images.width, int(p["max_tokens"]), minimum=min(min_patch, 4))
             module = self._build_module(patch)
             mixture = self._build_mixture(K, seed + 2)
-            trainer = Trainer(module, mixture, images, self._train_config(), device=dev, seed=seed,
+            trainer = Trainer(module, mixture, images, self._train_config(G), device=dev, seed=seed,
                               progress=progress, callback=getattr(self, "_callback", None))
             logger.info("training on %s: %d genes, %dx%d images, patch %d, K=%d", dev, G, images.height,
                         images.width, patch, K)

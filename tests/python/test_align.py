@@ -171,16 +171,23 @@ def test_altered_interactions_planted_pair_vectorised_pairs():
     qry = pd.DataFrame(ref.to_numpy() @ R + noise, index=ref.index)
     qry.iloc[0] = ref.iloc[1].to_numpy() @ R  # in the query, g0 takes g1's place
     al = sigel.tl.align(ref, qry, anchors=anchors)
-    pairs = sigel.tl.altered_interactions(al, ["g0", "g2", "not_a_gene"], top=None)
+    pairs = sigel.tl.altered_interactions(al, ["g0", "g2", "not_a_gene"], top=None, standardize="none")
     assert pairs.attrs["n_tested"] == len(pairs) == 2 * 149 - 1  # focus x partners, each pair once
     assert pairs.index.is_unique
     top = pairs.iloc[0]
     assert {top["gene_a"], top["gene_b"]} == {"g0", "g1"}
     assert top["qval"] < 0.05 and top["delta"] > 0.5
+    # default: changes scaled by each gene's overall movement -- g0 moved as a whole, so its pairs are
+    # less extreme, but g0-g1 still ranks first
+    pg = sigel.tl.altered_interactions(al, ["g0", "g2"], top=None)
+    assert {pg["gene_a"].iat[0], pg["gene_b"].iat[0]} == {"g0", "g1"}
+    assert pg.attrs["standardize"] == "genes"
+    with pytest.raises(SigelInputError, match="noise"):
+        sigel.tl.altered_interactions(al, ["g0"], standardize="noise")
     assert (pairs["gene_a"] != pairs["gene_b"]).all()
     np.testing.assert_allclose(pairs["delta"], pairs["cos_query"] - pairs["cos_reference"])
     # most pairs without g0 are unchanged
-    other = pairs[(pairs["gene_a"] != "g0") & (pairs["gene_b"] != "g0")]
+    other = pg[(pg["gene_a"] != "g0") & (pg["gene_b"] != "g0")]
     assert (other["qval"] >= 0.05).mean() > 0.9
     # default focus: top shifted genes; `top` limits the returned rows
     short = sigel.tl.altered_interactions(al, top=7, n_genes=3)

@@ -25,9 +25,10 @@ the best of the k-means++ restarts is picked by log posterior, and two
 restarts that converge to the *same* partition have scores equal to ~1e-7, so
 the 1- and 2-process runs may keep different restarts. The partition is the
 same but the context labels are permuted and the EM end points differ
-slightly, which moves the embeddings by up to ~2e-3 after the next epoch.
-So the full fit is compared within ``ATOL_FULL``, with hard contexts matched
-up to a relabelling."""
+slightly; the next refinement epoch then moves the embeddings by ~1e-3
+(one sample here) to ~2.5e-2 (the two-sample fit, whose tiny mixture is less
+stable). So full fits are compared within ``ATOL_FULL`` (about 2 % of the
+coordinate range), with hard contexts matched up to a relabelling."""
 from __future__ import annotations
 
 import json
@@ -53,7 +54,7 @@ HYPER = dict(epochs=4, pretrain_epochs=2, embed_dim=8, width=16, depth=1, n_head
              batch_size=16, embed_batch_size=16, n_contexts=3)
 ENCODER_ONLY = dict(HYPER, epochs=3, refine=False)  # Module I + DDP only: no discrete choices during training
 ATOL_ENCODER = 1e-4  # observed ~1e-6: gradient summation order only
-ATOL_FULL = 1e-2  # observed 1e-5 .. 2e-3 (see the module docstring); vectors have norm ~2
+ATOL_FULL = 5e-2  # observed 1e-5 .. 2.5e-2 (see the module docstring); coordinates reach ~2-3
 
 
 def _tissue(seed=0, sample_seed=None, n=60):
@@ -150,9 +151,11 @@ WORKER = textwrap.dedent('''
     from sigel.train.distributed import get_rank, get_world_size
     out = sys.argv[1]
     adata = sigel.datasets.synthetic_tissue(60, shape=(16, 16), seed=0)
+    second = sigel.datasets.synthetic_tissue(60, shape=(16, 16), seed=0, sample_seed=1)
     for name, hyper in json.loads(sys.argv[2]).items():
-        m = sigel.SIGEL(**hyper).fit(adata, seed=0, progress=False, n_threads=1, device="cpu",
-                                     out_file=os.path.join(out, name + ".h5"))
+        data, kw = (([adata, second], dict(sample_names=["s1", "s2"])) if name == "multi" else (adata, {}))
+        m = sigel.SIGEL(**hyper).fit(data, seed=0, progress=False, n_threads=1, device="cpu",
+                                     out_file=os.path.join(out, name + ".h5"), **kw)
         p = m.mixture_
         np.savez(os.path.join(out, f"{name}_rank{get_rank()}.npz"), world=get_world_size(),
                  emb=m.embeddings_.to_numpy(), mem=m.memberships_.to_numpy(), genes=np.asarray(m.embeddings_.index),
@@ -160,7 +163,7 @@ WORKER = textwrap.dedent('''
                  graph=np.zeros(0) if m.graph_ is None else m.graph_.indices.numpy(),
                  loss=m.history_["loss"].to_numpy())
 ''')
-RUNS = {"full": HYPER, "encoder": ENCODER_ONLY}
+RUNS = {"full": HYPER, "encoder": ENCODER_ONLY, "multi": HYPER}
 
 
 @pytest.fixture(scope="module")
@@ -175,8 +178,16 @@ def two_process_fit(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def one_process_fit():
-    return {name: sigel.SIGEL(**h).fit(_tissue(0), seed=0, progress=False, n_threads=1, device="cpu")
-            for name, h in RUNS.items()}
+    return {name: sigel.SIGEL(**RUNS[name]).fit(_tissue(0), seed=0, progress=False, n_threads=1, device="cpu")
+            for name in ("full", "encoder")}
+
+
+@pytest.fixture(scope="module")
+def multi_fit():
+    a, b = _tissue(0), _tissue(0, sample_seed=1)  # same gene families, another draw of the tissue
+    m = sigel.SIGEL(**HYPER).fit([a, b], sample_names=["s1", "s2"], seed=0, progress=False, n_threads=1,
+                                 device="cpu")
+    return a, b, m
 
 
 def _matched_agreement(a: np.ndarray, b: np.ndarray) -> float:
@@ -223,10 +234,9 @@ def test_two_process_full_fit_matches_one_process(two_process_fit, one_process_f
 
 
 # ------------------------------------------------------------------ multi-sample
-def test_multi_sample_fit_one_space(tmp_path):
-    a, b = _tissue(0), _tissue(0, sample_seed=1)  # same gene families, another draw of the tissue
-    m = sigel.SIGEL(**HYPER).fit([a, b], sample_names=["s1", "s2"], seed=0, progress=False, n_threads=1,
-                                 device="cpu")
+def test_multi_sample_fit_one_space(multi_fit, tmp_path):
+    a, b, m = multi_fit
+    a = a.copy()
     emb = m.embeddings_
     assert isinstance(emb.index, pd.MultiIndex) and list(emb.index.names) == ["sample", "gene"]
     assert emb.shape == (a.n_vars + b.n_vars, HYPER["embed_dim"]) and np.isfinite(emb.to_numpy()).all()
@@ -246,6 +256,17 @@ def test_multi_sample_fit_one_space(tmp_path):
     assert m2.embeddings_.index.equals(emb.index)
     with pytest.raises(Exception, match="sample_names"):
         sigel.SIGEL(**HYPER).fit([a, b], sample_names=["only_one"])
+
+
+def test_two_process_multi_sample_fit(two_process_fit, multi_fit):
+    d, runs = two_process_fit
+    r0, r1 = runs["multi"]
+    m = multi_fit[2]
+    assert [tuple(g) for g in r0["genes"]] == list(m.embeddings_.index)
+    np.testing.assert_allclose(r0["emb"], m.embeddings_.to_numpy(), atol=ATOL_FULL, rtol=0)
+    assert _matched_agreement(r0["mem"], m.memberships_.to_numpy()) >= 0.95
+    res = read_results_h5(d / "multi.h5")
+    assert res["embeddings"].index.equals(m.embeddings_.index)
 
 
 # ------------------------------------------------------------------- HDF5 output

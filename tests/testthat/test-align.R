@@ -52,7 +52,8 @@ test_that("altered interactions and module summary", {
     p$ref["g1", ] <- -p$ref["g2", ]     # opposite in the reference,
     p$qry["g1", ] <- p$qry["g2", ]      # the same in the query
     al <- sigelAlign(p$ref, p$qry, anchors = p$anchors)
-    pairs <- sigelAlteredInteractions(al, genes = "g1", top = NULL)
+    pairs <- sigelAlteredInteractions(al, genes = "g1", top = NULL,
+                                      standardize = "none")
     expect_s3_class(pairs, "data.frame")
     expect_equal(nrow(pairs), 99L)
     expect_setequal(unlist(pairs[1, c("gene_a", "gene_b")]), c("g1", "g2"))

@@ -69,6 +69,12 @@ test_that("pandas, numpy and scipy objects come back as R objects", {
     expect_identical(r$b, c(TRUE, FALSE, TRUE))
     expect_identical(r$s, c("u", NA, "w"))
     expect_equal(r$c, factor(c("p", "q", "p")))
+    nullable <- reticulate::py_eval(paste0(
+        "__import__('pandas').DataFrame({'n': __import__('pandas').array([1, None, 3], dtype='Int64'),",
+        " 'b': __import__('pandas').array([True, None, False], dtype='boolean')})"), convert = FALSE)
+    r3 <- sigel:::.py_df(nullable)
+    expect_identical(r3$n, c(1L, NA, 3L))
+    expect_identical(r3$b, c(TRUE, NA, FALSE))
     # RangeIndex -> default rownames
     r2 <- sigel:::.py_df(df$reset_index(drop = TRUE))
     expect_equal(rownames(r2), c("1", "2", "3"))

@@ -765,7 +765,8 @@ def shifted_genes(alignment: Alignment, *, metric: str = "euclidean", null: str 
 
 
 def _pair_null(alignment: Alignment, max_pairs: int, rng):
-    """Cosine change of anchor-anchor pairs (held-out aligned anchors) and the pairs' noise^2 sums."""
+    """Anchor-anchor pairs (indices into ``alignment.anchors``) and their cosine change
+    (held-out aligned anchors)."""
     a = alignment.anchors
     R = unit_rows(alignment.reference.loc[a].to_numpy())
     Q = unit_rows(alignment.heldout.loc[a].to_numpy())
@@ -778,23 +779,46 @@ def _pair_null(alignment: Alignment, max_pairs: int, rng):
         j = rng.integers(0, n, size=i.size)
         ok = i != j
         i, j = i[ok][:max_pairs], j[ok][:max_pairs]
-    d = np.sum(Q[i] * Q[j], 1) - np.sum(R[i] * R[j], 1)
-    if alignment.noise is None:
-        return d, None
-    nz2 = alignment.noise["total"].reindex(a).to_numpy() ** 2
-    return d, nz2[i] + nz2[j]
+    return i, j, np.sum(Q[i] * Q[j], 1) - np.sum(R[i] * R[j], 1)
+
+
+def _gene_change_scale(alignment: Alignment, genes: pd.Index, n_probe: int, rng) -> pd.Series:
+    """Robust spread (MAD) of each gene's cosine changes against a random probe set of shared genes.
+
+    A gene whose vector is noisy, or that moved as a whole, changes its relation
+    to every other gene; dividing a pair's change by its genes' spreads asks
+    which relations changed beyond that (and removes the bias of focus genes
+    chosen for having moved).
+    """
+    shared = alignment.shared
+    m = int(min(n_probe, len(shared)))
+    probe = shared[np.sort(rng.choice(len(shared), size=m, replace=False))]
+    Rp = unit_rows(alignment.reference.loc[probe].to_numpy())
+    Qp = unit_rows(alignment.heldout.loc[probe].to_numpy())
+    out = np.empty(len(genes))
+    self_pos = pd.Series(np.arange(m), index=probe)
+    for s in range(0, len(genes), 2048):
+        g = genes[s:s + 2048]
+        D = unit_rows(alignment.heldout.loc[g].to_numpy()) @ Qp.T - unit_rows(alignment.reference.loc[g].to_numpy()) @ Rp.T
+        hit = g.isin(probe)
+        if hit.any():  # leave out the gene itself
+            D[np.nonzero(hit)[0], self_pos.loc[g[hit]].to_numpy()] = np.nan
+        med = np.nanmedian(D, axis=1, keepdims=True)
+        out[s:s + len(g)] = 1.4826 * np.nanmedian(np.abs(D - med), axis=1)
+    out = np.where(np.isfinite(out) & (out > 0), out, np.nanmedian(out))
+    return pd.Series(out, index=genes)
 
 
 def altered_interactions(alignment: Alignment, genes=None, *, n_genes: int | None = None, partners=None,
-                         top: int | None = 500, null: str = "normal", use_noise: bool | None = None,
-                         max_null_pairs: int = 200_000, seed: int | None = None) -> pd.DataFrame:
+                         top: int | None = 500, standardize: str = "genes", null: str = "normal",
+                         n_probe: int = 500, max_null_pairs: int = 200_000, seed: int | None = None) -> pd.DataFrame:
     """Gene pairs whose relation (cosine similarity) changed between the samples.
 
     For focus genes x partner genes, the cosine similarity of the two genes'
     vectors is computed in the reference and (after alignment) in the query;
-    the change ``delta = cos_query - cos_reference`` is compared with the
-    changes of anchor-anchor pairs (held-out aligned anchors), which should
-    not change. Pairs are built in one vectorised block
+    the change ``delta = cos_query - cos_reference`` is standardised and
+    compared with anchor-anchor pairs (held-out aligned anchors), whose
+    relations should not change. Pairs are built in one vectorised block
     (focus x partners), never all genes x all genes.
 
     Parameters
@@ -812,26 +836,35 @@ def altered_interactions(alignment: Alignment, genes=None, *, n_genes: int | Non
     top
         Number of ranked pairs returned (``None``: all tested pairs; q-values
         always use all tested pairs).
+    standardize
+        How a pair's change is scaled before the test. ``'genes'`` (default):
+        by ``sqrt(s_a^2 + s_b^2)``, where ``s_g`` is the robust spread of gene
+        g's cosine changes against ``n_probe`` random shared genes -- a pair
+        is altered when its relation changed beyond what its two genes'
+        overall movement or noise explains (this also removes the bias of
+        focus genes chosen for having moved). ``'noise'``: by the change
+        expected from the two genes' split-half noise
+        (``a * (noise_a^2 + noise_b^2) + b``, fitted on the anchor pairs;
+        needs ``align(..., reference_data=, query_data=)``). ``'none'``: the
+        raw change.
     null
         ``'normal'``: a normal null with the anchor pairs' median and MAD
-        (two-sided); ``'empirical'``: the fraction of anchor pairs with a change
-        at least as large.
-    use_noise
-        Scale each pair's change by its expected null size from the two genes'
-        split-half noise (``a * (noise_a^2 + noise_b^2) + b``, fitted on the
-        anchor pairs). ``None``: whenever ``alignment.noise`` exists.
+        (two-sided); ``'empirical'``: the fraction of anchor pairs with a
+        change at least as large.
+    n_probe
+        Probe genes per gene for ``standardize='genes'``.
     max_null_pairs
         Anchor pairs used for the null (a random subset beyond this).
     seed
-        Seeds the subset of null pairs.
+        Seeds the probe genes and the subset of null pairs.
 
     Returns
     -------
     pandas.DataFrame
         One row per pair (index ``'geneA|geneB'``), sorted by rank:
         ``gene_a``, ``gene_b``, ``cos_reference``, ``cos_query``, ``delta``,
-        ``score``, ``pval``, ``qval``, ``rank`` and, when available,
-        ``context_reference_a/b`` and ``context_query_a/b``.
+        ``score`` (standardised change), ``pval``, ``qval``, ``rank`` and,
+        when available, ``context_reference_a/b`` and ``context_query_a/b``.
         ``attrs['n_tested']`` is the number of tested pairs.
 
     Examples
@@ -848,8 +881,10 @@ def altered_interactions(alignment: Alignment, genes=None, *, n_genes: int | Non
     True
     """
     _check_alignment(alignment)
+    assert_one_of("standardize", standardize, ("genes", "noise", "none"))
     assert_one_of("null", null, ("normal", "empirical"))
     assert_positive("max_null_pairs", max_null_pairs)
+    assert_positive("n_probe", n_probe)
     seed = settings.seed if seed is None else int(seed)
     shared = alignment.shared
     focus = []
@@ -892,15 +927,22 @@ def altered_interactions(alignment: Alignment, genes=None, *, n_genes: int | Non
     cr, cq = cr[fi, pj], cq[fi, pj]
     delta = cq - cr
     rng = np.random.default_rng([seed, 11])
-    dnull, xnull = _pair_null(alignment, int(max_null_pairs), rng)
-    if use_noise is None:
-        use_noise = alignment.noise is not None
-    if use_noise:
+    ni, nj, dnull = _pair_null(alignment, int(max_null_pairs), rng)
+    anc = alignment.anchors
+    if standardize == "genes":
+        need = focus.union(part, sort=False).union(anc, sort=False)
+        sg = _gene_change_scale(alignment, need, int(n_probe), np.random.default_rng([seed, 17]))
+        t = delta / np.sqrt(sg.loc[focus].to_numpy()[fi] ** 2 + sg.loc[part].to_numpy()[pj] ** 2)
+        sa = sg.loc[anc].to_numpy()
+        tnull = dnull / np.sqrt(sa[ni] ** 2 + sa[nj] ** 2)
+    elif standardize == "noise":
         if alignment.noise is None:
-            raise SigelInputError("use_noise=True but the alignment has no noise estimate; call "
+            raise SigelInputError("standardize='noise' needs a noise estimate; call "
                                   "align(..., reference_data=adata_ref, query_data=adata_query)")
-        a_, b_ = _gamma_identity_fit(dnull**2 + 1e-12, xnull)
         nz2 = alignment.noise["total"] ** 2
+        na = nz2.reindex(anc).to_numpy()
+        xnull = na[ni] + na[nj]
+        a_, b_ = _gamma_identity_fit(dnull**2 + 1e-12, xnull)
         x = nz2.reindex(focus).to_numpy()[fi] + nz2.reindex(part).to_numpy()[pj]
         t, tnull = delta / np.sqrt(a_ * x + b_), dnull / np.sqrt(a_ * xnull + b_)
     else:
@@ -933,9 +975,8 @@ def altered_interactions(alignment: Alignment, genes=None, *, n_genes: int | Non
         tab = tab.iloc[: int(top)]
     tab.index = pd.Index(tab["gene_a"].astype(str) + "|" + tab["gene_b"].astype(str), name="pair")
     tab.attrs.update(n_tested=int(n_tested), n_significant=n_sig, n_focus=int(len(focus)),
-                     n_partners=int(len(part)), null=null, null_location=loc, null_scale=sc,
-                     use_noise=bool(use_noise),
-                     n_null_pairs=int(len(dnull)))
+                     n_partners=int(len(part)), null=null, standardize=standardize, null_location=loc,
+                     null_scale=sc, n_null_pairs=int(len(dnull)))
     logger.info(f"altered_interactions: {n_tested:,} pairs ({len(focus)} focus x {len(part):,} partner genes), "
                 f"{n_sig:,} altered at q < 0.05 (null from {len(dnull):,} anchor pairs)")
     return tab

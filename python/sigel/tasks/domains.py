@@ -390,7 +390,7 @@ def prune_genes(
     model,
     adata,
     *,
-    keep: float | int = 0.2,
+    keep: float | int = 0.5,
     score="auto",
     group_by="contexts",
     threshold: float = 0.9,
