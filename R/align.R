@@ -483,14 +483,23 @@ plotShiftedGenes <- function(table, n_label = 10L, alpha = 0.05) {
     d$gene <- rownames(d)
     d$class <- ifelse(d$anchor, "anchor (held-out)",
                       ifelse(d$qval < alpha, paste0("q < ", alpha), "gene"))
-    d$label <- ifelse(seq_len(nrow(d)) <= n_label, d$gene, NA_character_)
+    # labels stacked in a column right of the top genes (no overlap)
+    k <- min(n_label, nrow(d))
+    rng <- range(d$score, finite = TRUE)
+    lab <- data.frame(x = d$rank[seq_len(k)], y = d$score[seq_len(k)],
+                      gene = d$gene[seq_len(k)],
+                      lx = max(d$rank) * 0.1,
+                      ly = rng[2] - diff(rng) * 0.07 * (seq_len(k) - 1))
     cols <- c("#bbbbbb", "#4477aa", "#cc3311")
     names(cols) <- c("anchor (held-out)", "gene", paste0("q < ", alpha))
-    ggplot2::ggplot(d, ggplot2::aes(x = .data$rank, y = .data$score,
-                                    colour = .data$class)) +
-        ggplot2::geom_point(size = 0.9) +
-        ggplot2::geom_text(ggplot2::aes(label = .data$label), hjust = -0.15,
-                           size = 2.6, na.rm = TRUE, show.legend = FALSE) +
+    ggplot2::ggplot(d, ggplot2::aes(x = .data$rank, y = .data$score)) +
+        ggplot2::geom_point(ggplot2::aes(colour = .data$class), size = 0.9) +
+        ggplot2::geom_segment(data = lab, ggplot2::aes(
+            x = .data$x, y = .data$y, xend = .data$lx, yend = .data$ly),
+            colour = "grey60", linewidth = 0.2) +
+        ggplot2::geom_text(data = lab, ggplot2::aes(
+            x = .data$lx, y = .data$ly, label = .data$gene),
+            hjust = -0.05, size = 2.6) +
         ggplot2::scale_colour_manual(values = cols, name = NULL) +
         ggplot2::labs(x = "rank", y = "shift score (robust z)",
                       title = sprintf("%d genes shifted at q < %g",

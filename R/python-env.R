@@ -109,8 +109,10 @@ sigelBackendInfo <- function() {
 
 #' Install the sigel Python backend into a reticulate virtualenv
 #'
-#' Creates the virtualenv `envname` (see [reticulate::virtualenv_create()])
-#' and installs, with that environment's pip, the pinned stack from
+#' Creates the virtualenv `envname` in reticulate's virtualenv root (with
+#' `python -m venv`, so it works offline; see
+#' [reticulate::virtualenv_root()]) and installs, with that environment's
+#' pip, the pinned stack from
 #' `requirements.txt` (torch, numpy < 2, ...) and then the backend itself.
 #' Works offline when `path` points to a local source checkout and the
 #' dependencies are in a local wheelhouse (`extra_pip_args =
@@ -142,7 +144,20 @@ installSigel <- function(envname = "r-sigel", path = NULL, python = NULL,
     if (!file.exists(path)) stop("`path` does not exist: ", path, call. = FALSE)
     path <- normalizePath(path)
     if (!reticulate::virtualenv_exists(envname)) {
-        reticulate::virtualenv_create(envname, python = python)
+        # `python -m venv` directly: works offline (reticulate's
+        # virtualenv_create() upgrades pip from the network and installs
+        # numpy 2, which reticulate 1.28 cannot read)
+        base <- if (is.null(python)) Sys.which("python3") else python
+        if (!nzchar(base)) {
+            stop("no python3 found; pass `python =`", call. = FALSE)
+        }
+        dir <- file.path(reticulate::virtualenv_root(), envname)
+        dir.create(dirname(dir), recursive = TRUE, showWarnings = FALSE)
+        st <- system2(base, c("-m", "venv", shQuote(dir)),
+                      env = "LD_LIBRARY_PATH=")
+        if (!identical(as.integer(st), 0L)) {
+            stop("could not create the virtualenv ", dir, call. = FALSE)
+        }
     }
     py <- reticulate::virtualenv_python(envname)
     pip <- function(...) {

@@ -161,10 +161,10 @@ def main(argv=None):
 
     hyper = {} if args.epochs is None else {"epochs": args.epochs}
     model = sigel.SIGEL(**hyper)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     model.fit(adata, library_size_key="sum_umi", device=args.device, seed=args.seed, progress=False,
               n_threads=args.threads)
-    fit_s = time.perf_counter() - t0
+    fit_s, fit_cpu = time.perf_counter() - t0, time.process_time() - c0
     rss_fit = peak_rss_gb()
     hist = model.history_
     G, D, K = len(model.embeddings_), model.embed_dim, model.n_contexts_
@@ -213,7 +213,9 @@ def main(argv=None):
         "n_genes": G, "n_spots": int(adata.n_obs), "embed_dim": D, "n_contexts": K,
         "image_shape": [int(model.images_.height), int(model.images_.width)], "patch_size": model.patch_size_,
         "epochs_run": int(model.epochs_run_), "stop_reason": model.stop_reason_,
-        "fit_seconds": fit_s, "seconds_per_epoch_mean": float(sec.mean()),
+        "fit_seconds": fit_s, "fit_cpu_seconds": fit_cpu,
+        "load_average_1_5_15": list(__import__("os").getloadavg()),
+        "seconds_per_epoch_mean": float(sec.mean()),
         "seconds_per_epoch_median": float(np.median(sec)),
         "seconds_per_epoch_by_phase": hist.groupby("phase")["seconds"].mean().to_dict(),
         "peak_rss_gb_after_load": rss_loaded, "peak_rss_gb_after_fit": rss_fit,

@@ -242,7 +242,13 @@ def _free_port() -> int:
 
 def _run(args: list, nproc: int = 1, timeout: float = 3600) -> list:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.path.join(ROOT, "python") + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    try:  # the sigel this driver sees (the checkout's python/ by default)
+        import sigel
+
+        pkg = os.path.dirname(os.path.dirname(os.path.abspath(sigel.__file__)))
+    except ImportError:
+        pkg = os.path.join(ROOT, "python")
+    env["PYTHONPATH"] = pkg + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("OMP_NUM_THREADS", "1")
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(nproc),

@@ -283,7 +283,8 @@ def markdown(rows, meta):
         lines.append("")
     gg = df[df["check"] == "ggipnn"]
     if len(gg):
-        r0 = {k: int(v) for k, v in gg.iloc[0].items() if k.startswith("n_")}
+        r0 = {k: int(gg.iloc[0][k]) for k in ("n_train_pairs", "n_train_input", "n_valid", "n_valid_input",
+                                               "n_valid_pos")}
         lines += [f"**GGIPNN interactions** (train on {r0['n_train_pairs']:,} covered train pairs of "
                   f"{r0['n_train_input']:,}; AUROC / AUPRC on {r0['n_valid']:,} covered valid pairs of "
                   f"{r0['n_valid_input']:,}, {r0['n_valid_pos']:,} positive)", "",

@@ -95,27 +95,33 @@ class SIGEL:
     decoder_width
         Channels of the convolutional decoder at patch resolution.
     mask_ratio
-        Fraction of in-tissue patches hidden from the encoder per step.
+        Fraction of in-tissue patches hidden from the encoder per step. Our
+        default 0.75 (DESIGN suggests ~0.5): on small, noisy gene images a
+        50 % mask makes reconstruction a local interpolation task and the
+        pooled vector learns little about the whole pattern; 0.75 is also
+        cheaper.
     epochs
         Maximum number of epochs in total (pre-training included). ``None``:
-        enough for about 6,000 gradient steps, bounded to [20, 60] epochs
-        (60 for a few hundred genes, about 23 for 8,000 genes).
+        enough for about 4,000 gradient steps, bounded to [16, 60] epochs
+        (60 for a few hundred genes, 16 for 8,000 genes).
     pretrain_epochs
         Epochs before refinement starts (reconstruction plus the scaffold
         term). ``None``: half of ``epochs``.
     batch_size
         Genes per gradient step.
     lr, weight_decay, warmup_epochs
-        AdamW learning rate (warm-up, then cosine decay to ``lr / 20``),
-        decoupled weight decay, warm-up length.
+        AdamW learning rate (linear warm-up over ``warmup_epochs`` epochs but
+        at least 50 and at most a tenth of all steps, then cosine decay to
+        ``lr / 20``), decoupled weight decay (not on biases and norms).
     refine
         Run the self-paced refinement (Modules II + III). ``False`` is the
         autoencoder-only ablation: the mixture is fitted once at the end.
     scaffold
         Use the image kNN similarity scaffold (graph smoothness term).
     scaffold_k, scaffold_weight
-        Neighbours per gene in the scaffold and the term's initial weight (it
-        decays linearly to 0 by the end of the self-paced ramp).
+        Neighbours per gene in the scaffold (kNN graph of the correlation of
+        smoothed images) and the initial weight of its contrastive smoothness
+        term, which decays linearly to 0 at the last epoch.
     mixture
         ``'student_t'`` (default) or ``'gaussian'`` (ablation).
     dirichlet_alpha
@@ -263,6 +269,8 @@ class SIGEL:
         self.fit_seconds_ = None
         self.n_contexts_ = None
         self.patch_size_ = None
+        self.epochs_ = None
+        self.pretrain_epochs_ = None
         self.image_options_ = {}
         self.fit_params_ = {}
         self.device_ = None
@@ -320,8 +328,8 @@ class SIGEL:
     def resolve_epochs(self, n_genes: int) -> tuple[int, int]:
         """The ``(epochs, pretrain_epochs)`` used for ``n_genes`` genes (resolving ``None`` defaults).
 
-        ``epochs=None`` gives about 6,000 gradient steps (``6000 * batch_size /
-        n_genes`` epochs) bounded to [20, 60]; ``pretrain_epochs=None`` half
+        ``epochs=None`` gives about 4,000 gradient steps (``4000 * batch_size /
+        n_genes`` epochs) bounded to [16, 60]; ``pretrain_epochs=None`` half
         of the epochs.
         """
         p = self.init_params_
@@ -329,7 +337,7 @@ class SIGEL:
             epochs = int(p["epochs"])
         else:
             steps_per_epoch = max(math.ceil(n_genes / p["batch_size"]), 1)
-            epochs = int(min(max(round(6000 / steps_per_epoch), 20), 60))
+            epochs = int(min(max(round(4000 / steps_per_epoch), 16), 60))
         pre = epochs // 2 if p["pretrain_epochs"] is None else min(int(p["pretrain_epochs"]), epochs)
         return epochs, pre
 
@@ -459,6 +467,7 @@ class SIGEL:
         self.device_ = str(dev)
         self.patch_size_ = patch
         self.n_contexts_ = K
+        self.epochs_, self.pretrain_epochs_ = self.resolve_epochs(G)
         self.images_ = images
         self.graph_ = result.graph
         self.stop_reason_ = result.stop_reason
@@ -620,10 +629,12 @@ class SIGEL:
             - ``adata.var[key_added + '_context']``: nullable ``Int64`` hard context;
             - ``adata.var[key_added + '_confidence']``: float, its membership;
             - ``adata.uns[key_added]``: dict with ``params`` (constructor
-              arguments), ``image_options``, ``history`` (dict of lists),
-              ``stop_reason``, ``epochs_run``, ``n_contexts``, ``n_genes``,
-              ``mixture`` (``log_pi``, ``mu``, ``var``, ``nu`` arrays) and
-              ``version``.
+              arguments; those left at ``None`` are omitted), ``resolved``
+              (``epochs``, ``pretrain_epochs``, ``patch_size``,
+              ``n_contexts`` actually used), ``image_options``, ``history``
+              (dict of lists), ``stop_reason``, ``epochs_run``,
+              ``n_contexts``, ``n_genes``, ``mixture`` (``log_pi``, ``mu``,
+              ``var``, ``nu`` arrays) and ``version``.
         """
         self._require_trained("write_to")
         var_names = pd.Index(adata.var_names.astype(str))
@@ -649,8 +660,11 @@ class SIGEL:
         mix = {k: v.detach().cpu().numpy() for k, v in self.mixture_.state_dict().items()}
         hist = {c: self.history_[c].tolist() for c in self.history_.columns} if self.history_ is not None else {}
         adata.uns[key_added] = {
-            "params": _jsonable({k: ("None" if v is None else v) for k, v in self.init_params_.items()}),
-            "image_options": _jsonable({k: ("None" if v is None else v) for k, v in self.image_options_.items()}),
+            "params": _jsonable({k: v for k, v in self.init_params_.items() if v is not None}),
+            "image_options": _jsonable({k: v for k, v in self.image_options_.items() if v is not None}),
+            "resolved": _jsonable({k: v for k, v in {"epochs": self.epochs_, "pretrain_epochs": self.pretrain_epochs_,
+                                                      "patch_size": self.patch_size_, "n_contexts": K}.items()
+                                   if v is not None}),
             "history": hist,
             "stop_reason": str(self.stop_reason_),
             "epochs_run": int(self.epochs_run_),
@@ -709,7 +723,8 @@ class SIGEL:
             "class": "SIGEL",
             "init_params": self.init_params_,
             "resolved": {"patch_size": self.patch_size_, "n_contexts": self.n_contexts_,
-                         "embed_dim": self.embed_dim, "mixture_prior_scale": mix.var_prior_scale_},
+                         "embed_dim": self.embed_dim, "epochs": self.epochs_,
+                         "pretrain_epochs": self.pretrain_epochs_, "mixture_prior_scale": mix.var_prior_scale_},
             "image_options": self.image_options_,
             "fit_params": self.fit_params_,
             "genes": [str(g) for g in self.embeddings_.index],
@@ -820,6 +835,8 @@ class SIGEL:
         model.device_ = str(dev)
         model.patch_size_ = int(res["patch_size"])
         model.n_contexts_ = int(res["n_contexts"])
+        model.epochs_ = res.get("epochs")
+        model.pretrain_epochs_ = res.get("pretrain_epochs")
         model.image_options_ = dict(cfg["image_options"])
         model.fit_params_ = dict(cfg.get("fit_params") or {})
         model.history_ = pd.DataFrame(cfg.get("history") or {})

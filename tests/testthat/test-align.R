@@ -42,8 +42,10 @@ test_that("shifted genes: planted changes on top, gene rownames", {
     expect_true(is.logical(tab$anchor))
     al <- sigelAlign(p$ref, p$qry, anchors = p$anchors)
     expect_equal(sigelShiftedGenes(al), tab)
-    expect_s3_class(plotShiftedGenes(tab), "ggplot")
-    expect_s3_class(plotAlignment(al), "ggplot")
+    for (g in list(plotShiftedGenes(tab), plotAlignment(al))) {
+        expect_s3_class(g, "ggplot")
+        expect_true(length(ggplot2::ggplot_build(g)$data) >= 2L)
+    }
 })
 
 test_that("altered interactions and module summary", {
@@ -61,7 +63,9 @@ test_that("altered interactions and module summary", {
     expect_equal(rownames(pairs)[1], paste(pairs$gene_a[1], pairs$gene_b[1],
                                            sep = "|"))
     expect_equal(nrow(sigelAlteredInteractions(al, top = 7)), 7L)
-    expect_s3_class(plotAlteredInteractions(pairs), "ggplot")
+    g <- plotAlteredInteractions(pairs)
+    expect_s3_class(g, "ggplot")
+    expect_true(length(ggplot2::ggplot_build(g)$data) >= 2L)
     pairs$context_reference_a <- "context_0"
     pairs$context_reference_b <- ifelse(pairs$gene_b == "g2", "context_1",
                                         "context_0")

@@ -21,6 +21,17 @@ Design choices (see ``DESIGN.md`` section 3):
   token are put back on the patch grid (plus the patch-level tissue mask as a
   channel), mixed by a 3x3 convolution and upsampled x2 per stage (transposed
   convolution + 3x3 convolution); the last x2 step maps straight to pixels.
+  The gene vector (pooled over the visible tokens) is added at every grid
+  position, so hidden regions far from any visible patch can only be
+  reconstructed through it: the vector has to summarise the whole image.
+- The gene vector pools the tokens with their mean plus a few learned
+  attention queries (position-aware weighted means), then a projection head.
+  A plain mean of near-linear token features mostly measures how much of the
+  tissue expresses the gene (DESIGN section 2 pitfall); the attention
+  read-outs say where.
+- Each block's output projections start scaled by 0.1 (the encoder starts
+  near the identity), which keeps the deep pre-norm encoder stable at the
+  learning rates a small model needs.
 """
 from __future__ import annotations
 

@@ -58,8 +58,10 @@ def shifted_genes(table: pd.DataFrame, *, n_label: int = 10, alpha: float = 0.05
     ax.scatter(x[rest], y[rest], s=8, c="#4477aa", label="gene", lw=0)
     ax.scatter(x[anc], y[anc], s=8, c="#bbbbbb", label="anchor (held-out)", lw=0)
     ax.scatter(x[sig], y[sig], s=12, c="#cc3311", label=f"q < {alpha:g}", lw=0)
+    # labels stacked in a column right of the top genes, joined by thin lines (no overlap)
     for i in range(min(int(n_label), len(t))):
-        ax.annotate(str(t.index[i]), (x[i], y[i]), xytext=(4, 0), textcoords="offset points", fontsize=7)
+        ax.annotate(str(t.index[i]), (x[i], y[i]), xytext=(0.1, 0.95 - 0.07 * i), textcoords="axes fraction",
+                    fontsize=7, va="center", arrowprops=dict(arrowstyle="-", lw=0.4, color="0.55"))
     ax.set_xlabel("rank")
     ax.set_ylabel("shift score (robust z)")
     ax.set_title(f"{int(sig.sum())} genes shifted at q < {alpha:g}", fontsize=9)

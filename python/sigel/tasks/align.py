@@ -1031,8 +1031,10 @@ def interaction_modules(pairs: pd.DataFrame, *, side: str = "reference", alpha: 
     g = df.groupby(["context_a", "context_b"], sort=False)
     out = g.agg(n_pairs=("delta", "size"), n_gained=("delta", lambda d: int((d > 0).sum())),
                 n_lost=("delta", lambda d: int((d < 0).sum())), mean_delta=("delta", "mean")).reset_index()
-    ng = g.apply(lambda d: len(set(d["gene_a"]) | set(d["gene_b"])), include_groups=False)
-    out["n_genes"] = ng.to_numpy()
+    long = pd.concat([df[["context_a", "context_b", "gene_a"]].rename(columns={"gene_a": "g"}),
+                      df[["context_a", "context_b", "gene_b"]].rename(columns={"gene_b": "g"})])
+    ng = long.groupby(["context_a", "context_b"])["g"].nunique()
+    out["n_genes"] = ng.reindex(pd.MultiIndex.from_frame(out[["context_a", "context_b"]])).to_numpy()
     out = out.sort_values(["n_pairs", "mean_delta"], ascending=[False, False], key=None).reset_index(drop=True)
     out.index = pd.Index(out["context_a"] + "|" + out["context_b"], name="contexts")
     return out[cols]

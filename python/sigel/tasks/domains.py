@@ -521,7 +521,7 @@ def prune_genes(
         if grp.isna().any():
             raise SigelInputError(f"`group_by` has no group for {int(grp.isna().sum())} genes, "
                                   f"e.g. {list(grp.index[grp.isna()][:5])}")
-        groups = pd.Series(pd.factorize(grp)[0], index=genes)
+        groups = grp
         group_method = "given"
     else:
         assert_one_of("group_by", group_by, _GROUP_BY)
@@ -581,8 +581,10 @@ def prune_genes(
     # ---- AnnData writes
     names = pd.Index(adata.var_names.astype(str))
     _keys.store(adata, "var", key_added, np.asarray(names.isin(sel.index)))
-    _keys.store(adata, "var", key_added + "_group",
-                pd.Series(df["group"].reindex(names).to_numpy(), index=adata.var_names).astype("Int64"))
+    gcol = pd.Series(df["group"].reindex(names).to_numpy(), index=adata.var_names)
+    if pd.api.types.is_numeric_dtype(df["group"]):
+        gcol = gcol.astype("Int64")
+    _keys.store(adata, "var", key_added + "_group", gcol)
     _keys.store(adata, "var", key_added + "_score",
                 pd.Series(df["score"].reindex(names).to_numpy(np.float64), index=adata.var_names))
     params = dict(keep=float(keep) if isinstance(keep, float) else int(keep), score=str(score_method),
