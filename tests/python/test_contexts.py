@@ -15,8 +15,9 @@ def fitted():
     import torch
 
     torch.set_num_threads(1)
-    adata = sigel.datasets.synthetic_tissue(200, n_families=FAMILIES_USED, seed=0)
-    model = sigel.SIGEL(n_contexts=6, embed_dim=16, epochs=12, pretrain_epochs=4).fit(adata, seed=0)
+    # small tissue, default network and schedule (shorter schedules stop before the families separate)
+    adata = sigel.datasets.synthetic_tissue(100, n_families=FAMILIES_USED, shape=(16, 16), seed=0)
+    model = sigel.SIGEL(n_contexts=6).fit(adata, seed=0, progress=False, n_threads=1)
     fam = adata.var["family"].astype(str)
     return adata, model, fam
 
@@ -42,14 +43,18 @@ def test_enrichment_finds_planted_families(fitted, tmp_path):
     rng = np.random.default_rng(1)
     gmt = tmp_path / "families.gmt"
     lines = [f"FAMILY_{f.upper()}\tplanted\t" + "\t".join(fam.index[fam == f]) for f in _family_genes(fam).unique()]
-    # control: a random gene set of the same size, and half of the pattern-free genes
-    lines.append("RANDOM_SET\tcontrol\t" + "\t".join(rng.choice(fam.index, 32, replace=False)))
+    # controls: 20 random gene sets of a family's size
+    for r in range(20):
+        lines.append(f"RANDOM_{r}\tcontrol\t" + "\t".join(rng.choice(fam.index, 16, replace=False)))
     gmt.write_text("\n".join(lines) + "\n")
     tab = sigel.tl.enrichment(model, str(gmt))
     best = tab.groupby("set")["q"].min()
     for f in _family_genes(fam).unique():
         assert best[f"FAMILY_{f.upper()}"] < 0.05, best
-    assert best.get("RANDOM_SET", 1.0) >= 0.05
+    # random sets: BH over all tests of the grouping keeps false positives rare
+    q_all = sigel.tl.enrichment(model, str(gmt), fdr_scope="all").groupby("set")["q"].min()
+    rand = q_all[q_all.index.str.startswith("RANDOM_")].reindex([f"RANDOM_{r}" for r in range(20)]).fillna(1.0)
+    assert (rand < 0.05).mean() <= 0.1, rand.sort_values().head()
     # contexts made (mostly) of pattern-free genes have no significant family set
     ctx = model.contexts_["context"].map(lambda k: f"context_{k}")
     free_frac = (fam[ctx.index] == "none").groupby(ctx).mean()
@@ -70,15 +75,12 @@ def test_interaction_auroc_family_pairs_vs_random(fitted):
     adata, model, fam = fitted
     fg = _family_genes(fam)
     rng = np.random.default_rng(0)
-    i = rng.integers(0, len(fg), 3000)
-    j = rng.integers(0, len(fg), 3000)
-    keep = i != j
-    a, b = fg.index[i[keep]], fg.index[j[keep]]
-    lab = (fg.to_numpy()[i[keep]] == fg.to_numpy()[j[keep]]).astype(int)
-    pos = np.flatnonzero(lab == 1)[:300]
-    neg = np.flatnonzero(lab == 0)[:300]
+    i, j = np.triu_indices(len(fg), 1)                     # distinct pairs, no duplicates across folds
+    lab = (fg.to_numpy()[i] == fg.to_numpy()[j]).astype(int)
+    pos = rng.choice(np.flatnonzero(lab == 1), 250, replace=False)
+    neg = rng.choice(np.flatnonzero(lab == 0), 250, replace=False)
     sel = np.concatenate([pos, neg])
-    pairs = pd.DataFrame({"a": a[sel], "b": b[sel], "label": lab[sel]})
+    pairs = pd.DataFrame({"a": fg.index[i[sel]], "b": fg.index[j[sel]], "label": lab[sel]})
     tab = sigel.tl.interactions(model, pairs, classifiers="logistic", seed=0)
     s = tab.set_index("embedding")["auroc"]
     assert s["sigel"] >= 0.9, tab
