@@ -93,8 +93,9 @@
 #' Spatially variable genes against simulated homogeneous controls
 #'
 #' For every gene, simulates `n_null + 1` spatially homogeneous controls from
-#' the gene's own zero-inflated negative binomial marginal (depth-aware,
-#' shuffled over the tissue; see [simulateHomogeneous()]), images and embeds
+#' the gene's own marginal shuffled over the tissue (its values permuted, or
+#' a fitted zero-inflated negative binomial, see [simulateHomogeneous()];
+#' both keep each spot's library size), images and embeds
 #' them with the trained SIGEL encoder in batches, and scores the gene by the
 #' distance of its vector from its controls' mean over the controls' spread.
 #' P-values come from the controls' own (leave-one-out) scores pooled over
@@ -109,10 +110,11 @@
 #' @param genes `character` or `NULL`: genes to test (default: every gene
 #'   the model embedded).
 #' @param metric `character(1)`: `"cosine"` or `"euclidean"`.
-#' @param null `character(1)`: controls from a fitted zero-inflated negative
-#'   binomial (`"zinb"`, [simulateHomogeneous()]) or the gene's own values
-#'   shuffled (`"permutation"`, exact marginal; the ZINB null is conservative
-#'   when the noise is lighter-tailed than negative binomial).
+#' @param null `character(1)`: controls are the gene's own values shuffled
+#'   over the spots (`"permutation"`, depth-adjusted, its exact marginal) or
+#'   drawn from a fitted zero-inflated negative binomial (`"zinb"`,
+#'   [simulateHomogeneous()]; conservative when the noise is lighter-tailed
+#'   than negative binomial).
 #' @param depth_aware `logical(1)`: controls keep each spot's library size.
 #' @param model `NULL`, or the trained model when `x` carries no results: an
 #'   object returned by [runSIGEL()], a [SigelModel-class] or a saved model
@@ -144,7 +146,7 @@
 #' @export
 sigelSVG <- function(x, n_null = 10L, n_bins = 10L, genes = NULL,
                      metric = c("cosine", "euclidean"),
-                     null = c("zinb", "permutation"), depth_aware = TRUE,
+                     null = c("permutation", "zinb"), depth_aware = TRUE,
                      model = NULL, coords = NULL, library_size = NULL,
                      seed = 0L, verbose = FALSE) {
     n_null <- .svg_int(n_null, "n_null", 2L)
@@ -319,7 +321,8 @@ sigelPatternSearch <- function(x, template, quantiles = NULL, means = NULL,
 #'     cmp$spearman
 #' }
 #' @export
-sigelCompareSVG <- function(x, n_null = 10L, null = c("zinb", "permutation"),
+sigelCompareSVG <- function(x, n_null = 10L,
+                            null = c("permutation", "zinb"),
                             top_k = c(50L, 100L), k = 6L,
                             genes = NULL, model = NULL, coords = NULL,
                             library_size = NULL, seed = 0L, verbose = FALSE) {

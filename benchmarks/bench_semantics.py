@@ -56,10 +56,32 @@ def log(msg):
     print(f"[bench_semantics] {msg}", file=sys.stderr, flush=True)
 
 
+class SavedResults:
+    """The results stored in a saved model directory (embeddings, memberships, contexts), read without
+    rebuilding the network: works for a model saved by an older sigel whose weights no longer load."""
+
+    def __init__(self, path: Path):
+        from safetensors.numpy import load_file
+
+        cfg = json.loads((path / "config.json").read_text())
+        t = load_file(str(path / "weights.safetensors"))
+        genes = pd.Index([str(g) for g in cfg["genes"]])
+        E, R = t["results.embeddings"], t["results.memberships"]
+        self.embeddings_ = pd.DataFrame(E, index=genes, columns=[f"dim_{i}" for i in range(E.shape[1])])
+        self.memberships_ = pd.DataFrame(R, index=genes, columns=[f"context_{k}" for k in range(R.shape[1])])
+        self.contexts_ = pd.DataFrame({"context": R.argmax(1), "confidence": R.max(1)}, index=genes)
+        self.is_trained = True
+        self.config = cfg
+
+
 def load_or_fit(sigel, adata, path: Path, seed: int, threads: int):
     if (path / "config.json").exists():
         log(f"loading model {path}")
-        return sigel.SIGEL.load(path), 0.0
+        try:
+            return sigel.SIGEL.load(path), 0.0
+        except Exception as e:  # saved by another sigel version: its results are still readable
+            log(f"the network does not load ({str(e).splitlines()[0][:120]}); reading the saved results only")
+            return SavedResults(path), 0.0
     log(f"fitting the default SIGEL model on {adata.n_obs} spots x {adata.n_vars} genes (saved to {path})")
     t = time.perf_counter()
     model = sigel.SIGEL().fit(adata, library_size_key="sum_umi", seed=seed, n_threads=threads)

@@ -158,3 +158,17 @@ test_that("objects without spot names get made-up ones for the backend", {
     lib <- sigel:::.input_parts(s, library_size = 11:16)$library_size
     expect_equal(lib, 11:16)
 })
+
+test_that("SpatialExperiment: spatialCoords() (skipped where not installed)", {
+    skip_if_not_installed("SpatialExperiment")
+    m <- mini_counts()
+    spe <- SpatialExperiment::SpatialExperiment(
+        assays = list(counts = m),
+        spatialCoords = cbind(pxl_col = (1:6) * 10.5, pxl_row = (6:1) * 3.5))
+    cc <- sigel:::.coords_sce(spe)
+    expect_match(cc$where, "spatialCoords")
+    expect_equal(cc$obsm[, 1], (1:6) * 10.5)
+    SummarizedExperiment::colData(spe)$array_row <- c(0, 0, 1, 1, 2, 2)
+    SummarizedExperiment::colData(spe)$array_col <- c(0, 2, 1, 3, 0, 2)
+    expect_equal(colnames(sigel:::.coords_sce(spe)$obs), c("array_row", "array_col"))
+})
