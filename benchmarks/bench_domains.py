@@ -115,6 +115,8 @@ def main(argv=None):
     ap.add_argument("--keep", type=float, nargs="+", default=[0.5, 0.2],
                     help="prune_genes keep values (fraction or number per group); one 'pruned' condition each, "
                          "the first also sizes 'moran_top'")
+    ap.add_argument("--drop", choices=("groups", "genes"), default="groups",
+                    help="prune_genes drop= ('genes' adds the suffix _dropgenes to the pruned conditions)")
     ap.add_argument("--n-hvg", type=int, default=3000)
     ap.add_argument("--conditions", nargs="+", default=["all", "hvg3000", "pruned", "moran_top"])
     ap.add_argument("--svg", action="store_true", help="also run pruned_svg (sigel.tl.svg scores; slow)")
@@ -134,10 +136,11 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     keeps = [int(k) if k >= 1 else float(k) for k in args.keep]
+    sfx = "" if args.drop == "groups" else "_dropgenes"
     base = [c for c in args.conditions if c != "pruned"]
     conditions = [c for c in base if c in ("all", "hvg3000")] + \
-        ([f"pruned_k{k}" for k in keeps] if "pruned" in args.conditions else []) + \
-        [c for c in base if c not in ("all", "hvg3000")] + ([f"pruned_svg_k{keeps[0]}"] if args.svg else [])
+        ([f"pruned_k{k}{sfx}" for k in keeps] if "pruned" in args.conditions else []) + \
+        [c for c in base if c not in ("all", "hvg3000")] + ([f"pruned_svg_k{keeps[0]}{sfx}"] if args.svg else [])
     records = []
     for sample in args.samples:
         f = Path(args.data) / "dlpfc" / f"dlpfc_{sample}_counts.h5ad"
@@ -160,8 +163,9 @@ def main(argv=None):
         moran_s = time.perf_counter() - t
         for i, keep in enumerate(keeps if ("pruned" in args.conditions or "moran_top" in args.conditions) else []):
             t = time.perf_counter()
-            sel = sigel.tl.prune_genes(model, adata, keep=keep, score=moran, library_size_key="sum_umi")
-            name = f"pruned_k{keep}"
+            sel = sigel.tl.prune_genes(model, adata, keep=keep, score=moran, library_size_key="sum_umi",
+                                       drop=args.drop)
+            name = f"pruned_k{keep}{sfx}"
             prep[name] = dict(seconds=time.perf_counter() - t + moran_s, n_groups=sel.attrs["n_groups"],
                               n_groups_kept=sel.attrs["n_groups_kept"], score="morans_i")
             genesets[name] = sel.index
@@ -170,8 +174,9 @@ def main(argv=None):
                 genesets["moran_top"] = moran.index[:len(sel)]
         if args.svg:
             t = time.perf_counter()
-            sel = sigel.tl.prune_genes(model, adata, keep=keeps[0], score="svg", library_size_key="sum_umi")
-            name = f"pruned_svg_k{keeps[0]}"
+            sel = sigel.tl.prune_genes(model, adata, keep=keeps[0], score="svg", library_size_key="sum_umi",
+                                       drop=args.drop)
+            name = f"pruned_svg_k{keeps[0]}{sfx}"
             prep[name] = dict(seconds=time.perf_counter() - t, n_groups=sel.attrs["n_groups"],
                               n_groups_kept=sel.attrs["n_groups_kept"], score="svg")
             genesets[name] = sel.index

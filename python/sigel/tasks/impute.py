@@ -646,7 +646,7 @@ def impute(
         var[c] = np.r_[conf[c].to_numpy(np.float64) if len(query_ref) else [], np.full(img.n_genes, np.nan)]
     var["nearest_measured"] = list(conf["nearest_measured"].astype(str)) + [""] * img.n_genes
     ref_of = problem.ref_of
-    var["reference_gene"] = list(query_ref) + [str(ref_of.get(g, "")) for g in img.genes]
+    var["reference_gene"] = list(query_ref) + list(ref_of.reindex(img.genes).fillna("").astype(str))
     obs = target_adata.obs.copy()
     obs.index = pd.Index(img.spot_names)
     out = ad.AnnData(X=X.astype(np.float32), obs=obs, var=var)
