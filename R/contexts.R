@@ -487,7 +487,7 @@ sigelInteractions <- function(x, pairs, labels = NULL, new_pairs = NULL,
 #' @examples
 #' if (sigelPythonAvailable()) {
 #'     sce <- sigelExampleData()
-#'     sce <- sce[order(-Matrix::rowSums(counts(sce)))[1:60], ]
+#'     sce <- sce[order(-Matrix::rowSums(SingleCellExperiment::counts(sce)))[1:60], ]
 #'     sce <- runSIGEL(sce, epochs = 2, pretrain_epochs = 1, n_contexts = 3,
 #'                     embed_dim = 8, seed = 1, verbose = FALSE)
 #'     sc <- sigelContextScores(sce)

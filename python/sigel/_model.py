@@ -155,8 +155,13 @@ class SIGEL:
         Index genes; ``context`` (int, hard assignment) and ``confidence``
         (its membership).
     history_ : pandas.DataFrame
-        One row per epoch: loss terms, ``label_change``, ``n_selected``,
-        ``seconds``, ...
+        One row per epoch: ``epoch``, ``phase`` (``'pretrain'``/``'refine'``),
+        ``loss`` (weighted total) and its unweighted terms ``recon``,
+        ``scaffold``, ``contrastive``, ``mixture`` (NaN when off),
+        ``scaffold_weight``, ``lr``, ``label_change`` (fraction of genes whose
+        hard context changed since the previous epoch), ``select_fraction``,
+        ``n_selected``, ``n_contexts_used``, ``mixture_log_posterior`` (per
+        gene) and ``seconds``.
     mixture_ : sigel.model.MixtureParams
         Fitted mixture (``log_pi``, ``mu``, ``var``, ``nu``).
     images_ : sigel.GeneImages or None
@@ -165,7 +170,25 @@ class SIGEL:
         The image kNN scaffold used in training.
     stop_reason_ : str
         ``'converged'`` or ``'max_epochs'``.
+    epochs_run_ : int
+        Epochs run (``<= epochs_``).
+    epochs_, pretrain_epochs_, patch_size_, n_contexts_ : int
+        The values actually used (``None`` defaults resolved at fit time).
+    image_options_ : dict
+        Options to rebuild gene images for :meth:`transform`.
     is_trained : bool
+
+    Notes
+    -----
+    Training: ``pretrain_epochs`` epochs of masked reconstruction plus the
+    scaffold term (a contrastive smoothness loss on the kNN graph of the
+    smoothed images, weight decaying linearly to 0 at the last epoch), then
+    refinement epochs: embed all genes, warm-started MAP-EM (the first time:
+    10 k-means++ restarts, the best log posterior kept), self-paced selection
+    of each context's most confident genes, and mini-batch steps on
+    reconstruction + prototype-contrastive + mixture likelihood + scaffold.
+    The refinement terms act on the unmasked embedding of each batch (the
+    same view used to cluster), reconstruction on a masked view.
 
     Examples
     --------

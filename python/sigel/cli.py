@@ -43,6 +43,12 @@ def _fit(adata, args):
         hyper["n_contexts"] = args.n_contexts
     model = SIGEL(**hyper)
     fit_kw = dict(device=args.device, seed=args.seed, progress=not args.quiet, n_threads=args.threads)
+    if args.n_genes:
+        from . import tl
+
+        lib = getattr(args, "library_size_key", None)
+        mi = tl.morans_i(adata, layer=getattr(args, "layer", None), library_size_key=lib)
+        fit_kw["genes"] = list(mi.index[: args.n_genes])
     if getattr(args, "library_size_key", None):
         fit_kw["library_size_key"] = args.library_size_key
     if getattr(args, "layer", None):
@@ -57,6 +63,10 @@ def _common(p):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    demo = not p.prog.endswith("train")
+    p.add_argument("--n-genes", type=int, default=1500 if demo else None,
+                   help="embed only the N genes with the highest Moran's I (default: all genes"
+                        + ("; the demo uses 1500 to finish in minutes on a laptop CPU)" if demo else ")"))
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

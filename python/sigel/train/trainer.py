@@ -524,10 +524,11 @@ class Trainer:
                     frac = schedule(epoch, cfg.pretrain_epochs, cfg.ramp_epochs, cfg.select_start, cfg.select_end)
                     rec.update(label_change=change, select_fraction=frac,
                                n_contexts_used=int(torch.unique(labels).numel()),
-                               mixture_loglik=float(self.mixture.history_[-1]) / G if self.mixture.history_ else math.nan)
+                               mixture_log_posterior=(float(self.mixture.history_[-1]) / G
+                                                      if self.mixture.history_ else math.nan))
                     if (not first and epoch >= cfg.ramp_end and change < cfg.tol):
                         stop_reason = "converged"
-                        rec.update(seconds=time.perf_counter() - t0, n_selected=0)
+                        rec["seconds"] = time.perf_counter() - t0
                         history.append(rec)
                         bar.update(1)
                         bar.set_postfix(change=f"{change:.4f}", s=f"{rec['seconds']:.1f}")
