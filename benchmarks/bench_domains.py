@@ -181,8 +181,8 @@ def main(argv=None):
                               n_groups_kept=sel.attrs["n_groups_kept"], score="svg")
             genesets[name] = sel.index
             sel.to_csv(out / f"{name}_{sample}.csv")
-        overlap = {k: int(len(pd.Index(v).intersection(genesets.get("hvg3000", pd.Index([])))))
-                   for k, v in genesets.items()}
+        overlap = ({k: int(len(pd.Index(v).intersection(genesets["hvg3000"]))) for k, v in genesets.items()}
+                   if "hvg3000" in genesets else {})
         for cond in [c for c in conditions if c in genesets]:
             genes = genesets[cond]
             for seed in args.seeds:
