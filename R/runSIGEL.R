@@ -8,28 +8,29 @@
 .sigel_hyper <- function(n_contexts = NULL, embed_dim = 32L, patch_size = NULL,
                          max_tokens = 128L, width = 32L, depth = 4L,
                          n_heads = 4L, mlp_ratio = 2, decoder_width = 32L,
-                         mask_ratio = 0.5, epochs = 40L, pretrain_epochs = 10L,
-                         batch_size = 64L, lr = 2e-3, weight_decay = 0.05,
-                         warmup_epochs = 2L, refine = TRUE, scaffold = TRUE,
-                         scaffold_k = 10L, scaffold_weight = 1,
-                         mixture = "student_t", dirichlet_alpha = 2,
-                         contrastive_weight = 1, mixture_weight = 0.1,
-                         temperature = 0.2, select_start = 0.3, select_end = 1,
-                         em_iters = 5L, tol = 1e-3, amp = FALSE,
-                         embed_batch_size = 256L) NULL
+                         mask_ratio = 0.75, epochs = NULL,
+                         pretrain_epochs = NULL, batch_size = 32L, lr = 3e-3,
+                         weight_decay = 0.05, warmup_epochs = 2L,
+                         refine = TRUE, scaffold = TRUE, scaffold_k = 10L,
+                         scaffold_weight = 1, mixture = "student_t",
+                         dirichlet_alpha = 2, contrastive_weight = 1,
+                         mixture_weight = 0.1, temperature = 0.2,
+                         select_start = 0.3, select_end = 1, em_iters = 5L,
+                         tol = 1e-3, amp = FALSE, embed_batch_size = 256L) NULL
 
 .hyper_names <- function() names(formals(.sigel_hyper))
 
 # Check types in R and convert to what Python expects (ints stay ints).
 .py_hyper <- function(hyper) {
     defs <- formals(.sigel_hyper)
-    int_like <- c("n_contexts", "patch_size",
-                  names(defs)[vapply(defs, is.integer, logical(1))])
+    # NULL defaults ("automatic" in Python) are all integer parameters
+    nullable <- names(defs)[vapply(defs, is.null, logical(1))]
+    int_like <- c(nullable, names(defs)[vapply(defs, is.integer, logical(1))])
     out <- list()
     for (nm in names(hyper)) {
         v <- hyper[[nm]]
         if (is.null(v)) {
-            if (!nm %in% c("n_contexts", "patch_size")) {
+            if (!nm %in% nullable) {
                 stop("`", nm, "` must not be NULL", call. = FALSE)
             }
             out[nm] <- list(NULL)
@@ -485,13 +486,16 @@
 #' @param width,depth,n_heads,mlp_ratio transformer encoder: token width,
 #'   blocks, attention heads and MLP ratio.
 #' @param decoder_width `integer(1)`: channels of the convolutional decoder.
-#' @param mask_ratio `numeric(1)`: fraction of in-tissue patches masked.
-#' @param epochs `integer(1)`: maximum number of epochs (pre-training
-#'   included).
-#' @param pretrain_epochs `integer(1)`: reconstruction-only epochs first.
+#' @param mask_ratio `numeric(1)`: fraction of in-tissue patches masked per
+#'   step.
+#' @param epochs `integer(1)` or `NULL`: maximum number of epochs
+#'   (pre-training included); `NULL`: enough for about 4,000 gradient steps,
+#'   between 16 and 60 epochs.
+#' @param pretrain_epochs `integer(1)` or `NULL`: epochs before refinement
+#'   (reconstruction and scaffold terms); `NULL`: half of `epochs`.
 #' @param batch_size `integer(1)`: genes per gradient step.
 #' @param lr,weight_decay,warmup_epochs AdamW learning rate (warm-up, then
-#'   cosine decay), weight decay and warm-up length.
+#'   cosine decay to `lr / 20`), weight decay and warm-up length.
 #' @param refine `logical(1)`: run the self-paced refinement (Modules II +
 #'   III); `FALSE` is the autoencoder-only ablation.
 #' @param scaffold `logical(1)`: use the image kNN similarity scaffold.
