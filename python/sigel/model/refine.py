@@ -26,6 +26,7 @@ __all__ = [
     "prototype_contrastive_loss",
     "mixture_nll_loss",
     "scaffold_contrastive_loss",
+    "thin_images",
     "refinement_losses",
     "label_change",
 ]
@@ -58,7 +59,9 @@ class RefineState:
         Loss weights for this epoch: keys ``recon``, ``contrastive``,
         ``mixture``, ``scaffold``.
     temperature
-        Softmax temperature of the contrastive term.
+        Softmax temperature of the contrastive terms.
+    self_weight
+        Weight of a gene's own bank entry among its scaffold positives.
     """
 
     embeddings: torch.Tensor
@@ -71,6 +74,7 @@ class RefineState:
     graph: object | None
     weights: dict
     temperature: float = 0.2
+    self_weight: float = 1.0
 
 
 # ----------------------------------------------------------------- selection
@@ -193,21 +197,28 @@ def mixture_nll_loss(z: torch.Tensor, mixture, weight: torch.Tensor | None = Non
 
 
 def scaffold_contrastive_loss(z: torch.Tensor, idx: torch.Tensor, graph, bank: torch.Tensor,
-                              center: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+                              center: torch.Tensor, temperature: float = 0.2,
+                              self_weight: float = 1.0) -> torch.Tensor:
     """Graph smoothness on the image scaffold, as a contrastive term against a memory bank.
 
-    Each gene is pulled toward its image neighbours and, through the softmax
-    over all genes, away from the rest: ``-sum_j w_ij log softmax_g(cos(z_i,
-    Z_g) / T)[j]`` with ``w`` the normalised scaffold weights of gene ``i``
-    and ``Z`` the epoch's (detached) embeddings of every gene (the bank; the
-    gene itself is excluded). The negatives keep the term from being
-    minimised by collapsing everything onto one point, which a plain
+    Each gene is pulled toward its image neighbours (and its own bank entry)
+    and, through the softmax over all genes, away from the rest:
+    ``-sum_j w_ij log softmax_g(cos(z_i, Z_g) / T)[j]``. The positives are the
+    scaffold neighbours, weighted by their (clipped) image correlation, plus
+    the gene itself with weight ``self_weight``; weights are normalised to sum
+    to one per gene. A gene whose image resembles others strongly is thus
+    mostly pulled toward them, while a gene with only weak, chance neighbours
+    (a sparse, pattern-free gene) is mostly asked to stay recognisable as
+    itself: chance neighbours do not drag it around. ``Z`` is the epoch's
+    (detached) embeddings of every gene. The negatives keep the term from
+    being minimised by collapsing everything onto one point, which a plain
     squared-distance smoothness would reward.
 
     Parameters
     ----------
     z
-        ``(B, D)`` embeddings of the batch (with grad).
+        ``(B, D)`` embeddings of the batch (with grad), usually of an
+        augmented (thinned) view, so that the self-positive teaches invariance.
     idx
         ``(B,)`` gene indices of the batch (rows of ``graph`` and ``bank``).
     graph
@@ -218,6 +229,9 @@ def scaffold_contrastive_loss(z: torch.Tensor, idx: torch.Tensor, graph, bank: t
         ``(D,)`` centring vector.
     temperature
         Softmax temperature.
+    self_weight
+        Weight of the gene itself among its positives (0: neighbours only,
+        and the gene is removed from its own softmax).
 
     Returns
     -------
@@ -227,17 +241,52 @@ def scaffold_contrastive_loss(z: torch.Tensor, idx: torch.Tensor, graph, bank: t
     zc = F.normalize(z.float() - center, dim=1)
     logits = zc @ bank.T / temperature  # (B, G)
     rows = torch.arange(len(idx), device=z.device)
-    logits = logits.index_put((rows, idx), torch.tensor(-float("inf"), device=z.device))
+    if self_weight <= 0:
+        logits = logits.index_put((rows, idx), torch.tensor(-float("inf"), device=z.device))
     logp = torch.log_softmax(logits, dim=1)
     nb = graph.indices[idx]
     w = graph.weights[idx].to(logp.dtype)
-    w = w / w.sum(1, keepdim=True).clamp(min=1e-12)
     lp = torch.gather(logp, 1, nb)
-    per = -(w * lp).sum(1)
-    has = graph.weights[idx].sum(1) > 0
+    num = (w * lp).sum(1)
+    den = w.sum(1)
+    if self_weight > 0:
+        num = num + self_weight * logp[rows, idx]
+        den = den + self_weight
+    has = den > 0
     if not bool(has.any()):
         return z.sum() * 0.0
-    return per[has].mean()
+    return -(num[has] / den[has]).mean()
+
+
+def thin_images(x: torch.Tensor, max_drop: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Augmentation: simulate shallower sequencing by dropping in-tissue pixel values.
+
+    Each gene draws a drop rate ``r ~ U(0, max_drop)`` and every pixel value
+    is zeroed with probability ``r`` (the tissue-mask channel is kept). A
+    densely expressed gene then looks like a sparser one with the same
+    pattern; asking both views for the same vector keeps detection rate out
+    of the embedding (DESIGN section 2).
+
+    Parameters
+    ----------
+    x
+        ``(B, 2, H, W)`` value + mask channels.
+    max_drop
+        Largest drop rate, in ``[0, 1)``.
+    generator
+        Torch generator on ``x``'s device.
+
+    Returns
+    -------
+    torch.Tensor
+        A new ``(B, 2, H, W)`` tensor.
+    """
+    if max_drop <= 0:
+        return x
+    B = x.shape[0]
+    rate = torch.rand(B, 1, 1, device=x.device, generator=generator) * max_drop
+    keep = torch.rand(x[:, 0].shape, device=x.device, generator=generator) >= rate
+    return torch.stack([x[:, 0] * keep.to(x.dtype), x[:, 1]], dim=1)
 
 
 def refinement_losses(recon: torch.Tensor, z: torch.Tensor, idx: torch.Tensor, state: RefineState) -> dict:
@@ -277,7 +326,8 @@ def refinement_losses(recon: torch.Tensor, z: torch.Tensor, idx: torch.Tensor, s
         out["mixture"] = m
         total = total + w["mixture"] * m
     if w.get("scaffold", 0.0) > 0 and state.graph is not None:
-        s = scaffold_contrastive_loss(z, idx, state.graph, state.bank, state.center, state.temperature)
+        s = scaffold_contrastive_loss(z, idx, state.graph, state.bank, state.center, state.temperature,
+                                      state.self_weight)
         out["scaffold"] = s
         total = total + w["scaffold"] * s
     out["total"] = total

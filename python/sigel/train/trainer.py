@@ -36,6 +36,7 @@ from ..model.refine import (
     refinement_losses,
     schedule,
     select_confident,
+    thin_images,
 )
 from ..model.scaffold import image_knn_graph
 
@@ -75,6 +76,11 @@ class TrainConfig:
         (an extra encoder pass on all tissue tokens, the same view used to
         embed and cluster) or ``'masked'`` (the vector pooled over the visible
         tokens of the reconstruction pass; cheaper, noisier).
+    thinning
+        Largest per-gene pixel drop rate of the augmented view the
+        refinement and scaffold terms see (0 = no augmentation).
+    scaffold_self_weight
+        Weight of a gene itself among its scaffold positives.
     refine
         Run Modules II + III (``False``: autoencoder only; the mixture is fitted
         once at the end).
@@ -111,6 +117,8 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     mask_ratio: float = 0.5
     refine_view: str = "full"
+    thinning: float = 0.7
+    scaffold_self_weight: float = 1.0
     refine: bool = True
     scaffold: bool = True
     scaffold_k: int = 10
@@ -381,7 +389,7 @@ def gradient_steps(model, images, batches, optimizer, *, state: RefineState, dev
             out = model(x, mask_ratio=cfg.mask_ratio, generator=mask_generator)
             z = out["z"]
             if full_view:
-                z = model.embed(x)
+                z = model.embed(thin_images(x, cfg.thinning, mask_generator))
         terms = refinement_losses(out["loss"].float(), z.float(), idx_d, state)
         for name, v in terms.items():
             if not torch.isfinite(v):
@@ -463,7 +471,7 @@ class Trainer:
         }
         return RefineState(embeddings=Z, labels=labels, selected=selected, prototypes=prototypes, center=center,
                            bank=bank, mixture=self.mixture if refining else None, graph=graph, weights=weights,
-                           temperature=cfg.temperature)
+                           temperature=cfg.temperature, self_weight=cfg.scaffold_self_weight)
 
     @staticmethod
     def _check_spread(Z: torch.Tensor, epoch: int) -> None:
