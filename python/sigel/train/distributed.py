@@ -25,9 +25,10 @@ Every process (rank) runs the same script; :func:`setup_distributed` sees
    process); each rank takes a contiguous share of every batch. Every loss
    term is normalised by its *global* batch denominator (each rank knows the
    whole batch), so the DDP-averaged gradient is the gradient of the
-   one-process batch loss. On CPU the patch-masking draws are also aligned
-   with the one-process run (each rank skips the draws of the rows before its
-   share).
+   one-process batch loss. On CPU the per-gene random draws of a step (patch
+   masking, thinning augmentation) are also those of the one-process run:
+   each rank skips the draws of the genes before its share
+   (:class:`_AlignedDraws`).
 5. **Similarity scaffold** - built shard-wise: the smoothed image features in
    blocks, then the kNN rows of each rank's genes against all genes, then
    all-gathered.
@@ -52,6 +53,7 @@ Every rank ends with the full results; write files on rank 0 only
 from __future__ import annotations
 
 import atexit
+import contextlib
 import math
 import os
 import socket
@@ -62,13 +64,14 @@ from datetime import timedelta
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.overrides import TorchFunctionMode
 
 from .._settings import logger
 from ..data.multisample import SampleImages
 from ..model.mixture_stats import fit_sharded
 from ..model.refine import RefineState, refinement_losses
 from ..model.scaffold import GeneGraph, smoothed_image_features
-from .trainer import Trainer, _autocast, embed_all, fit_mixture, lr_at
+from .trainer import Trainer, _autocast, embed_all, fit_mixture, lr_at, training_views, uses_full_view
 
 __all__ = [
     "Comm",
@@ -489,21 +492,66 @@ def _broadcast_params(mixture, comm: Comm, src: int, like: torch.Tensor) -> None
 
 # --------------------------------------------------------------------- trainer
 class _StepModule(nn.Module):
-    """One training forward (masked pass, per-gene reconstruction error, gene vectors) as a single DDP call."""
+    """One training forward (:func:`~sigel.train.trainer.training_views` plus the per-gene
+    reconstruction error) as a single DDP call."""
 
-    def __init__(self, mae: nn.Module):
+    def __init__(self, mae: nn.Module, cfg):
         super().__init__()
         self.mae = mae
+        self.cfg = cfg
 
-    def forward(self, x, mask_ratio: float, generator, full_view: bool):
-        out = self.mae(x, mask_ratio=mask_ratio, generator=generator)
+    def forward(self, x, generator, full_view: bool):
+        out, z = training_views(self.mae, x, self.cfg, generator, full_view)
         per = self.mae.loss(x, out["pred"], out["tokens"], reduction="none")
-        z = self.mae.embed(x) if full_view else out["z"]
         return per, z
 
 
-def _n_tokens(images, patch_size: int) -> int:
-    return (-(-images.height // patch_size)) * (-(-images.width // patch_size))
+class _AlignedDraws(TorchFunctionMode):
+    """Make this rank's random draws the rows a one-process run would draw for its genes.
+
+    Within a training step every ``torch.rand(B, ...)`` drawn from the step
+    generator is per gene (leading dimension = batch: the patch masking, the
+    thinning augmentation). In one process the whole batch draws ``B x m``
+    values in a row; here the rank holding genes ``[before, before + local)``
+    of the batch skips ``before x m`` values, draws its ``local x m`` and skips
+    the rest, so every rank leaves the generator where one process would. On
+    the CPU generator this reproduces the one-process values exactly (draws
+    are sequential); on CUDA (Philox offsets) it keeps the ranks' draws
+    distinct but not equal to one process. Draws whose leading dimension is
+    not the local batch are replayed as they are. A rank holding no genes of
+    the batch runs a zero-weight stand-in gene on ``dummy`` and only advances
+    the step generator.
+    """
+
+    def __init__(self, generator, before: int, local: int, total: int, dummy=None):
+        super().__init__()
+        self.gen, self.before, self.local, self.total, self.dummy = generator, before, local, total, dummy
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        g = kwargs.get("generator")
+        if func is not torch.rand or g is None or (g is not self.gen and g is not self.dummy):
+            return func(*args, **kwargs)
+        shape = tuple(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list, torch.Size)) else \
+            tuple(kwargs.get("size", args))
+        extra = dict(device=kwargs.get("device"), dtype=kwargs.get("dtype"))
+        per_gene = len(shape) > 0 and shape[0] == self.local
+        per = math.prod(shape[1:]) if per_gene else 0
+        if g is self.dummy:  # stand-in row: its own generator; the step generator skips the whole batch
+            out = func(*args, **kwargs)
+            n = self.total * per if per_gene else math.prod(shape)
+            if n:
+                torch.rand(n, generator=self.gen, **extra)
+            return out
+        if not per_gene:
+            return func(*args, **kwargs)
+        if self.before * per:
+            torch.rand(self.before * per, generator=self.gen, **extra)
+        out = func(*args, **kwargs)
+        after = (self.total - self.before - self.local) * per
+        if after:
+            torch.rand(after, generator=self.gen, **extra)
+        return out
 
 
 class DistributedTrainer(Trainer):
@@ -534,7 +582,7 @@ class DistributedTrainer(Trainer):
         self.comm = comm
         self.progress = bool(self.progress and comm.is_main)
         self.sample_graphs = None
-        self.step_module = _StepModule(self.model)
+        self.step_module = _StepModule(self.model, self.cfg)
         if comm.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -619,10 +667,9 @@ class DistributedTrainer(Trainer):
         cfg, comm, device, im = self.cfg, self.comm, self.device, self.images
         self.ddp.train()
         w = state.weights
-        full_view = cfg.refine_view == "full" and any(w.get(k, 0.0) > 0 for k in ("contrastive", "mixture", "scaffold"))
+        full_view = uses_full_view(cfg, w)
         views = [self._sample_state(state, s) for s in range(im.n_samples)]
         dummy_gen = None
-        patch = self.model.patch_size
         sums: dict = {}
         n = 0
         lr = cfg.lr
@@ -639,26 +686,18 @@ class DistributedTrainer(Trainer):
             parts = torch.tensor_split(glob, comm.world_size)
             loc = parts[comm.rank]
             before = sum(len(p) for p in parts[: comm.rank])
-            scale = 1.0
-            gen = mask_generator
-            draws = cfg.mask_ratio > 0 and mask_generator is not None
-            n_tok = _n_tokens(sample, patch)
+            scale, gen = 1.0, mask_generator
             if len(loc) == 0:  # more ranks than genes in this batch: a zero-weight stand-in keeps DDP in step
                 loc, scale = glob[:1], 0.0
                 if dummy_gen is None:
                     dummy_gen = torch.Generator(device=device).manual_seed(self.seed + 7)
                 gen = dummy_gen
-            elif draws and before:  # align the masking draws with a one-process run (exact on CPU)
-                torch.rand(before * n_tok, generator=mask_generator, device=device)
             x = sample.to_tensor(loc.numpy(), device=device)
             loc_d, glob_d = loc.to(device), glob.to(device)
-            with _autocast(device, cfg.amp):
-                per, z = self.ddp(x, cfg.mask_ratio, gen, full_view)
-            if draws:
-                done = before + len(parts[comm.rank]) if gen is mask_generator else 0
-                rest = len(glob) - done
-                if rest:
-                    torch.rand(rest * n_tok, generator=mask_generator, device=device)
+            align = _AlignedDraws(mask_generator, before, len(loc), len(glob), dummy=dummy_gen if scale == 0 else None) \
+                if mask_generator is not None else contextlib.nullcontext()
+            with align, _autocast(device, cfg.amp):
+                per, z = self.ddp(x, gen, full_view)
             recon = per.float().sum() / len(glob)
             terms = refinement_losses(recon, z.float(), loc_d, st)
             factors = self._shard_factors(terms, st, loc_d, glob_d)
