@@ -100,6 +100,12 @@ class SIGEL:
         50 % mask makes reconstruction a local interpolation task and the
         pooled vector learns little about the whole pattern; 0.75 is also
         cheaper.
+    input_norm
+        ``'standardize'`` (default): each gene image is centred and scaled to
+        unit variance over the tissue before encoding (and reconstruction),
+        so vectors describe the pattern's shape, not how many spots express
+        the gene; ``'smooth'``: the same after a 3x3 masked box filter;
+        ``None``: the image values as built.
     epochs
         Maximum number of epochs in total (pre-training included). ``None``:
         enough for about 4,000 gradient steps, bounded to [16, 60] epochs
@@ -212,6 +218,7 @@ class SIGEL:
         mlp_ratio: float = 2.0,
         decoder_width: int = 32,
         mask_ratio: float = 0.75,
+        input_norm: str | None = "standardize",
         epochs: int | None = None,
         pretrain_epochs: int | None = None,
         batch_size: int = 32,
@@ -262,6 +269,7 @@ class SIGEL:
         assert_in_range("select_start", p["select_start"], 1e-6, 1.0)
         assert_in_range("select_end", p["select_end"], p["select_start"], 1.0)
         assert_one_of("mixture", p["mixture"], ("student_t", "gaussian"))
+        assert_one_of("input_norm", p["input_norm"], (None, "standardize", "smooth"))
         if p["dirichlet_alpha"] < 1:
             raise SigelInputError(f"`dirichlet_alpha` must be >= 1; got {p['dirichlet_alpha']!r}")
         if p["patch_size"] is not None:
@@ -338,7 +346,7 @@ class SIGEL:
         return MaskedAutoencoder(
             patch_size=patch_size, width=p["width"], depth=p["depth"], n_heads=p["n_heads"],
             mlp_ratio=p["mlp_ratio"], embed_dim=p["embed_dim"], decoder_width=p["decoder_width"],
-            mask_ratio=p["mask_ratio"],
+            mask_ratio=p["mask_ratio"], input_norm=p["input_norm"],
         )
 
     def _build_mixture(self, n_contexts: int, seed: int):

@@ -23,8 +23,6 @@ def skip_or_fail(reason: str):
 # notes of its issue. Remove an entry as soon as its test passes reliably.
 KNOWN_UNFINISHED = {
     "tests/python/test_distributed.py": "issue 10: DDP wiring into the trainer is not finished",
-    "tests/python/test_model_quality.py::test_vectors_carry_pattern_not_detection_rate":
-        "DESIGN §2 pitfall not yet met: CV R² of detection rate from the vectors is ~0.6 (target < 0.5)",
 }
 
 

@@ -97,6 +97,21 @@ def test_embed_is_padding_invariant_and_skips_decoder(monkeypatch):
     assert torch.allclose(both, one, atol=1e-5)
 
 
+def test_input_standardisation_is_per_image_over_tissue():
+    m = MaskedAutoencoder(patch_size=4, width=16, depth=1, n_heads=2, decoder_width=16, embed_dim=8)
+    mask = np.zeros((8, 8), bool)
+    mask[1:7, 2:8] = True
+    x = _batch([mask, mask], seed=4)
+    x[1, 0] = x[0, 0] * 10.0  # same pattern, 10x the level
+    z = m.normalize_input(x)
+    tis = torch.from_numpy(mask)
+    v = z[:, 0][:, tis]
+    assert torch.allclose(v.mean(1), torch.zeros(2), atol=1e-5)
+    assert torch.allclose(v.var(1, unbiased=False), torch.ones(2), atol=1e-4)
+    assert torch.allclose(z[0], z[1], atol=1e-5)  # level-invariant
+    assert (z[:, 0][:, ~tis] == 0).all() and torch.equal(z[:, 1], x[:, 1])
+
+
 def test_embed_works_on_another_grid():
     torch.manual_seed(0)
     m = MaskedAutoencoder(patch_size=4, width=16, depth=1, n_heads=2, decoder_width=16, embed_dim=8)

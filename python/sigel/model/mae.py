@@ -167,6 +167,11 @@ class MaskedAutoencoder(nn.Module):
     pool_queries
         Learned attention-pooling queries used next to the mean when pooling
         tokens into the gene vector (0 = mean only).
+    input_norm
+        ``'standardize'``: centre and scale each image's value channel to mean
+        0 and variance 1 over its tissue pixels (clipped to [-5, 5]) before
+        encoding, and reconstruct that standardised image; ``'smooth'``: the
+        same after a 3x3 masked box filter; ``None``: use values as given.
     in_chans
         Input channels (2: value + tissue mask).
     """
@@ -183,6 +188,7 @@ class MaskedAutoencoder(nn.Module):
         decoder_width: int = 32,
         mask_ratio: float = 0.5,
         pool_queries: int = 4,
+        input_norm: str | None = "standardize",
         in_chans: int = 2,
     ):
         super().__init__()
@@ -195,6 +201,9 @@ class MaskedAutoencoder(nn.Module):
         self.embed_dim = int(embed_dim)
         self.mask_ratio = float(mask_ratio)
         self.in_chans = int(in_chans)
+        if input_norm not in (None, "standardize", "smooth"):
+            raise ValueError(f"input_norm must be None, 'standardize' or 'smooth'; got {input_norm!r}")
+        self.input_norm = input_norm
 
         # encoder
         self.patch_embed = nn.Conv2d(in_chans, width, kernel_size=patch_size, stride=patch_size)
@@ -268,6 +277,29 @@ class MaskedAutoencoder(nn.Module):
             pe = sincos_pos_embed_2d(grid[0], grid[1], dim, device=device, dtype=dtype)
             self._pos_cache[key] = pe
         return pe
+
+    # ----------------------------------------------------------- input norm
+    def normalize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-image standardisation of the value channel over tissue pixels (see ``input_norm``).
+
+        Removes each gene's in-tissue mean and spread, so the encoder sees the
+        *shape* of the pattern: a gene expressed in few spots and one expressed
+        everywhere no longer differ by their average level.
+        """
+        if self.input_norm is None:
+            return x
+        v, m = x[:, 0].float(), x[:, 1].float()
+        if self.input_norm == "smooth":
+            k = torch.ones(1, 1, 3, 3, device=x.device, dtype=v.dtype)
+            num = F.conv2d((v * m)[:, None], k, padding=1)[:, 0]
+            den = F.conv2d(m[:, None], k, padding=1)[:, 0]
+            v = num / den.clamp(min=1e-6) * m
+        n = m.sum((1, 2)).clamp(min=1.0)
+        mean = (v * m).sum((1, 2)) / n
+        var = (((v - mean[:, None, None]) * m) ** 2).sum((1, 2)) / n
+        z = (v - mean[:, None, None]) / var.clamp(min=1e-8).sqrt()[:, None, None]
+        z = z.clamp(-5.0, 5.0) * m
+        return torch.stack([z.to(x.dtype), x[:, 1]], dim=1)
 
     # -------------------------------------------------------------- patchify
     def pad(self, x: torch.Tensor) -> torch.Tensor:
@@ -481,12 +513,14 @@ class MaskedAutoencoder(nn.Module):
         Returns
         -------
         dict
-            ``loss`` (scalar reconstruction loss), ``pred`` (``(B, H, W)``),
+            ``loss`` (scalar reconstruction loss; the target is the
+            normalised input, see ``input_norm``), ``pred`` (``(B, H, W)``),
             ``z`` (``(B, D)`` gene vector pooled over the *visible* tokens, a
             masked view used by the refinement losses), ``tokens``
             (:class:`TokenBatch`).
         """
         ratio = self.mask_ratio if mask_ratio is None else float(mask_ratio)
+        x = self.normalize_input(x)
         tokens, tissue, grid = self.patchify(x)
         tb = self.mask_tissue_patches(tissue, ratio, generator, grid)
         latent = self.encode(tokens, tb)
@@ -510,6 +544,7 @@ class MaskedAutoencoder(nn.Module):
         torch.Tensor
             ``(B, D)``.
         """
+        x = self.normalize_input(x)
         tokens, tissue, grid = self.patchify(x)
         tb = self.mask_tissue_patches(tissue, 0.0, None, grid)
         return self.pool(self.encode(tokens, tb), tb)

@@ -335,6 +335,30 @@ def fit_mixture(mixture, Z: torch.Tensor, n_iter: int, *, init: bool = False, n_
     return mixture.resp_
 
 
+def uses_full_view(cfg: TrainConfig, weights: dict) -> bool:
+    """True when the refinement terms take their gene vector from a full (unmasked, thinned) view.
+
+    With ``cfg.refine_view == 'full'`` and any of the contrastive, mixture or
+    scaffold terms switched on, the refinement losses see the encoder run on
+    all tissue tokens of a thinned copy of each image (the same view used at
+    embedding time); otherwise they use the masked view of the reconstruction
+    pass.
+    """
+    return cfg.refine_view == "full" and any(weights.get(k, 0.0) > 0 for k in ("contrastive", "mixture", "scaffold"))
+
+
+def training_views(model, x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator | None, full_view: bool):
+    """The two forward passes of one training step.
+
+    Returns ``(out, z)``: ``out`` is the masked-autoencoder output (its
+    ``'loss'``, ``'pred'`` and ``'tokens'``), ``z`` the ``(B, D)`` gene vectors
+    the refinement losses act on (see :func:`uses_full_view`).
+    """
+    out = model(x, mask_ratio=cfg.mask_ratio, generator=generator)
+    z = model.embed(thin_images(x, cfg.thinning, generator)) if full_view else out["z"]
+    return out, z
+
+
 def gradient_steps(model, images, batches, optimizer, *, state: RefineState, device, step0: int, total_steps: int,
                    warmup_steps: int, cfg: TrainConfig, mask_generator: torch.Generator | None, epoch: int) -> dict:
     """One pass of AdamW steps over ``batches``; returns the mean of every loss term.
@@ -375,7 +399,7 @@ def gradient_steps(model, images, batches, optimizer, *, state: RefineState, dev
     """
     model.train()
     w = state.weights
-    full_view = cfg.refine_view == "full" and any(w.get(k, 0.0) > 0 for k in ("contrastive", "mixture", "scaffold"))
+    full_view = uses_full_view(cfg, w)
     sums: dict = {}
     n = 0
     lr = cfg.lr
@@ -386,10 +410,7 @@ def gradient_steps(model, images, batches, optimizer, *, state: RefineState, dev
         x = images.to_tensor(idx.numpy(), device=device)
         idx_d = idx.to(device)
         with _autocast(device, cfg.amp):
-            out = model(x, mask_ratio=cfg.mask_ratio, generator=mask_generator)
-            z = out["z"]
-            if full_view:
-                z = model.embed(thin_images(x, cfg.thinning, mask_generator))
+            out, z = training_views(model, x, cfg, mask_generator, full_view)
         terms = refinement_losses(out["loss"].float(), z.float(), idx_d, state)
         for name, v in terms.items():
             if not torch.isfinite(v):
