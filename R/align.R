@@ -314,7 +314,9 @@ sigelShiftedGenes <- function(x, query = NULL,
 #'   (default all shared genes).
 #' @param top `integer(1)` or `NULL`: number of ranked pairs returned
 #'   (q-values always use every tested pair).
-#' @param standardize `character(1)`: `"genes"` scales each pair's change
+#' @param standardize `character(1)`: `"auto"` (default) uses `"noise"` when
+#'   the alignment has split-half noise estimates, else `"genes"`;
+#'   `"genes"` scales each pair's change
 #'   by the robust spread of its two genes' changes against random genes (a
 #'   pair is altered beyond its genes' overall movement or noise), `"noise"`
 #'   by the change expected from the split-half noise (needs a noise
@@ -346,7 +348,7 @@ sigelShiftedGenes <- function(x, query = NULL,
 sigelAlteredInteractions <- function(x, query = NULL, genes = NULL,
                                      n_genes = NULL, partners = NULL,
                                      top = 500L,
-                                     standardize = c("genes", "noise", "none"),
+                                     standardize = c("auto", "genes", "noise", "none"),
                                      null = c("normal", "empirical"),
                                      seed = 0L, ...) {
     standardize <- match.arg(standardize)

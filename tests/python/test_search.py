@@ -17,17 +17,17 @@ def tissue():
 
 @pytest.fixture(scope="module")
 def model(tissue):
-    # a small model trained for a few seconds (the encoder, no refinement epochs): enough to tell
-    # layers apart; finer families (blobs, gradient, checkerboard) need the full training
+    # a small model trained for a few seconds: 10 pre-training epochs, then 20 of self-paced refinement
+    # (without refinement only the layer / gradient families come out well separated)
     torch.set_num_threads(1)
-    return sigel.SIGEL(epochs=20, pretrain_epochs=20, embed_dim=16, depth=2, n_contexts=6).fit(tissue, seed=0)
+    return sigel.SIGEL(epochs=30, pretrain_epochs=10, embed_dim=16, depth=2, n_contexts=6).fit(tissue, seed=0)
 
 
 def test_family_template_ranks_family_on_top(model, tissue, record_property):
     """Acceptance: a template drawn from a planted family ranks that family on top (precision@family-size >= 0.8).
 
-    All five family templates are searched and reported; the acceptance bound must hold for at least one of
-    them, and every family must be found well above chance (how far above depends on the model's training).
+    All five family templates are searched and reported; the acceptance bound must hold for most of them
+    (at least three of five), and on average the families must be found far above chance.
     """
     pats = sigel.datasets.family_patterns(tissue.obs["u"].to_numpy(), tissue.obs["v"].to_numpy(), 5)
     fam = tissue.var["family"].astype(str)
@@ -40,8 +40,8 @@ def test_family_template_ranks_family_on_top(model, tissue, record_property):
     chance = float((fam == "layer_top").mean())
     print("\npattern search precision@family-size: " + ", ".join(f"{f} {p:.2f}" for f, p in precision.items())
           + f" (chance {chance:.2f})")
-    assert max(precision.values()) >= 0.8
-    assert np.mean(list(precision.values())) >= 2.5 * chance
+    assert sum(p >= 0.8 for p in precision.values()) >= 3
+    assert np.mean(list(precision.values())) >= 4 * chance
 
 
 def test_pattern_search_table_and_storage(model, tissue):

@@ -810,7 +810,7 @@ def _gene_change_scale(alignment: Alignment, genes: pd.Index, n_probe: int, rng)
 
 
 def altered_interactions(alignment: Alignment, genes=None, *, n_genes: int | None = None, partners=None,
-                         top: int | None = 500, standardize: str = "genes", null: str = "normal",
+                         top: int | None = 500, standardize: str = "auto", null: str = "normal",
                          n_probe: int = 500, max_null_pairs: int = 200_000, seed: int | None = None) -> pd.DataFrame:
     """Gene pairs whose relation (cosine similarity) changed between the samples.
 
@@ -837,7 +837,12 @@ def altered_interactions(alignment: Alignment, genes=None, *, n_genes: int | Non
         Number of ranked pairs returned (``None``: all tested pairs; q-values
         always use all tested pairs).
     standardize
-        How a pair's change is scaled before the test. ``'genes'`` (default):
+        How a pair's change is scaled before the test. ``'auto'`` (default):
+        ``'noise'`` when the alignment carries split-half noise estimates
+        (``align(..., reference_data=, query_data=)``), else ``'genes'``.
+        On synthetic sections ``'noise'`` keeps pattern-free genes (whose
+        vectors are mostly noise) out of the top pairs; ``'genes'`` does not.
+        ``'genes'``:
         by ``sqrt(s_a^2 + s_b^2)``, where ``s_g`` is the robust spread of gene
         g's cosine changes against ``n_probe`` random shared genes -- a pair
         is altered when its relation changed beyond what its two genes'
@@ -881,7 +886,9 @@ def altered_interactions(alignment: Alignment, genes=None, *, n_genes: int | Non
     True
     """
     _check_alignment(alignment)
-    assert_one_of("standardize", standardize, ("genes", "noise", "none"))
+    assert_one_of("standardize", standardize, ("auto", "genes", "noise", "none"))
+    if standardize == "auto":
+        standardize = "noise" if alignment.noise is not None else "genes"
     assert_one_of("null", null, ("normal", "empirical"))
     assert_positive("max_null_pairs", max_null_pairs)
     assert_positive("n_probe", n_probe)
