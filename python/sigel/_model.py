@@ -48,6 +48,13 @@ def _auto_patch_size(height: int, width: int, max_tokens: int, minimum: int = 4)
     return p
 
 
+def _gene_index(genes) -> pd.Index:
+    """Row labels of the results: a ``(sample, gene)`` MultiIndex as it is, else an Index named ``gene``."""
+    if isinstance(genes, pd.MultiIndex):
+        return genes.set_names(["sample", "gene"]) if genes.nlevels == 2 else genes
+    return pd.Index(genes, name="gene")
+
+
 def _jsonable(obj):
     """Convert numpy scalars/arrays, NaN and tuples into plain JSON values (NaN -> null)."""
     if isinstance(obj, dict):
@@ -105,7 +112,7 @@ class SIGEL:
         unit variance over the tissue before encoding (and reconstruction),
         so vectors describe the pattern's shape, not how many spots express
         the gene; ``'smooth'``: the same after a 3x3 masked box filter;
-        ``None``: the image values as built.
+        ``None`` (or ``'none'``): the image values as built.
     epochs
         Maximum number of epochs in total (pre-training included). ``None``:
         enough for about 4,000 gradient steps, bounded to [16, 60] epochs
@@ -269,7 +276,7 @@ class SIGEL:
         assert_in_range("select_start", p["select_start"], 1e-6, 1.0)
         assert_in_range("select_end", p["select_end"], p["select_start"], 1.0)
         assert_one_of("mixture", p["mixture"], ("student_t", "gaussian"))
-        assert_one_of("input_norm", p["input_norm"], (None, "standardize", "smooth"))
+        assert_one_of("input_norm", p["input_norm"], (None, "none", "standardize", "smooth"))
         if p["dirichlet_alpha"] < 1:
             raise SigelInputError(f"`dirichlet_alpha` must be >= 1; got {p['dirichlet_alpha']!r}")
         if p["patch_size"] is not None:
@@ -346,7 +353,7 @@ class SIGEL:
         return MaskedAutoencoder(
             patch_size=patch_size, width=p["width"], depth=p["depth"], n_heads=p["n_heads"],
             mlp_ratio=p["mlp_ratio"], embed_dim=p["embed_dim"], decoder_width=p["decoder_width"],
-            mask_ratio=p["mask_ratio"], input_norm=p["input_norm"],
+            mask_ratio=p["mask_ratio"], input_norm=None if p["input_norm"] == "none" else p["input_norm"],
         )
 
     def _build_mixture(self, n_contexts: int, seed: int):
@@ -390,17 +397,26 @@ class SIGEL:
     # --------------------------------------------------------------------- fit
     def fit(self, adata, *, layer: str | None = None, spatial_key: str = "spatial",
             library_size_key: str | None = None, genes=None, device: str = "auto", seed: int | None = None,
-            progress: bool | None = None, n_threads: int | None = None, **image_options) -> "SIGEL":
-        """Build gene images from an AnnData and train.
+            progress: bool | None = None, n_threads: int | None = None, sample_names=None, out_file=None,
+            **image_options) -> "SIGEL":
+        """Build gene images from an AnnData (or several samples) and train.
 
         ``adata`` is never modified; use :meth:`write_to` (or :func:`embed`)
         to store the results in it.
+
+        Under ``torchrun`` (``WORLD_SIZE > 1``) every process runs this same
+        call and the work is split across them (data-parallel training, see
+        :mod:`sigel.train.distributed`); every rank ends with the full results.
 
         Parameters
         ----------
         adata
             AnnData, spots/cells x genes, raw counts in ``X`` or ``layers[layer]``,
             coordinates as :meth:`sigel.GeneImages.from_anndata` reads them.
+            A list (or dict ``{name: AnnData}``) of several samples trains one
+            model on all of them (each on its own grid, one shared space); the
+            results are then indexed by a ``(sample, gene)``
+            :class:`pandas.MultiIndex`.
         layer
             Layer with the counts (default ``X``).
         spatial_key
@@ -418,6 +434,14 @@ class SIGEL:
             Show a progress bar (``None``: ``sigel.settings.show_progress()``).
         n_threads
             Torch CPU threads during the fit (``None``: torch's default).
+        sample_names
+            Names of the samples when ``adata`` is a list (one per AnnData,
+            unique; default ``sample_0, sample_1, ...``). Must be ``None`` for
+            a single AnnData or a dict.
+        out_file
+            Optional HDF5 file for the per-gene results
+            (:func:`sigel.data.stream.write_results_h5`); written by rank 0
+            only under ``torchrun``.
         **image_options
             Passed to :meth:`sigel.GeneImages.from_anndata` (``geometry``,
             ``resolution``, ``normalize``, ``log1p``, ``scale``, ``min_spots``, ...).
@@ -427,12 +451,29 @@ class SIGEL:
         -------
         SIGEL
             ``self``, fitted.
+
+        Raises
+        ------
+        SigelInputError
+            Invalid inputs, e.g. ``sample_names`` of the wrong length or with
+            duplicates.
         """
-        images = GeneImages.from_anndata(adata, layer=layer, genes=genes, spatial_key=spatial_key,
-                                         library_size_key=library_size_key, **image_options)
+        opts = dict(layer=layer, genes=genes, spatial_key=spatial_key, library_size_key=library_size_key,
+                    **image_options)
+        if isinstance(adata, (list, tuple, dict)):
+            from .data.multisample import SampleImages, normalize_samples
+
+            adatas, names = normalize_samples(adata, sample_names)
+            images = SampleImages([GeneImages.from_anndata(a, **opts) for a in adatas], names)
+        else:
+            if sample_names is not None:
+                raise SigelInputError("`sample_names` is only for several samples (a list of AnnData); "
+                                      "got a single AnnData")
+            images = GeneImages.from_anndata(adata, **opts)
         fit_params = dict(layer=layer, spatial_key=spatial_key, library_size_key=library_size_key)
         requested = {**image_options}
-        self.fit_images(images, device=device, seed=seed, progress=progress, n_threads=n_threads)
+        self.fit_images(images, device=device, seed=seed, progress=progress, n_threads=n_threads,
+                        out_file=out_file)
         opts = GeneImages.image_options(images.settings)
         opts.update(fit_params)
         opts["geometry"] = requested.get("geometry", "auto")
@@ -440,16 +481,17 @@ class SIGEL:
         self.fit_params_ = _jsonable(fit_params)
         return self
 
-    def fit_images(self, images: GeneImages, *, device: str = "auto", seed: int | None = None,
-                   progress: bool | None = None, n_threads: int | None = None) -> "SIGEL":
+    def fit_images(self, images, *, device: str = "auto", seed: int | None = None,
+                   progress: bool | None = None, n_threads: int | None = None, out_file=None) -> "SIGEL":
         """Train on prebuilt gene images.
 
         Parameters
         ----------
         images
             :class:`sigel.GeneImages` (e.g. from a bridge or a distributed
-            loader).
-        device, seed, progress, n_threads
+            loader), or :class:`sigel.data.multisample.SampleImages` for a
+            multi-sample fit (results indexed by ``(sample, gene)``).
+        device, seed, progress, n_threads, out_file
             As in :meth:`fit`.
 
         Returns
@@ -459,10 +501,12 @@ class SIGEL:
         """
         import torch
 
+        from .data.multisample import SampleImages
+        from .train.distributed import DistributedTrainer, is_main_process, setup_distributed
         from .train.trainer import Trainer
 
-        if not isinstance(images, GeneImages):
-            raise SigelInputError(f"`images` must be a sigel.GeneImages; got {type(images).__name__}")
+        if not isinstance(images, (GeneImages, SampleImages)):
+            raise SigelInputError(f"`images` must be a sigel.GeneImages (or SampleImages); got {type(images).__name__}")
         G = images.n_genes
         if G < 2:
             raise SigelInputError(f"need at least 2 genes to fit; got {G}")
@@ -474,6 +518,13 @@ class SIGEL:
             logger.warning("only %d genes for %d contexts; contexts will be small and unstable", G, K)
 
         dev = resolve_device(device)
+        dist_setup = setup_distributed(dev)  # None unless launched by torchrun with several processes
+        comm = None
+        if dist_setup is not None:
+            comm, dev = dist_setup
+            if seed is None:  # every rank must use the same seed
+                seed = settings.seed
+            seed = comm.broadcast_object(seed)
         old_threads = torch.get_num_threads()
         set_threads(n_threads)
         t0 = time.perf_counter()
@@ -484,10 +535,21 @@ class SIGEL:
                 _auto_patch_size(images.height, images.width, int(p["max_tokens"]), minimum=min(min_patch, 4))
             module = self._build_module(patch)
             mixture = self._build_mixture(K, seed + 2)
-            trainer = Trainer(module, mixture, images, self._train_config(G), device=dev, seed=seed,
-                              progress=progress, callback=getattr(self, "_callback", None))
-            logger.info("training on %s: %d genes, %dx%d images, patch %d, K=%d", dev, G, images.height,
-                        images.width, patch, K)
+            cb = getattr(self, "_callback", None)
+            train_images = images
+            if isinstance(images, SampleImages) and images.n_samples == 1 and comm is None:
+                train_images = images.samples[0]  # one sample, one process: exactly the plain fit
+            if comm is not None or isinstance(train_images, SampleImages):
+                from .train.distributed import Comm
+
+                trainer = DistributedTrainer(module, mixture, train_images, self._train_config(G), device=dev,
+                                             seed=seed, progress=progress, callback=cb,
+                                             comm=comm or Comm.single())
+            else:
+                trainer = Trainer(module, mixture, train_images, self._train_config(G), device=dev, seed=seed,
+                                  progress=progress, callback=cb)
+            logger.info("training on %s: %d genes, %dx%d images, patch %d, K=%d%s", dev, G, images.height,
+                        images.width, patch, K, "" if comm is None else f", {comm.world_size} processes")
             result = trainer.fit()
         finally:
             if n_threads is not None:
@@ -510,10 +572,25 @@ class SIGEL:
         self._set_results(images.genes, result.embeddings, result.memberships)
         logger.info("%d epochs (%s), %s genes x %d dims, K=%d contexts, %.1f s", self.epochs_run_,
                     self.stop_reason_, f"{G:,}", self.embed_dim, K, self.fit_seconds_)
+        if out_file is not None:
+            if is_main_process():
+                from .data.stream import write_results_h5
+
+                write_results_h5(out_file, self)
+                logger.info("results -> %s", out_file)
+            if comm is not None:
+                comm.barrier()
         return self
 
+    @property
+    def sample_names_(self) -> list | None:
+        """Sample names of a multi-sample fit (``None`` for a single sample)."""
+        if self.embeddings_ is None or not isinstance(self.embeddings_.index, pd.MultiIndex):
+            return None
+        return list(self.embeddings_.index.get_level_values("sample").unique())
+
     def _set_results(self, genes, emb: np.ndarray, resp: np.ndarray) -> None:
-        genes = pd.Index(genes, name="gene")
+        genes = _gene_index(genes)
         self.embeddings_ = pd.DataFrame(np.asarray(emb, dtype=np.float32), index=genes,
                                         columns=[f"dim_{i}" for i in range(emb.shape[1])])
         self.memberships_ = self._memberships_frame(resp, genes)
@@ -524,7 +601,7 @@ class SIGEL:
         r = np.asarray(resp, dtype=np.float64)
         r = np.clip(r, 0.0, None)
         r = r / np.clip(r.sum(1, keepdims=True), 1e-300, None)
-        return pd.DataFrame(r, index=pd.Index(genes, name="gene"), columns=[f"context_{k}" for k in range(r.shape[1])])
+        return pd.DataFrame(r, index=_gene_index(genes), columns=[f"context_{k}" for k in range(r.shape[1])])
 
     @staticmethod
     def _contexts_frame(memberships: pd.DataFrame) -> pd.DataFrame:
@@ -636,7 +713,7 @@ class SIGEL:
         return self._memberships_frame(r.double().cpu().numpy(), index)
 
     # ------------------------------------------------------------ AnnData I/O
-    def write_to(self, adata, *, key_added: str = "sigel") -> "SIGEL":
+    def write_to(self, adata, *, key_added: str = "sigel", sample: str | None = None) -> "SIGEL":
         """Store the results in ``adata`` (scanpy style); returns the model.
 
         Genes are matched by name. Genes of ``adata`` that were not embedded
@@ -648,6 +725,10 @@ class SIGEL:
             AnnData whose ``var_names`` include the embedded genes.
         key_added
             Prefix of the keys written.
+        sample
+            For a multi-sample model (required there): the name of the sample
+            ``adata`` holds; its rows of the results are written. Must be
+            ``None`` for a single-sample model.
 
         Returns
         -------
@@ -668,8 +749,19 @@ class SIGEL:
               ``var``, ``nu`` arrays) and ``version``.
         """
         self._require_trained("write_to")
+        emb_df, mem_df, ctx_df = self.embeddings_, self.memberships_, self.contexts_
+        if isinstance(emb_df.index, pd.MultiIndex):
+            names = self.sample_names_
+            if sample is None:
+                raise SigelInputError(f"this model was fitted on several samples; pass `sample=` (one of {names}) "
+                                      "to say which sample `adata` holds")
+            if str(sample) not in names:
+                raise SigelInputError(f"`sample` {sample!r} is not one of the fitted samples {names}")
+            emb_df, mem_df, ctx_df = (f.xs(str(sample), level="sample") for f in (emb_df, mem_df, ctx_df))
+        elif sample is not None:
+            raise SigelInputError("`sample` is only for multi-sample models; this model was fitted on one sample")
         var_names = pd.Index(adata.var_names.astype(str))
-        pos = var_names.get_indexer(self.embeddings_.index)
+        pos = var_names.get_indexer(emb_df.index)
         ok = pos >= 0
         if not ok.any():
             raise SigelInputError("none of the embedded genes are in adata.var_names; was the model fitted on this data?")
@@ -677,13 +769,13 @@ class SIGEL:
             logger.warning("%d embedded genes are not in adata.var_names and were skipped", int((~ok).sum()))
         n, D, K = adata.n_vars, self.embed_dim, self.n_contexts_
         emb = np.full((n, D), np.nan, dtype=np.float32)
-        emb[pos[ok]] = self.embeddings_.to_numpy()[ok]
+        emb[pos[ok]] = emb_df.to_numpy()[ok]
         mem = np.full((n, K), np.nan, dtype=np.float64)
-        mem[pos[ok]] = self.memberships_.to_numpy()[ok]
+        mem[pos[ok]] = mem_df.to_numpy()[ok]
         ctx = pd.array(np.full(n, pd.NA), dtype="Int64")
-        ctx[pos[ok]] = self.contexts_["context"].to_numpy()[ok]
+        ctx[pos[ok]] = ctx_df["context"].to_numpy()[ok]
         conf = np.full(n, np.nan)
-        conf[pos[ok]] = self.contexts_["confidence"].to_numpy()[ok]
+        conf[pos[ok]] = ctx_df["confidence"].to_numpy()[ok]
         adata.varm[key_added] = emb
         adata.varm[f"{key_added}_contexts"] = mem
         adata.var[f"{key_added}_context"] = ctx
@@ -705,6 +797,8 @@ class SIGEL:
             "mixture": mix,
             "version": __version__,
         }
+        if sample is not None:
+            adata.uns[key_added]["sample"] = str(sample)
         logger.info("%s genes x %d dims -> adata.varm[%r]; contexts -> adata.var[%r], adata.uns[%r]",
                     f"{int(ok.sum()):,}", D, key_added, f"{key_added}_context", key_added)
         return self
@@ -758,7 +852,7 @@ class SIGEL:
                          "pretrain_epochs": self.pretrain_epochs_, "mixture_prior_scale": mix.var_prior_scale_},
             "image_options": self.image_options_,
             "fit_params": self.fit_params_,
-            "genes": [str(g) for g in self.embeddings_.index],
+            "genes": [str(g) for g in self.embeddings_.index.get_level_values(-1)],
             "history": hist,
             "stop_reason": self.stop_reason_,
             "epochs_run": self.epochs_run_,
@@ -766,6 +860,8 @@ class SIGEL:
             "device_trained": self.device_,
             "versions": self._versions(),
         }
+        if isinstance(self.embeddings_.index, pd.MultiIndex):  # multi-sample: every row's sample
+            config["samples"] = [str(x) for x in self.embeddings_.index.get_level_values("sample")]
         with open(path / CONFIG_FILE, "w") as fh:
             json.dump(_jsonable(config), fh, indent=1)
         logger.info("saved model to %s", path)
@@ -874,7 +970,16 @@ class SIGEL:
         model.stop_reason_ = cfg.get("stop_reason")
         model.epochs_run_ = int(cfg.get("epochs_run") or 0)
         model.fit_seconds_ = cfg.get("fit_seconds")
-        model._set_results(pd.Index(genes), emb, mem)
+        samples = cfg.get("samples")
+        if samples is not None:
+            if len(samples) != len(genes):
+                raise SigelInputError(f"{str(cfg_file)!r} is corrupt: {len(samples)} sample labels for "
+                                      f"{len(genes)} genes")
+            index = pd.MultiIndex.from_arrays([pd.Index([str(x) for x in samples]), pd.Index(genes)],
+                                              names=["sample", "gene"])
+        else:
+            index = pd.Index(genes)
+        model._set_results(index, emb, mem)
         return model
 
 

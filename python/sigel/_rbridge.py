@@ -2,8 +2,13 @@
 
 Used by the ``"r"`` engine of `sigel.sim` (``simulatePattern()``,
 ``simulateHomogeneous()``) and by `sigel.tl.compare_svg` (``sigelSparkX()``).
-Works from plain Python and nested inside an R session (R -> reticulate ->
-Python -> rpy2 attaches to the running R).
+Works from plain Python (rpy2 starts an embedded R) and nested inside an R
+session (R -> reticulate -> Python). In the nested case rpy2 must not be used:
+it releases the GIL around R calls and the process aborts when R's event loop
+re-enters Python. There the R package registers its engine function
+(:func:`register_r_engine`, done by ``sigel:::.sigel_py()``) and every R call
+goes back through reticulate with plain arguments (numpy arrays, numbers,
+strings, dicts); see ``R/r-engine.R``.
 """
 from __future__ import annotations
 
@@ -20,6 +25,45 @@ _INSTALL = (
 _cache: dict = {}
 
 
+def register_r_engine(fn) -> None:
+    """Route R-engine calls through ``fn`` (the R package's ``.sigel_r_engine``, via reticulate).
+
+    Called by the R package when it imports the backend into an R session.
+    """
+    _cache["engine"] = fn
+
+
+def _embedded_engine():
+    """The registered reticulate engine, or ``None`` when Python is not running inside R."""
+    return _cache.get("engine")
+
+
+def _plain_dgc(X) -> dict:
+    """scipy (spots x genes) -> the CSC arrays of the genes x spots matrix, as plain arrays."""
+    X = sp.csr_matrix(X, dtype=np.float64)
+    X.sort_indices()
+    return dict(indices=X.indices.astype(np.int32), indptr=X.indptr.astype(np.int32), data=X.data,
+                dims=[int(X.shape[1]), int(X.shape[0])])
+
+
+def _plain_template(template):
+    if isinstance(template, pd.Series):
+        template = pd.Categorical(template) if isinstance(template.dtype, pd.CategoricalDtype) \
+            else template.to_numpy()
+    if isinstance(template, pd.Categorical):
+        return dict(levels=[str(c) for c in template.categories], codes=np.asarray(template.codes, np.int32))
+    arr = np.asarray(template)
+    if arr.dtype.kind in "iuf":
+        return arr.astype(np.float64)
+    if arr.dtype.kind == "b":
+        return arr
+    return arr.astype(str).tolist() if arr.ndim == 1 else arr.astype(str)
+
+
+def _plain_vec(x):
+    return None if x is None else np.asarray(x, dtype=np.float64).ravel()
+
+
 def require_rpy2():
     """Import ``rpy2.robjects`` or raise ImportError naming the install command."""
     try:
@@ -30,7 +74,9 @@ def require_rpy2():
 
 
 def r_available() -> bool:
-    """Whether rpy2 and the R package ``sigel`` can be used (never raises)."""
+    """Whether the R engine can be used: inside R (registered engine), or rpy2 + the R package (never raises)."""
+    if _embedded_engine() is not None:
+        return True
     try:
         sigel_r()
         return True
@@ -134,6 +180,29 @@ def _opt(x):
 def simulate_pattern_r(coords, template, *, counts=None, quantiles=None, means=None, taper=0.0, n_draws=1,
                        library_size=None, trend=None, seed=None, return_params=False):
     """`sigel.sim.pseudo_gene` through the R package's ``simulatePattern()`` (spots x draws)."""
+    eng = _embedded_engine()
+    if eng is not None:
+        out = eng("simulate_pattern", dict(
+            coords=np.asarray(coords, dtype=np.float64), template=_plain_template(template),
+            counts=None if counts is None else _plain_dgc(counts),
+            quantiles=None if quantiles is None else {str(k): float(v) for k, v in quantiles.items()},
+            means=None if means is None else {str(k): float(v) for k, v in means.items()},
+            taper=float(taper), n_draws=int(n_draws), library_size=_plain_vec(library_size),
+            trend=_plain_vec(trend), seed=None if seed is None else int(seed), return_params=bool(return_params)))
+        y = np.asarray(out["y"]).astype(np.int64).reshape(len(coords), int(n_draws), order="F")
+        if not return_params:
+            return y
+        p = out["params"]
+        regions = [str(r) for r in np.atleast_1d(p["regions"])]
+        params = dict(
+            regions=regions,
+            region_means={r: float(v) for r, v in zip(regions, np.atleast_1d(p["region_means"]))},
+            trend=tuple(float(v) for v in np.atleast_1d(p["trend"])),
+            size_factors=np.atleast_1d(np.asarray(p["size_factors"], dtype=np.float64)),
+            mu=np.atleast_1d(np.asarray(p["mu"], dtype=np.float64)),
+            weights=np.asarray(p["weights"], dtype=np.float64),
+        )
+        return y, params
     import rpy2.robjects as ro
 
     pkg = sigel_r()
@@ -163,18 +232,32 @@ def simulate_pattern_r(coords, template, *, counts=None, quantiles=None, means=N
 
 def simulate_homogeneous_r(X, n_draws, *, library_size=None, seed=None) -> np.ndarray:
     """`sigel.sim.homogeneous` through ``simulateHomogeneous()``: (spots x genes x draws)."""
-    import rpy2.robjects as ro
+    eng = _embedded_engine()
+    if eng is not None:
+        out = eng("simulate_homogeneous", dict(counts=_plain_dgc(X), n_draws=int(n_draws),
+                                               library_size=_plain_vec(library_size),
+                                               seed=None if seed is None else int(seed)))
+        arr = np.asarray(out["y"])
+    else:
+        import rpy2.robjects as ro
 
-    pkg = sigel_r()
-    res = pkg.simulateHomogeneous(to_r_dgc(X), n_draws=int(n_draws), library_size=_opt(library_size),
-                                  seed=ro.NULL if seed is None else int(seed))
-    arr = _r2np(res)
+        pkg = sigel_r()
+        res = pkg.simulateHomogeneous(to_r_dgc(X), n_draws=int(n_draws), library_size=_opt(library_size),
+                                      seed=ro.NULL if seed is None else int(seed))
+        arr = _r2np(res)
     return arr.reshape(X.shape[0], X.shape[1], int(n_draws), order="F").astype(np.int64) \
         if arr.ndim != 3 else arr.astype(np.int64)
 
 
 def sparkx_r(X, coords, *, genes=None) -> pd.DataFrame:
     """The R package's SPARK-X-style test (``sigelSparkX()``) on counts X (spots x genes)."""
+    eng = _embedded_engine()
+    if eng is not None:
+        out = eng("sparkx", dict(counts=_plain_dgc(X), coords=np.asarray(coords, dtype=np.float64),
+                                 genes=None if genes is None else [str(g) for g in genes]))
+        df = pd.DataFrame({k: np.atleast_1d(v) for k, v in out["columns"].items()})
+        df.index = pd.Index([str(g) for g in np.atleast_1d(out["genes"])], name="gene")
+        return df
     import rpy2.robjects as ro
     from rpy2.robjects import pandas2ri
     from rpy2.robjects.conversion import localconverter

@@ -70,6 +70,19 @@ def _common(p):
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _without_nproc(argv: list) -> list:
+    """``argv`` without its ``--nproc N`` (or ``--nproc=N``) option."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
 def main(argv=None) -> int:
     """Entry point of the ``sigel`` console script."""
     parser = argparse.ArgumentParser(prog="sigel", description="SIGEL gene embeddings for spatial transcriptomics")
@@ -78,13 +91,26 @@ def main(argv=None) -> int:
     t.add_argument("input", help="AnnData .h5ad file")
     t.add_argument("--layer", default=None, help="layer with counts (default X)")
     t.add_argument("--library-size-key", default=None, help="obs column with library sizes (e.g. sum_umi)")
+    t.add_argument("--nproc", type=int, default=1,
+                   help="processes for data-parallel training (relaunches itself with torchrun; "
+                        "one per GPU on a GPU machine; default 1)")
     _common(t)
     d = sub.add_parser("demo", help="fit on the bundled mouse olfactory bulb and write a report")
     _common(d)
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
 
     from . import datasets
     from ._validate import SigelInputError
+    from .train import distributed
+
+    if args.cmd == "train":
+        if args.nproc < 1:
+            print(f"sigel: error: --nproc must be at least 1; got {args.nproc}", file=sys.stderr)
+            return 2
+        if args.nproc > 1 and not distributed.distributed_requested():
+            # relaunch this same command in `nproc` processes; each fit detects the torchrun environment
+            return int(distributed.launch(_without_nproc(argv), args.nproc))
 
     t0 = time.perf_counter()
     try:
@@ -100,6 +126,8 @@ def main(argv=None) -> int:
             adata = datasets.mouse_olfactory_bulb()
             title = "sigel demo: mouse olfactory bulb (Ståhl et al. 2016)"
         model = _fit(adata, args)
+        if not distributed.is_main_process():  # under torchrun: rank 0 writes the outputs
+            return 0
         paths = write_outputs(model, Path(args.out), title=title)
     except SigelInputError as e:
         print(f"sigel: error: {e}", file=sys.stderr)

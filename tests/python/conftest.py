@@ -21,9 +21,7 @@ def skip_or_fail(reason: str):
 # Acceptance tests of work that is not finished yet. They run and report
 # (XFAIL / XPASS) but do not fail the suite; each is named in the closing
 # notes of its issue. Remove an entry as soon as its test passes reliably.
-KNOWN_UNFINISHED = {
-    "tests/python/test_distributed.py": "issue 10: DDP wiring into the trainer is not finished",
-}
+KNOWN_UNFINISHED: dict = {}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -637,7 +637,8 @@ class DistributedTrainer(Trainer):
         graph = self.sample_graphs[s] if (state.graph is not None and self.sample_graphs) else None
         return RefineState(embeddings=state.embeddings[a:b], labels=sl(state.labels), selected=sl(state.selected),
                            prototypes=state.prototypes, center=state.center, bank=state.bank[a:b],
-                           mixture=state.mixture, graph=graph, weights=state.weights, temperature=state.temperature)
+                           mixture=state.mixture, graph=graph, weights=state.weights, temperature=state.temperature,
+                           self_weight=state.self_weight)
 
     @staticmethod
     def _shard_factors(terms: dict, st: RefineState, loc: torch.Tensor, glob: torch.Tensor) -> dict:

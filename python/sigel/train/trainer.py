@@ -503,6 +503,35 @@ class Trainer:
             logger.warning("epoch %d: the embeddings have collapsed to a point (total variance %.2e)",
                            epoch + 1, spread)
 
+    # -- hooks (overridden by sigel.train.distributed.DistributedTrainer) ---
+    def _build_graph(self):
+        """The image kNN scaffold of the training genes (:func:`~sigel.model.scaffold.image_knn_graph`)."""
+        return image_knn_graph(self.images, k=self.cfg.scaffold_k, device=self.device)
+
+    def _steps_per_epoch(self) -> int:
+        """Gradient steps per epoch: ``ceil(G / batch_size)`` (at least 1)."""
+        return max(math.ceil(self.images.n_genes / self.cfg.batch_size), 1)
+
+    def _batches(self, generator: torch.Generator) -> list:
+        """One epoch's shuffled gene batches (:func:`gene_batches`)."""
+        return gene_batches(self.images.n_genes, self.cfg.batch_size, generator)
+
+    def _embed(self) -> torch.Tensor:
+        """``(G, D)`` embeddings of every training gene (:func:`embed_all`)."""
+        cfg = self.cfg
+        return embed_all(self.model, self.images, batch_size=cfg.embed_batch_size, device=self.device, amp=cfg.amp)
+
+    def _fit_mixture(self, Z: torch.Tensor, n_iter: int, init: bool) -> torch.Tensor:
+        """MAP-EM on ``Z`` (:func:`fit_mixture`); returns the ``(G, K)`` memberships."""
+        return fit_mixture(self.mixture, Z, n_iter, init=init, n_init=self.cfg.mixture_n_init, seed=self.seed)
+
+    def _gradient_steps(self, batches, optimizer, state: RefineState, *, step0: int, total_steps: int,
+                        warmup_steps: int, mask_generator, epoch: int) -> dict:
+        """One epoch of AdamW steps over ``batches`` (:func:`gradient_steps`); returns the mean loss terms."""
+        return gradient_steps(self.model, self.images, batches, optimizer, state=state, device=self.device,
+                              step0=step0, total_steps=total_steps, warmup_steps=warmup_steps, cfg=self.cfg,
+                              mask_generator=mask_generator, epoch=epoch)
+
     # -- loop -------------------------------------------------------------
     def fit(self) -> TrainResult:
         """Train; returns a :class:`TrainResult`."""
@@ -517,11 +546,11 @@ class Trainer:
         graph = None
         if cfg.refine and cfg.scaffold and cfg.scaffold_weight > 0 and G > 1:
             t0 = time.perf_counter()
-            graph = image_knn_graph(images, k=cfg.scaffold_k, device=device)
+            graph = self._build_graph()
             logger.info("scaffold: %d genes x %d neighbours (%.1f s)", G, graph.k, time.perf_counter() - t0)
 
         optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
-        steps_per_epoch = max(math.ceil(G / cfg.batch_size), 1)
+        steps_per_epoch = self._steps_per_epoch()
         total_steps = steps_per_epoch * max(cfg.epochs, 1)
         # warm-up: `warmup_epochs` epochs but at least 50 steps (transformers need it), at most 1/10 of training
         warmup_steps = min(max(steps_per_epoch * cfg.warmup_epochs, 50), max(total_steps // 10, 1))
@@ -541,12 +570,11 @@ class Trainer:
                 resp = selected = None
                 Z = None
                 if need_Z:
-                    Z = embed_all(model, images, batch_size=cfg.embed_batch_size, device=device, amp=cfg.amp)
+                    Z = self._embed()
                     self._check_spread(Z, epoch)
                 if refining:
                     first = prev_labels is None
-                    resp = fit_mixture(self.mixture, Z, cfg.init_em_iters if first else cfg.em_iters, init=first,
-                                       n_init=cfg.mixture_n_init, seed=self.seed)
+                    resp = self._fit_mixture(Z, cfg.init_em_iters if first else cfg.em_iters, first)
                     labels = resp.argmax(1)
                     change = label_change(prev_labels, labels)
                     prev_labels = labels
@@ -570,10 +598,9 @@ class Trainer:
                     Z = torch.zeros(G, model.embed_dim, device=device)
                 state = self._state(Z, resp, selected, epoch, graph)
                 rec["scaffold_weight"] = state.weights["scaffold"]
-                batches = gene_batches(G, cfg.batch_size, batch_gen)
-                terms = gradient_steps(model, images, batches, optimizer, state=state, device=device, step0=step,
-                                       total_steps=total_steps, warmup_steps=warmup_steps, cfg=cfg,
-                                       mask_generator=mask_gen, epoch=epoch)
+                batches = self._batches(batch_gen)
+                terms = self._gradient_steps(batches, optimizer, state, step0=step, total_steps=total_steps,
+                                             warmup_steps=warmup_steps, mask_generator=mask_gen, epoch=epoch)
                 step += len(batches)
                 rec["loss"] = terms.pop("total")
                 rec.update(terms)
@@ -590,10 +617,9 @@ class Trainer:
             bar.close()
 
         # final embeddings and memberships under the final weights
-        Z = embed_all(model, images, batch_size=cfg.embed_batch_size, device=device, amp=cfg.amp)
+        Z = self._embed()
         self._check_spread(Z, max(epoch, 0))
-        resp = fit_mixture(self.mixture, Z, cfg.final_em_iters, init=prev_labels is None,
-                           n_init=cfg.mixture_n_init, seed=self.seed)
+        resp = self._fit_mixture(Z, cfg.final_em_iters, prev_labels is None)
         return TrainResult(
             embeddings=Z.detach().cpu().numpy().astype(np.float32),
             memberships=resp.detach().cpu().double().numpy(),
