@@ -90,6 +90,10 @@ sigelPythonAvailable <- function() {
                  call. = FALSE)
         }
     )
+    # Python now lives inside this R session: its R engine must call back
+    # through reticulate, not rpy2 (see R/r-engine.R)
+    reticulate::import("sigel._rbridge", convert = TRUE)$register_r_engine(
+        .sigel_r_engine)
     .sigel_env$mod <- mod
     mod
 }

@@ -8,7 +8,8 @@
 .sigel_hyper <- function(n_contexts = NULL, embed_dim = 32L, patch_size = NULL,
                          max_tokens = 128L, width = 32L, depth = 4L,
                          n_heads = 4L, mlp_ratio = 2, decoder_width = 32L,
-                         mask_ratio = 0.75, epochs = NULL,
+                         mask_ratio = 0.75, input_norm = "standardize",
+                         epochs = NULL,
                          pretrain_epochs = NULL, batch_size = 32L, lr = 3e-3,
                          weight_decay = 0.05, warmup_epochs = 2L,
                          refine = TRUE, scaffold = TRUE, scaffold_k = 10L,
@@ -488,6 +489,11 @@
 #' @param decoder_width `integer(1)`: channels of the convolutional decoder.
 #' @param mask_ratio `numeric(1)`: fraction of in-tissue patches masked per
 #'   step.
+#' @param input_norm `character(1)`: `"standardize"` centres and scales each
+#'   gene image over the tissue before encoding, so vectors describe the
+#'   pattern's shape rather than how many spots express the gene;
+#'   `"smooth"` does the same after a 3x3 box filter; `"none"` uses the
+#'   image values as built.
 #' @param epochs `integer(1)` or `NULL`: maximum number of epochs
 #'   (pre-training included); `NULL`: enough for about 4,000 gradient steps,
 #'   between 16 and 60 epochs.
