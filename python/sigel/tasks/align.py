@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from .._settings import logger, settings
+from .._stats import bh as _bh
 from .._validate import SigelInputError, assert_in_range, assert_one_of, assert_positive
 from ._genes import embedding_frame, hard_contexts, unit_rows
 
@@ -608,23 +609,6 @@ def align(reference, query, anchors=None, *, method: str = "auto", normalize: st
 
 
 # --------------------------------------------------------------------------- statistics
-
-def _bh(p: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg q-values (NaN-safe)."""
-    p = np.asarray(p, dtype=np.float64)
-    q = np.full_like(p, np.nan)
-    ok = np.isfinite(p)
-    n = int(ok.sum())
-    if n == 0:
-        return q
-    po = p[ok]
-    order = np.argsort(po)
-    ranked = po[order] * n / np.arange(1, n + 1)
-    ranked = np.minimum.accumulate(ranked[::-1])[::-1]
-    out = np.empty(n)
-    out[order] = np.minimum(ranked, 1.0)
-    q[ok] = out
-    return q
 
 
 def _robust_loc_scale(x: np.ndarray) -> tuple[float, float]:

@@ -30,6 +30,7 @@ import scipy.sparse as sp
 
 from .. import _keys
 from .._settings import logger, settings
+from .._stats import bh as _bh
 from .._validate import (
     SigelInputError,
     as_coordinates,
@@ -141,22 +142,6 @@ def _knn_indices(coords: np.ndarray, k: int) -> np.ndarray:
     drop[np.cumsum(drop, axis=1) > 1] = False  # at most one dropped per row
     return idx[~drop].reshape(n, k)
 
-
-def _bh(p: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg q-values (NaN kept)."""
-    q = np.full_like(p, np.nan, dtype=np.float64)
-    ok = np.isfinite(p)
-    pv = p[ok]
-    m = pv.size
-    if m == 0:
-        return q
-    order = np.argsort(pv)
-    ranked = pv[order] * m / np.arange(1, m + 1)
-    ranked = np.minimum.accumulate(ranked[::-1])[::-1]
-    out = np.empty(m)
-    out[order] = np.clip(ranked, 0, 1)
-    q[ok] = out
-    return q
 
 
 # ================================================================= Moran's I

@@ -16,6 +16,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .._settings import logger
+from .._stats import bh as _bh
 from .._validate import SigelInputError, assert_one_of, assert_positive
 from ._genes import GeneMapper, embedding_frame, hard_contexts, report_unmapped, symbol_series, unit_rows
 
@@ -158,19 +159,6 @@ def gene_clusters(model, n_clusters=(5, 10, 20), *, method: str = "kmeans", seed
 
 
 # ------------------------------------------------------------- enrichment
-def _bh(p: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg q-values."""
-    p = np.asarray(p, dtype=np.float64)
-    n = p.size
-    if n == 0:
-        return p
-    order = np.argsort(p)
-    ranked = p[order] * n / np.arange(1, n + 1)
-    q = np.minimum.accumulate(ranked[::-1])[::-1]
-    out = np.empty(n)
-    out[order] = np.clip(q, 0, 1)
-    return out
-
 
 def _groupings(model, emb_index, groups, resolutions, cluster_method, seed) -> pd.DataFrame:
     """Genes x groupings table of labels (NaN = gene not in any group of that grouping)."""

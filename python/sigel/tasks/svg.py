@@ -26,6 +26,7 @@ import scipy.sparse as sp
 
 from .. import _keys
 from .._settings import logger, settings
+from .._stats import bh
 from .._validate import SigelInputError, assert_one_of, assert_positive
 from ..sim import _check_model, _model_image_options, _same_grid, _spot_coords as _coords
 
@@ -33,30 +34,6 @@ __all__ = ["svg", "svg_scores", "compare_svg", "morans_i", "bh"]
 
 
 # ====================================================================== helpers
-def bh(p) -> np.ndarray:
-    """Benjamini-Hochberg q-values (NaN stays NaN).
-
-    Examples
-    --------
-    >>> from sigel.tasks.svg import bh
-    >>> bh([0.01, 0.04, 0.03]).round(3).tolist()
-    [0.03, 0.04, 0.04]
-    """
-    p = np.asarray(p, dtype=np.float64)
-    q = np.full_like(p, np.nan)
-    ok = np.isfinite(p)
-    pv = p[ok]
-    n = pv.size
-    if n == 0:
-        return q
-    order = np.argsort(pv)
-    ranked = pv[order] * n / np.arange(1, n + 1)
-    ranked = np.minimum.accumulate(ranked[::-1])[::-1]
-    out = np.empty(n)
-    out[order] = np.minimum(ranked, 1.0)
-    q[ok] = out
-    return q
-
 
 def _counts(adata, layer):
     X = adata.X if layer is None else adata.layers[layer]
