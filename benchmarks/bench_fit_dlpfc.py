@@ -144,6 +144,8 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=None, help="override the default epoch limit (debugging)")
+    ap.add_argument("--save-model", default=None,
+                    help="also save the fitted model here (e.g. for bench_semantics.py --model)")
     args = ap.parse_args(argv)
 
     import anndata as ad
@@ -166,6 +168,8 @@ def main(argv=None):
               n_threads=args.threads)
     fit_s, fit_cpu = time.perf_counter() - t0, time.process_time() - c0
     rss_fit = peak_rss_gb()
+    if args.save_model:
+        model.save(args.save_model, overwrite=True)
     hist = model.history_
     G, D, K = len(model.embeddings_), model.embed_dim, model.n_contexts_
 
