@@ -144,6 +144,8 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=None, help="override the default epoch limit (debugging)")
+    ap.add_argument("--hyper", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="model hyper-parameters other than the defaults, e.g. input_norm=smooth epochs=20")
     ap.add_argument("--save-model", default=None,
                     help="also save the fitted model here (e.g. for bench_semantics.py --model)")
     args = ap.parse_args(argv)
@@ -162,6 +164,12 @@ def main(argv=None):
     rss_loaded = peak_rss_gb()
 
     hyper = {} if args.epochs is None else {"epochs": args.epochs}
+    for kv in args.hyper:
+        k, _, v = kv.partition("=")
+        try:
+            hyper[k] = json.loads(v)
+        except json.JSONDecodeError:
+            hyper[k] = v
     model = sigel.SIGEL(**hyper)
     t0, c0 = time.perf_counter(), time.process_time()
     model.fit(adata, library_size_key="sum_umi", device=args.device, seed=args.seed, progress=False,

@@ -931,6 +931,8 @@ class SIGEL:
 
         known = set(inspect.signature(cls.__init__).parameters) - {"self"}
         params = {k: v for k, v in cfg["init_params"].items() if k in known}
+        # models saved before per-image input standardisation existed were trained on raw values
+        params.setdefault("input_norm", None)
         try:
             model = cls(**params)
         except (TypeError, SigelInputError) as e:
