@@ -4,6 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .._validate import SigelInputError
+from ._grid import image_grid
+
 
 def context_maps(model_or_maps, images=None, *, contexts=None, ncols: int = 6, cmap: str = "viridis",
                  panel_size: float = 2.0, min_genes: int = 1, ax=None):
@@ -39,8 +42,6 @@ def context_maps(model_or_maps, images=None, *, contexts=None, ncols: int = 6, c
     >>> maps = {"context_0": np.random.default_rng(0).random((8, 8)), "context_1": np.eye(8)}
     >>> fig = sigel.pl.context_maps(maps)
     """
-    import matplotlib.pyplot as plt
-
     if isinstance(model_or_maps, dict):
         maps = model_or_maps
         if contexts is not None:
@@ -55,25 +56,9 @@ def context_maps(model_or_maps, images=None, *, contexts=None, ncols: int = 6, c
     names = list(maps)
     n = len(names)
     if n == 0:
-        raise ValueError("no context maps to plot")
-    if ax is None:
-        ncols = max(1, min(int(ncols), n))
-        nrows = int(np.ceil(n / ncols))
-        fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size * ncols, panel_size * nrows), squeeze=False)
-        axes = axes.ravel()
-    else:
-        axes = np.atleast_1d(ax).ravel()
-        fig = axes[0].figure
-    cm = plt.get_cmap(cmap).with_extremes(bad="white")
-    for i, a in enumerate(axes):
-        a.set_axis_off()
-        if i >= n:
-            continue
-        img = np.asarray(maps[names[i]], dtype=np.float64)
-        a.imshow(np.ma.masked_invalid(img), cmap=cm, interpolation="nearest")
-        a.set_title(str(names[i]), fontsize=8)
-    fig.tight_layout()
-    return fig
+        raise SigelInputError("no context maps to plot (no context has `min_genes` genes?)")
+    return image_grid([maps[k] for k in names], names, ncols=ncols, cmap=cmap, panel_size=panel_size, ax=ax,
+                      vmin=None)
 
 
 def interaction_heatmap(strength, genes=None, *, cmap: str = "magma", annotate: bool = False,

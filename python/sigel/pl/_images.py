@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._grid import image_grid
+
 
 def gene_images(images, genes=None, *, ncols: int = 6, cmap: str = "magma", panel_size: float = 2.0,
                 titles=None, ax=None):
@@ -36,26 +38,7 @@ def gene_images(images, genes=None, *, ncols: int = 6, cmap: str = "magma", pane
     >>> im = sigel.GeneImages.from_anndata(ad)
     >>> fig = sigel.pl.gene_images(im, im.genes[:4])
     """
-    import matplotlib.pyplot as plt
-
     genes = list(images.genes[:12] if genes is None else np.atleast_1d(genes))
-    n = len(genes)
     titles = genes if titles is None else list(titles)
-    if ax is None:
-        ncols = max(1, min(ncols, n))
-        nrows = int(np.ceil(n / ncols))
-        fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size * ncols, panel_size * nrows), squeeze=False)
-        axes = axes.ravel()
-    else:
-        axes = np.atleast_1d(ax).ravel()
-        fig = axes[0].figure
-    cm = plt.get_cmap(cmap).with_extremes(bad="white")
-    for i, a in enumerate(axes):
-        a.set_axis_off()
-        if i >= n:
-            continue
-        img = images.image(genes[i])
-        a.imshow(np.ma.masked_invalid(img), cmap=cm, vmin=0, interpolation="nearest")
-        a.set_title(str(titles[i]), fontsize=8)
-    fig.tight_layout()
-    return fig
+    return image_grid([images.image(g) for g in genes], titles, ncols=ncols, cmap=cmap, panel_size=panel_size,
+                      ax=ax)

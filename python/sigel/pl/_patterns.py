@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 
 from .._validate import SigelInputError
+from ._grid import image_grid
 
 __all__ = ["pattern_search", "svg", "compare_svg"]
 
@@ -20,15 +21,6 @@ def _table(result, key: str, what: str):
     if "table" in entry:
         return entry["table"], entry
     return None, entry
-
-
-def _panel(ax, img, title, cmap):
-    import matplotlib.pyplot as plt
-
-    cm = plt.get_cmap(cmap).with_extremes(bad="white")
-    ax.imshow(np.ma.masked_invalid(img), cmap=cm, vmin=0, interpolation="nearest")
-    ax.set_title(title, fontsize=8)
-    ax.set_axis_off()
 
 
 def pattern_search(result, images, *, pseudo_image=None, n_top: int = 5, key: str = "sigel_pattern_search",
@@ -63,24 +55,16 @@ def pattern_search(result, images, *, pseudo_image=None, n_top: int = 5, key: st
     >>> _ = sigel.tl.pattern_search(model, ad, sigel.sim.core(ad.obsm["spatial"]))  # doctest: +SKIP
     >>> fig = sigel.pl.pattern_search(ad, model.images_)                            # doctest: +SKIP
     """
-    import matplotlib.pyplot as plt
-
     table, entry = _table(result, key, "pattern_search")
     if pseudo_image is None:
         pseudo_image = entry.get("pseudo_image")
     genes = [g for g in table.index[: int(n_top)] if g in images.genes]
-    n = len(genes) + (pseudo_image is not None)
-    fig, axes = plt.subplots(1, max(n, 1), figsize=(panel_size * max(n, 1), panel_size * 1.1), squeeze=False)
-    axes = axes.ravel()
-    i = 0
+    imgs = [images.image(g) for g in genes]
+    titles = [f"{g}\ncos {table.loc[g, 'similarity']:.2f}" for g in genes]
+    cmaps = [cmap] * len(genes)
     if pseudo_image is not None:
-        _panel(axes[0], np.asarray(pseudo_image, dtype=float), "template\n(pseudo-gene)", "viridis")
-        i = 1
-    for g in genes:
-        _panel(axes[i], images.image(g), f"{g}\ncos {table.loc[g, 'similarity']:.2f}", cmap)
-        i += 1
-    fig.tight_layout()
-    return fig
+        imgs, titles, cmaps = [pseudo_image] + imgs, ["template\n(pseudo-gene)"] + titles, ["viridis"] + cmaps
+    return image_grid(imgs, titles, ncols=max(len(imgs), 1), cmaps=cmaps, panel_size=panel_size, height_ratio=1.1)
 
 
 def svg(result, images, *, n_top: int = 8, key: str = "sigel_svg", ncols: int = 4, cmap: str = "magma",
@@ -113,8 +97,6 @@ def svg(result, images, *, n_top: int = 8, key: str = "sigel_svg", ncols: int = 
     >>> tab = sigel.tl.svg(model, ad, n_null=5)              # doctest: +SKIP
     >>> fig = sigel.pl.svg(tab, model.images_)               # doctest: +SKIP
     """
-    import matplotlib.pyplot as plt
-
     if isinstance(result, pd.DataFrame):
         table = result
     else:
@@ -124,17 +106,9 @@ def svg(result, images, *, n_top: int = 8, key: str = "sigel_svg", ncols: int = 
         table = pd.DataFrame({"score": var[f"{key}_score"], "qval": var[f"{key}_qval"]}).dropna()
         table = table.sort_values("score", ascending=False)
     genes = [g for g in table.index[: int(n_top)] if g in images.genes]
-    n = max(len(genes), 1)
-    ncols = max(1, min(ncols, n))
-    nrows = int(np.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size * ncols, panel_size * 1.1 * nrows), squeeze=False)
-    axes = axes.ravel()
-    for a in axes:
-        a.set_axis_off()
-    for a, g in zip(axes, genes):
-        _panel(a, images.image(g), f"{g}\nscore {table.loc[g, 'score']:.1f}, q {table.loc[g, 'qval']:.2g}", cmap)
-    fig.tight_layout()
-    return fig
+    titles = [f"{g}\nscore {table.loc[g, 'score']:.1f}, q {table.loc[g, 'qval']:.2g}" for g in genes]
+    return image_grid([images.image(g) for g in genes], titles, ncols=ncols, cmap=cmap, panel_size=panel_size,
+                      height_ratio=1.1)
 
 
 def compare_svg(table, *, methods=("sigel", "sparkx", "moran"), panel_size: float = 3.0, highlight=None):

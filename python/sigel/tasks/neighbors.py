@@ -10,7 +10,7 @@ from ._genes import GeneMapper, embedding_frame, report_unmapped, symbol_series,
 
 
 def neighbors(model, genes=None, k: int = 10, *, gene_symbols=None, adata=None, include_self: bool = False,
-              batch_size: int = 1024, progress: bool | None = None) -> pd.DataFrame:
+              center: bool = True, batch_size: int = 1024, progress: bool | None = None) -> pd.DataFrame:
     """The ``k`` genes with the most similar embedding (cosine) to each query gene.
 
     Queries are processed in batches of ``batch_size`` against all embedded
@@ -36,6 +36,11 @@ def neighbors(model, genes=None, k: int = 10, *, gene_symbols=None, adata=None, 
         AnnData whose ``var`` holds the ``gene_symbols`` column.
     include_self
         Keep the query itself (cosine 1, rank 1) in its list.
+    center
+        Remove the mean gene vector before taking cosines (default). Gene
+        vectors share a large common component, so raw cosines all sit near
+        1; the refinement's contrastive loss works on centred vectors too,
+        so centred cosines are the similarities the model was trained on.
     batch_size
         Queries per batch.
     progress
@@ -85,7 +90,8 @@ def neighbors(model, genes=None, k: int = 10, *, gene_symbols=None, adata=None, 
         qids = pd.unique(ids[~miss])
     G = emb.shape[0]
     kk = int(min(k, G if include_self else G - 1))
-    X = unit_rows(emb.to_numpy(np.float64))
+    X = emb.to_numpy(np.float64)
+    X = unit_rows(X - X.mean(0) if center else X)
     qidx = emb.index.get_indexer(qids)
     all_nb, all_cos = [], []
     starts = range(0, len(qidx), int(batch_size))
