@@ -141,6 +141,9 @@
 #'   `c(id = symbol)`. Queries may then be symbols (e.g. when row names are
 #'   Ensembl IDs) and the result gains symbol columns.
 #' @param include_self `logical(1)`: keep the query in its own list.
+#' @param center `logical(1)`: remove the mean gene vector before taking
+#'   cosines (default; raw cosines of SIGEL vectors all sit near 1, and the
+#'   model's contrastive refinement works on centred vectors).
 #' @return A `data.frame` with columns `query`, `neighbor`, `cosine`, `rank`
 #'   (1 = most similar) and, with `gene_symbols`, `query_symbol`,
 #'   `neighbor_symbol`. Attribute `n_unmapped`: query names that matched no
@@ -157,7 +160,7 @@
 #' }
 #' @export
 sigelNeighbors <- function(x, genes = NULL, k = 10L, gene_symbols = NULL,
-                           include_self = FALSE) {
+                           include_self = FALSE, center = TRUE) {
     emb <- .emb_matrix(x)
     k <- .as_int1(k, "k")
     if (!is.null(genes) && (!is.character(genes) || !length(genes))) {
@@ -169,7 +172,8 @@ sigelNeighbors <- function(x, genes = NULL, k = 10L, gene_symbols = NULL,
     res <- .py_call(tl$neighbors(
         .emb_py(emb), if (is.null(genes)) NULL else as.list(genes), k,
         gene_symbols = .symbols_py(sym),
-        include_self = isTRUE(include_self)), "sigelNeighbors")
+        include_self = isTRUE(include_self), center = isTRUE(center)),
+        "sigelNeighbors")
     out <- .py_df(res)
     rownames(out) <- NULL
     attr(out, "n_unmapped") <- reticulate::py_to_r(res$attrs$get(

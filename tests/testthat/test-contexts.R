@@ -18,7 +18,8 @@ test_that("sigelNeighbors: cosine neighbours of a matrix, symbols, errors", {
     expect_s3_class(nb, "data.frame")
     expect_equal(colnames(nb), c("query", "neighbor", "cosine", "rank"))
     expect_equal(nrow(nb), 10L)
-    u <- d$emb / sqrt(rowSums(d$emb^2))
+    e <- sweep(d$emb, 2, colMeans(d$emb))          # centred cosines (default)
+    u <- e / sqrt(rowSums(e^2))
     s <- drop(u %*% u["g1", ])
     s <- sort(s[names(s) != "g1"], decreasing = TRUE)
     expect_equal(nb$neighbor[nb$query == "g1"], names(s)[1:5])
@@ -26,6 +27,12 @@ test_that("sigelNeighbors: cosine neighbours of a matrix, symbols, errors", {
                  tolerance = 1e-10)
     # family genes are the nearest ones
     expect_true(all(d$fam[nb$neighbor] == d$fam[nb$query]))
+    # raw cosines on request
+    raw <- sigelNeighbors(d$emb, "g1", k = 5, center = FALSE)
+    u0 <- d$emb / sqrt(rowSums(d$emb^2))
+    s0 <- drop(u0 %*% u0["g1", ])
+    s0 <- sort(s0[names(s0) != "g1"], decreasing = TRUE)
+    expect_equal(raw$cosine, unname(s0[1:5]), tolerance = 1e-10)
     # symbols
     sym <- stats::setNames(paste0("SYM", seq_len(nrow(d$emb))),
                            rownames(d$emb))
