@@ -27,13 +27,16 @@ def test_neighbors_matches_brute_force_and_batches():
     tab = sigel.tl.neighbors(emb, ["g0", "g25"], k=5, batch_size=1)
     assert list(tab.columns) == ["query", "neighbor", "cosine", "rank"]
     assert tab.shape == (10, 4)
-    X = emb.to_numpy() / np.linalg.norm(emb.to_numpy(), axis=1, keepdims=True)
-    for q in ["g0", "g25"]:
-        s = pd.Series(X @ X[emb.index.get_loc(q)], index=emb.index).drop(q).sort_values(ascending=False)
-        got = tab[tab["query"] == q]
-        assert got["neighbor"].tolist() == s.index[:5].tolist()
-        np.testing.assert_allclose(got["cosine"].to_numpy(), s.to_numpy()[:5], atol=1e-12)
-        assert got["rank"].tolist() == [1, 2, 3, 4, 5]
+    raw = sigel.tl.neighbors(emb, ["g0", "g25"], k=5, center=False)
+    for frame, center in ((tab, True), (raw, False)):
+        E = emb.to_numpy() - (emb.to_numpy().mean(0) if center else 0.0)  # default: centred cosines
+        X = E / np.linalg.norm(E, axis=1, keepdims=True)
+        for q in ["g0", "g25"]:
+            s = pd.Series(X @ X[emb.index.get_loc(q)], index=emb.index).drop(q).sort_values(ascending=False)
+            got = frame[frame["query"] == q]
+            assert got["neighbor"].tolist() == s.index[:5].tolist()
+            np.testing.assert_allclose(got["cosine"].to_numpy(), s.to_numpy()[:5], atol=1e-12)
+            assert got["rank"].tolist() == [1, 2, 3, 4, 5]
     # all genes, batched == one batch
     a = sigel.tl.neighbors(emb, k=3, batch_size=7)
     b = sigel.tl.neighbors(emb, k=3, batch_size=1000)
