@@ -314,13 +314,13 @@ sigelShiftedGenes <- function(x, query = NULL,
 #'   (default all shared genes).
 #' @param top `integer(1)` or `NULL`: number of ranked pairs returned
 #'   (q-values always use every tested pair).
-#' @param standardize `character(1)`: `"auto"` (default) uses `"noise"` when
-#'   the alignment has split-half noise estimates, else `"genes"`;
-#'   `"genes"` scales each pair's change
-#'   by the robust spread of its two genes' changes against random genes (a
-#'   pair is altered beyond its genes' overall movement or noise), `"noise"`
-#'   by the change expected from the split-half noise (needs a noise
-#'   estimate), `"none"` uses the raw change.
+#' @param standardize `character(1)`: `"genes"` (default) scales each
+#'   pair's change by the robust spread of its two genes' changes against
+#'   random genes (a pair is altered beyond its genes' overall movement or
+#'   noise), `"noise"` by the change expected from the split-half noise
+#'   (needs a noise estimate; more power on synthetic data but not
+#'   calibrated on real adjacent sections), `"auto"` picks `"noise"` when
+#'   noise estimates exist, `"none"` uses the raw change.
 #' @param null `character(1)`: `"normal"` (robust, two-sided) or
 #'   `"empirical"`.
 #' @param seed `integer(1)`: seeds the probe genes and the subset of null
@@ -348,7 +348,7 @@ sigelShiftedGenes <- function(x, query = NULL,
 sigelAlteredInteractions <- function(x, query = NULL, genes = NULL,
                                      n_genes = NULL, partners = NULL,
                                      top = 500L,
-                                     standardize = c("auto", "genes", "noise", "none"),
+                                     standardize = c("genes", "noise", "auto", "none"),
                                      null = c("normal", "empirical"),
                                      seed = 0L, ...) {
     standardize <- match.arg(standardize)

@@ -794,7 +794,7 @@ def _gene_change_scale(alignment: Alignment, genes: pd.Index, n_probe: int, rng)
 
 
 def altered_interactions(alignment: Alignment, genes=None, *, n_genes: int | None = None, partners=None,
-                         top: int | None = 500, standardize: str = "auto", null: str = "normal",
+                         top: int | None = 500, standardize: str = "genes", null: str = "normal",
                          n_probe: int = 500, max_null_pairs: int = 200_000, seed: int | None = None) -> pd.DataFrame:
     """Gene pairs whose relation (cosine similarity) changed between the samples.
 
@@ -821,12 +821,7 @@ def altered_interactions(alignment: Alignment, genes=None, *, n_genes: int | Non
         Number of ranked pairs returned (``None``: all tested pairs; q-values
         always use all tested pairs).
     standardize
-        How a pair's change is scaled before the test. ``'auto'`` (default):
-        ``'noise'`` when the alignment carries split-half noise estimates
-        (``align(..., reference_data=, query_data=)``), else ``'genes'``.
-        On synthetic sections ``'noise'`` keeps pattern-free genes (whose
-        vectors are mostly noise) out of the top pairs; ``'genes'`` does not.
-        ``'genes'``:
+        How a pair's change is scaled before the test. ``'genes'`` (default):
         by ``sqrt(s_a^2 + s_b^2)``, where ``s_g`` is the robust spread of gene
         g's cosine changes against ``n_probe`` random shared genes -- a pair
         is altered when its relation changed beyond what its two genes'
@@ -834,7 +829,11 @@ def altered_interactions(alignment: Alignment, genes=None, *, n_genes: int | Non
         focus genes chosen for having moved). ``'noise'``: by the change
         expected from the two genes' split-half noise
         (``a * (noise_a^2 + noise_b^2) + b``, fitted on the anchor pairs;
-        needs ``align(..., reference_data=, query_data=)``). ``'none'``: the
+        needs ``align(..., reference_data=, query_data=)``). ``'noise'`` ranks
+        planted changes better on synthetic sections but is not calibrated
+        on real ones: on adjacent DLPFC sections (a null) it called 45 % of
+        pairs altered, ``'genes'`` about 1 %. ``'auto'``: ``'noise'`` when
+        noise estimates exist, else ``'genes'``. ``'none'``: the
         raw change.
     null
         ``'normal'``: a normal null with the anchor pairs' median and MAD
