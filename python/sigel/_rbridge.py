@@ -46,13 +46,17 @@ def _plain_dgc(X) -> dict:
                 dims=[int(X.shape[1]), int(X.shape[0])])
 
 
-def _plain_template(template):
+def _template_values(template):
+    """A template as a :class:`pandas.Categorical` (labels with their levels) or a numpy array."""
     if isinstance(template, pd.Series):
-        template = pd.Categorical(template) if isinstance(template.dtype, pd.CategoricalDtype) \
-            else template.to_numpy()
-    if isinstance(template, pd.Categorical):
-        return dict(levels=[str(c) for c in template.categories], codes=np.asarray(template.codes, np.int32))
-    arr = np.asarray(template)
+        return pd.Categorical(template) if isinstance(template.dtype, pd.CategoricalDtype) else template.to_numpy()
+    return template if isinstance(template, pd.Categorical) else np.asarray(template)
+
+
+def _plain_template(template):
+    arr = _template_values(template)
+    if isinstance(arr, pd.Categorical):
+        return dict(levels=[str(c) for c in arr.categories], codes=np.asarray(arr.codes, np.int32))
     if arr.dtype.kind in "iuf":
         return arr.astype(np.float64)
     if arr.dtype.kind == "b":
@@ -137,13 +141,10 @@ def to_r_dgc(X):
 def _template_r(template):
     import rpy2.robjects as ro
 
-    if isinstance(template, pd.Series):
-        template = pd.Categorical(template) if isinstance(template.dtype, pd.CategoricalDtype) \
-            else template.to_numpy()
-    if isinstance(template, pd.Categorical):
-        levels = [str(c) for c in template.categories]
-        return ro.FactorVector(ro.StrVector([levels[c] for c in template.codes]), levels=ro.StrVector(levels))
-    arr = np.asarray(template)
+    arr = _template_values(template)
+    if isinstance(arr, pd.Categorical):
+        levels = [str(c) for c in arr.categories]
+        return ro.FactorVector(ro.StrVector([levels[c] for c in arr.codes]), levels=ro.StrVector(levels))
     if arr.ndim == 2:
         if arr.dtype.kind == "b":
             return _np2r(arr.astype(bool))

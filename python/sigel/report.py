@@ -57,24 +57,14 @@ def _history_figure(history: pd.DataFrame):
 
 
 def _context_maps_figure(model, n_show: int = 12):
-    import matplotlib.pyplot as plt
-
     from . import tl
+    from .pl._grid import image_grid
 
     maps = tl.context_maps(model)
     sizes = model.contexts_["context"].value_counts()
     show = [k for k in sizes.index[:n_show] if f"context_{k}" in maps]  # maps are keyed 'context_<k>'
-    ncols = max(min(6, len(show)), 1)
-    nrows = int(np.ceil(len(show) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.1 * ncols, 2.1 * nrows), squeeze=False)
-    cm = plt.get_cmap("viridis").with_extremes(bad="white")
-    for a in axes.ravel():
-        a.set_axis_off()
-    for a, k in zip(axes.ravel(), show):
-        a.imshow(np.ma.masked_invalid(np.asarray(maps[f"context_{k}"])), cmap=cm, interpolation="nearest")
-        a.set_title(f"context {k} ({sizes[k]} genes)", fontsize=8)
-    fig.tight_layout()
-    return fig
+    return image_grid([maps[f"context_{k}"] for k in show], [f"context {k} ({sizes[k]} genes)" for k in show],
+                      ncols=6, cmap="viridis", panel_size=2.1, vmin=None)
 
 
 def write_report(model, path, *, title: str = "sigel report", n_example_genes: int = 12) -> Path:

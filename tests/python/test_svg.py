@@ -54,12 +54,17 @@ def svg_table(model, tissue):
     return tab, ad
 
 
-def _calibration(tab, adata):
+def _calibration(tab, adata, record_property=None, label=None):
+    """Fraction of pattern-free genes with p < 0.05 and power at q < 0.05; recorded and printed when labelled."""
     fam = adata.var["family"].astype(str).reindex(tab.index)
     null = tab[fam == "none"]
     assert len(null) >= 850
     frac = float((null["pval"] < 0.05).mean())
     power = float((tab.loc[fam != "none", "qval"] < 0.05).mean())
+    if label is not None:
+        record_property(f"{label}_null_frac_p05", frac)
+        record_property(f"{label}_power_q05", power)
+        print(f"\n{label}: pattern-free genes with p < 0.05: {frac:.3f}; planted genes at q < 0.05: {power:.3f}")
     return frac, power
 
 
@@ -120,20 +125,12 @@ def test_morans_i_matches_dense_formula(tissue):
 def test_svg_calibration_on_pattern_free_genes(svg_table, tissue_nb, tissue, model, record_property):
     # default (permutation) null on the default synthetic tissue (log-normal x NB noise)
     tab, _ = svg_table
-    frac, power = _calibration(tab, tissue)
-    record_property("sigel_null_frac_p05", frac)
-    record_property("sigel_power_q05", power)
-    print(f"\nsigel svg (permutation null): pattern-free genes with p < 0.05: {frac:.3f}; "
-          f"planted genes at q < 0.05: {power:.3f}")
+    frac, _ = _calibration(tab, tissue, record_property, "sigel")
     assert 0.03 <= frac <= 0.07
     assert np.isfinite(tab["score"]).all() and tab["pval"].between(0, 1).all()
     # the ZINB null on negative binomial data: calibrated or conservative, never liberal
     tab_z = sigel.tl.svg(model, tissue_nb.copy(), genes=tissue_nb.var_names, n_null=10, null="zinb", seed=0)
-    frac_z, power_z = _calibration(tab_z, tissue_nb)
-    record_property("sigel_zinb_null_frac_p05", frac_z)
-    record_property("sigel_zinb_power_q05", power_z)
-    print(f"sigel svg (zinb null, NB noise): pattern-free genes with p < 0.05: {frac_z:.3f}; "
-          f"planted genes at q < 0.05: {power_z:.3f}")
+    frac_z, _ = _calibration(tab_z, tissue_nb, record_property, "sigel_zinb")
     assert 0.01 <= frac_z <= 0.07
 
 

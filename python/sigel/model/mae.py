@@ -514,7 +514,8 @@ class MaskedAutoencoder(nn.Module):
         -------
         dict
             ``loss`` (scalar reconstruction loss; the target is the
-            normalised input, see ``input_norm``), ``pred`` (``(B, H, W)``),
+            normalised input, see ``input_norm``), ``loss_per_gene``
+            (``(B,)``, whose mean is ``loss``), ``pred`` (``(B, H, W)``),
             ``z`` (``(B, D)`` gene vector pooled over the *visible* tokens, a
             masked view used by the refinement losses), ``tokens``
             (:class:`TokenBatch`).
@@ -526,8 +527,8 @@ class MaskedAutoencoder(nn.Module):
         latent = self.encode(tokens, tb)
         z = self.pool(latent, tb)
         pred = self.decode(latent, tb, x.shape[-2:], z)
-        loss = self.loss(x, pred, tb)
-        return {"loss": loss, "pred": pred, "z": z, "tokens": tb}
+        per = self.loss(x, pred, tb, reduction="none")
+        return {"loss": per.mean(), "loss_per_gene": per, "pred": pred, "z": z, "tokens": tb}
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Gene vectors: encoder on all in-tissue tokens, mean-pooled, projected.

@@ -502,8 +502,7 @@ class _StepModule(nn.Module):
 
     def forward(self, x, generator, full_view: bool):
         out, z = training_views(self.mae, x, self.cfg, generator, full_view)
-        per = self.mae.loss(self.mae.normalize_input(x), out["pred"], out["tokens"], reduction="none")
-        return per, z
+        return out["loss_per_gene"], z
 
 
 class _AlignedDraws(TorchFunctionMode):
