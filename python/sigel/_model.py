@@ -155,6 +155,16 @@ class SIGEL:
         bf16 mixed precision on CUDA (ignored on CPU).
     embed_batch_size
         Genes per inference batch (``transform``, per-epoch embedding).
+    invariance_weight, view_temperature, thin_min
+        Sampling-noise invariance (part of Module I's training, every epoch):
+        two views of each gene made by binomial thinning of its raw counts
+        (each count kept with a probability drawn from ``[thin_min, 1]``, the
+        library sizes scaled alike) must give the same vector, against every
+        other gene as a negative (InfoNCE with temperature
+        ``view_temperature``; :func:`sigel.model.refine.view_invariance_loss`).
+        The same count-thinned view is what the refinement terms see. Without
+        raw counts (multi-sample fits, :meth:`fit_images`) the views are
+        pixel-dropout copies. ``invariance_weight=0`` switches the term off.
 
     Attributes
     ----------
@@ -247,6 +257,10 @@ class SIGEL:
         tol: float = 1e-3,
         amp: bool = False,
         embed_batch_size: int = 256,
+        invariance_weight: float = 0.0,
+        view_temperature: float = 0.1,
+        thin_min: float = 0.2,
+        spread_weight: float = 0.0,
     ):
         frame = inspect.currentframe()
         args, _, _, values = inspect.getargvalues(frame)
@@ -267,10 +281,12 @@ class SIGEL:
         if p["pretrain_epochs"] is not None:
             assert_positive("pretrain_epochs", p["pretrain_epochs"], allow_zero=True)
         for k in ("warmup_epochs", "em_iters", "weight_decay", "scaffold_weight",
-                  "contrastive_weight", "mixture_weight", "tol"):
+                  "contrastive_weight", "mixture_weight", "tol", "invariance_weight", "spread_weight"):
             assert_positive(k, p[k], allow_zero=True)
         assert_positive("lr", p["lr"])
         assert_positive("temperature", p["temperature"])
+        assert_positive("view_temperature", p["view_temperature"], allow_zero=True)
+        assert_in_range("thin_min", p["thin_min"], 1e-3, 1.0)
         assert_positive("mlp_ratio", p["mlp_ratio"])
         assert_in_range("mask_ratio", p["mask_ratio"], 0.0, 0.95)
         assert_in_range("select_start", p["select_start"], 1e-6, 1.0)
@@ -392,6 +408,8 @@ class SIGEL:
             scaffold_weight=p["scaffold_weight"], contrastive_weight=p["contrastive_weight"],
             mixture_weight=p["mixture_weight"], temperature=p["temperature"], select_start=p["select_start"],
             select_end=p["select_end"], em_iters=p["em_iters"], tol=p["tol"], amp=bool(p["amp"]),
+            invariance_weight=p["invariance_weight"], view_temperature=p["view_temperature"],
+            thin_min=p["thin_min"], spread_weight=p["spread_weight"],
         )
 
     # --------------------------------------------------------------------- fit
@@ -470,10 +488,11 @@ class SIGEL:
                 raise SigelInputError("`sample_names` is only for several samples (a list of AnnData); "
                                       "got a single AnnData")
             images = GeneImages.from_anndata(adata, **opts)
+        views = self._count_views(adata, images)
         fit_params = dict(layer=layer, spatial_key=spatial_key, library_size_key=library_size_key)
         requested = {**image_options}
         self.fit_images(images, device=device, seed=seed, progress=progress, n_threads=n_threads,
-                        out_file=out_file)
+                        out_file=out_file, views=views)
         opts = GeneImages.image_options(images.settings)
         opts.update(fit_params)
         opts["geometry"] = requested.get("geometry", "auto")
@@ -481,8 +500,21 @@ class SIGEL:
         self.fit_params_ = _jsonable(fit_params)
         return self
 
+    def _count_views(self, adata, images):
+        """Count-thinning views for the invariance term (``None`` when off or not raw counts)."""
+        p = self.init_params_
+        if isinstance(images, GeneImages) and (p["invariance_weight"] > 0 or p["spread_weight"] > 0):
+            from .data.views import CountViews
+
+            try:
+                return CountViews.from_anndata(adata, images)
+            except SigelInputError as e:
+                logger.warning("sampling-noise views fall back to pixel dropout: %s", e)
+        return None
+
     def fit_images(self, images, *, device: str = "auto", seed: int | None = None,
-                   progress: bool | None = None, n_threads: int | None = None, out_file=None) -> "SIGEL":
+                   progress: bool | None = None, n_threads: int | None = None, out_file=None,
+                   views=None) -> "SIGEL":
         """Train on prebuilt gene images.
 
         Parameters
@@ -493,6 +525,9 @@ class SIGEL:
             multi-sample fit (results indexed by ``(sample, gene)``).
         device, seed, progress, n_threads, out_file
             As in :meth:`fit`.
+        views
+            Optional :class:`sigel.data.views.CountViews` of ``images`` (raw
+            counts for binomially thinned views; :meth:`fit` makes it).
 
         Returns
         -------
@@ -544,10 +579,10 @@ class SIGEL:
 
                 trainer = DistributedTrainer(module, mixture, train_images, self._train_config(G), device=dev,
                                              seed=seed, progress=progress, callback=cb,
-                                             comm=comm or Comm.single())
+                                             comm=comm or Comm.single(), views=views)
             else:
                 trainer = Trainer(module, mixture, train_images, self._train_config(G), device=dev, seed=seed,
-                                  progress=progress, callback=cb)
+                                  progress=progress, callback=cb, views=views)
             logger.info("training on %s: %d genes, %dx%d images, patch %d, K=%d%s", dev, G, images.height,
                         images.width, patch, K, "" if comm is None else f", {comm.world_size} processes")
             result = trainer.fit()

@@ -495,14 +495,16 @@ class _StepModule(nn.Module):
     """One training forward (:func:`~sigel.train.trainer.training_views` plus the per-gene
     reconstruction error) as a single DDP call."""
 
-    def __init__(self, mae: nn.Module, cfg):
+    def __init__(self, mae: nn.Module, cfg, views=None):
         super().__init__()
         self.mae = mae
         self.cfg = cfg
+        self.views = views
 
-    def forward(self, x, generator, full_view: bool):
-        out, z = training_views(self.mae, x, self.cfg, generator, full_view)
-        return out["loss_per_gene"], z
+    def forward(self, x, generator, full_view: bool, idx=None, second: bool = False):
+        out, z, z2 = training_views(self.mae, x, self.cfg, generator, full_view, views=self.views, idx=idx,
+                                    second=second)
+        return out["loss_per_gene"], z, z2
 
 
 class _AlignedDraws(TorchFunctionMode):
@@ -571,9 +573,11 @@ class DistributedTrainer(Trainer):
     """
 
     def __init__(self, model, mixture, images, config, *, device, seed: int = 0, progress=None, callback=None,
-                 comm: Comm | None = None):
+                 comm: Comm | None = None, views=None):
         if not isinstance(images, SampleImages):
             images = SampleImages([images], ["sample_0"])
+        if images.n_samples != 1:
+            views = None  # count views are per sample; several samples use pixel dropout
         comm = comm or Comm.single()
         seed = int(comm.broadcast(torch.tensor([int(seed)], dtype=torch.long))[0])
         super().__init__(model, mixture, images, config, device=device, seed=seed, progress=progress,
@@ -581,7 +585,8 @@ class DistributedTrainer(Trainer):
         self.comm = comm
         self.progress = bool(self.progress and comm.is_main)
         self.sample_graphs = None
-        self.step_module = _StepModule(self.model, self.cfg)
+        self.views = views
+        self.step_module = _StepModule(self.model, self.cfg, views)
         if comm.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -637,7 +642,7 @@ class DistributedTrainer(Trainer):
         return RefineState(embeddings=state.embeddings[a:b], labels=sl(state.labels), selected=sl(state.selected),
                            prototypes=state.prototypes, center=state.center, bank=state.bank[a:b],
                            mixture=state.mixture, graph=graph, weights=state.weights, temperature=state.temperature,
-                           self_weight=state.self_weight)
+                           self_weight=state.self_weight, view_temperature=state.view_temperature)
 
     @staticmethod
     def _shard_factors(terms: dict, st: RefineState, loc: torch.Tensor, glob: torch.Tensor) -> dict:
@@ -653,7 +658,7 @@ class DistributedTrainer(Trainer):
                 else:
                     sl, sg = int(st.selected[loc].sum()), int(st.selected[glob].sum())
                     f[name] = max(sl, 1) / max(sg, 1)
-            elif name == "mixture":
+            elif name in ("mixture", "invariance", "spread"):
                 f[name] = n_l / n_g
             elif name == "scaffold":
                 hl = int((st.graph.weights[loc].sum(1) > 0).sum())
@@ -697,9 +702,9 @@ class DistributedTrainer(Trainer):
             align = _AlignedDraws(mask_generator, before, len(loc), len(glob), dummy=dummy_gen if scale == 0 else None) \
                 if mask_generator is not None else contextlib.nullcontext()
             with align, _autocast(device, cfg.amp):
-                per, z = self.ddp(x, gen, full_view)
+                per, z, z2 = self.ddp(x, gen, full_view, loc.numpy(), w.get("invariance", 0.0) > 0)
             recon = per.float().sum() / len(glob)
-            terms = refinement_losses(recon, z.float(), loc_d, st)
+            terms = refinement_losses(recon, z.float(), loc_d, st, None if z2 is None else z2.float())
             factors = self._shard_factors(terms, st, loc_d, glob_d)
             names = [k for k in terms if k != "total"]
             total = sum(w.get(k, 1.0 if k == "recon" else 0.0) * factors[k] * terms[k] for k in names) * scale
