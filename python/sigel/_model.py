@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from ._settings import logger, resolve_device, seed_everything, set_threads, settings
-from ._validate import SigelInputError, assert_in_range, assert_one_of, assert_positive
+from ._settings import logger, resolve_device, seeded, set_threads, settings
+from ._validate import SigelInputError, as_int, as_real, as_seed, assert_in_range, assert_one_of, assert_positive
 from .data.images import GeneImages
 
 __all__ = ["SIGEL", "embed", "default_n_contexts"]
@@ -250,11 +250,33 @@ class SIGEL:
     ):
         frame = inspect.currentframe()
         args, _, _, values = inspect.getargvalues(frame)
-        self.init_params_ = {a: values[a] for a in args if a != "self"}
+        self.init_params_ = self._check_types({a: values[a] for a in args if a != "self"})
         self._validate_params(self.init_params_)
         self._reset()
 
     # ------------------------------------------------------------ validation
+    _INT_PARAMS = ("n_contexts", "embed_dim", "patch_size", "max_tokens", "width", "depth", "n_heads",
+                   "decoder_width", "epochs", "pretrain_epochs", "batch_size", "warmup_epochs", "scaffold_k",
+                   "em_iters", "embed_batch_size")
+    _OPTIONAL = ("n_contexts", "patch_size", "epochs", "pretrain_epochs")
+    _REAL_PARAMS = ("mlp_ratio", "mask_ratio", "lr", "weight_decay", "scaffold_weight", "dirichlet_alpha",
+                    "contrastive_weight", "mixture_weight", "temperature", "select_start", "select_end", "tol")
+
+    @classmethod
+    def _check_types(cls, p: dict) -> dict:
+        """Type-check every hyper-parameter (naming it); returns a copy with plain ints/floats."""
+        p = dict(p)
+        for k in cls._INT_PARAMS:
+            if k in p:
+                p[k] = as_int(k, p[k], allow_none=k in cls._OPTIONAL)
+        for k in cls._REAL_PARAMS:
+            if k in p:
+                p[k] = as_real(k, p[k])
+        for k in ("mixture", "input_norm"):
+            if k in p and p[k] is not None and not isinstance(p[k], str):
+                raise SigelInputError(f"`{k}` must be a string; got {p[k]!r} ({type(p[k]).__name__})")
+        return p
+
     @staticmethod
     def _validate_params(p: dict) -> None:
         if p["n_contexts"] is not None:
@@ -428,8 +450,13 @@ class SIGEL:
         device
             ``'auto'`` (CUDA, then MPS, then CPU), ``'cpu'``, ``'cuda'``, ``'cuda:N'``.
         seed
-            Random seed (``None``: ``sigel.settings.seed``). On CPU the same seed
-            gives identical results.
+            Random seed, an integer in ``[0, 2**32)`` (``None``:
+            ``sigel.settings.seed``). On CPU the same seed gives bitwise
+            identical results for a fixed thread count (``n_threads``);
+            different thread counts change the floating-point summation order
+            (1 vs 2 threads differ at about 1e-5). The fit draws from its own
+            seeded generators: the global ``random``, ``numpy.random`` and
+            torch generators are left as they were.
         progress
             Show a progress bar (``None``: ``sigel.settings.show_progress()``).
         n_threads
@@ -458,6 +485,10 @@ class SIGEL:
             Invalid inputs, e.g. ``sample_names`` of the wrong length or with
             duplicates.
         """
+        as_seed("seed", seed)
+        if n_threads is not None and as_int("n_threads", n_threads) < 1:
+            raise SigelInputError(f"`n_threads` must be >= 1; got {n_threads!r}")
+        resolve_device(device)
         opts = dict(layer=layer, genes=genes, spatial_key=spatial_key, library_size_key=library_size_key,
                     **image_options)
         if isinstance(adata, (list, tuple, dict)):
@@ -517,40 +548,43 @@ class SIGEL:
         if G < 10 * K:
             logger.warning("only %d genes for %d contexts; contexts will be small and unstable", G, K)
 
+        seed = as_seed("seed", seed)
+        if seed is None:
+            seed = as_seed("sigel.settings.seed", settings.seed, allow_none=False)
+        if n_threads is not None and as_int("n_threads", n_threads) < 1:
+            raise SigelInputError(f"`n_threads` must be >= 1; got {n_threads!r}")
         dev = resolve_device(device)
         dist_setup = setup_distributed(dev)  # None unless launched by torchrun with several processes
         comm = None
         if dist_setup is not None:
             comm, dev = dist_setup
-            if seed is None:  # every rank must use the same seed
-                seed = settings.seed
-            seed = comm.broadcast_object(seed)
+            seed = comm.broadcast_object(seed)  # every rank must use the same seed
         old_threads = torch.get_num_threads()
         set_threads(n_threads)
         t0 = time.perf_counter()
         try:
-            seed = seed_everything(seed)
-            min_patch = int(images.settings.get("patch_size", 4) or 4)
-            patch = int(p["patch_size"]) if p["patch_size"] is not None else \
-                _auto_patch_size(images.height, images.width, int(p["max_tokens"]), minimum=min(min_patch, 4))
-            module = self._build_module(patch)
-            mixture = self._build_mixture(K, seed + 2)
-            cb = getattr(self, "_callback", None)
-            train_images = images
-            if isinstance(images, SampleImages) and images.n_samples == 1 and comm is None:
-                train_images = images.samples[0]  # one sample, one process: exactly the plain fit
-            if comm is not None or isinstance(train_images, SampleImages):
-                from .train.distributed import Comm
+            with seeded(seed, dev):  # global generators are seeded inside and restored afterwards
+                min_patch = int(images.settings.get("patch_size", 4) or 4)
+                patch = int(p["patch_size"]) if p["patch_size"] is not None else \
+                    _auto_patch_size(images.height, images.width, int(p["max_tokens"]), minimum=min(min_patch, 4))
+                module = self._build_module(patch)
+                mixture = self._build_mixture(K, seed + 2)
+                cb = getattr(self, "_callback", None)
+                train_images = images
+                if isinstance(images, SampleImages) and images.n_samples == 1 and comm is None:
+                    train_images = images.samples[0]  # one sample, one process: exactly the plain fit
+                if comm is not None or isinstance(train_images, SampleImages):
+                    from .train.distributed import Comm
 
-                trainer = DistributedTrainer(module, mixture, train_images, self._train_config(G), device=dev,
-                                             seed=seed, progress=progress, callback=cb,
-                                             comm=comm or Comm.single())
-            else:
-                trainer = Trainer(module, mixture, train_images, self._train_config(G), device=dev, seed=seed,
-                                  progress=progress, callback=cb)
-            logger.info("training on %s: %d genes, %dx%d images, patch %d, K=%d%s", dev, G, images.height,
-                        images.width, patch, K, "" if comm is None else f", {comm.world_size} processes")
-            result = trainer.fit()
+                    trainer = DistributedTrainer(module, mixture, train_images, self._train_config(G), device=dev,
+                                                 seed=seed, progress=progress, callback=cb,
+                                                 comm=comm or Comm.single())
+                else:
+                    trainer = Trainer(module, mixture, train_images, self._train_config(G), device=dev, seed=seed,
+                                      progress=progress, callback=cb)
+                logger.info("training on %s: %d genes, %dx%d images, patch %d, K=%d%s", dev, G, images.height,
+                            images.width, patch, K, "" if comm is None else f", {comm.world_size} processes")
+                result = trainer.fit()
         finally:
             if n_threads is not None:
                 torch.set_num_threads(old_threads)
