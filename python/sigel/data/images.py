@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .._settings import logger
 from .._validate import (
     SigelInputError,
     as_coordinates,
@@ -80,6 +81,7 @@ class GeneImages:
         scale_quantile: float = 0.99,
         min_spots: int = 3,
         exclude_prefixes=DEFAULT_EXCLUDE,
+        counts: bool = True,
     ) -> "GeneImages":
         """Build gene images from an AnnData (spots/cells x genes).
 
@@ -123,6 +125,11 @@ class GeneImages:
         exclude_prefixes
             Gene-name prefixes removed (case-insensitive), e.g. mitochondrial
             ``'MT-'`` and spike-ins ``'ERCC-'``; ``()`` keeps all.
+        counts
+            ``True`` (default): the matrix must hold raw counts (whole
+            numbers) whenever ``normalize`` or ``log1p`` is on; non-integer
+            values (e.g. log-normalised ``X``) raise a `SigelInputError`
+            naming ``layer=``. ``False``: use the values as they are.
 
         Returns
         -------
@@ -144,6 +151,11 @@ class GeneImages:
         gene_names = pd.Index(adata.var_names.astype(str))
         assert_unique_names(gene_names, "gene names (adata.var_names)")
         assert_finite_nonnegative(X.data, "expression values")
+        if not isinstance(counts, (bool, np.bool_)):
+            raise SigelInputError(f"`counts` must be True or False; got {counts!r}")
+        raw_counts = bool(counts)
+        if raw_counts and (normalize or log1p):
+            _check_counts(X, adata, layer)
 
         rows, cols, geom = spot_pixels(adata, geometry=geometry, spatial_key=spatial_key, resolution=resolution)
 
@@ -155,10 +167,18 @@ class GeneImages:
                     f"available: {list(adata.obs.columns)[:20]}"
                 )
             lib = pd.to_numeric(adata.obs[library_size_key], errors="coerce").to_numpy(np.float64)
-            if not np.all(np.isfinite(lib)) or np.any(lib < 0):
-                raise SigelInputError(f"adata.obs[{library_size_key!r}] must be finite and >= 0")
+            if not np.all(np.isfinite(lib)) or np.any(lib <= 0):
+                bad = int(np.sum(~np.isfinite(lib) | (lib <= 0)))
+                raise SigelInputError(f"library_size_key: adata.obs[{library_size_key!r}] must hold finite "
+                                      f"numbers > 0; {bad} of {len(lib)} spots do not")
         else:
             lib = np.asarray(X.sum(axis=1)).ravel().astype(np.float64)
+            if normalize and not np.any(lib > 0):
+                raise SigelInputError("every spot has a library size of 0 (the count matrix is all zeros); "
+                                      "nothing to normalise")
+            n_empty = int(np.sum(lib <= 0))
+            if normalize and n_empty:
+                logger.warning("%d of %d spots have no counts; their pixels read 0", n_empty, n_obs)
 
         # --- gene filter ---
         keep = np.ones(n_var, dtype=bool)
@@ -217,7 +237,7 @@ class GeneImages:
             geometry=geom, layer=layer, spatial_key=spatial_key, library_size_key=library_size_key,
             resolution=int(resolution), patch_size=int(patch_size), normalize=bool(normalize),
             target_sum=ts, log1p=bool(log1p), scale=scale, scale_quantile=float(scale_quantile),
-            min_spots=int(min_spots), exclude_prefixes=list(exclude_prefixes or ()),
+            min_spots=int(min_spots), exclude_prefixes=list(exclude_prefixes or ()), counts=raw_counts,
             n_genes_input=int(n_var), n_spots=int(n_obs), n_spots_sharing_pixel=int(n_obs - mask.sum()),
         )
         return cls(
@@ -288,32 +308,74 @@ class GeneImages:
     def image_options(settings: dict) -> dict:
         """The `from_anndata` keyword arguments that rebuild images with ``settings``."""
         keys = ("geometry", "layer", "spatial_key", "library_size_key", "resolution", "patch_size",
-                "normalize", "log1p", "scale", "scale_quantile", "min_spots", "exclude_prefixes")
+                "normalize", "log1p", "scale", "scale_quantile", "min_spots", "exclude_prefixes", "counts")
         return {k: settings[k] for k in keys if k in settings}
 
 
 # ---------------------------------------------------------------------- helpers
 def _counts_matrix(adata, layer):
+    """The count matrix as a float/int CSR matrix (backed data read into memory, float16/bool widened)."""
     if layer is None:
-        X = adata.X
+        X, where = adata.X, "adata.X"
     else:
         if layer not in adata.layers:
             raise SigelInputError(f"layer {layer!r} not found in adata.layers; available: {list(adata.layers.keys())}")
-        X = adata.layers[layer]
+        X, where = adata.layers[layer], f"adata.layers[{layer!r}]"
     if X is None:
         raise SigelInputError("adata.X is empty; pass the layer holding counts with `layer=`")
+    if not sp.issparse(X) and not isinstance(X, np.ndarray):
+        try:  # backed AnnData: an on-disk sparse dataset or h5py dataset; read it into memory
+            if hasattr(X, "to_memory"):
+                X = X.to_memory()
+            elif hasattr(X, "shape") and hasattr(X, "dtype") and hasattr(X, "__getitem__"):
+                X = X[()]
+        except Exception as e:  # pragma: no cover - depends on the storage backend
+            raise SigelInputError(f"{where} could not be read ({type(X).__name__}): {e}; load the AnnData "
+                                  "into memory (e.g. adata.to_memory()) first") from None
     if sp.issparse(X):
+        kind = X.dtype.kind
+        if kind not in "biuf":
+            raise SigelInputError(f"{where} must hold numbers; got dtype {X.dtype}")
+        if kind == "b" or X.dtype == np.float16:
+            X = X.astype(np.float32)
         X = sp.csr_matrix(X)
     else:
-        arr = np.asarray(X)
+        try:
+            arr = np.asarray(X)
+        except Exception as e:
+            raise SigelInputError(f"{where} could not be read as an array ({type(X).__name__}): {e}") from None
+        if arr.ndim != 2:
+            raise SigelInputError(f"{where} must be a 2-d (spots x genes) matrix; got shape {arr.shape}")
         if arr.dtype.kind not in "biuf":
-            raise SigelInputError(f"expression values must be numeric; got dtype {arr.dtype}")
-        if not np.all(np.isfinite(arr)):
-            raise SigelInputError("expression values contain NaN or infinite entries")
+            raise SigelInputError(f"{where} must hold numbers; got dtype {arr.dtype}")
+        if arr.dtype.kind == "b" or arr.dtype == np.float16:
+            arr = arr.astype(np.float32)
+        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+            n = int(arr.size - np.isfinite(arr).sum())
+            raise SigelInputError(f"{where}: expression values contain {n} NaN or infinite entries")
         X = sp.csr_matrix(arr)
-    if X.dtype.kind not in "biuf":
-        raise SigelInputError(f"expression values must be numeric; got dtype {X.dtype}")
     return X
+
+
+def _check_counts(X: sp.csr_matrix, adata, layer) -> None:
+    """Refuse non-integer values where raw counts are required, pointing at ``layer=`` and ``counts=False``."""
+    data = X.data
+    if data.dtype.kind not in "f" or data.size == 0:
+        return
+    frac = data != np.floor(data)
+    n_bad = int(np.count_nonzero(frac))
+    if n_bad == 0:
+        return
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    example = float(data[np.flatnonzero(frac)[0]])
+    others = [k for k in adata.layers.keys() if k != layer]
+    hint = (f"pass `layer=` naming the layer that holds the raw counts (layers: {others})" if others
+            else "pass `layer=` naming a layer that holds the raw counts (this AnnData has no layers)")
+    raise SigelInputError(
+        f"{where} holds non-integer values ({n_bad:,} of {data.size:,} non-zero entries, e.g. {example:g}): "
+        "it looks normalised or log-transformed, and would be normalised and log-transformed again. "
+        f"SIGEL needs raw counts: {hint}, or pass counts=False to use these values as they are."
+    )
 
 
 def _obs_numeric(adata, cols):
