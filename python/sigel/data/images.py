@@ -158,6 +158,7 @@ class GeneImages:
             _check_counts(X, adata, layer)
 
         rows, cols, geom = spot_pixels(adata, geometry=geometry, spatial_key=spatial_key, resolution=resolution)
+        fingerprint = _content_hash(X, adata, spatial_key, library_size_key)
 
         # --- library size (over all genes, before filtering) ---
         if library_size_key is not None:
@@ -238,7 +239,7 @@ class GeneImages:
             resolution=int(resolution), patch_size=int(patch_size), normalize=bool(normalize),
             target_sum=ts, log1p=bool(log1p), scale=scale, scale_quantile=float(scale_quantile),
             min_spots=int(min_spots), exclude_prefixes=list(exclude_prefixes or ()), counts=raw_counts,
-            n_genes_input=int(n_var), n_spots=int(n_obs), n_spots_sharing_pixel=int(n_obs - mask.sum()),
+            content_hash=fingerprint, n_genes_input=int(n_var), n_spots=int(n_obs), n_spots_sharing_pixel=int(n_obs - mask.sum()),
         )
         return cls(
             values=values.astype(np.float32), height=H, width=W, mask=mask, spot_pixel=flat,
@@ -354,6 +355,74 @@ def _counts_matrix(adata, layer):
             n = int(arr.size - np.isfinite(arr).sum())
             raise SigelInputError(f"{where}: expression values contain {n} NaN or infinite entries")
         X = sp.csr_matrix(arr)
+    return X
+
+
+def _hash_array(h, arr) -> None:
+    arr = np.ascontiguousarray(arr)
+    h.update(f"{arr.dtype.str}{arr.shape}".encode())
+    h.update(memoryview(arr).cast("B"))
+
+
+def _content_hash(X: sp.csr_matrix, adata, spatial_key, library_size_key) -> str:
+    """Fingerprint of what gene images are built from: counts, spot and gene names, coordinates, library sizes."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=20)
+    if not X.has_sorted_indices:
+        X = X.sorted_indices()
+    h.update(repr(X.shape).encode())
+    for a in (X.indptr, X.indices, X.data):
+        _hash_array(h, a)
+    for names in (adata.obs_names, adata.var_names):
+        h.update("\x00".join(map(str, names)).encode())
+        h.update(b"\x01")
+    for c in ("array_row", "array_col", "x", "y"):
+        if c in adata.obs:
+            h.update(c.encode())
+            _hash_array(h, pd.to_numeric(adata.obs[c], errors="coerce").to_numpy(np.float64))
+    if spatial_key is not None and spatial_key in adata.obsm:
+        h.update(f"obsm:{spatial_key}".encode())
+        _hash_array(h, np.asarray(adata.obsm[spatial_key], dtype=np.float64))
+    if library_size_key is not None:
+        h.update(f"lib:{library_size_key}".encode())
+        if library_size_key in adata.obs:
+            _hash_array(h, pd.to_numeric(adata.obs[library_size_key], errors="coerce").to_numpy(np.float64))
+    return h.hexdigest()
+
+
+def content_hash(adata, *, layer=None, spatial_key="spatial", library_size_key=None) -> str:
+    """Fingerprint of the data `GeneImages.from_anndata` would read from ``adata`` with these options.
+
+    Covers the count matrix (``X`` or ``layers[layer]``), spot and gene names,
+    every coordinate source (``obs`` array_row/array_col/x/y and
+    ``obsm[spatial_key]``) and the library-size column. Two AnnData objects
+    with the same fingerprint give the same gene images; models record the
+    fingerprint of their training data (``images_.settings['content_hash']``)
+    so that results are reused only for the same content, never because the
+    spot names match.
+
+    Returns
+    -------
+    str
+        A hex digest.
+    """
+    return _content_hash(_counts_matrix(adata, layer), adata, spatial_key, library_size_key)
+
+
+def read_counts(adata, layer=None, *, counts: bool = True) -> sp.csr_matrix:
+    """The checked expression matrix of ``adata`` (``X`` or ``layers[layer]``) as CSR.
+
+    Refuses (with a `SigelInputError`) a missing layer, non-numeric values,
+    NaN/inf, negative entries and, when ``counts``, non-integer values.
+    float16 and bool matrices are widened to float32 and backed (on-disk)
+    matrices read into memory. The result may share memory with ``adata``:
+    do not modify it in place.
+    """
+    X = _counts_matrix(adata, layer)
+    assert_finite_nonnegative(X.data, "expression values")
+    if counts:
+        _check_counts(X, adata, layer)
     return X
 
 

@@ -1,0 +1,332 @@
+"""Bad input, reuse and side effects: every entry point refuses clearly and leaves the caller's data alone.
+
+A parametrised matrix of broken AnnData objects (NaN/inf, negative or
+non-integer counts, duplicated genes, missing or NaN coordinates, one spot,
+nothing left after filtering, empty libraries) is fed to ``fit``,
+``GeneImages.from_anndata``, ``transform``, the ``tl`` functions that take an
+AnnData and the ``sigel train`` command line. Each must raise a
+``SigelInputError`` whose message names the problem (the CLI: exit 2 with
+``sigel: error: ...``), and the caller's AnnData must be hash-identical
+afterwards. Everything is tiny (30 genes, 10 x 10 spots, a 1-block network).
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+import sigel
+from sigel import SIGEL, GeneImages, SigelInputError
+
+FAST = dict(epochs=2, pretrain_epochs=1, width=16, depth=1, n_heads=2, decoder_width=16, embed_dim=8,
+            batch_size=32, n_contexts=2)
+FIT = dict(progress=False, n_threads=1, seed=0)
+
+
+def tissue(seed=0, n_genes=30):
+    return sigel.datasets.synthetic_tissue(n_genes, n_families=2, shape=(10, 10), seed=seed)
+
+
+def adata_hash(ad) -> str:
+    """Content hash of everything an AnnData holds (matrices, frames, mappings, names)."""
+    h = hashlib.sha256()
+
+    def arr(x):
+        if sp.issparse(x):
+            x = sp.csr_matrix(x)
+            for a in (x.indptr, x.indices, x.data):
+                h.update(np.ascontiguousarray(a).tobytes())
+            h.update(repr(x.shape).encode())
+        elif isinstance(x, pd.DataFrame):
+            h.update(pd.util.hash_pandas_object(x, index=True).to_numpy().tobytes())
+            h.update(repr(list(x.columns)).encode() + repr(list(x.dtypes)).encode())
+        elif isinstance(x, dict):
+            for k in sorted(x):
+                h.update(str(k).encode())
+                arr(x[k])
+        else:
+            a = np.asarray(x)
+            h.update(repr((a.dtype.str, a.shape)).encode())
+            h.update(a.tobytes() if a.dtype.kind != "O" else repr(a.tolist()).encode())
+
+    arr(ad.X)
+    for name in ("obs", "var"):
+        arr(getattr(ad, name))
+    for name in ("layers", "obsm", "varm", "obsp", "varp"):
+        arr(dict(getattr(ad, name).items()))
+    arr(dict(ad.uns))
+    h.update("\x00".join(ad.obs_names).encode() + b"|" + "\x00".join(ad.var_names).encode())
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------ broken inputs
+def _set_X(ad, fn):
+    X = ad.X.toarray() if sp.issparse(ad.X) else np.asarray(ad.X)
+    X = X.astype(np.float64)
+    fn(X)
+    ad.X = sp.csr_matrix(X)
+    return ad
+
+
+def _nan_X(ad):
+    return _set_X(ad, lambda X: X.__setitem__((0, 0), np.nan))
+
+
+def _inf_X(ad):
+    return _set_X(ad, lambda X: X.__setitem__((1, 2), np.inf))
+
+
+def _negative(ad):
+    return _set_X(ad, lambda X: X.__setitem__((2, 1), -3.0))
+
+
+def _lognorm(ad):
+    import scanpy as sc
+
+    sc.pp.normalize_total(ad)
+    sc.pp.log1p(ad)
+    return ad
+
+
+def _dup_genes(ad):
+    names = list(ad.var_names)
+    names[1] = names[0]
+    ad.var_names = names
+    return ad
+
+
+def _no_coords(ad):
+    del ad.obsm["spatial"]
+    ad.obs = ad.obs.drop(columns=["x", "y"])
+    return ad
+
+
+def _nan_coords(ad):
+    for c in ("x", "y"):
+        v = ad.obs[c].to_numpy(np.float64).copy()
+        v[3] = np.nan
+        ad.obs[c] = v
+    S = np.asarray(ad.obsm["spatial"], dtype=np.float64).copy()
+    S[3] = np.nan
+    ad.obsm["spatial"] = S
+    return ad
+
+
+def _one_spot(ad):
+    return ad[:1].copy()
+
+
+def _nothing_left(ad):
+    # every gene detected in a single spot: min_spots=3 removes them all
+    X = np.zeros(ad.shape)
+    X[np.arange(ad.n_vars) % ad.n_obs, np.arange(ad.n_vars)] = 5.0
+    ad.X = sp.csr_matrix(X)
+    return ad
+
+
+def _all_zero(ad):
+    ad.X = sp.csr_matrix(ad.shape, dtype=np.float32)
+    return ad
+
+
+def _object_X(ad):
+    ad.X = np.asarray(ad.X.toarray()).astype(str).astype(object)
+    return ad
+
+
+CASES = {
+    "nan_X": (_nan_X, r"NaN or infinite"),
+    "inf_X": (_inf_X, r"NaN or infinite"),
+    "negative_counts": (_negative, r"negative"),
+    "log_normalised": (_lognorm, r"non-integer.*`layer=`.*counts=False"),
+    "duplicated_genes": (_dup_genes, r"duplicated gene names"),
+    "no_coordinates": (_no_coords, r"coordinates"),
+    "nan_coordinates": (_nan_coords, r"NaN|finite"),
+    "one_spot": (_one_spot, r"spot"),
+    "no_genes_after_filtering": (_nothing_left, r"no genes left|none of the model's genes"),
+    "zero_library_sizes": (_all_zero, r"library size"),
+    "object_dtype": (_object_X, r"must hold numbers"),
+}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return SIGEL(**FAST).fit(tissue(), **FIT)
+
+
+def _entry_points(model):
+    tl = sigel.tl
+    return {
+        "from_anndata": lambda ad: GeneImages.from_anndata(ad),
+        "fit": lambda ad: SIGEL(**FAST).fit(ad, **FIT),
+        "transform": lambda ad: model.transform(ad),
+        "context_scores": lambda ad: tl.context_scores(model, ad),
+        "context_maps": lambda ad: tl.context_maps(model, ad),
+        "svg": lambda ad: tl.svg(model, ad, n_null=2, progress=False),
+        "split_half_embeddings": lambda ad: tl.split_half_embeddings(model, ad),
+    }
+
+
+ENTRY_POINTS = ["from_anndata", "fit", "transform", "context_scores", "context_maps", "svg", "split_half_embeddings"]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_bad_input_is_refused_and_adata_unchanged(model, entry, case):
+    make, pattern = CASES[case]
+    ad = make(tissue())
+    before = adata_hash(ad)
+    with pytest.raises(SigelInputError, match=pattern):
+        _entry_points(model)[entry](ad)
+    assert adata_hash(ad) == before
+
+
+@pytest.mark.parametrize("case", ["nan_X", "negative_counts", "log_normalised", "duplicated_genes",
+                                  "no_coordinates", "one_spot", "zero_library_sizes"])
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys, case):
+    from sigel.cli import main
+
+    make, pattern = CASES[case]
+    src = tmp_path / "in.h5ad"
+    make(tissue()).write_h5ad(src)
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    rc = main(["train", str(src), "--out", str(tmp_path / "out"), "--epochs", "2", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("sigel: error: ") and "Traceback" not in err
+    assert hashlib.sha256(src.read_bytes()).hexdigest() == digest
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------- counts checks
+def test_counts_false_opts_out_and_layer_points_at_counts():
+    ad = tissue()
+    ad.layers["counts"] = ad.X.copy()
+    _lognorm(ad)
+    with pytest.raises(SigelInputError, match=r"layers: \['counts'\]"):
+        GeneImages.from_anndata(ad)
+    from_layer = GeneImages.from_anndata(ad, layer="counts")
+    raw = GeneImages.from_anndata(tissue())
+    assert (from_layer.values != raw.values).nnz == 0
+    assert GeneImages.from_anndata(ad, counts=False).n_genes > 0
+    # counts=False is remembered for transform
+    m = SIGEL(**FAST).fit(ad, counts=False, **FIT)
+    assert m.image_options_["counts"] is False
+    assert np.isfinite(m.transform(ad).to_numpy()).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.int32, np.uint16, bool])
+def test_small_and_bool_dtypes_are_read(dtype):
+    ad = tissue()
+    X = ad.X.toarray()
+    ad.X = (X > 0) if dtype is bool else X.astype(dtype)
+    before = adata_hash(ad)
+    im = GeneImages.from_anndata(ad)
+    ref = tissue()
+    ref.X = sp.csr_matrix((X > 0).astype(np.float32)) if dtype is bool else ref.X
+    assert (im.values != GeneImages.from_anndata(ref).values).nnz == 0
+    assert adata_hash(ad) == before
+
+
+def test_backed_anndata_is_read(tmp_path):
+    import anndata
+
+    ad = tissue()
+    ad.write_h5ad(tmp_path / "a.h5ad")
+    backed = anndata.read_h5ad(tmp_path / "a.h5ad", backed="r")
+    im = GeneImages.from_anndata(backed)
+    assert (im.values != GeneImages.from_anndata(ad).values).nnz == 0
+
+
+def test_non_positive_library_size_column_is_refused():
+    ad = tissue()
+    ad.obs["lib"] = np.asarray(ad.X.sum(1)).ravel()
+    ad.obs.loc[ad.obs_names[4], "lib"] = 0.0
+    with pytest.raises(SigelInputError, match=r"library_size_key.*'lib'.*> 0; 1 of"):
+        GeneImages.from_anndata(ad, library_size_key="lib")
+
+
+# --------------------------------------------------- reuse by content only
+def test_context_scores_reuse_training_images_only_for_the_same_content(model):
+    ad = tissue()
+    ref = sigel.tl.context_scores(model, ad.copy())
+    # an identical copy: the training images are reused, same scores
+    pd.testing.assert_frame_equal(sigel.tl.context_scores(model, ad.copy()), ref)
+    # same spot names, X replaced by NaN: refused (it used to reuse the training images)
+    broken = _nan_X(ad.copy())
+    with pytest.raises(SigelInputError, match="NaN"):
+        sigel.tl.context_scores(model, broken)
+    # a second section sharing every spot name and coordinate but with other counts: scored on its own data
+    other = tissue(seed=0)
+    other.X = tissue(seed=7).X[:, : other.n_vars]
+    assert other.obs_names.equals(ad.obs_names)
+    got = sigel.tl.context_scores(model, other.copy())
+    assert not np.allclose(got.to_numpy(), ref.to_numpy())
+    rebuilt = GeneImages.from_anndata(other, **{k: v for k, v in model.image_options_.items()})
+    want = sigel.tl.context_scores(model, rebuilt)
+    np.testing.assert_allclose(got.to_numpy(), want.to_numpy())
+    # the fingerprint covers the coordinates too
+    moved = ad.copy()
+    moved.obsm["spatial"] = np.asarray(moved.obsm["spatial"]) + 1.0
+    from sigel.data.images import content_hash
+
+    assert content_hash(moved) != content_hash(ad) == model.images_.settings["content_hash"]
+
+
+# ------------------------------------------------------ hyper-parameters
+@pytest.mark.parametrize("kw,name", [
+    (dict(epochs="ten"), "epochs"), (dict(n_contexts="3"), "n_contexts"), (dict(embed_dim=3.5), "embed_dim"),
+    (dict(epochs=2.5), "epochs"), (dict(lr="0.1"), "lr"), (dict(mask_ratio=float("nan")), "mask_ratio"),
+    (dict(batch_size=True), "batch_size"), (dict(mixture=3), "mixture"), (dict(width=None), "width"),
+])
+def test_hyperparameters_of_the_wrong_type_name_the_parameter(kw, name):
+    with pytest.raises(SigelInputError, match=f"`{name}`"):
+        SIGEL(**kw)
+
+
+def test_integral_floats_are_accepted_as_integers():
+    m = SIGEL(epochs=4.0, n_contexts=np.int64(3))
+    assert m.init_params_["epochs"] == 4 and isinstance(m.init_params_["epochs"], int)
+    assert isinstance(m.init_params_["n_contexts"], int)
+
+
+@pytest.mark.parametrize("seed", [1.5, -1, 2**32, "1", True])
+def test_bad_seeds_are_refused(seed):
+    with pytest.raises(SigelInputError, match="`seed`"):
+        SIGEL(**FAST).fit(tissue(), **{**FIT, "seed": seed})
+
+
+@pytest.mark.parametrize("kw,pattern", [(dict(n_threads=0), "n_threads"), (dict(n_threads=1.5), "n_threads"),
+                                        (dict(device="gpu0"), "device")])
+def test_bad_fit_options_are_refused(kw, pattern):
+    with pytest.raises(SigelInputError, match=pattern):
+        SIGEL(**FAST).fit(tissue(), **{**FIT, **kw})
+
+
+def test_largest_seed_is_accepted_and_differs_from_zero():
+    ad = tissue()
+    a = SIGEL(**FAST).fit(ad, **{**FIT, "seed": 0})
+    b = SIGEL(**FAST).fit(ad, **{**FIT, "seed": 2**32 - 1})
+    assert not np.array_equal(a.embeddings_.to_numpy(), b.embeddings_.to_numpy())
+
+
+def test_fit_leaves_the_global_generators_alone():
+    ad = tissue()
+
+    def draw():
+        return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+    random.seed(11), np.random.seed(11), torch.manual_seed(11)
+    expected = draw()
+    random.seed(11), np.random.seed(11), torch.manual_seed(11)
+    a = SIGEL(**FAST).fit(ad, **FIT)
+    assert draw() == expected
+    # and the fit itself does not depend on the global state
+    random.seed(99), np.random.seed(99), torch.manual_seed(99)
+    b = SIGEL(**FAST).fit(ad, **FIT)
+    assert np.array_equal(a.embeddings_.to_numpy(), b.embeddings_.to_numpy())
