@@ -10,8 +10,8 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import os
 import platform
-import shutil
 import time
 from pathlib import Path
 
@@ -29,6 +29,97 @@ FORMAT = "sigel-model"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
+MANIFEST_FILE = "sigel-manifest.json"
+MANIFEST_FORMAT = "sigel-model-files"
+
+
+def _sha256(file: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(file, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_manifest(path: Path, files: list) -> None:
+    """Write the list of files a save wrote (with their SHA-256), atomically."""
+    manifest = {"format": MANIFEST_FORMAT, "files": {f: _sha256(path / f) for f in files}}
+    tmp = path / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, path / MANIFEST_FILE)
+
+
+def _read_manifest(path: Path):
+    """The manifest's ``{file: sha256}`` (``None`` when there is none); refuses a corrupt one."""
+    f = path / MANIFEST_FILE
+    if not f.exists():
+        return None
+    try:
+        m = json.loads(f.read_text())
+    except (OSError, ValueError) as e:
+        raise SigelInputError(f"{str(f)!r} is corrupt (not valid JSON): {e}") from None
+    files = m.get("files") if isinstance(m, dict) and m.get("format") == MANIFEST_FORMAT else None
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise SigelInputError(f"{str(f)!r} is not a sigel manifest")
+    for name in files:
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise SigelInputError(f"{str(f)!r} lists a file outside the model directory: {name!r}")
+    return files
+
+
+def _check_config_types(cfg: dict, cfg_file: Path) -> None:
+    """Refuse a config.json whose entries have the wrong types, naming the entry."""
+    def fail(what, v, expected):
+        raise SigelInputError(f"{str(cfg_file)!r} is corrupt: {what} must be {expected}; got {v!r}")
+
+    for key in ("init_params", "resolved", "image_options"):
+        if not isinstance(cfg[key], dict):
+            fail(f"'{key}'", type(cfg[key]).__name__, "an object")
+    genes = cfg["genes"]
+    if not isinstance(genes, list) or not all(isinstance(g, str) for g in genes):
+        fail("'genes'", genes if not isinstance(genes, list) else "a list with non-strings", "a list of names")
+    res = cfg["resolved"]
+    for key in ("patch_size", "n_contexts"):
+        v = res.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            fail(f"resolved.{key}", v, "a positive integer")
+    for key in ("epochs", "pretrain_epochs"):
+        v = res.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            fail(f"resolved.{key}", v, "an integer")
+    v = res.get("mixture_prior_scale")
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+        fail("resolved.mixture_prior_scale", v, "a number")
+    v = cfg.get("epochs_run")
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+        fail("'epochs_run'", v, "a non-negative integer")
+    for key in ("history", "fit_params"):
+        if cfg.get(key) is not None and not isinstance(cfg[key], dict):
+            fail(f"'{key}'", type(cfg[key]).__name__, "an object")
+    h = cfg.get("history") or {}
+    if h and (not all(isinstance(c, list) for c in h.values()) or len({len(c) for c in h.values()}) > 1):
+        fail("'history'", "columns of different lengths", "columns of equal length")
+    samples = cfg.get("samples")
+    if samples is not None and not isinstance(samples, list):
+        fail("'samples'", type(samples).__name__, "a list")
+
+
+def _owned_files(path: Path) -> list:
+    """Files of ``path`` that a previous :meth:`SIGEL.save` wrote; refuses a directory that is not a saved model."""
+    files = _read_manifest(path)
+    if files is not None:
+        return list(files) + [MANIFEST_FILE]
+    cfg = path / CONFIG_FILE
+    try:
+        is_model = json.loads(cfg.read_text()).get("format") == FORMAT if cfg.exists() else False
+    except (OSError, ValueError, AttributeError):
+        is_model = False
+    if not is_model:
+        raise SigelInputError(f"refusing to overwrite {str(path)!r}: it is not empty and holds no saved SIGEL "
+                              "model (no sigel manifest); choose another directory")
+    return [CONFIG_FILE, WEIGHTS_FILE]  # saved before manifests existed: only its two files
 
 
 def default_n_contexts(n_genes: int) -> int:
@@ -839,15 +930,23 @@ class SIGEL:
 
     # ------------------------------------------------------------ persistence
     def save(self, path, *, overwrite: bool = False) -> Path:
-        """Save to a directory: ``config.json`` + ``weights.safetensors`` (no pickles).
+        """Save to a directory: ``config.json`` + ``weights.safetensors`` (no pickles) + a manifest.
+
+        The manifest (``sigel-manifest.json``, written last) lists the files
+        the model wrote with their SHA-256; :meth:`load` checks them, so a
+        directory whose save was interrupted is refused rather than loaded
+        with mismatched parts.
 
         Parameters
         ----------
         path
-            Directory to create.
+            Directory to create (or an existing empty one).
         overwrite
-            Replace an existing directory (only one holding a saved SIGEL model
-            or empty).
+            Replace a model saved there before. Only the files listed in its
+            manifest (or, for a model saved without one, its ``config.json``
+            and ``weights.safetensors``) are replaced; nothing else in the
+            directory is removed. A non-empty directory that does not hold a
+            saved SIGEL model is refused.
 
         Returns
         -------
@@ -858,22 +957,21 @@ class SIGEL:
 
         self._require_trained("save")
         path = Path(path)
+        old_files: list = []
         if path.exists():
-            if not overwrite:
-                raise SigelInputError(f"{str(path)!r} already exists; pass overwrite=True to replace it")
             if not path.is_dir():
                 raise SigelInputError(f"{str(path)!r} exists and is not a directory")
-            if any(path.iterdir()) and not (path / CONFIG_FILE).exists():
-                raise SigelInputError(f"refusing to overwrite {str(path)!r}: it is not a saved SIGEL model")
-            shutil.rmtree(path)
-        path.mkdir(parents=True)
+            if any(path.iterdir()):
+                if not overwrite:
+                    raise SigelInputError(f"{str(path)!r} already exists; pass overwrite=True to replace it")
+                old_files = _owned_files(path)
+        path.mkdir(parents=True, exist_ok=True)
         tensors = {f"mae.{k}": v.detach().cpu().contiguous().clone() for k, v in self.module_.state_dict().items()}
         tensors.update({f"mixture.{k}": v.detach().cpu().contiguous() for k, v in self.mixture_.state_dict().items()})
         import torch
 
         tensors["results.embeddings"] = torch.from_numpy(self.embeddings_.to_numpy(np.float32).copy())
         tensors["results.memberships"] = torch.from_numpy(self.memberships_.to_numpy(np.float64).copy())
-        save_file(tensors, str(path / WEIGHTS_FILE))
         mix = self.mixture_model_
         hist = {c: self.history_[c].tolist() for c in self.history_.columns} if self.history_ is not None else {}
         config = {
@@ -893,11 +991,30 @@ class SIGEL:
             "fit_seconds": self.fit_seconds_,
             "device_trained": self.device_,
             "versions": self._versions(),
+            "manifest": MANIFEST_FILE,
         }
         if isinstance(self.embeddings_.index, pd.MultiIndex):  # multi-sample: every row's sample
             config["samples"] = [str(x) for x in self.embeddings_.index.get_level_values("sample")]
-        with open(path / CONFIG_FILE, "w") as fh:
-            json.dump(_jsonable(config), fh, indent=1)
+        # write each file under a temporary name, then rename; the manifest goes last
+        manifest_path = path / MANIFEST_FILE
+        if manifest_path.exists():
+            manifest_path.unlink()  # an interrupted save then reads as unfinished, not as the old model
+        tmp_w, tmp_c = path / (WEIGHTS_FILE + ".tmp"), path / (CONFIG_FILE + ".tmp")
+        try:
+            save_file(tensors, str(tmp_w))
+            with open(tmp_c, "w") as fh:
+                json.dump(_jsonable(config), fh, indent=1)
+            os.replace(tmp_w, path / WEIGHTS_FILE)
+            os.replace(tmp_c, path / CONFIG_FILE)
+        finally:
+            for t in (tmp_w, tmp_c):
+                if t.exists():
+                    t.unlink()
+        written = [CONFIG_FILE, WEIGHTS_FILE]
+        for name in old_files:  # files of the previous save that this one did not rewrite
+            if name not in written and (path / name).is_file():
+                (path / name).unlink()
+        _write_manifest(path, written)
         logger.info("saved model to %s", path)
         return path
 
@@ -958,6 +1075,14 @@ class SIGEL:
             raise SigelInputError(f"{str(cfg_file)!r} is incomplete: missing {missing}")
         if not w_file.exists():
             raise SigelInputError(f"{str(path)!r} has no {WEIGHTS_FILE}: the weights are missing")
+        manifest = _read_manifest(path)
+        if manifest is None and cfg.get("manifest"):
+            raise SigelInputError(f"{str(path)!r} has no {MANIFEST_FILE}: its save did not finish")
+        for name, digest in (manifest or {}).items():
+            if not (path / name).is_file() or _sha256(path / name) != digest:
+                raise SigelInputError(f"{str(path / name)!r} is missing or corrupt: it does not match "
+                                      f"{MANIFEST_FILE} (the directory was changed or its save did not finish)")
+        _check_config_types(cfg, cfg_file)
         try:
             tensors = load_file(str(w_file), device="cpu")
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
@@ -991,6 +1116,19 @@ class SIGEL:
         if emb.shape != (len(genes), model.embed_dim) or mem.shape[0] != len(genes):
             raise SigelInputError(f"{str(w_file)!r} does not match {CONFIG_FILE}: result shapes "
                                   f"{tuple(emb.shape)} / {tuple(mem.shape)} for {len(genes)} genes")
+        K = int(res["n_contexts"])
+        p = mix.params
+        if p.mu.shape != (K, model.embed_dim) or p.var.shape != p.mu.shape or p.log_pi.shape != (K,) \
+                or p.nu.shape != (K,) or mem.ndim != 2 or mem.shape[1] != K:
+            raise SigelInputError(
+                f"{str(path)!r}: {CONFIG_FILE} says n_contexts={K} but the mixture has "
+                f"{tuple(p.mu.shape)[0] if p.mu.ndim else '?'} components and the memberships "
+                f"{mem.shape[1] if mem.ndim == 2 else '?'} columns")
+        bad = [k for k, v in tensors.items() if v.is_floating_point() and bool(torch.isnan(v).any())]
+        bad += [k for k, v in tensors.items() if v.is_floating_point() and k not in ("mixture.nu", "mixture.log_pi")
+                and bool(torch.isinf(v).any())]
+        if bad:
+            raise SigelInputError(f"{str(w_file)!r} holds NaN or infinite values in {sorted(set(bad))[:5]}")
         dev = resolve_device(device)
         model.module_ = module.to(dev).eval()
         mix.params = mix.params.to(dev)

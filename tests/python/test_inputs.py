@@ -330,3 +330,115 @@ def test_fit_leaves_the_global_generators_alone():
     random.seed(99), np.random.seed(99), torch.manual_seed(99)
     b = SIGEL(**FAST).fit(ad, **FIT)
     assert np.array_equal(a.embeddings_.to_numpy(), b.embeddings_.to_numpy())
+
+
+# ------------------------------------------------------- save / load safety
+def _rewrite(path, edit_config=None, edit_tensors=None):
+    """Edit a saved model as a third party would, keeping its manifest consistent (to reach the checks)."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from sigel._model import _write_manifest
+
+    if edit_config is not None:
+        cfg = json.loads((path / "config.json").read_text())
+        edit_config(cfg)
+        (path / "config.json").write_text(json.dumps(cfg))
+    if edit_tensors is not None:
+        t = load_file(str(path / "weights.safetensors"))
+        edit_tensors(t)
+        save_file(t, str(path / "weights.safetensors"))
+    _write_manifest(path, ["config.json", "weights.safetensors"])
+
+
+def test_save_overwrite_removes_only_the_files_it_wrote(model, tmp_path):
+    d = model.save(tmp_path / "m")
+    assert sorted(p.name for p in d.iterdir()) == ["config.json", "sigel-manifest.json", "weights.safetensors"]
+    (d / "notes.txt").write_text("mine")
+    (d / "sub").mkdir()
+    (d / "sub" / "config.json").write_text("{}")
+    model.save(d, overwrite=True)
+    assert (d / "notes.txt").read_text() == "mine" and (d / "sub" / "config.json").exists()
+    pd.testing.assert_frame_equal(SIGEL.load(d).embeddings_, model.embeddings_)
+
+
+@pytest.mark.parametrize("content", [{"config.json": '{"model_type": "scvi"}', "data.csv": "1,2"},
+                                     {"results.tsv": "a\tb"}])
+def test_save_refuses_foreign_directories_and_leaves_them_alone(model, tmp_path, content):
+    d = tmp_path / "foreign"
+    d.mkdir()
+    for k, v in content.items():
+        (d / k).write_text(v)
+    with pytest.raises(SigelInputError, match="not a saved SIGEL model|already exists"):
+        model.save(d)
+    with pytest.raises(SigelInputError, match="refusing to overwrite"):
+        model.save(d, overwrite=True)
+    assert {p.name: p.read_text() for p in d.iterdir()} == content
+
+
+def test_save_over_a_model_saved_without_manifest(model, tmp_path):
+    import json
+
+    d = model.save(tmp_path / "old")
+    (d / "sigel-manifest.json").unlink()
+    cfg = json.loads((d / "config.json").read_text())
+    del cfg["manifest"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    (d / "keep.txt").write_text("x")
+    assert SIGEL.load(d).is_trained  # older saves still load
+    model.save(d, overwrite=True)
+    assert (d / "keep.txt").exists() and (d / "sigel-manifest.json").exists()
+
+
+def test_interrupted_save_is_refused_on_load(model, tmp_path, monkeypatch):
+    import sigel._model as M
+
+    d = model.save(tmp_path / "m")
+    other = SIGEL(**{**FAST, "embed_dim": 4}).fit(tissue(), **FIT)
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(M, "_write_manifest", crash)
+    with pytest.raises(KeyboardInterrupt):
+        other.save(d, overwrite=True)
+    monkeypatch.undo()
+    with pytest.raises(SigelInputError, match="did not finish"):
+        SIGEL.load(d)
+    # a file changed after saving is noticed too
+    d2 = model.save(tmp_path / "m2")
+    (d2 / "config.json").write_text((d2 / "config.json").read_text().replace('"epochs_run"', '"epochs_run" '))
+    with pytest.raises(SigelInputError, match="does not match sigel-manifest.json"):
+        SIGEL.load(d2)
+
+
+@pytest.mark.parametrize("edit,pattern", [
+    (lambda c: c["resolved"].update(n_contexts=7), r"n_contexts=7 but the mixture has 2 components"),
+    (lambda c: c["resolved"].update(patch_size="8"), r"resolved.patch_size must be a positive integer"),
+    (lambda c: c["init_params"].update(epochs="ten"), r"invalid hyper-parameters.*`epochs`"),
+    (lambda c: c["init_params"].update(embed_dim=3.5), r"invalid hyper-parameters.*`embed_dim`"),
+    (lambda c: c.update(genes="ABC"), r"'genes' must be a list"),
+    (lambda c: c.update(image_options=[1]), r"'image_options' must be an object"),
+    (lambda c: c.update(epochs_run="3"), r"'epochs_run' must be a non-negative integer"),
+])
+def test_inconsistent_or_mistyped_config_is_refused(model, tmp_path, edit, pattern):
+    d = model.save(tmp_path / "m")
+    _rewrite(d, edit_config=edit)
+    with pytest.raises(SigelInputError, match=pattern):
+        SIGEL.load(d)
+
+
+@pytest.mark.parametrize("key", ["mae.patch_embed.weight", "mixture.mu", "results.embeddings"])
+def test_nan_weights_are_refused(model, tmp_path, key):
+    d = model.save(tmp_path / "m")
+
+    def poison(t):
+        k = key if key in t else next(k for k in t if k.startswith(key.split(".")[0] + ".") and t[k].ndim >= 1
+                                       and t[k].is_floating_point())
+        t[k] = t[k].clone()
+        t[k].view(-1)[0] = float("nan")
+
+    _rewrite(d, edit_tensors=poison)
+    with pytest.raises(SigelInputError, match="NaN or infinite"):
+        SIGEL.load(d)
