@@ -511,7 +511,7 @@ class SIGEL:
     def fit(self, adata, *, layer: str | None = None, spatial_key: str = "spatial",
             library_size_key: str | None = None, genes=None, device: str = "auto", seed: int | None = None,
             progress: bool | None = None, n_threads: int | None = None, sample_names=None, out_file=None,
-            **image_options) -> "SIGEL":
+            checkpoint_dir=None, checkpoint_every: int = 1, resume: bool = False, **image_options) -> "SIGEL":
         """Build gene images from an AnnData (or several samples) and train.
 
         ``adata`` is never modified; use :meth:`write_to` (or :func:`embed`)
@@ -560,6 +560,18 @@ class SIGEL:
             Optional HDF5 file for the per-gene results
             (:func:`sigel.data.stream.write_results_h5`); written by rank 0
             only under ``torchrun``.
+        checkpoint_dir
+            Folder for a training checkpoint (``checkpoint.pt``), saved every
+            ``checkpoint_every`` epochs (one process, one sample; not under
+            ``torchrun``). A folder that already holds a checkpoint is refused
+            unless ``resume=True``.
+        checkpoint_every
+            Epochs between checkpoints.
+        resume
+            Continue from the checkpoint in ``checkpoint_dir`` (a fresh start
+            when there is none yet). With the same data, options, seed and
+            thread count the result is bitwise that of an uninterrupted fit;
+            other data, options or seed are refused.
         **image_options
             Passed to :meth:`sigel.GeneImages.from_anndata` (``geometry``,
             ``resolution``, ``normalize``, ``log1p``, ``scale``, ``min_spots``, ...).
@@ -595,7 +607,8 @@ class SIGEL:
         fit_params = dict(layer=layer, spatial_key=spatial_key, library_size_key=library_size_key)
         requested = {**image_options}
         self.fit_images(images, device=device, seed=seed, progress=progress, n_threads=n_threads,
-                        out_file=out_file)
+                        out_file=out_file, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+                        resume=resume)
         opts = GeneImages.image_options(images.settings)
         opts.update(fit_params)
         opts["geometry"] = requested.get("geometry", "auto")
@@ -604,7 +617,8 @@ class SIGEL:
         return self
 
     def fit_images(self, images, *, device: str = "auto", seed: int | None = None,
-                   progress: bool | None = None, n_threads: int | None = None, out_file=None) -> "SIGEL":
+                   progress: bool | None = None, n_threads: int | None = None, out_file=None,
+                   checkpoint_dir=None, checkpoint_every: int = 1, resume: bool = False) -> "SIGEL":
         """Train on prebuilt gene images.
 
         Parameters
@@ -613,7 +627,7 @@ class SIGEL:
             :class:`sigel.GeneImages` (e.g. from a bridge or a distributed
             loader), or :class:`sigel.data.multisample.SampleImages` for a
             multi-sample fit (results indexed by ``(sample, gene)``).
-        device, seed, progress, n_threads, out_file
+        device, seed, progress, n_threads, out_file, checkpoint_dir, checkpoint_every, resume
             As in :meth:`fit`.
 
         Returns
@@ -644,12 +658,25 @@ class SIGEL:
             seed = as_seed("sigel.settings.seed", settings.seed, allow_none=False)
         if n_threads is not None and as_int("n_threads", n_threads) < 1:
             raise SigelInputError(f"`n_threads` must be >= 1; got {n_threads!r}")
+        checkpoint_every = as_int("checkpoint_every", checkpoint_every)
+        if not isinstance(resume, (bool, np.bool_)):
+            raise SigelInputError(f"`resume` must be True or False; got {resume!r}")
+        if checkpoint_dir is None and resume:
+            raise SigelInputError("`resume=True` needs `checkpoint_dir`")
         dev = resolve_device(device)
         dist_setup = setup_distributed(dev)  # None unless launched by torchrun with several processes
         comm = None
         if dist_setup is not None:
             comm, dev = dist_setup
             seed = comm.broadcast_object(seed)  # every rank must use the same seed
+        checkpoint = None
+        if checkpoint_dir is not None:
+            if comm is not None or (isinstance(images, SampleImages) and images.n_samples > 1):
+                raise SigelInputError("`checkpoint_dir` works for one process and one sample; it is not "
+                                      "supported under torchrun or for multi-sample fits")
+            from .train.checkpoint import Checkpointer
+
+            checkpoint = Checkpointer(checkpoint_dir, every=checkpoint_every, resume=bool(resume), seed=seed)
         old_threads = torch.get_num_threads()
         set_threads(n_threads)
         t0 = time.perf_counter()
@@ -672,7 +699,7 @@ class SIGEL:
                                                  comm=comm or Comm.single())
                 else:
                     trainer = Trainer(module, mixture, train_images, self._train_config(G), device=dev, seed=seed,
-                                      progress=progress, callback=cb)
+                                      progress=progress, callback=cb, checkpoint=checkpoint)
                 logger.info("training on %s: %d genes, %dx%d images, patch %d, K=%d%s", dev, G, images.height,
                             images.width, patch, K, "" if comm is None else f", {comm.world_size} processes")
                 result = trainer.fit()

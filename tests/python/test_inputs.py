@@ -442,3 +442,196 @@ def test_nan_weights_are_refused(model, tmp_path, key):
     _rewrite(d, edit_tensors=poison)
     with pytest.raises(SigelInputError, match="NaN or infinite"):
         SIGEL.load(d)
+
+
+# ------------------------------------------------------------ checkpoints
+CKPT = dict(FAST, epochs=6, pretrain_epochs=2, batch_size=16)
+
+
+class _Killed(Exception):
+    pass
+
+
+def _fit_killed_after(ad, directory, kill_epoch, every, monkeypatch):
+    """Fit with checkpoints, interrupted right after 0-based epoch ``kill_epoch`` (as a kill would)."""
+    import sigel.train.checkpoint as C
+
+    orig = C.Checkpointer.epoch_end
+
+    def epoch_end(self, trainer, epoch, *a, **k):
+        orig(self, trainer, epoch, *a, **k)
+        if epoch == kill_epoch:
+            raise _Killed
+
+    monkeypatch.setattr(C.Checkpointer, "epoch_end", epoch_end)
+    with pytest.raises(_Killed):
+        SIGEL(**CKPT).fit(ad, checkpoint_dir=directory, checkpoint_every=every, **FIT)
+    monkeypatch.undo()
+
+
+@pytest.mark.parametrize("kill_epoch,every", [(4, 2), (1, 1)])
+def test_resume_is_bitwise_identical_to_an_uninterrupted_fit(tmp_path, monkeypatch, kill_epoch, every):
+    ad = tissue()
+    ref = SIGEL(**CKPT).fit(ad, **FIT)
+    d = tmp_path / "ckpt"
+    # killed in refinement (after the checkpoint of epoch 4, epoch 5 is lost and redone) or in pre-training
+    _fit_killed_after(ad, d, kill_epoch, every, monkeypatch)
+    assert (d / "checkpoint.pt").exists()
+    with pytest.raises(SigelInputError, match="already holds a checkpoint"):
+        SIGEL(**CKPT).fit(ad, checkpoint_dir=d, **FIT)
+    got = SIGEL(**CKPT).fit(ad, checkpoint_dir=d, checkpoint_every=every, resume=True, **FIT)
+    assert np.array_equal(got.embeddings_.to_numpy(), ref.embeddings_.to_numpy())
+    assert np.array_equal(got.memberships_.to_numpy(), ref.memberships_.to_numpy())
+    cols = [c for c in ref.history_.columns if c != "seconds"]
+    pd.testing.assert_frame_equal(got.history_[cols], ref.history_[cols], check_dtype=False)
+
+
+def test_resume_refuses_a_checkpoint_of_other_data_or_seed(tmp_path, monkeypatch):
+    ad = tissue()
+    d = tmp_path / "ckpt"
+    _fit_killed_after(ad, d, 2, 1, monkeypatch)
+    with pytest.raises(SigelInputError, match="other data, options or seed"):
+        SIGEL(**CKPT).fit(ad, checkpoint_dir=d, resume=True, **{**FIT, "seed": 1})
+    with pytest.raises(SigelInputError, match="other data, options or seed"):
+        SIGEL(**CKPT).fit(tissue(seed=4), checkpoint_dir=d, resume=True, **FIT)
+    (d / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SigelInputError, match="unreadable"):
+        SIGEL(**CKPT).fit(ad, checkpoint_dir=d, resume=True, **FIT)
+
+
+# -------------------------------------------------------------------- CLI
+def _cli(args, capsys):
+    from sigel.cli import main
+
+    rc = main([str(a) for a in args])
+    cap = capsys.readouterr()
+    return rc, cap.err
+
+
+def _tree(d):
+    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*"))
+            if p.is_file()}
+
+
+CLI_FAST = ["--epochs", "2", "--n-contexts", "2", "--quiet", "--threads", "1"]
+
+
+@pytest.fixture()
+def h5ad(tmp_path):
+    src = tmp_path / "in.h5ad"
+    tissue().write_h5ad(src)
+    return src
+
+
+@pytest.mark.parametrize("extra,pattern", [
+    (["--threads", "0"], "--threads must be at least 1"),
+    (["--seed", str(2**32)], r"--seed must be in \[0, 2\*\*32\)"),
+    (["--device", "cuda:7" if torch.cuda.is_available() else "cuda"], "--device"),
+    (["--device", "tpu9"], "--device"),
+    (["--library-size-key", "nope"], "--library-size-key 'nope'"),
+    (["--layer", "counts"], "--layer 'counts'"),
+    (["--spatial-key", "xy"], "--spatial-key 'xy'"),
+    (["--epochs", "0"], "--epochs must be at least 1"),
+])
+def test_cli_bad_options_exit_2_without_traceback(tmp_path, capsys, h5ad, extra, pattern):
+    rc, err = _cli(["train", h5ad, "--out", tmp_path / "out", *CLI_FAST, *extra], capsys)
+    assert rc == 2 and err.startswith("sigel: error: ") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert __import__("re").search(pattern, err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_refuses_a_file_that_is_not_h5ad(tmp_path, capsys):
+    bad = tmp_path / "x.h5ad"
+    bad.write_text("gene,count\n")
+    rc, err = _cli(["train", bad, "--out", tmp_path / "out", *CLI_FAST], capsys)
+    assert rc == 2 and "as an .h5ad AnnData file" in err and "Traceback" not in err
+
+
+def test_cli_out_is_checked_before_training_and_never_mixed(tmp_path, capsys, h5ad, monkeypatch):
+    out = tmp_path / "out"
+    # OUT a file; OUT a non-empty foreign folder: refused before any training
+    calls = []
+    monkeypatch.setattr(SIGEL, "fit", lambda *a, **k: calls.append(1))
+    (tmp_path / "afile").write_text("x")
+    rc, err = _cli(["train", h5ad, "--out", tmp_path / "afile", *CLI_FAST], capsys)
+    assert rc == 2 and "not a directory" in err
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "paper.tex").write_text("draft")
+    rc, err = _cli(["train", h5ad, "--out", tmp_path / "mine", *CLI_FAST], capsys)
+    assert rc == 2 and "not empty" in err
+    rc, err = _cli(["train", h5ad, "--out", tmp_path / "mine", "--overwrite", *CLI_FAST], capsys)
+    assert rc == 2 and "did not write" in err and (tmp_path / "mine" / "paper.tex").read_text() == "draft"
+    assert calls == []
+    monkeypatch.undo()
+
+    # a first run, then a second one that is refused without --overwrite
+    rc, _ = _cli(["train", h5ad, "--out", out, *CLI_FAST], capsys)
+    assert rc == 0
+    assert {"embeddings.tsv", "model", "report.html", "sigel-outputs.json"} <= {p.name for p in out.iterdir()}
+    first = _tree(out)
+    rc, err = _cli(["train", h5ad, "--out", out, *CLI_FAST, "--seed", "1"], capsys)
+    assert rc == 2 and "--overwrite" in err and _tree(out) == first
+
+    # killed while writing the second run's outputs: OUT still holds the complete first run
+    import sigel.report as report
+
+    def dies(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "write_report", dies)
+    with pytest.raises(KeyboardInterrupt):
+        _cli(["train", h5ad, "--out", out, "--overwrite", *CLI_FAST, "--seed", "1"], capsys)
+    monkeypatch.undo()
+    assert _tree(out) == first
+    assert SIGEL.load(out / "model").is_trained
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out")) == []
+
+    # --overwrite replaces it in one piece
+    rc, _ = _cli(["train", h5ad, "--out", out, "--overwrite", *CLI_FAST, "--seed", "1"], capsys)
+    assert rc == 0
+    second = _tree(out)
+    assert second.keys() == first.keys() and second["embeddings.tsv"] != first["embeddings.tsv"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out")) == []
+
+
+def test_cli_spatial_key_and_no_counts(tmp_path, capsys):
+    ad = tissue()
+    ad.obsm["xy"] = ad.obsm.pop("spatial")
+    ad.obs = ad.obs.drop(columns=["x", "y"])
+    _lognorm(ad)
+    src = tmp_path / "in.h5ad"
+    ad.write_h5ad(src)
+    rc, err = _cli(["train", src, "--out", tmp_path / "a", "--spatial-key", "xy", *CLI_FAST], capsys)
+    assert rc == 2 and "counts=False" in err
+    rc, err = _cli(["train", src, "--out", tmp_path / "a", "--spatial-key", "xy", "--no-counts", *CLI_FAST],
+                   capsys)
+    assert rc == 0, err
+    m = SIGEL.load(tmp_path / "a" / "model")
+    assert m.image_options_["spatial_key"] == "xy" and m.image_options_["counts"] is False
+
+
+def test_cli_checkpoint_resume(tmp_path, capsys, h5ad, monkeypatch):
+    import sigel.train.checkpoint as C
+
+    args = ["train", h5ad, "--quiet", "--threads", "1", "--epochs", "4", "--n-contexts", "2"]
+    rc, _ = _cli([*args, "--out", tmp_path / "ref"], capsys)
+    assert rc == 0
+    orig = C.Checkpointer.epoch_end
+
+    def epoch_end(self, trainer, epoch, *a, **k):
+        orig(self, trainer, epoch, *a, **k)
+        if epoch == 1:
+            raise _Killed
+
+    monkeypatch.setattr(C.Checkpointer, "epoch_end", epoch_end)
+    with pytest.raises(_Killed):
+        _cli([*args, "--out", tmp_path / "out", "--checkpoint-every", "1"], capsys)
+    monkeypatch.undo()
+    assert (tmp_path / "out.checkpoint" / "checkpoint.pt").exists() and not (tmp_path / "out").exists()
+    rc, err = _cli([*args, "--out", tmp_path / "out", "--checkpoint-every", "1"], capsys)
+    assert rc == 2 and "--resume" in err
+    rc, _ = _cli([*args, "--out", tmp_path / "out", "--checkpoint-every", "1", "--resume"], capsys)
+    assert rc == 0
+    assert (tmp_path / "out" / "embeddings.tsv").read_bytes() == (tmp_path / "ref" / "embeddings.tsv").read_bytes()
+    assert not (tmp_path / "out.checkpoint").exists()

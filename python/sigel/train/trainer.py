@@ -454,10 +454,13 @@ class Trainer:
     callback
         Optional ``callback(epoch, record, Z, resp)`` called after each epoch's
         mixture step (diagnostics; ``resp`` is ``None`` in pre-training).
+    checkpoint
+        Optional :class:`sigel.train.checkpoint.Checkpointer`: restores the
+        training state before the first epoch and saves it at epoch ends.
     """
 
     def __init__(self, model, mixture, images, config: TrainConfig, *, device, seed: int = 0,
-                 progress: bool | None = None, callback=None):
+                 progress: bool | None = None, callback=None, checkpoint=None):
         self.model = model.to(device)
         self.mixture = mixture
         self.images = images
@@ -466,6 +469,7 @@ class Trainer:
         self.seed = int(seed)
         self.progress = settings.show_progress(progress)
         self.callback = callback
+        self.checkpoint = checkpoint
 
     # -- pieces ---------------------------------------------------------
     def _state(self, Z, resp, selected, epoch, graph) -> RefineState:
@@ -559,10 +563,15 @@ class Trainer:
         prev_labels = None
         stop_reason = "max_epochs"
         step = 0
-        epoch = -1
-        bar = tqdm(total=cfg.epochs, disable=not self.progress, desc="sigel", unit="epoch", leave=True)
+        epoch = start = -1
+        if self.checkpoint is not None:
+            loop = self.checkpoint.restore(self, optimizer, batch_gen, mask_gen)
+            if loop is not None:
+                start, step, prev_labels, history = loop["epoch"], loop["step"], loop["prev_labels"], loop["history"]
+        bar = tqdm(total=cfg.epochs, initial=max(start, 0), disable=not self.progress, desc="sigel", unit="epoch",
+                   leave=True)
         try:
-            for epoch in range(cfg.epochs):
+            for epoch in range(max(start, 0), cfg.epochs):
                 t0 = time.perf_counter()
                 refining = cfg.refine and epoch >= cfg.pretrain_epochs
                 need_Z = refining or (graph is not None and cfg.scaffold_end > epoch)
@@ -613,6 +622,9 @@ class Trainer:
                 post["s"] = f"{rec['seconds']:.1f}"
                 bar.set_postfix(post)
                 logger.debug("epoch %d %s", epoch + 1, {k: v for k, v in rec.items()})
+                if self.checkpoint is not None:
+                    self.checkpoint.epoch_end(self, epoch, optimizer, batch_gen, mask_gen, step=step,
+                                              prev_labels=prev_labels, history=history)
         finally:
             bar.close()
 
