@@ -635,3 +635,62 @@ def test_cli_checkpoint_resume(tmp_path, capsys, h5ad, monkeypatch):
     assert rc == 0
     assert (tmp_path / "out" / "embeddings.tsv").read_bytes() == (tmp_path / "ref" / "embeddings.tsv").read_bytes()
     assert not (tmp_path / "out.checkpoint").exists()
+
+
+# --------------------------------------------------- SIGTERM with --nproc 2
+def _procs_with(token: str) -> list:
+    """PIDs of live processes whose command line contains ``token`` (Linux /proc)."""
+    import os
+    from pathlib import Path
+
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\x00", b" ").decode(errors="replace")
+            state = next((ln for ln in (d / "status").read_text().splitlines() if ln.startswith("State:")), "")
+        except OSError:
+            continue
+        if token in cmd and "zombie" not in state:
+            out.append(int(d.name))
+    return out
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_to_sigel_train_nproc_2_stops_torchrun_and_its_workers(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = tmp_path / "in.h5ad"
+    tissue().write_h5ad(src)
+    out = tmp_path / "out-sigterm"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(__import__("pathlib").Path(sigel.__file__).parents[1]))
+    cmd = [sys.executable, "-m", "sigel.cli", "train", str(src), "--out", str(out), "--nproc", "2",
+           "--epochs", "5000", "--n-contexts", "2", "--quiet", "--device", "cpu"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    token = str(out)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len(_procs_with(token)) < 4:  # us, torchrun, two workers
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.5)
+        assert len(_procs_with(token)) >= 4, "torchrun and its workers did not start"
+        time.sleep(2.0)
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+        assert rc == 128 + signal.SIGTERM
+        deadline = time.time() + 30
+        while _procs_with(token) and time.time() < deadline:
+            time.sleep(0.5)
+        assert _procs_with(token) == []  # no launcher or worker left running
+        time.sleep(1.0)
+        assert not out.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in _procs_with(token):
+            os.kill(pid, signal.SIGKILL)
