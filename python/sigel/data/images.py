@@ -168,18 +168,21 @@ class GeneImages:
                     f"available: {list(adata.obs.columns)[:20]}"
                 )
             lib = pd.to_numeric(adata.obs[library_size_key], errors="coerce").to_numpy(np.float64)
-            if not np.all(np.isfinite(lib)) or np.any(lib <= 0):
-                bad = int(np.sum(~np.isfinite(lib) | (lib <= 0)))
+            if not np.all(np.isfinite(lib)) or np.any(lib < 0):
+                bad = int(np.sum(~np.isfinite(lib) | (lib < 0)))
                 raise SigelInputError(f"library_size_key: adata.obs[{library_size_key!r}] must hold finite "
-                                      f"numbers > 0; {bad} of {len(lib)} spots do not")
+                                      f"numbers >= 0; {bad} of {len(lib)} spots do not")
+            where = f"library_size_key: adata.obs[{library_size_key!r}]"
         else:
             lib = np.asarray(X.sum(axis=1)).ravel().astype(np.float64)
-            if normalize and not np.any(lib > 0):
-                raise SigelInputError("every spot has a library size of 0 (the count matrix is all zeros); "
-                                      "nothing to normalise")
+            where = "the count matrix (row sums)"
+        if normalize:
+            if not np.any(lib > 0):
+                raise SigelInputError(f"every spot has a library size of 0 in {where}; nothing to normalise")
             n_empty = int(np.sum(lib <= 0))
-            if normalize and n_empty:
-                logger.warning("%d of %d spots have no counts; their pixels read 0", n_empty, n_obs)
+            if n_empty:
+                logger.warning("%d of %d spots have a library size of 0 in %s; their values read 0",
+                               n_empty, n_obs, where)
 
         # --- gene filter ---
         keep = np.ones(n_var, dtype=bool)
