@@ -276,6 +276,8 @@ def main(argv=None) -> int:
     _common(t)
     d = sub.add_parser("demo", help="fit on the bundled mouse olfactory bulb and write a report")
     _common(d)
+    # the demo is reproducible: rerunning it replaces its own earlier results (never a folder with other files)
+    d.set_defaults(overwrite=True)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
 
