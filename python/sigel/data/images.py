@@ -242,7 +242,8 @@ class GeneImages:
             resolution=int(resolution), patch_size=int(patch_size), normalize=bool(normalize),
             target_sum=ts, log1p=bool(log1p), scale=scale, scale_quantile=float(scale_quantile),
             min_spots=int(min_spots), exclude_prefixes=list(exclude_prefixes or ()), counts=raw_counts,
-            content_hash=fingerprint, n_genes_input=int(n_var), n_spots=int(n_obs), n_spots_sharing_pixel=int(n_obs - mask.sum()),
+            content_hash=fingerprint, n_genes_input=int(n_var), n_spots=int(n_obs),
+            n_spots_sharing_pixel=int(n_obs - mask.sum()),
         )
         return cls(
             values=values.astype(np.float32), height=H, width=W, mask=mask, spot_pixel=flat,
