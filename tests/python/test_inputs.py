@@ -287,18 +287,22 @@ def test_zero_or_negative_library_sizes_are_refused(caplog):
     ad.obs["lib"] = 0.0
     with pytest.raises(SigelInputError, match=r"library size of 0 in library_size_key: adata.obs\['lib'\]"):
         GeneImages.from_anndata(ad, library_size_key="lib")
-    # a few empty spots are allowed (they read 0) but reported
+    # a few empty spots are allowed (they read 0) and reported at info level
     ad.obs["lib"] = np.asarray(ad.X.sum(1)).ravel()
     ad.obs.loc[ad.obs_names[:3], "lib"] = 0.0
     import logging
 
     sigel_logger = logging.getLogger("sigel")
     sigel_logger.addHandler(caplog.handler)
+    old = sigel.settings.verbosity
+    sigel.settings.verbosity = 2
     try:
-        GeneImages.from_anndata(ad, library_size_key="lib")
+        im = GeneImages.from_anndata(ad, library_size_key="lib")
     finally:
+        sigel.settings.verbosity = old
         sigel_logger.removeHandler(caplog.handler)
     assert "3 of 82 spots have a library size of 0" in caplog.text
+    assert im.spot_values()[:, :3].nnz == 0
 
 
 # --------------------------------------------------- reuse by content only

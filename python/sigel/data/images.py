@@ -181,7 +181,7 @@ class GeneImages:
                 raise SigelInputError(f"every spot has a library size of 0 in {where}; nothing to normalise")
             n_empty = int(np.sum(lib <= 0))
             if n_empty:
-                logger.warning("%d of %d spots have a library size of 0 in %s; their values read 0",
+                logger.info("%d of %d spots have a library size of 0 in %s; their values read 0",
                                n_empty, n_obs, where)
 
         # --- gene filter ---
