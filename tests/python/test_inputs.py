@@ -174,7 +174,8 @@ def _entry_points(model):
         "prune_genes": lambda ad: tl.prune_genes(model, ad),
         "impute": lambda ad: tl.impute(model, ad, method="knn", progress=False),
         "morans_i": lambda ad: tl.morans_i(ad),
-        "spatial_domains": lambda ad: tl.spatial_domains(ad, n_domains=2),
+        "spatial_domains": lambda ad: tl.spatial_domains(ad, n_domains=2, n_pcs=5, max_epochs=5, res_max_run=2,
+                                                         res_max_epochs=2, n_threads=1),
     }
 
 
