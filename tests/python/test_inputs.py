@@ -749,3 +749,47 @@ def test_sigterm_to_sigel_train_nproc_2_stops_torchrun_and_its_workers(tmp_path)
             proc.kill()
         for pid in _procs_with(token):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_sigkill_while_writing_leaves_the_earlier_results(tmp_path, capsys, h5ad):
+    """A real SIGKILL while the second run writes its outputs: OUT still holds the first run, complete."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    out = tmp_path / "out"
+    rc, _ = _cli(["train", h5ad, "--out", out, *CLI_FAST], capsys)
+    assert rc == 0
+    first = _tree(out)
+    flag = tmp_path / "writing"
+    script = (
+        "import sys, time, sigel.report, sigel.cli\n"
+        "def slow(model, path, **kw):\n"
+        "    open(sys.argv[1], 'w').close()\n"
+        "    time.sleep(120)\n"
+        "sigel.report.write_report = slow\n"
+        "sys.exit(sigel.cli.main(sys.argv[2:]))\n"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(sigel.__file__).parents[1]))
+    args = ["train", str(h5ad), "--out", str(out), "--overwrite", *CLI_FAST, "--seed", "1"]
+    proc = subprocess.Popen([sys.executable, "-c", script, str(flag), *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while not flag.exists() and time.time() < deadline:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            time.sleep(0.2)
+        assert flag.exists()
+        # the new tables and model are written by now, in the temporary folder
+        tmp = [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp-")]
+        assert len(tmp) == 1 and (tmp[0] / "embeddings.tsv").exists() and (tmp[0] / "model").exists()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert _tree(out) == first
+    assert SIGEL.load(out / "model").is_trained
