@@ -55,13 +55,21 @@ def _is_previous_output(out: Path) -> list:
     """Names in ``out`` that an earlier ``sigel train`` did not write (empty: safe to replace)."""
     marker = out / OUTPUTS_FILE
     try:
-        listed = set(json.loads(marker.read_text()).get("files", [])) if marker.is_file() else None
+        listed = set(json.loads(marker.read_text()).get("files", [])) if marker.is_file() else set()
     except (OSError, ValueError, AttributeError):
-        listed = None
-    names = sorted(p.name for p in out.iterdir())
-    if listed is None:
-        return names
-    return [n for n in names if n not in listed | {OUTPUTS_FILE}]
+        listed = set()
+    ours = listed | set(OUTPUT_NAMES) | {OUTPUTS_FILE}  # (runs before the marker existed wrote the same names)
+    model = out / "model"
+    if model.is_dir() and not model.is_symlink():
+        try:
+            from ._model import _owned_files
+
+            extra = sorted(set(p.name for p in model.iterdir()) - set(_owned_files(model)))
+        except Exception:
+            extra = ["model"]
+        if extra:
+            return [f"model/{n}" if n != "model" else n for n in extra]
+    return [n for n in sorted(p.name for p in out.iterdir()) if n not in ours]
 
 
 def check_out(out: Path, overwrite: bool) -> None:

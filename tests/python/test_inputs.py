@@ -792,3 +792,22 @@ def test_sigkill_while_writing_leaves_the_earlier_results(tmp_path, capsys, h5ad
             proc.kill()
     assert _tree(out) == first
     assert SIGEL.load(out / "model").is_trained
+
+
+def test_cli_overwrite_accepts_earlier_outputs_without_marker_but_not_foreign_files(tmp_path, capsys, h5ad):
+    import json
+
+    out = tmp_path / "out"
+    assert _cli(["train", h5ad, "--out", out, *CLI_FAST], capsys)[0] == 0
+    # as written before markers and manifests existed
+    (out / "sigel-outputs.json").unlink()
+    (out / "model" / "sigel-manifest.json").unlink()
+    cfg = json.loads((out / "model" / "config.json").read_text())
+    del cfg["manifest"]
+    (out / "model" / "config.json").write_text(json.dumps(cfg))
+    (out / "model" / "mine.txt").write_text("keep")
+    rc, err = _cli(["train", h5ad, "--out", out, "--overwrite", *CLI_FAST], capsys)
+    assert rc == 2 and "model/mine.txt" in err and (out / "model" / "mine.txt").exists()
+    (out / "model" / "mine.txt").unlink()
+    assert _cli(["train", h5ad, "--out", out, "--overwrite", *CLI_FAST, "--seed", "2"], capsys)[0] == 0
+    assert (out / "sigel-outputs.json").exists() and SIGEL.load(out / "model").is_trained
