@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .._settings import logger
 from .._validate import (
     SigelInputError,
     as_coordinates,
@@ -80,6 +81,7 @@ class GeneImages:
         scale_quantile: float = 0.99,
         min_spots: int = 3,
         exclude_prefixes=DEFAULT_EXCLUDE,
+        counts: bool = True,
     ) -> "GeneImages":
         """Build gene images from an AnnData (spots/cells x genes).
 
@@ -123,6 +125,11 @@ class GeneImages:
         exclude_prefixes
             Gene-name prefixes removed (case-insensitive), e.g. mitochondrial
             ``'MT-'`` and spike-ins ``'ERCC-'``; ``()`` keeps all.
+        counts
+            ``True`` (default): the matrix must hold raw counts (whole
+            numbers) whenever ``normalize`` or ``log1p`` is on; non-integer
+            values (e.g. log-normalised ``X``) raise a `SigelInputError`
+            naming ``layer=``. ``False``: use the values as they are.
 
         Returns
         -------
@@ -144,8 +151,14 @@ class GeneImages:
         gene_names = pd.Index(adata.var_names.astype(str))
         assert_unique_names(gene_names, "gene names (adata.var_names)")
         assert_finite_nonnegative(X.data, "expression values")
+        if not isinstance(counts, (bool, np.bool_)):
+            raise SigelInputError(f"`counts` must be True or False; got {counts!r}")
+        raw_counts = bool(counts)
+        if raw_counts and (normalize or log1p):
+            _check_counts(X, adata, layer)
 
         rows, cols, geom = spot_pixels(adata, geometry=geometry, spatial_key=spatial_key, resolution=resolution)
+        fingerprint = _content_hash(X, adata, spatial_key, library_size_key)
 
         # --- library size (over all genes, before filtering) ---
         if library_size_key is not None:
@@ -156,9 +169,20 @@ class GeneImages:
                 )
             lib = pd.to_numeric(adata.obs[library_size_key], errors="coerce").to_numpy(np.float64)
             if not np.all(np.isfinite(lib)) or np.any(lib < 0):
-                raise SigelInputError(f"adata.obs[{library_size_key!r}] must be finite and >= 0")
+                bad = int(np.sum(~np.isfinite(lib) | (lib < 0)))
+                raise SigelInputError(f"library_size_key: adata.obs[{library_size_key!r}] must hold finite "
+                                      f"numbers >= 0; {bad} of {len(lib)} spots do not")
+            where = f"library_size_key: adata.obs[{library_size_key!r}]"
         else:
             lib = np.asarray(X.sum(axis=1)).ravel().astype(np.float64)
+            where = "the count matrix (row sums)"
+        if normalize:
+            if not np.any(lib > 0):
+                raise SigelInputError(f"every spot has a library size of 0 in {where}; nothing to normalise")
+            n_empty = int(np.sum(lib <= 0))
+            if n_empty:
+                logger.info("%d of %d spots have a library size of 0 in %s; their values read 0",
+                               n_empty, n_obs, where)
 
         # --- gene filter ---
         keep = np.ones(n_var, dtype=bool)
@@ -217,8 +241,9 @@ class GeneImages:
             geometry=geom, layer=layer, spatial_key=spatial_key, library_size_key=library_size_key,
             resolution=int(resolution), patch_size=int(patch_size), normalize=bool(normalize),
             target_sum=ts, log1p=bool(log1p), scale=scale, scale_quantile=float(scale_quantile),
-            min_spots=int(min_spots), exclude_prefixes=list(exclude_prefixes or ()),
-            n_genes_input=int(n_var), n_spots=int(n_obs), n_spots_sharing_pixel=int(n_obs - mask.sum()),
+            min_spots=int(min_spots), exclude_prefixes=list(exclude_prefixes or ()), counts=raw_counts,
+            content_hash=fingerprint, n_genes_input=int(n_var), n_spots=int(n_obs),
+            n_spots_sharing_pixel=int(n_obs - mask.sum()),
         )
         return cls(
             values=values.astype(np.float32), height=H, width=W, mask=mask, spot_pixel=flat,
@@ -288,32 +313,142 @@ class GeneImages:
     def image_options(settings: dict) -> dict:
         """The `from_anndata` keyword arguments that rebuild images with ``settings``."""
         keys = ("geometry", "layer", "spatial_key", "library_size_key", "resolution", "patch_size",
-                "normalize", "log1p", "scale", "scale_quantile", "min_spots", "exclude_prefixes")
+                "normalize", "log1p", "scale", "scale_quantile", "min_spots", "exclude_prefixes", "counts")
         return {k: settings[k] for k in keys if k in settings}
 
 
 # ---------------------------------------------------------------------- helpers
 def _counts_matrix(adata, layer):
+    """The count matrix as a float/int CSR matrix (backed data read into memory, float16/bool widened)."""
     if layer is None:
-        X = adata.X
+        X, where = adata.X, "adata.X"
     else:
         if layer not in adata.layers:
             raise SigelInputError(f"layer {layer!r} not found in adata.layers; available: {list(adata.layers.keys())}")
-        X = adata.layers[layer]
+        X, where = adata.layers[layer], f"adata.layers[{layer!r}]"
     if X is None:
         raise SigelInputError("adata.X is empty; pass the layer holding counts with `layer=`")
+    if not sp.issparse(X) and not isinstance(X, np.ndarray):
+        try:  # backed AnnData: an on-disk sparse dataset or h5py dataset; read it into memory
+            if hasattr(X, "to_memory"):
+                X = X.to_memory()
+            elif hasattr(X, "shape") and hasattr(X, "dtype") and hasattr(X, "__getitem__"):
+                X = X[()]
+        except Exception as e:  # pragma: no cover - depends on the storage backend
+            raise SigelInputError(f"{where} could not be read ({type(X).__name__}): {e}; load the AnnData "
+                                  "into memory (e.g. adata.to_memory()) first") from None
     if sp.issparse(X):
+        kind = X.dtype.kind
+        if kind not in "biuf":
+            raise SigelInputError(f"{where} must hold numbers; got dtype {X.dtype}")
+        if kind == "b" or X.dtype == np.float16:
+            X = X.astype(np.float32)
         X = sp.csr_matrix(X)
     else:
-        arr = np.asarray(X)
+        try:
+            arr = np.asarray(X)
+        except Exception as e:
+            raise SigelInputError(f"{where} could not be read as an array ({type(X).__name__}): {e}") from None
+        if arr.ndim != 2:
+            raise SigelInputError(f"{where} must be a 2-d (spots x genes) matrix; got shape {arr.shape}")
         if arr.dtype.kind not in "biuf":
-            raise SigelInputError(f"expression values must be numeric; got dtype {arr.dtype}")
-        if not np.all(np.isfinite(arr)):
-            raise SigelInputError("expression values contain NaN or infinite entries")
+            raise SigelInputError(f"{where} must hold numbers; got dtype {arr.dtype}")
+        if arr.dtype.kind == "b" or arr.dtype == np.float16:
+            arr = arr.astype(np.float32)
+        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+            n = int(arr.size - np.isfinite(arr).sum())
+            raise SigelInputError(f"{where}: expression values contain {n} NaN or infinite entries")
         X = sp.csr_matrix(arr)
-    if X.dtype.kind not in "biuf":
-        raise SigelInputError(f"expression values must be numeric; got dtype {X.dtype}")
     return X
+
+
+def _hash_array(h, arr) -> None:
+    arr = np.ascontiguousarray(arr)
+    h.update(f"{arr.dtype.str}{arr.shape}".encode())
+    h.update(memoryview(arr).cast("B"))
+
+
+def _content_hash(X: sp.csr_matrix, adata, spatial_key, library_size_key) -> str:
+    """Fingerprint of what gene images are built from: counts, spot and gene names, coordinates, library sizes."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=20)
+    if not X.has_sorted_indices:
+        X = X.sorted_indices()
+    h.update(repr(X.shape).encode())
+    for a in (X.indptr, X.indices, X.data):
+        _hash_array(h, a)
+    for names in (adata.obs_names, adata.var_names):
+        h.update("\x00".join(map(str, names)).encode())
+        h.update(b"\x01")
+    for c in ("array_row", "array_col", "x", "y"):
+        if c in adata.obs:
+            h.update(c.encode())
+            _hash_array(h, pd.to_numeric(adata.obs[c], errors="coerce").to_numpy(np.float64))
+    if spatial_key is not None and spatial_key in adata.obsm:
+        h.update(f"obsm:{spatial_key}".encode())
+        _hash_array(h, np.asarray(adata.obsm[spatial_key], dtype=np.float64))
+    if library_size_key is not None:
+        h.update(f"lib:{library_size_key}".encode())
+        if library_size_key in adata.obs:
+            _hash_array(h, pd.to_numeric(adata.obs[library_size_key], errors="coerce").to_numpy(np.float64))
+    return h.hexdigest()
+
+
+def content_hash(adata, *, layer=None, spatial_key="spatial", library_size_key=None) -> str:
+    """Fingerprint of the data `GeneImages.from_anndata` would read from ``adata`` with these options.
+
+    Covers the count matrix (``X`` or ``layers[layer]``), spot and gene names,
+    every coordinate source (``obs`` array_row/array_col/x/y and
+    ``obsm[spatial_key]``) and the library-size column. Two AnnData objects
+    with the same fingerprint give the same gene images; models record the
+    fingerprint of their training data (``images_.settings['content_hash']``)
+    so that results are reused only for the same content, never because the
+    spot names match.
+
+    Returns
+    -------
+    str
+        A hex digest.
+    """
+    return _content_hash(_counts_matrix(adata, layer), adata, spatial_key, library_size_key)
+
+
+def read_counts(adata, layer=None, *, counts: bool = True) -> sp.csr_matrix:
+    """The checked expression matrix of ``adata`` (``X`` or ``layers[layer]``) as CSR.
+
+    Refuses (with a `SigelInputError`) a missing layer, non-numeric values,
+    NaN/inf, negative entries and, when ``counts``, non-integer values.
+    float16 and bool matrices are widened to float32 and backed (on-disk)
+    matrices read into memory. The result may share memory with ``adata``:
+    do not modify it in place.
+    """
+    X = _counts_matrix(adata, layer)
+    assert_finite_nonnegative(X.data, "expression values")
+    if counts:
+        _check_counts(X, adata, layer)
+    return X
+
+
+def _check_counts(X: sp.csr_matrix, adata, layer) -> None:
+    """Refuse non-integer values where raw counts are required, pointing at ``layer=`` and ``counts=False``."""
+    data = X.data
+    if data.dtype.kind not in "f" or data.size == 0:
+        return
+    frac = data != np.floor(data)
+    n_bad = int(np.count_nonzero(frac))
+    if n_bad == 0:
+        return
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    example = float(data[np.flatnonzero(frac)[0]])
+    others = [k for k in adata.layers.keys() if k != layer]
+    hint = (f"pass `layer=` naming the layer that holds the raw counts (layers: {others})" if others
+            else "pass `layer=` naming a layer that holds the raw counts (this AnnData has no layers)")
+    raise SigelInputError(
+        f"{where} holds non-integer values ({n_bad:,} of {data.size:,} non-zero entries, e.g. {example:g}): "
+        "it looks normalised or log-transformed, and would be normalised and log-transformed again. "
+        f"SIGEL needs raw counts: {hint}, or pass counts=False to use these values as they are."
+    )
 
 
 def _obs_numeric(adata, cols):

@@ -227,6 +227,9 @@ def split_half_embeddings(model, adata, *, genes=None, seed: int | None = None, 
     opts = dict(getattr(model, "image_options_", {}) or {})
     opts.update(image_options)
     layer, lib_key = opts.get("layer"), opts.get("library_size_key")
+    from ..data.images import read_counts
+
+    read_counts(adata, layer, counts=bool(opts.get("counts", True)))  # thinning needs non-negative counts
     genes = list(model.embeddings_.index if genes is None else genes)
     genes = [g for g in genes if g in set(adata.var_names)]
     out = []

@@ -100,6 +100,11 @@ def pattern_search(
     _check_model(model, "pattern_search")
     assert_positive("n_draws", n_draws)
     opts = _model_image_options(model, image_options)
+    from .._validate import assert_unique_names
+    from ..data.images import read_counts
+
+    read_counts(adata, opts.get("layer"), counts=bool(opts.get("counts", True)))
+    assert_unique_names(pd.Index(adata.var_names.astype(str)), "gene names (adata.var_names)")
     if quantiles is None and means is None:
         _, regions, _ = sim.region_weights(_coords(adata, opts), template)
         if set(regions) != set(DEFAULT_QUANTILES):

@@ -59,6 +59,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from datetime import timedelta
 
 import numpy as np
@@ -736,6 +737,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class _LauncherStopped(Exception):
+    """SIGTERM/SIGHUP arrived while waiting for the torchrun launcher."""
+
+
 def launch(module_args: list, nproc: int, *, module: str = "sigel.cli", env: dict | None = None,
            port: int | None = None, timeout: float | None = None) -> int:
     """Run ``python -m <module> <module_args>`` in ``nproc`` processes with ``torch.distributed.run``.
@@ -758,7 +763,9 @@ def launch(module_args: list, nproc: int, *, module: str = "sigel.cli", env: dic
     Returns
     -------
     int
-        The launcher's exit status (124 on timeout).
+        The launcher's exit status (124 on timeout; ``128 + signal`` when this
+        process received SIGTERM or SIGHUP, which it forwards to the launcher
+        and its workers, waiting for them to stop).
     """
     import signal
 
@@ -774,17 +781,48 @@ def launch(module_args: list, nproc: int, *, module: str = "sigel.cli", env: dic
            "--master_addr", "127.0.0.1", "--master_port", str(port or free_port()), "-m", module, *module_args]
     logger.info("launching: %s", " ".join(cmd))
     proc = subprocess.Popen(cmd, env=e, start_new_session=True)
+
+    def stop_group(grace: float = 15.0) -> None:
+        """SIGTERM the launcher's whole process group (torchrun and its workers), then SIGKILL after ``grace``."""
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)  # torchrun's agent stops its workers on SIGTERM
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+        try:  # workers that outlived the launcher are still in its group
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+    # the launcher runs in its own session (so a terminal's Ctrl-C reaches it only through us): forward
+    # SIGTERM/SIGHUP to the whole group and wait for it, rather than leaving orphans that keep training
+    received: list = []
+
+    def forward(signum, frame):
+        if received:  # already stopping the group
+            return
+        received.append(signum)
+        raise _LauncherStopped(signum)
+
+    watched = [getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        old = {sig: signal.signal(sig, forward) for sig in watched}
     try:
         return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGTERM)  # torchrun's agent stops its workers on SIGTERM
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group()
         return 124
+    except _LauncherStopped:
+        stop_group()
+        return 128 + int(received[0])
     except KeyboardInterrupt:  # pragma: no cover
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait()
+        stop_group()
         raise
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)

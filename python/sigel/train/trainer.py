@@ -494,10 +494,13 @@ class Trainer:
         Optional :class:`sigel.data.views.CountViews` of ``images``: the
         full views (and the two views of the invariance term) are then
         binomially thinned counts instead of pixel dropout.
+    checkpoint
+        Optional :class:`sigel.train.checkpoint.Checkpointer`: restores the
+        training state before the first epoch and saves it at epoch ends.
     """
 
     def __init__(self, model, mixture, images, config: TrainConfig, *, device, seed: int = 0,
-                 progress: bool | None = None, callback=None, views=None):
+                 progress: bool | None = None, callback=None, views=None, checkpoint=None):
         self.views = views
         self.model = model.to(device)
         self.mixture = mixture
@@ -508,6 +511,7 @@ class Trainer:
         self.progress = settings.show_progress(progress)
         self.callback = callback
         self._detection = None
+        self.checkpoint = checkpoint
 
     # -- pieces ---------------------------------------------------------
     def _state(self, Z, resp, selected, epoch, graph) -> RefineState:
@@ -615,10 +619,15 @@ class Trainer:
         prev_labels = None
         stop_reason = "max_epochs"
         step = 0
-        epoch = -1
-        bar = tqdm(total=cfg.epochs, disable=not self.progress, desc="sigel", unit="epoch", leave=True)
+        epoch = start = -1
+        if self.checkpoint is not None:
+            loop = self.checkpoint.restore(self, optimizer, batch_gen, mask_gen)
+            if loop is not None:
+                start, step, prev_labels, history = loop["epoch"], loop["step"], loop["prev_labels"], loop["history"]
+        bar = tqdm(total=cfg.epochs, initial=max(start, 0), disable=not self.progress, desc="sigel", unit="epoch",
+                   leave=True)
         try:
-            for epoch in range(cfg.epochs):
+            for epoch in range(max(start, 0), cfg.epochs):
                 t0 = time.perf_counter()
                 refining = cfg.refine and epoch >= cfg.pretrain_epochs
                 need_Z = refining or (graph is not None and cfg.scaffold_end > epoch) or cfg.invariance_weight > 0
@@ -670,6 +679,9 @@ class Trainer:
                 post["s"] = f"{rec['seconds']:.1f}"
                 bar.set_postfix(post)
                 logger.debug("epoch %d %s", epoch + 1, {k: v for k, v in rec.items()})
+                if self.checkpoint is not None:
+                    self.checkpoint.epoch_end(self, epoch, optimizer, batch_gen, mask_gen, step=step,
+                                              prev_labels=prev_labels, history=history)
         finally:
             bar.close()
 
