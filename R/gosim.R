@@ -119,8 +119,8 @@ sigelGOSimilarity <- function(x, ont = c("BP", "MF", "CC"), n_pairs = 1000L,
                                     "Jiang"))
     combine <- match.arg(combine, c("BMA", "max", "avg", "rcmax",
                                     "rcmax.avg"))
-    n_pairs <- .as_int1(n_pairs, "n_pairs")
-    seed <- .as_int1(seed, "seed", min = 0L)
+    n_pairs <- .check_number(n_pairs, "n_pairs", min = 1, whole = TRUE)
+    seed <- .check_seed(seed)
     emb <- .emb_matrix(x)
     ids <- rownames(emb)
     sym <- .symbol_map(x, gene_symbols, ids)

@@ -35,7 +35,7 @@
         if (!is.numeric(v) || length(v) != 1L || is.na(v) || v < 0) {
             stop("`", nm, "` must be one non-negative number", call. = FALSE)
         }
-        dots[[nm]] <- if (nm %in% ints) .as_int1(v, nm, 0L) else as.numeric(v)
+        dots[[nm]] <- if (nm %in% ints) .check_number(v, nm, min = 0, whole = TRUE) else as.numeric(v)
     }
     dots
 }
@@ -99,7 +99,8 @@
 #'   encoder during training (needs `x` with its data, for the reference
 #'   images).
 #' @param name `character(1)`: name of the result (altExp / assay).
-#' @param seed `integer(1)`: random seed.
+#' @param seed `integer(1)` or `NULL`: random seed (`NULL`: the backend's
+#'   default seed, `sigel.settings.seed`).
 #' @param device `character(1)`: `"auto"`, `"cpu"`, `"cuda"`, ...
 #' @param n_threads `integer(1)` or `NULL`: torch CPU threads.
 #' @param verbose `logical(1)`: progress bar and log messages.
@@ -142,7 +143,7 @@ sigelImpute <- function(x, target, genes = NULL,
                         geometry = c("auto", "visium", "grid", "free"),
                         resolution = 64L, n_neighbors = 10L, n_steps = 600L,
                         adv_weight = 0.01, finetune_encoder = FALSE,
-                        name = "sigel_imputed", seed = 0L, device = "auto",
+                        name = "sigel_imputed", seed = NULL, device = "auto",
                         n_threads = NULL, verbose = FALSE, ...) {
     method <- match.arg(method)
     geometry <- match.arg(geometry)
@@ -152,13 +153,14 @@ sigelImpute <- function(x, target, genes = NULL,
     if (!is.character(name) || length(name) != 1L || !nzchar(name)) {
         stop("`name` must be one non-empty string", call. = FALSE)
     }
-    resolution <- .as_int1(resolution, "resolution", 2L)
-    n_neighbors <- .as_int1(n_neighbors, "n_neighbors", 1L)
-    n_steps <- .as_int1(n_steps, "n_steps", 1L)
-    adv_weight <- .num1(adv_weight, "adv_weight", 0)
-    finetune_encoder <- .lgl1(finetune_encoder, "finetune_encoder")
-    seed <- .as_int1(seed, "seed", 0L)
-    if (!is.null(n_threads)) n_threads <- .as_int1(n_threads, "n_threads")
+    resolution <- .check_number(resolution, "resolution", min = 2, whole = TRUE)
+    n_neighbors <- .check_number(n_neighbors, "n_neighbors", min = 1, whole = TRUE)
+    n_steps <- .check_number(n_steps, "n_steps", min = 1, whole = TRUE)
+    adv_weight <- .check_number(adv_weight, "adv_weight", min = 0)
+    finetune_encoder <- .check_flag(finetune_encoder, "finetune_encoder")
+    seed <- .check_seed(seed, null_ok = TRUE)
+    n_threads <- .check_number(n_threads, "n_threads", min = 1, whole = TRUE,
+                               null_ok = TRUE)
     gan <- .impute_gan_options(list(...))
     m <- .sigel_model_py(x)
     ref_images <- .impute_ref_images(x)
@@ -258,7 +260,7 @@ sigelImputeCV <- function(x, target, k = 5L, method = "gan",
                           library_size = NULL,
                           geometry = c("auto", "visium", "grid", "free"),
                           resolution = 64L, n_neighbors = 10L,
-                          n_steps = 600L, adv_weight = 0.01, seed = 0L,
+                          n_steps = 600L, adv_weight = 0.01, seed = NULL,
                           device = "auto", n_threads = NULL,
                           verbose = FALSE, ...) {
     if (!is.character(method) || !length(method) ||
@@ -267,13 +269,14 @@ sigelImputeCV <- function(x, target, k = 5L, method = "gan",
              call. = FALSE)
     }
     geometry <- match.arg(geometry)
-    k <- .as_int1(k, "k", 2L)
-    resolution <- .as_int1(resolution, "resolution", 2L)
-    n_neighbors <- .as_int1(n_neighbors, "n_neighbors", 1L)
-    n_steps <- .as_int1(n_steps, "n_steps", 1L)
-    adv_weight <- .num1(adv_weight, "adv_weight", 0)
-    seed <- .as_int1(seed, "seed", 0L)
-    if (!is.null(n_threads)) n_threads <- .as_int1(n_threads, "n_threads")
+    k <- .check_number(k, "k", min = 2, whole = TRUE)
+    resolution <- .check_number(resolution, "resolution", min = 2, whole = TRUE)
+    n_neighbors <- .check_number(n_neighbors, "n_neighbors", min = 1, whole = TRUE)
+    n_steps <- .check_number(n_steps, "n_steps", min = 1, whole = TRUE)
+    adv_weight <- .check_number(adv_weight, "adv_weight", min = 0)
+    seed <- .check_seed(seed, null_ok = TRUE)
+    n_threads <- .check_number(n_threads, "n_threads", min = 1, whole = TRUE,
+                               null_ok = TRUE)
     gan <- .impute_gan_options(list(...))
     m <- .sigel_model_py(x)
     ref_images <- .impute_ref_images(x)

@@ -405,7 +405,7 @@
                  "array_row/array_col or any 2 numeric columns)",
                  call. = FALSE)
         }
-        counts <- .as_dgc(x)
+        counts <- .as_dgc(x, "x")
         if (is.null(colnames(counts))) {
             colnames(counts) <- if (!is.null(rownames(coords)) &&
                                     nrow(coords) == ncol(counts))
