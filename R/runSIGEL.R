@@ -423,13 +423,15 @@
 #' of new data without retraining.
 #'
 #' @section Coordinates:
-#' For a `SingleCellExperiment`, coordinates are searched, in order, in
-#' `colData(x)` columns `array_row`/`array_col` (Visium hexagonal array),
-#' `colData(x)` columns `x`/`y` (integer grids such as legacy ST),
-#' `spatialCoords(x)` (a `SpatialExperiment`) and `reducedDim(x,
-#' "spatial")`. For a Seurat object: the image (`GetTissueCoordinates()`;
-#' Visium uses the array row/column), then `meta.data` columns
-#' `array_row`/`array_col` or `x`/`y`. `coords` overrides the search: a
+#' One lookup rule, the backend's: coordinates passed explicitly (`coords`)
+#' win; otherwise, for a `SingleCellExperiment`, `spatialCoords(x)` (a
+#' `SpatialExperiment`) or `reducedDim(x, "spatial")`; otherwise
+#' `colData(x)` columns `x`/`y`; otherwise the Visium array columns
+#' `array_row`/`array_col`. `colData` columns `array_row`/`array_col`, when
+#' present, always travel along: the backend builds Visium's hexagonal
+#' images from them. For a Seurat object: the image
+#' (`GetTissueCoordinates()`; Visium uses the array row/column), then
+#' `meta.data` columns `x`/`y`, then `array_row`/`array_col`. `coords` is a
 #' data.frame or matrix with one row per spot (columns `array_row`/
 #' `array_col`, `x`/`y`, or any two numeric columns: x then y), a
 #' `reducedDim` name, or two `colData`/`meta.data` column names. Free

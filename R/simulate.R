@@ -103,10 +103,11 @@ simulatePattern <- function(coords, template, counts = NULL, quantiles = NULL,
     rw <- .region_weights(coords, template, taper)
     target <- if (is.null(quantiles)) means else quantiles
     if (any(!rw$regions %in% names(target))) {
-        .sigel_stop("`", if (is.null(quantiles)) "means" else "quantiles",
-                    "` has no value for region(s) ",
+        .sigel_stop("no target for regions ",
                     paste(setdiff(rw$regions, names(target)),
-                          collapse = ", "), "; got ", .fmt_value(target),
+                          collapse = ", "), " in `",
+                    if (is.null(quantiles)) "means" else "quantiles",
+                    "`: got ", .fmt_value(target),
                     "; the template's regions are ",
                     paste(rw$regions, collapse = ", "))
     }
