@@ -29,7 +29,7 @@
     } else if (is.factor(shown)) {
         paste0("\"", as.character(shown), "\"")
     } else {
-        format(shown, digits = 7L, trim = TRUE)
+        vapply(shown, function(e) format(e, digits = 7L), character(1))
     }
     nms <- names(shown)
     if (!is.null(nms)) txt <- ifelse(nzchar(nms), paste0(nms, " = ", txt), txt)

@@ -160,8 +160,8 @@
     .check_counts(counts)
     genes <- .check_genes_arg(genes, rownames(counts))
     hyper <- .py_hyper(hyper)
-    if (!is.null(seed)) seed <- .check_seed(seed)
-    n_threads <- .check_number(n_threads, "n_threads", min = 0, whole = TRUE,
+    seed <- .check_seed(seed, null_ok = TRUE)
+    n_threads <- .check_number(n_threads, "n_threads", min = 1, whole = TRUE,
                                null_ok = TRUE)
     device <- .check_device(device)
     model_dir <- .new_model_dir(model_dir)
