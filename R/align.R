@@ -134,6 +134,7 @@ utils::globalVariables(".data")
 #' @seealso [sigelShiftedGenes()], [sigelAlteredInteractions()],
 #'   [plotAlignment()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     set.seed(1)
 #'     ref <- matrix(rnorm(400), 100, 4,
@@ -144,6 +145,7 @@ utils::globalVariables(".data")
 #'     al <- sigelAlign(ref, qry, anchors = paste0("g", 51:100))
 #'     al
 #'     head(sigelShiftedGenes(al))
+#' }
 #' }
 #' @export
 sigelAlign <- function(reference, query, anchors = NULL,
@@ -253,6 +255,7 @@ print.SigelAlignment <- function(x, ...) {
 #'   `context_query`.
 #' @seealso [sigelAlign()], [plotShiftedGenes()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     set.seed(1)
 #'     ref <- matrix(rnorm(400), 100, 4,
@@ -262,6 +265,7 @@ print.SigelAlignment <- function(x, ...) {
 #'     tab <- sigelShiftedGenes(ref, qry, anchors = paste0("g", 51:100))
 #'     head(tab)
 #'     plotShiftedGenes(tab)
+#' }
 #' }
 #' @export
 sigelShiftedGenes <- function(x, query = NULL,
@@ -318,6 +322,7 @@ sigelShiftedGenes <- function(x, query = NULL,
 #'   context pair.
 #' @seealso [sigelAlign()], [plotAlteredInteractions()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     set.seed(1)
 #'     ref <- matrix(rnorm(400), 100, 4,
@@ -328,6 +333,7 @@ sigelShiftedGenes <- function(x, query = NULL,
 #'     pairs <- sigelAlteredInteractions(al, genes = "g1", top = 5)
 #'     pairs
 #'     plotAlteredInteractions(sigelAlteredInteractions(al, top = NULL))
+#' }
 #' }
 #' @export
 sigelAlteredInteractions <- function(x, query = NULL, genes = NULL,
@@ -445,6 +451,7 @@ sigelInteractionModules <- function(pairs, side = c("reference", "query"),
 #' @seealso [sigelAlign()], [sigelShiftedGenes()],
 #'   [sigelAlteredInteractions()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     set.seed(1)
 #'     ref <- matrix(rnorm(400), 100, 4,
@@ -455,6 +462,7 @@ sigelInteractionModules <- function(pairs, side = c("reference", "query"),
 #'     plotAlignment(al)
 #'     plotShiftedGenes(sigelShiftedGenes(al))
 #'     plotAlteredInteractions(sigelAlteredInteractions(al, top = NULL))
+#' }
 #' }
 #' @name align-plots
 NULL

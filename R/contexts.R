@@ -147,10 +147,12 @@
 #'   Genome Biology 26:287.
 #' @seealso [runSIGEL()], [sigelEnrichment()], [sigelInteractions()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     emb <- matrix(rnorm(200), 50, 4,
 #'                   dimnames = list(paste0("g", 1:50), NULL))
 #'     sigelNeighbors(emb, c("g1", "g2"), k = 3)
+#' }
 #' }
 #' @export
 sigelNeighbors <- function(x, genes = NULL, k = 10L, gene_symbols = NULL,
@@ -297,12 +299,14 @@ sigelNeighbors <- function(x, genes = NULL, k = 10L, gene_symbols = NULL,
 #' @references Li et al. (2025) Genome Biology 26:287.
 #' @seealso [sigelNeighbors()], [runSIGEL()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     emb <- matrix(rnorm(240), 60, 4,
 #'                   dimnames = list(paste0("g", 1:60), NULL))
 #'     groups <- setNames(rep(c("a", "b"), c(20, 40)), rownames(emb))
 #'     sets <- list(first = paste0("g", 1:20), other = paste0("g", 30:45))
 #'     sigelEnrichment(emb, sets, groups = groups)
+#' }
 #' }
 #' @export
 sigelEnrichment <- function(x, gene_sets = NULL, groups = NULL,
@@ -428,6 +432,7 @@ sigelEnrichment <- function(x, gene_sets = NULL, groups = NULL,
 #' @references Li et al. (2025) Genome Biology 26:287.
 #' @seealso [sigelNeighbors()], [sigelGOSimilarity()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     set.seed(1)
 #'     fam <- rep(1:3, each = 20)
@@ -441,6 +446,7 @@ sigelEnrichment <- function(x, gene_sets = NULL, groups = NULL,
 #'                              genes = c("g1", "g2", "g30"))
 #'     res$metrics
 #'     res$strength
+#' }
 #' }
 #' @export
 sigelInteractions <- function(x, pairs, labels = NULL, new_pairs = NULL,
@@ -517,6 +523,7 @@ sigelInteractions <- function(x, pairs, labels = NULL, new_pairs = NULL,
 #' @references Li et al. (2025) Genome Biology 26:287.
 #' @seealso [runSIGEL()], [plotContexts()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     sce <- sigelExampleData()
 #'     sce <- sce[order(-Matrix::rowSums(SingleCellExperiment::counts(sce)))[1:60], ]
@@ -525,6 +532,7 @@ sigelInteractions <- function(x, pairs, labels = NULL, new_pairs = NULL,
 #'     sc <- sigelContextScores(sce)
 #'     SingleCellExperiment::reducedDim(sce, "sigel_contexts") <- sc
 #'     head(sc)
+#' }
 #' }
 #' @export
 sigelContextScores <- function(x, contexts = NULL, min_membership = 0.1) {

@@ -107,6 +107,7 @@
 #'   Genome Biology 26:287.
 #' @seealso [sigelDomains()], [runSIGEL()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     sce <- sigelExampleData()
 #'     sce <- sce[order(-Matrix::rowSums(SummarizedExperiment::assay(sce)))[1:60], ]
@@ -114,6 +115,7 @@
 #'                     embed_dim = 8, seed = 1, verbose = FALSE)
 #'     sel <- sigelPruneGenes(sce, keep = 0.3, score = "morans_i")
 #'     head(sel)
+#' }
 #' }
 #' @export
 sigelPruneGenes <- function(x, data = NULL, keep = 0.5,
@@ -195,11 +197,13 @@ sigelPruneGenes <- function(x, data = NULL, keep = 0.5,
 #'   18:1342-1351. Li et al. (2025) Genome Biology 26:287.
 #' @seealso [sigelPruneGenes()], [sigelDomainScores()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     sce <- sigelExampleData()
 #'     sce <- sce[order(-Matrix::rowSums(SummarizedExperiment::assay(sce)))[1:60], ]
 #'     sce <- sigelDomains(sce, n_domains = 4, max_epochs = 20, n_threads = 1)
 #'     table(sce$sigel_domain_refined)
+#' }
 #' }
 #' @export
 sigelDomains <- function(x, genes = NULL, n_domains = 7L, seed = 0L,
@@ -285,8 +289,10 @@ sigelDomains <- function(x, genes = NULL, n_domains = 7L, seed = 0L,
 #'   `nmi` and `n_spots`.
 #' @seealso [sigelDomains()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     sigelDomainScores(c(1, 1, 2, 2, 3), c("a", "a", "b", "b", NA))
+#' }
 #' }
 #' @export
 sigelDomainScores <- function(labels, truth) {

@@ -125,6 +125,7 @@
 #'   package's (see the Python module `sigel.model.generator`).
 #' @seealso [sigelImputeCV()], [runSIGEL()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     sce <- sigelExampleData()
 #'     top <- order(-Matrix::rowSums(SummarizedExperiment::assay(sce)))[1:60]
@@ -135,6 +136,7 @@
 #'     panel <- sigelImpute(ref, panel, method = "knn")
 #'     imp <- SingleCellExperiment::altExp(panel, "sigel_imputed")
 #'     table(SummarizedExperiment::rowData(imp)$imputed)
+#' }
 #' }
 #' @export
 sigelImpute <- function(x, target, genes = NULL,
@@ -245,6 +247,7 @@ sigelImpute <- function(x, target, genes = NULL,
 #'   prediction and cell type deconvolution. Nat Methods 19:662 (2022).
 #' @seealso [sigelImpute()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     sce <- sigelExampleData()
 #'     top <- order(-Matrix::rowSums(SummarizedExperiment::assay(sce)))[1:60]
@@ -253,6 +256,7 @@ sigelImpute <- function(x, target, genes = NULL,
 #'                     embed_dim = 8, seed = 1, verbose = FALSE)
 #'     cv <- sigelImputeCV(ref, sce, k = 3, method = c("knn", "mean"))
 #'     cv$summary
+#' }
 #' }
 #' @export
 sigelImputeCV <- function(x, target, k = 5L, method = "gan",

@@ -87,11 +87,13 @@
 #' @return A `SingleCellExperiment` (genes x spots).
 #' @seealso [writeSigelH5AD()], [readSpaceRanger()], [runSIGEL()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     f <- tempfile(fileext = ".h5ad")
 #'     writeSigelH5AD(sigelExampleData(), f)
 #'     sce <- readSigelH5AD(f)
 #'     sce
+#' }
 #' }
 #' @export
 readSigelH5AD <- function(file, X_name = "counts") {
@@ -121,10 +123,12 @@ readSigelH5AD <- function(file, X_name = "counts") {
 #' @return `file`, invisibly.
 #' @seealso [readSigelH5AD()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     f <- tempfile(fileext = ".h5ad")
 #'     writeSigelH5AD(sigelExampleData(), f)
 #'     file.exists(f)
+#' }
 #' }
 #' @export
 writeSigelH5AD <- function(x, file, assay = "counts", coords = NULL,

@@ -56,9 +56,11 @@
 #' @return A `ggplot`.
 #' @seealso [plotContexts()], [runSIGEL()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     sce <- sigelExampleData()
 #'     plotGeneImages(sce, c("Penk", "Doc2g", "Cdhr1", "Kctd12"))
+#' }
 #' }
 #' @export
 plotGeneImages <- function(x, genes, ncol = NULL, ...) {
@@ -163,6 +165,7 @@ plotGeneImages <- function(x, genes, ncol = NULL, ...) {
 #' @return A `ggplot`.
 #' @seealso [plotGeneImages()], [runSIGEL()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     sce <- sigelExampleData()
 #'     sce <- sce[order(-Matrix::rowSums(SummarizedExperiment::assay(sce)))[1:60], ]
@@ -170,6 +173,7 @@ plotGeneImages <- function(x, genes, ncol = NULL, ...) {
 #'                     embed_dim = 8, seed = 1, verbose = FALSE)
 #'     plotContexts(sce)
 #'     plotContexts(sce, type = "embedding")
+#' }
 #' }
 #' @export
 plotContexts <- function(x, type = c("map", "embedding"), contexts = NULL,

@@ -131,7 +131,9 @@ sigelPythonAvailable <- function() {
 #'   torch and numpy versions, the device `"auto"` resolves to, and whether
 #'   CUDA is available.
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) sigelBackendInfo()
+#' }
 #' @export
 sigelBackendInfo <- function() {
     mod <- .sigel_py()

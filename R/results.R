@@ -101,6 +101,7 @@ print.SigelResult <- function(x, ...) {
 #' * `sigelModel()`: a [SigelModel-class].
 #' @seealso [runSIGEL()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     sce <- sigelExampleData()
 #'     sce <- sce[order(-Matrix::rowSums(SummarizedExperiment::assay(sce)))[1:60], ]
@@ -111,6 +112,7 @@ print.SigelResult <- function(x, ...) {
 #'     head(sigelContexts(sce))
 #'     sigelHistory(sce)
 #'     sigelModel(sce)
+#' }
 #' }
 #' @name sigel-accessors
 NULL
@@ -365,6 +367,7 @@ sigelModel <- function(x) {
 #' @return `saveSigelModel()`: the [SigelModel-class] pointing to `path`,
 #'   invisibly. `loadSigelModel()`: a [SigelModel-class].
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     sce <- sigelExampleData()
 #'     sce <- sce[order(-Matrix::rowSums(SummarizedExperiment::assay(sce)))[1:60], ]
@@ -376,6 +379,7 @@ sigelModel <- function(x) {
 #'     model
 #'     new <- runSIGEL(sce, model = model, verbose = FALSE)
 #'     all.equal(sigelEmbeddings(new), sigelEmbeddings(sce), tolerance = 1e-5)
+#' }
 #' }
 #' @seealso [runSIGEL()], [SigelModel-class]
 #' @export

@@ -555,6 +555,7 @@
 #' @seealso [sigelEmbeddings()], [plotContexts()], [plotGeneImages()],
 #'   [saveSigelModel()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     sce <- sigelExampleData()
 #'     sce <- sce[order(-Matrix::rowSums(SummarizedExperiment::assay(sce)))[1:60], ]
@@ -574,6 +575,7 @@
 #'     res2 <- runSIGEL(m, coords = SingleCellExperiment::reducedDim(sce, "spatial"),
 #'                      model = sigelModel(sce), verbose = FALSE)
 #'     dim(sigelEmbeddings(res2))
+#' }
 #' }
 #' @rdname runSIGEL
 #' @export

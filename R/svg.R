@@ -117,6 +117,7 @@
 #'   Genome Biology 26:287.
 #' @seealso [sigelCompareSVG()], [sigelSparkX()], [sigelMoransI()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     sce <- sigelExampleData()
 #'     tot <- Matrix::rowSums(SummarizedExperiment::assay(sce))
@@ -125,6 +126,7 @@
 #'                     embed_dim = 8, seed = 1, verbose = FALSE)
 #'     sce <- sigelSVG(sce, n_null = 5)
 #'     head(S4Vectors::metadata(sce)$sigel_svg)
+#' }
 #' }
 #' @export
 sigelSVG <- function(x, n_null = 10L, n_bins = 10L, genes = NULL,
@@ -232,6 +234,7 @@ sigelSVG <- function(x, n_null = 10L, n_bins = 10L, genes = NULL,
 #'   pseudo-gene image (a matrix, `NA` off tissue).
 #' @seealso [simulatePattern()], [plotGeneImages()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     sce <- sigelExampleData()
 #'     tot <- Matrix::rowSums(SummarizedExperiment::assay(sce))
@@ -241,6 +244,7 @@ sigelSVG <- function(x, n_null = 10L, n_bins = 10L, genes = NULL,
 #'     y <- SummarizedExperiment::colData(sce)$y
 #'     hits <- sigelPatternSearch(sce, y > stats::median(y), n_draws = 3)
 #'     head(hits)
+#' }
 #' }
 #' @export
 sigelPatternSearch <- function(x, template, quantiles = NULL, means = NULL,
@@ -294,6 +298,7 @@ sigelPatternSearch <- function(x, template, quantiles = NULL, means = NULL,
 #'   `seconds` (run time per method).
 #' @seealso [sigelSVG()], [sigelSparkX()], [sigelMoransI()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     sce <- sigelExampleData()
 #'     tot <- Matrix::rowSums(SummarizedExperiment::assay(sce))
@@ -302,6 +307,7 @@ sigelPatternSearch <- function(x, template, quantiles = NULL, means = NULL,
 #'                     embed_dim = 8, seed = 1, verbose = FALSE)
 #'     cmp <- sigelCompareSVG(sce, n_null = 5, top_k = 10)
 #'     cmp$spearman
+#' }
 #' }
 #' @export
 sigelCompareSVG <- function(x, n_null = 10L,
