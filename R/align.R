@@ -45,7 +45,8 @@ utils::globalVariables(".data")
                       slot = p$slot, image = p$image, check = FALSE)
     lib <- if (is.null(p$library_size)) NULL else "sigel_library_size"
     .py_call(.align_mod()$split_half_embeddings(
-        m, ad, genes = as.list(genes), seed = as.integer(seed),
+        m, ad, genes = as.list(genes),
+        seed = as.integer(seed),
         library_size_key = lib, spatial_key = "spatial"),
         "split-half noise")
 }
@@ -179,8 +180,12 @@ sigelAlign <- function(reference, query, anchors = NULL,
     .with_verbosity(verbose, {
         halves <- list(NULL, NULL)
         if (noise) {
-            halves <- list(.split_halves_py(reference, shared, seed),
-                           .split_halves_py(query, shared, seed + 1L))
+            # NULL: the backend's default seed, as Python's align() uses
+            s0 <- if (is.null(seed)) {
+                as.integer(reticulate::py_to_r(.sigel_py()$settings$seed))
+            } else seed
+            halves <- list(.split_halves_py(reference, shared, s0),
+                           .split_halves_py(query, shared, s0 + 1L))
         }
         py <- .py_call(.align_mod()$align(
             .emb_py(ref_m), .emb_py(qry_m), anchors = anc, method = method,
