@@ -516,7 +516,8 @@ plotAlignment <- function(alignment, n_highlight = 10L, highlight = NULL) {
     if (!inherits(alignment, "SigelAlignment")) {
         stop("`alignment` must be the result of sigelAlign()", call. = FALSE)
     }
-    n_highlight <- .check_number(n_highlight, "n_highlight", min = 0, whole = TRUE)
+    n_highlight <- .check_number(n_highlight, "n_highlight", min = 0,
+                                 whole = TRUE)
     R <- alignment$reference
     Q <- alignment$heldout[rownames(R), , drop = FALSE]
     if (is.null(highlight) && n_highlight > 0L) {
@@ -564,7 +565,8 @@ plotAlteredInteractions <- function(pairs, n_highlight = 20L, n_label = 8L,
         stop("`pairs` must be a data.frame from sigelAlteredInteractions()",
              call. = FALSE)
     }
-    n_highlight <- .check_number(n_highlight, "n_highlight", min = 0, whole = TRUE)
+    n_highlight <- .check_number(n_highlight, "n_highlight", min = 0,
+                                 whole = TRUE)
     n_label <- .check_number(n_label, "n_label", min = 0, whole = TRUE)
     d <- pairs[order(pairs$rank), , drop = FALSE]
     i <- seq_len(nrow(d))

@@ -13,7 +13,8 @@
 #'   `counts` assay (`dgCMatrix`), `colData` columns `x`, `y`, `layer`,
 #'   `in_MOB_sample_info`, `total_counts` (the library size over all measured
 #'   genes: pass `library_size = "total_counts"` to [runSIGEL()] to
-#'   normalise by it rather than by the 2,000 genes' sum), and `reducedDim(x, "spatial")`.
+#'   normalise by it rather than by the 2,000 genes' sum), and
+#'   `reducedDim(x, "spatial")`.
 #' @references Ståhl PL et al. (2016) Visualization and analysis of gene
 #'   expression in tissue sections by spatial transcriptomics. Science
 #'   353(6294):78-82.

@@ -35,7 +35,11 @@
         if (!is.numeric(v) || length(v) != 1L || is.na(v) || v < 0) {
             stop("`", nm, "` must be one non-negative number", call. = FALSE)
         }
-        dots[[nm]] <- if (nm %in% ints) .check_number(v, nm, min = 0, whole = TRUE) else as.numeric(v)
+        dots[[nm]] <- if (nm %in% ints) {
+            .check_number(v, nm, min = 0, whole = TRUE)
+        } else {
+            as.numeric(v)
+        }
     }
     dots
 }
@@ -155,8 +159,10 @@ sigelImpute <- function(x, target, genes = NULL,
     if (!is.character(name) || length(name) != 1L || !nzchar(name)) {
         stop("`name` must be one non-empty string", call. = FALSE)
     }
-    resolution <- .check_number(resolution, "resolution", min = 2, whole = TRUE)
-    n_neighbors <- .check_number(n_neighbors, "n_neighbors", min = 1, whole = TRUE)
+    resolution <- .check_number(resolution, "resolution", min = 2,
+                                whole = TRUE)
+    n_neighbors <- .check_number(n_neighbors, "n_neighbors", min = 1,
+                                 whole = TRUE)
     n_steps <- .check_number(n_steps, "n_steps", min = 1, whole = TRUE)
     adv_weight <- .check_number(adv_weight, "adv_weight", min = 0)
     finetune_encoder <- .check_flag(finetune_encoder, "finetune_encoder")
@@ -274,8 +280,10 @@ sigelImputeCV <- function(x, target, k = 5L, method = "gan",
     }
     geometry <- match.arg(geometry)
     k <- .check_number(k, "k", min = 2, whole = TRUE)
-    resolution <- .check_number(resolution, "resolution", min = 2, whole = TRUE)
-    n_neighbors <- .check_number(n_neighbors, "n_neighbors", min = 1, whole = TRUE)
+    resolution <- .check_number(resolution, "resolution", min = 2,
+                                whole = TRUE)
+    n_neighbors <- .check_number(n_neighbors, "n_neighbors", min = 1,
+                                 whole = TRUE)
     n_steps <- .check_number(n_steps, "n_steps", min = 1, whole = TRUE)
     adv_weight <- .check_number(adv_weight, "adv_weight", min = 0)
     seed <- .check_seed(seed, null_ok = TRUE)

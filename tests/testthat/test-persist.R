@@ -33,7 +33,6 @@ test_that("the model object carries its files and restores them", {
 
 test_that("saveRDS -> new R process: tasks work without the model dir", {
     skip_if_no_sigel_python()
-    skip_on_cran()
     sce <- sigel_tiny_sce()
     dir <- file.path(tempdir(), "sigel-persist-model")
     unlink(dir, recursive = TRUE)
