@@ -113,7 +113,7 @@ sigelGOSimilarity <- function(x, ont = c("BP", "MF", "CC"), n_pairs = 1000L,
                               drop = "IEA", gene_symbols = NULL,
                               genes = NULL, control = TRUE,
                               OrgDb = "org.Hs.eg.db", cache = TRUE,
-                              seed = 1L) {
+                              seed = 1L, model = NULL) {
     ont <- match.arg(ont)
     measure <- match.arg(measure, c("Wang", "Resnik", "Lin", "Rel",
                                     "Jiang"))
@@ -121,7 +121,7 @@ sigelGOSimilarity <- function(x, ont = c("BP", "MF", "CC"), n_pairs = 1000L,
                                     "rcmax.avg"))
     n_pairs <- .check_number(n_pairs, "n_pairs", min = 1, whole = TRUE)
     seed <- .check_seed(seed)
-    emb <- .emb_matrix(x)
+    emb <- .emb_matrix(if (is.null(model)) x else model)
     ids <- rownames(emb)
     sym <- .symbol_map(x, gene_symbols, ids)
     if (is.null(sym)) sym <- stats::setNames(ids, ids)

@@ -14,6 +14,16 @@
     tryCatch(.sigel_images_py(x), error = function(e) NULL)
 }
 
+# the reference (model carrier) given as `x` or as `model`
+.reference_arg <- function(x, model) {
+    if (is.null(x) == is.null(model)) {
+        .sigel_stop("give the reference (an object with runSIGEL() results, ",
+                    "a SigelModel or a model directory) as `x` or as ",
+                    "`model`, not ", if (is.null(x)) "neither" else "both")
+    }
+    if (is.null(x)) model else x
+}
+
 # extra GAN options (...) checked in R and converted for Python
 .impute_gan_options <- function(dots) {
     ok <- c("batch_size", "lr", "adv_start", "hidden", "n_prototypes",
@@ -84,6 +94,8 @@
 #' @param x the reference: an object with [runSIGEL()] results (a
 #'   `SingleCellExperiment`, `Seurat` object or `SigelResult`), a
 #'   [SigelModel-class] or a saved model directory.
+#' @param model the same as `x`, by name (`sigelImpute(target = panel,
+#'   model = res)`); give one of the two.
 #' @param target the panel sample: a `SingleCellExperiment`, a `Seurat`
 #'   object, or a genes x cells count matrix with `coords`.
 #' @param genes `character` or `NULL`: genes to impute (reference names;
@@ -143,14 +155,16 @@
 #' }
 #' }
 #' @export
-sigelImpute <- function(x, target, genes = NULL,
+sigelImpute <- function(x = NULL, target, genes = NULL,
                         method = c("gan", "knn", "mean"),
                         assay = "counts", coords = NULL, library_size = NULL,
                         geometry = c("auto", "visium", "grid", "free"),
                         resolution = 64L, n_neighbors = 10L, n_steps = 600L,
                         adv_weight = 0.01, finetune_encoder = FALSE,
                         name = "sigel_imputed", seed = NULL, device = "auto",
-                        n_threads = NULL, verbose = FALSE, ...) {
+                        n_threads = NULL, verbose = FALSE, model = NULL,
+                        ...) {
+    x <- .reference_arg(x, model)
     method <- match.arg(method)
     geometry <- match.arg(geometry)
     if (!is.null(genes) && (!is.character(genes) || anyNA(genes))) {
@@ -265,14 +279,15 @@ sigelImpute <- function(x, target, genes = NULL,
 #' }
 #' }
 #' @export
-sigelImputeCV <- function(x, target, k = 5L, method = "gan",
+sigelImputeCV <- function(x = NULL, target, k = 5L, method = "gan",
                           assay = "counts", coords = NULL,
                           library_size = NULL,
                           geometry = c("auto", "visium", "grid", "free"),
                           resolution = 64L, n_neighbors = 10L,
                           n_steps = 600L, adv_weight = 0.01, seed = NULL,
                           device = "auto", n_threads = NULL,
-                          verbose = FALSE, ...) {
+                          verbose = FALSE, model = NULL, ...) {
+    x <- .reference_arg(x, model)
     if (!is.character(method) || !length(method) ||
         !all(method %in% c("gan", "knn", "mean"))) {
         stop("`method` must be one or more of \"gan\", \"knn\", \"mean\"",

@@ -107,3 +107,10 @@ test_that("sigelSparkX ranks far beyond the double floor (log10 p)", {
     expect_equal(res$pval[-(1:3)], 10^res$log10_pval[-(1:3)],
                  tolerance = 1e-8)
 })
+
+test_that("the imputation reference comes as `x` or `model`, not both", {
+    expect_error(sigelImpute(target = matrix(1, 2, 2)),
+                 "as `x` or as `model`, not neither")
+    expect_error(sigelImputeCV("a", target = matrix(1, 2, 2), model = "b"),
+                 "not both")
+})

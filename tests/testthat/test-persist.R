@@ -58,10 +58,14 @@ test_that("saveRDS -> new R process: tasks work without the model dir", {
         "new <- runSIGEL(x, model = x, verbose = FALSE)",
         "panel <- x[1:40, ]",
         "imp <- sigelImpute(x, panel, method = 'knn', seed = 1L)",
+        "imp2 <- sigelImpute(target = panel, model = sigelModel(x),",
+        "                    method = 'knn', seed = 1L)",
         "saveRDS(list(svg = S4Vectors::metadata(x)$sigel_svg, prune = pr,",
         "             prune2 = pr2, nb = nb, nb2 = nb2,",
         "             emb_new = sigelEmbeddings(new),",
         "             imputed = rownames(SingleCellExperiment::altExp(imp,",
+        "                 'sigel_imputed')),",
+        "             imputed2 = rownames(SingleCellExperiment::altExp(imp2,",
         "                 'sigel_imputed'))), args[2])"),
         script)
     st <- system2(file.path(R.home("bin"), "Rscript"),
@@ -83,4 +87,5 @@ test_that("saveRDS -> new R process: tasks work without the model dir", {
     expect_equal(r$emb_new[genes, ], sigelEmbeddings(fit)[genes, ],
                  tolerance = 1e-4)
     expect_true(all(setdiff(genes, rownames(sce)[1:40]) %in% r$imputed))
+    expect_identical(r$imputed2, r$imputed)
 })
