@@ -89,3 +89,26 @@ test_that("saveRDS -> new R process: tasks work without the model dir", {
     expect_true(all(setdiff(genes, rownames(sce)[1:40]) %in% r$imputed))
     expect_identical(r$imputed2, r$imputed)
 })
+
+test_that("a Seurat object keeps its model in Tool() through saveRDS", {
+    skip_if_no_sigel_python()
+    skip_if_not_installed("Seurat")
+    sce <- sigel_tiny_sce(40L)
+    so <- sigel_fake_visium(SummarizedExperiment::assay(sce, "counts"))
+    dir <- file.path(tempdir(), "sigel-persist-seurat")
+    unlink(dir, recursive = TRUE)
+    so <- do.call(runSIGEL, c(list(so), sigel_tiny_hyper(),
+                              list(seed = 1L, verbose = FALSE,
+                                   n_threads = 1L, model_dir = dir)))
+    f <- tempfile(fileext = ".rds")
+    saveRDS(so, f)
+    unlink(dir, recursive = TRUE)
+    back <- readRDS(f)
+    expect_true(length(sigelModel(back)@files) >= 2L)
+    sel <- sigelPruneGenes(back, keep = 0.5, score = "morans_i")
+    expect_gt(nrow(sel), 0L)
+    again <- runSIGEL(back, model = back, verbose = FALSE)
+    g <- rownames(sigelEmbeddings(so))
+    expect_equal(sigelEmbeddings(again)[g, ], sigelEmbeddings(so)[g, ],
+                 tolerance = 1e-4)
+})
