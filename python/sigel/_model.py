@@ -170,7 +170,7 @@ class SIGEL:
     Learns one vector per gene from its spatial expression image such that
     genes with similar spatial patterns lie close, and organises the space
     into soft contexts (Li et al., Genome Biology 26:287, 2025; our design
-    choices are in ``DESIGN.md``).
+    choices are in ``docs/design.md``).
 
     All parameters are keyword-only; they are captured in ``init_params_``
     (JSON-serialisable) and saved with the model.
@@ -194,10 +194,10 @@ class SIGEL:
         Channels of the convolutional decoder at patch resolution.
     mask_ratio
         Fraction of in-tissue patches hidden from the encoder per step. Our
-        default 0.75 (DESIGN suggests ~0.5): on small, noisy gene images a
-        50 % mask makes reconstruction a local interpolation task and the
-        pooled vector learns little about the whole pattern; 0.75 is also
-        cheaper.
+        default 0.75 rather than the common ~0.5 (docs/design.md §3): on
+        small, noisy gene images a 50 % mask makes reconstruction a local
+        interpolation task and the pooled vector learns little about the
+        whole pattern; 0.75 is also cheaper.
     input_norm
         ``'standardize'`` (default): each gene image is centred and scaled to
         unit variance over the tissue before encoding (and reconstruction),

@@ -346,7 +346,7 @@ def thin_images(x: torch.Tensor, max_drop: float, generator: torch.Generator | N
     is zeroed with probability ``r`` (the tissue-mask channel is kept). A
     densely expressed gene then looks like a sparser one with the same
     pattern; asking both views for the same vector keeps detection rate out
-    of the embedding (DESIGN section 2).
+    of the embedding (docs/design.md §4).
 
     Parameters
     ----------
