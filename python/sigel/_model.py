@@ -203,7 +203,11 @@ class SIGEL:
         unit variance over the tissue before encoding (and reconstruction),
         so vectors describe the pattern's shape, not how many spots express
         the gene; ``'smooth'``: the same after a 3x3 masked box filter;
-        ``None`` (or ``'none'``): the image values as built.
+        ``'gaussian'``: after a masked Gaussian filter of ``smooth_sigma``
+        pixels (sampling noise of shallow genes averaged over neighbouring
+        spots); ``None`` (or ``'none'``): the image values as built.
+    smooth_sigma
+        Width (pixels) of the ``'gaussian'`` input smoothing.
     epochs
         Maximum number of epochs in total (pre-training included). ``None``:
         enough for about 4,000 gradient steps, bounded to [16, 60] epochs
@@ -327,6 +331,7 @@ class SIGEL:
         decoder_width: int = 32,
         mask_ratio: float = 0.75,
         input_norm: str | None = "standardize",
+        smooth_sigma: float = 2.0,
         epochs: int | None = None,
         pretrain_epochs: int | None = None,
         batch_size: int = 32,
@@ -366,7 +371,7 @@ class SIGEL:
     _OPTIONAL = ("n_contexts", "patch_size", "epochs", "pretrain_epochs")
     _REAL_PARAMS = ("mlp_ratio", "mask_ratio", "lr", "weight_decay", "scaffold_weight", "dirichlet_alpha",
                     "contrastive_weight", "mixture_weight", "temperature", "select_start", "select_end", "tol",
-                    "invariance_weight", "view_temperature", "thin_min", "spread_weight")
+                    "invariance_weight", "view_temperature", "thin_min", "spread_weight", "smooth_sigma")
 
     @classmethod
     def _check_types(cls, p: dict) -> dict:
@@ -406,7 +411,8 @@ class SIGEL:
         assert_in_range("select_start", p["select_start"], 1e-6, 1.0)
         assert_in_range("select_end", p["select_end"], p["select_start"], 1.0)
         assert_one_of("mixture", p["mixture"], ("student_t", "gaussian"))
-        assert_one_of("input_norm", p["input_norm"], (None, "none", "standardize", "smooth"))
+        assert_one_of("input_norm", p["input_norm"], (None, "none", "standardize", "smooth", "gaussian"))
+        assert_positive("smooth_sigma", p["smooth_sigma"])
         if p["dirichlet_alpha"] < 1:
             raise SigelInputError(f"`dirichlet_alpha` must be >= 1; got {p['dirichlet_alpha']!r}")
         if p["patch_size"] is not None:
@@ -484,6 +490,7 @@ class SIGEL:
             patch_size=patch_size, width=p["width"], depth=p["depth"], n_heads=p["n_heads"],
             mlp_ratio=p["mlp_ratio"], embed_dim=p["embed_dim"], decoder_width=p["decoder_width"],
             mask_ratio=p["mask_ratio"], input_norm=None if p["input_norm"] == "none" else p["input_norm"],
+            smooth_sigma=p["smooth_sigma"],
         )
 
     def _build_mixture(self, n_contexts: int, seed: int):

@@ -80,7 +80,7 @@ def fitted():
 def test_history_tracks_rank_and_detection(fitted):
     _, model = fitted
     h = model.history_
-    assert {"erank", "r2_detection", "invariance"} <= set(h.columns)
+    assert {"erank", "r2_detection", "spread"} <= set(h.columns)
     assert h["erank"].notna().all() and (h["erank"] > 1).all()
 
 

@@ -171,7 +171,10 @@ class MaskedAutoencoder(nn.Module):
         ``'standardize'``: centre and scale each image's value channel to mean
         0 and variance 1 over its tissue pixels (clipped to [-5, 5]) before
         encoding, and reconstruct that standardised image; ``'smooth'``: the
-        same after a 3x3 masked box filter; ``None``: use values as given.
+        same after a 3x3 masked box filter; ``'gaussian'``: after a masked
+        Gaussian filter of ``smooth_sigma`` pixels; ``None``: use values as given.
+    smooth_sigma
+        Gaussian width in pixels for ``input_norm='gaussian'``.
     in_chans
         Input channels (2: value + tissue mask).
     """
@@ -189,6 +192,7 @@ class MaskedAutoencoder(nn.Module):
         mask_ratio: float = 0.5,
         pool_queries: int = 4,
         input_norm: str | None = "standardize",
+        smooth_sigma: float = 2.0,
         in_chans: int = 2,
     ):
         super().__init__()
@@ -201,9 +205,10 @@ class MaskedAutoencoder(nn.Module):
         self.embed_dim = int(embed_dim)
         self.mask_ratio = float(mask_ratio)
         self.in_chans = int(in_chans)
-        if input_norm not in (None, "standardize", "smooth"):
-            raise ValueError(f"input_norm must be None, 'standardize' or 'smooth'; got {input_norm!r}")
+        if input_norm not in (None, "standardize", "smooth", "gaussian"):
+            raise ValueError(f"input_norm must be None, 'standardize', 'smooth' or 'gaussian'; got {input_norm!r}")
         self.input_norm = input_norm
+        self.smooth_sigma = float(smooth_sigma)
 
         # encoder
         self.patch_embed = nn.Conv2d(in_chans, width, kernel_size=patch_size, stride=patch_size)
@@ -289,10 +294,12 @@ class MaskedAutoencoder(nn.Module):
         if self.input_norm is None:
             return x
         v, m = x[:, 0].float(), x[:, 1].float()
-        if self.input_norm == "smooth":
-            k = torch.ones(1, 1, 3, 3, device=x.device, dtype=v.dtype)
-            num = F.conv2d((v * m)[:, None], k, padding=1)[:, 0]
-            den = F.conv2d(m[:, None], k, padding=1)[:, 0]
+        if self.input_norm in ("smooth", "gaussian"):
+            # masked (normalised) convolution: the mean of the in-tissue neighbours, background ignored
+            k = self._smoothing_kernel(x.device, v.dtype)
+            pad = k.shape[-1] // 2
+            num = F.conv2d((v * m)[:, None], k, padding=pad)[:, 0]
+            den = F.conv2d(m[:, None], k, padding=pad)[:, 0]
             v = num / den.clamp(min=1e-6) * m
         n = m.sum((1, 2)).clamp(min=1.0)
         mean = (v * m).sum((1, 2)) / n
@@ -300,6 +307,15 @@ class MaskedAutoencoder(nn.Module):
         z = (v - mean[:, None, None]) / var.clamp(min=1e-8).sqrt()[:, None, None]
         z = z.clamp(-5.0, 5.0) * m
         return torch.stack([z.to(x.dtype), x[:, 1]], dim=1)
+
+    def _smoothing_kernel(self, device, dtype) -> torch.Tensor:
+        """3x3 box (``'smooth'``) or a Gaussian of ``smooth_sigma`` pixels truncated at 3 sigma (``'gaussian'``)."""
+        if self.input_norm == "smooth":
+            return torch.ones(1, 1, 3, 3, device=device, dtype=dtype)
+        r = max(int(math.ceil(3.0 * self.smooth_sigma)), 1)
+        t = torch.arange(-r, r + 1, device=device, dtype=dtype)
+        g = torch.exp(-0.5 * (t / self.smooth_sigma) ** 2)
+        return (g[:, None] * g[None, :])[None, None]
 
     # -------------------------------------------------------------- patchify
     def pad(self, x: torch.Tensor) -> torch.Tensor:
