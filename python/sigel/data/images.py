@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .. import tissue
 from .._validate import (
     SigelInputError,
-    as_coordinates,
     assert_finite_nonnegative,
     assert_in_range,
     assert_one_of,
@@ -87,8 +87,8 @@ class GeneImages:
         ----------
         adata
             AnnData with counts in ``X`` (or ``layers[layer]``) and coordinates
-            in ``obs['array_row'/'array_col']`` (Visium), ``obs['x'/'y']``
-            (integer grids) or ``obsm[spatial_key]``. Never modified.
+            in ``obs['array_row'/'array_col']`` (Visium), ``obsm[spatial_key]``
+            or ``obs['x'/'y']``. Never modified.
         layer
             Layer holding the counts (default ``X``).
         genes
@@ -99,8 +99,12 @@ class GeneImages:
             x/y, e.g. legacy ST) or ``'free'`` (rasterise arbitrary
             coordinates; pixel = mean of its cells).
         spatial_key
-            Key of ``obsm`` with coordinates (used for ``'grid'``/``'free'``
-            when no ``obs`` coordinate columns exist).
+            Key of ``obsm`` with coordinates. The ``'grid'``/``'free'``
+            geometries read coordinates by the rule of
+            :func:`sigel.tissue.coordinates`: ``obsm[spatial_key]``, else
+            ``obs['x','y']``. Duplicated lattice positions and free
+            coordinates that crowd many cells into shared pixels give a
+            warning with the numbers (see :func:`spot_pixels`).
         library_size_key
             ``obs`` column with each spot's library size (e.g. ``'sum_umi'``
             when ``X`` holds a gene subset). Default: the row sums of ``X``.
@@ -294,41 +298,34 @@ class GeneImages:
 
 # ---------------------------------------------------------------------- helpers
 def _counts_matrix(adata, layer):
-    if layer is None:
-        X = adata.X
-    else:
-        if layer not in adata.layers:
-            raise SigelInputError(f"layer {layer!r} not found in adata.layers; available: {list(adata.layers.keys())}")
-        X = adata.layers[layer]
-    if X is None:
-        raise SigelInputError("adata.X is empty; pass the layer holding counts with `layer=`")
-    if sp.issparse(X):
-        X = sp.csr_matrix(X)
-    else:
-        arr = np.asarray(X)
-        if arr.dtype.kind not in "biuf":
-            raise SigelInputError(f"expression values must be numeric; got dtype {arr.dtype}")
-        if not np.all(np.isfinite(arr)):
-            raise SigelInputError("expression values contain NaN or infinite entries")
-        X = sp.csr_matrix(arr)
-    if X.dtype.kind not in "biuf":
-        raise SigelInputError(f"expression values must be numeric; got dtype {X.dtype}")
-    return X
+    return tissue.counts(adata, layer)
 
 
-def _obs_numeric(adata, cols):
-    out = []
-    for c in cols:
-        s = adata.obs[c]
-        v = pd.to_numeric(s, errors="coerce").to_numpy(np.float64)
-        if np.any(~np.isfinite(v)):
-            raise SigelInputError(f"adata.obs[{c!r}] must hold finite numbers (found non-numeric, NaN or inf)")
-        out.append(v)
-    return np.column_stack(out)
+_obs_numeric = tissue._obs_numeric
+
+#: above this fraction of spots sharing a pixel, free rasterisation warns
+FREE_SHARED_WARN = 0.25
+#: up to this fraction of duplicated integer positions, integer coordinates stay a grid
+GRID_DUPLICATE_MAX = 0.01
+
+
+def _n_duplicated(r: np.ndarray) -> int:
+    """Spots whose integer (x, y) position another spot already holds."""
+    return int(len(r) - len(np.unique(r, axis=0)))
 
 
 def detect_geometry(adata, spatial_key: str = "spatial") -> str:
-    """Guess the platform geometry: ``'visium'``, ``'grid'`` or ``'free'``."""
+    """Guess the platform geometry: ``'visium'``, ``'grid'`` or ``'free'``.
+
+    ``obs['array_row', 'array_col']`` with one row/column parity is Visium's
+    hexagonal array (mixed parity: a grid). Otherwise the coordinates of
+    :func:`sigel.tissue.coordinates` are a ``'grid'`` when they are integers
+    spanning at most 512 positions. Integer coordinates of which a few spots
+    (at most 1 %) share a position stay a grid, with a warning giving the
+    numbers (the sharing spots are averaged into one pixel); with more
+    duplicates they are not a lattice and are rasterised as ``'free'``
+    coordinates, again with a warning. Pass ``geometry=`` to choose.
+    """
     obs = adata.obs
     if "array_row" in obs and "array_col" in obs:
         rc = _obs_numeric(adata, ["array_row", "array_col"])
@@ -337,22 +334,37 @@ def detect_geometry(adata, spatial_key: str = "spatial") -> str:
     xy = _grid_xy(adata, spatial_key)
     if xy is not None:
         r = np.round(xy)
-        if np.allclose(xy, r, atol=0.25) and len(np.unique(r[:, 0] * 1e6 + r[:, 1])) == len(r) \
-                and np.ptp(r, axis=0).max() <= 512:
-            return "grid"
+        if np.allclose(xy, r, atol=0.25) and np.ptp(r, axis=0).max() <= 512:
+            n_dup = _n_duplicated(r)
+            if n_dup == 0:
+                return "grid"
+            n = len(r)
+            if n_dup <= GRID_DUPLICATE_MAX * n:
+                return "grid"  # spot_pixels warns about the shared positions
+            warnings.warn(
+                f"integer coordinates, but {n_dup} of {n} spots repeat another spot's position: not a "
+                "lattice, rasterising them as free coordinates (pass geometry='grid' to force the grid)",
+                stacklevel=3)
     return "free"
 
 
 def _grid_xy(adata, spatial_key):
-    if "x" in adata.obs and "y" in adata.obs:
-        return _obs_numeric(adata, ["x", "y"])
-    if spatial_key in adata.obsm:
-        return as_coordinates(adata.obsm[spatial_key], adata.n_obs, f"adata.obsm[{spatial_key!r}]")
+    """Coordinates for the grid/free geometries by the lookup rule, or None when there are none."""
+    key = tissue.DEFAULT_SPATIAL_KEY if spatial_key is None else spatial_key
+    if key in adata.obsm or ("x" in adata.obs and "y" in adata.obs) or key != tissue.DEFAULT_SPATIAL_KEY:
+        return tissue.coordinates(adata, key)
     return None
 
 
 def spot_pixels(adata, *, geometry="auto", spatial_key="spatial", resolution=64):
-    """Integer (row, column) pixel of every spot and the geometry used."""
+    """Integer (row, column) pixel of every spot and the geometry used.
+
+    Spots that land in one pixel are averaged there. On a lattice
+    (``'visium'``, ``'grid'``) that only happens to duplicated positions and
+    gives a warning with their number; with ``'free'`` coordinates it warns
+    when more than a quarter of the spots share a pixel, naming the
+    resolution that would keep nearest neighbours apart.
+    """
     obs = adata.obs
     if geometry == "auto":
         has_any = ("array_row" in obs and "array_col" in obs) or ("x" in obs and "y" in obs) \
@@ -375,7 +387,7 @@ def spot_pixels(adata, *, geometry="auto", spatial_key="spatial", resolution=64)
         xy = _grid_xy(adata, spatial_key)
         if xy is None:
             raise SigelInputError(
-                f"geometry={geometry!r} needs coordinates in obs['x','y'] or obsm[{spatial_key!r}]; none found"
+                f"geometry={geometry!r} needs coordinates in obsm[{spatial_key!r}] or obs['x','y']; none found"
             )
         xy = xy - xy.min(axis=0)
         if geometry == "grid":
@@ -388,7 +400,30 @@ def spot_pixels(adata, *, geometry="auto", spatial_key="spatial", resolution=64)
             step = span / max(resolution - 1, 1) if span > 0 else 1.0
             r = np.floor(xy / step + 0.5).astype(np.int64)
             cols, rows = r[:, 0], r[:, 1]
+            _warn_shared_free(xy, rows, cols, resolution, span)
+            return rows, cols, geometry
+    n_dup = _n_duplicated(np.column_stack([rows, cols]))
+    if n_dup:
+        warnings.warn(
+            f"{n_dup} of {len(rows)} spots repeat the {geometry} position of another spot; they are averaged "
+            "into shared pixels (remove the duplicates, or pass geometry='free' to rasterise the coordinates)",
+            stacklevel=3)
     return rows, cols, geometry
+
+
+def _warn_shared_free(xy, rows, cols, resolution, span):
+    n = len(rows)
+    flat = rows * (int(cols.max()) + 1) + cols
+    _, inv, cnt = np.unique(flat, return_inverse=True, return_counts=True)
+    shared = int((cnt[inv] > 1).sum())
+    if n < 2 or shared <= FREE_SHARED_WARN * n:
+        return
+    _, dist = tissue.knn_indices(xy, 1)
+    d = float(np.median(dist[:, 0]))
+    need = f"; resolution >= {int(np.ceil(span / d)) + 1} keeps most nearest neighbours apart" if d > 0 else ""
+    warnings.warn(
+        f"free coordinates at resolution={resolution}: {shared:,} of {n:,} spots/cells share a pixel with "
+        f"another ({len(cnt):,} pixels hold them) and are averaged there{need}", stacklevel=3)
 
 
 def _robust_scale(values: sp.csr_matrix, n_tissue: int, q: float) -> sp.csr_matrix:

@@ -94,7 +94,7 @@ def pattern_search(
     >>> hits = sigel.tl.pattern_search(model, ad, tpl, n_draws=5)          # doctest: +SKIP
     >>> hits.head()                                                        # doctest: +SKIP
     """
-    from .. import sim
+    from .. import sim, tissue
     from ..sim import _check_model, _model_image_options, _same_grid
 
     _check_model(model, "pattern_search")
@@ -109,7 +109,7 @@ def pattern_search(
         quantiles = dict(DEFAULT_QUANTILES)
     lib = sim.real_library_size(adata, opts)
     layer = opts.get("layer")
-    counts = adata.X if layer is None else adata.layers[layer]
+    counts = tissue.counts(adata, layer)
     Y, params = sim.pseudo_gene(_coords(adata, opts), template, counts=counts, library_size=lib,
                                 quantiles=quantiles, means=means, taper=taper, n_draws=int(n_draws),
                                 engine=engine, seed=seed, return_params=True)
@@ -153,9 +153,9 @@ def pattern_search(
 
 
 def _coords(adata, opts):
-    from ..sim import _spot_coords
+    from .. import tissue
 
-    return _spot_coords(adata, opts.get("spatial_key", "spatial"))
+    return tissue.coordinates(adata, opts.get("spatial_key", "spatial"))
 
 
 def _reference_grid(model, adata, opts):
