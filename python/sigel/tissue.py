@@ -153,8 +153,8 @@ def library_size(adata, layer: str | None = None, *, library_size_key: str | Non
 
 
 def log_normalize(adata, genes=None, *, layer: str | None = None, library_size_key: str | None = None,
-                  target_sum: float | None = None) -> sp.csr_matrix:
-    """Counts / library size * ``target_sum``, then ``log1p`` (spots x genes CSR, float32).
+                  target_sum: float | None = None, format: str = "csr") -> sp.spmatrix:
+    """Counts / library size * ``target_sum``, then ``log1p`` (spots x genes, sparse float32).
 
     The library size is taken over all genes of ``adata`` (or from
     ``obs[library_size_key]``) before ``genes`` are selected; ``target_sum``
@@ -171,10 +171,13 @@ def log_normalize(adata, genes=None, *, layer: str | None = None, library_size_k
         See :func:`counts` and :func:`library_size`.
     target_sum
         Common library size (default: the median).
+    format
+        ``'csr'`` (default) or ``'csc'`` (per-gene work; made with one copy
+        of the counts).
 
     Returns
     -------
-    scipy.sparse.csr_matrix
+    scipy.sparse.csr_matrix or scipy.sparse.csc_matrix
 
     Examples
     --------
@@ -193,8 +196,18 @@ def log_normalize(adata, genes=None, *, layer: str | None = None, library_size_k
     if target_sum is None:
         target_sum = float(np.median(lib[pos]))
     scale = np.where(pos, target_sum / np.where(pos, lib, 1.0), 0.0).astype(np.float32)
-    X = sp.csr_matrix(sp.diags(scale) @ X.astype(np.float32))
-    X.data = np.log1p(X.data)
+    if format == "csc":  # one copy of the counts, scaled and logged in place
+        X = X.tocsc().astype(np.float32, copy=False)
+        step = 1 << 22
+        for a in range(0, X.nnz, step):  # row scaling without an nnz-sized temporary
+            X.data[a:a + step] *= scale[X.indices[a:a + step]]
+    elif format == "csr":
+        X = X.astype(np.float32, copy=True)
+        X.data *= np.repeat(scale, np.diff(X.indptr))
+    else:
+        raise SigelInputError(f"`format` must be 'csr' or 'csc'; got {format!r}")
+    np.log1p(X.data, out=X.data)
+    X.eliminate_zeros()
     return X
 
 
@@ -434,7 +447,25 @@ def _power_sums(X: sp.csc_matrix):
     return [np.bincount(col, weights=data ** k, minlength=G) for k in (1, 2, 3, 4)]
 
 
-def morans_i_values(X: sp.spmatrix, W: sp.spmatrix) -> pd.DataFrame:
+def _block_stats(Xb: sp.csc_matrix, W: sp.csr_matrix, n: int):
+    """Moran's I (scanpy) and the kurtosis ``b2`` of the columns of one gene block."""
+    import scanpy as sc
+
+    p1, p2, p3, p4 = _power_sums(Xb)
+    m = p1 / n
+    m2 = p2 - n * m * m                                      # sum (x - m)^2
+    m4 = p4 - 4 * m * p3 + 6 * m * m * p2 - 3 * n * m ** 4    # sum (x - m)^4
+    ok = m2 > 1e-12 * np.maximum(1.0, n * m * m)
+    I = np.full(Xb.shape[1], np.nan)
+    if ok.any():
+        vals = Xb[:, np.flatnonzero(ok)].T.tocsr().astype(np.float64)  # genes x spots, as scanpy takes it
+        I[ok] = sc.metrics.morans_i(W, vals)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        b2 = np.where(ok, n * m4 / (m2 * m2), np.nan)
+    return I, b2
+
+
+def morans_i_values(X: sp.spmatrix, W: sp.spmatrix, *, block: int = 128) -> pd.DataFrame:
     """Moran's I, its z-score and one-sided p-value for every column of ``X`` (spots x genes).
 
     ``I = n / S0 * z'Wz / z'z`` with ``z`` the centred values, computed by
@@ -443,13 +474,13 @@ def morans_i_values(X: sp.spmatrix, W: sp.spmatrix) -> pd.DataFrame:
     (Cliff & Ord 1981; it includes each gene's kurtosis, which keeps sparse,
     skewed counts calibrated) and ``E[I] = -1 / (n - 1)``; the p-value is
     one-sided, for positive autocorrelation. Constant columns get NaN.
+    Genes are processed in blocks of ``block`` columns.
 
     Returns
     -------
     pandas.DataFrame
         Columns ``I``, ``z``, ``pval`` in the column order of ``X``.
     """
-    import scanpy as sc
     from scipy.stats import norm
 
     X = sp.csc_matrix(X)
@@ -457,17 +488,10 @@ def morans_i_values(X: sp.spmatrix, W: sp.spmatrix) -> pd.DataFrame:
     n, G = X.shape
     if n < 4:
         raise SigelInputError(f"Moran's I needs at least 4 spots; got {n}")
-    p1, p2, p3, p4 = _power_sums(X)
-    m = p1 / n
-    m2 = p2 - n * m * m                                      # sum (x - m)^2
-    m4 = p4 - 4 * m * p3 + 6 * m * m * p2 - 3 * n * m ** 4    # sum (x - m)^4
-    ok = m2 > 1e-12 * np.maximum(1.0, n * m * m)
     I = np.full(G, np.nan)
-    if ok.any():
-        vals = sp.csr_matrix(X[:, np.flatnonzero(ok)].T, dtype=np.float64)
-        I[ok] = sc.metrics.morans_i(W, vals)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        b2 = np.where(ok, n * m4 / (m2 * m2), np.nan)
+    b2 = np.full(G, np.nan)
+    for a in range(0, G, int(block)):  # float64 copies only per block of genes
+        I[a:a + block], b2[a:a + block] = _block_stats(X[:, a:a + block], W, n)
     r = np.asarray(W.sum(axis=1)).ravel()
     c = np.asarray(W.sum(axis=0)).ravel()
     S0 = float(W.sum())
@@ -529,7 +553,7 @@ def morans_i(adata, genes=None, *, layer: str | None = None, spatial_key: str | 
         raise SigelInputError(f"Moran's I needs at least 4 spots; got {n}")
     names = pd.Index(adata.var_names.astype(str)) if genes is None else \
         pd.Index([str(g) for g in np.atleast_1d(genes)])
-    X = log_normalize(adata, genes, layer=layer, library_size_key=library_size_key)
+    X = log_normalize(adata, genes, layer=layer, library_size_key=library_size_key, format="csc")
     conn, _ = neighbor_graph(adata, int(n_neighbors), spatial_key=spatial_key)
     out = morans_i_values(X, row_standardize(conn))
     out.index = pd.Index(names, name="gene")

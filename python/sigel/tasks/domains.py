@@ -624,7 +624,12 @@ def _gc_dec_fit(model, X, adj, *, lr, max_epochs, res, tol, n_neighbors=10, upda
     Xt = torch.FloatTensor(X)
     features = model.gc(Xt, adj)
     a = sc.AnnData(features.detach().numpy())
-    sc.pp.neighbors(a, n_neighbors=n_neighbors)
+    # exact kNN as scanpy uses below 4,096 spots (its pynndescent route above that fails with this scipy),
+    # computed in chunks of at most 128 MB
+    from sklearn import config_context
+
+    with config_context(working_memory=128):
+        sc.pp.neighbors(a, n_neighbors=n_neighbors, transformer="sklearn")
     sc.tl.louvain(a, resolution=res)
     y_pred = a.obs["louvain"].astype(int).to_numpy()
     model.n_clusters = len(np.unique(y_pred))
