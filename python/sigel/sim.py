@@ -266,10 +266,10 @@ def region_weights(coords, template, *, taper: float = 0.0):
 
 
 def _median_nn(coords) -> float:
-    from scipy.spatial import cKDTree
-
-    d, _ = cKDTree(coords).query(coords, k=2)
-    d = d[:, 1]
+    if len(coords) < 2:
+        return 1.0
+    _, d = tissue.knn_indices(coords, 1)
+    d = d[:, 0]
     d = d[d > 0]
     return float(np.median(d)) if d.size else 1.0
 
@@ -432,8 +432,10 @@ def pseudo_gene(
     Parameters
     ----------
     data
-        The tissue: an AnnData (coordinates from ``obsm[spatial_key]``,
-        calibration counts from ``X`` or ``layers[layer]``) or an
+        The tissue: an AnnData (coordinates by the rule of
+        `sigel.tissue.coordinates`: ``obsm[spatial_key]``, else ``obs['x','y']``,
+        else the Visium array coordinates; calibration counts from ``X`` or
+        ``layers[layer]``) or an
         ``(n_spots, 2)`` coordinate array.
     template
         One value per spot (region labels, booleans, or a pattern in [0, 1])

@@ -15,6 +15,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .. import tissue
+from .._settings import logger
 from .._validate import (
     SigelInputError,
     assert_finite_nonnegative,
@@ -380,6 +381,7 @@ def spot_pixels(adata, *, geometry="auto", spatial_key="spatial", resolution=64)
             if c not in obs:
                 raise SigelInputError(f"geometry='visium' needs adata.obs[{c!r}]; not found")
         rc = np.round(_obs_numeric(adata, ["array_row", "array_col"])).astype(np.int64)
+        logger.info("spot pixels from adata.obs[['array_row', 'array_col']] (Visium hexagonal array)")
         rows = rc[:, 0] - rc[:, 0].min()
         cols = rc[:, 1] // 2
         cols = cols - cols.min()
