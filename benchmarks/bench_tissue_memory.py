@@ -88,11 +88,13 @@ def section(n_spots: int, n_genes: int, seed: int = 0):
 
 
 def run_task(args) -> dict:
+    if args.python_dir:  # e.g. another checkout's python/ for a before/after comparison
+        sys.path.insert(0, str(Path(args.python_dir).resolve()))
     import sigel
 
     t0 = time.perf_counter()
     a = section(args.spots, args.genes, args.seed)
-    rec = dict(task=args.task, spots=a.n_obs, genes=a.n_vars, nnz=int(a.X.nnz), data_rss_mb=round(_rss_mb()),
+    rec = dict(task=args.task, code=str(Path(sigel.__file__).parent.parent), spots=a.n_obs, genes=a.n_vars, nnz=int(a.X.nnz), data_rss_mb=round(_rss_mb()),
                data_peak_mb=round(_peak_mb()), data_s=round(time.perf_counter() - t0, 1))
     t = time.perf_counter()
     if args.task == "morans_i":
@@ -121,6 +123,7 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--task", choices=["morans_i", "spatial_domains", "both"], default="both")
+    ap.add_argument("--python-dir", default=None, help="import sigel from this directory instead")
     args = ap.parse_args()
     if args.task != "both":
         print(json.dumps(run_task(args)), flush=True)
@@ -129,6 +132,8 @@ def main():
     for task in ("morans_i", "spatial_domains"):
         cmd = [sys.executable, __file__, "--task", task, "--spots", str(args.spots), "--genes", str(args.genes),
                "--domain-genes", str(args.domain_genes), "--threads", str(args.threads), "--seed", str(args.seed)]
+        if args.python_dir:
+            cmd += ["--python-dir", args.python_dir]
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
         out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
         rec = json.loads(out.strip().splitlines()[-1])

@@ -30,7 +30,6 @@ import scipy.sparse as sp
 
 from .. import _keys, tissue
 from .._settings import logger, settings
-from .._stats import bh as _bh
 from .._validate import (
     SigelInputError,
     assert_in_range,
