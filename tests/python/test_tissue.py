@@ -297,9 +297,10 @@ def test_sparse_spagcn_length_scale_and_kernel_match_the_dense_ones():
         graph = D._KernelGraph(coords, k0=8)
         l = D._search_l(graph, p, start=0.01, end=1000, tol=0.01, max_run=100)
         assert l == pytest.approx(l_ref, rel=1e-9)
-        while graph.max_tail(l) > 1e-4 and graph.grow():
+        while graph.max_tail(l) > D._KERNEL_TAIL and graph.grow():
             pass
         A = graph.adjacency(l).toarray()
         ref = np.exp(-(dense.astype(np.float64) ** 2) / (2 * l * l))
         assert graph.k < 399                       # sparse: not every pair is kept
-        assert np.abs(A - ref).sum(1).max() < 1e-4  # what is left out is below the stated bound
+        # what is left out is below the stated bound (plus float32 rounding of the kept weights)
+        assert np.abs(A - ref).sum(1).max() < D._KERNEL_TAIL + 1e-6

@@ -492,6 +492,8 @@ def _refine_labels(labels: np.ndarray, coords: np.ndarray, num_nbs: int) -> np.n
 # ------------------------------------------------ SpaGCN on a sparse neighbour graph
 #: most (spots x neighbours) entries the Gaussian-kernel graph may hold (~0.5 GB of float64 + indices)
 _MAX_KERNEL_ENTRIES = 3e7
+#: largest kernel weight per spot the sparse adjacency may leave out (float32 resolution of a row sum >= 1)
+_KERNEL_TAIL = 1e-7
 
 
 class _KernelGraph:
@@ -731,15 +733,16 @@ def _run_spagcn(spg, X, coords, image, n_domains, *, p, n_pcs, lr, max_epochs, r
     to each spot's nearest spots (:class:`_KernelGraph`): the length scale is
     searched with SpaGCN's bisection on certified bounds, and the graph
     convolution runs on the sparse Gaussian kernel, kept until the weight it
-    leaves out is below 1e-4 per spot. Memory stays linear in spots.
+    leaves out is below ``_KERNEL_TAIL`` per spot (1e-7, float32 resolution of a row sum >= 1, so the
+    convolution matches SpaGCN's dense one up to rounding). Memory stays linear in spots.
     """
     graph = _KernelGraph(_spagcn_coordinates(spg, coords, image))
     l = _search_l(graph, p, start=0.01, end=1000, tol=0.01, max_run=100)
     if l is None:
         raise SigelInputError(f"SpaGCN found no length scale l with neighbourhood contribution p={p}; try another p")
-    while graph.max_tail(l) > 1e-4 and graph.grow():
+    while graph.max_tail(l) > _KERNEL_TAIL and graph.grow():
         pass
-    if graph.max_tail(l) > 1e-4:
+    if graph.max_tail(l) > _KERNEL_TAIL:
         warnings.warn(f"SpaGCN adjacency keeps {graph.k} neighbours per spot; the kernel weight left out is up "
                       f"to {graph.max_tail(l):.3g} per spot", stacklevel=3)
     adj = _torch_sparse(graph.adjacency(l))
@@ -807,7 +810,7 @@ def spatial_domains(
     comes from the spot coordinates (histology only when ``image`` is
     given) as a *sparse* Gaussian kernel over each spot's nearest spots
     (SpaGCN itself builds a dense spots x spots matrix; here memory stays
-    linear in spots, and the kernel weight left out is below 1e-4 per
+    linear in spots, and the kernel weight left out is below 1e-7 per
     spot); the length scale ``l`` is searched (SpaGCN's bisection) so that
     neighbours contribute a fraction ``p`` of each spot's expression, and
     the Louvain resolution so that SpaGCN finds ``n_domains`` domains.
