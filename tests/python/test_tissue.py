@@ -103,6 +103,13 @@ def test_images_follow_the_rule_obsm_before_obs_xy():
     ref = GeneImages.from_anndata(base, min_spots=0)
     assert im.settings["geometry"] == "grid" and im.shape == ref.shape
     np.testing.assert_array_equal(im.spot_pixel, ref.spot_pixel)
+    # an explicit key that is missing is an error, not a silent fall back to obs x/y
+    with pytest.raises(SigelInputError, match="spatial_key 'aligned' not found"):
+        GeneImages.from_anndata(a, spatial_key="aligned", min_spots=0)
+    # without obsm, obs x/y are used
+    b = a.copy()
+    del b.obsm["spatial"]
+    assert GeneImages.from_anndata(b, min_spots=0).settings["geometry"] == "free"
 
 
 # ------------------------------------------------- duplicated / crowded coordinates
