@@ -153,17 +153,7 @@ class GeneImages:
         rows, cols, geom = spot_pixels(adata, geometry=geometry, spatial_key=spatial_key, resolution=resolution)
 
         # --- library size (over all genes, before filtering) ---
-        if library_size_key is not None:
-            if library_size_key not in adata.obs:
-                raise SigelInputError(
-                    f"library_size_key {library_size_key!r} not found in adata.obs; "
-                    f"available: {list(adata.obs.columns)[:20]}"
-                )
-            lib = pd.to_numeric(adata.obs[library_size_key], errors="coerce").to_numpy(np.float64)
-            if not np.all(np.isfinite(lib)) or np.any(lib < 0):
-                raise SigelInputError(f"adata.obs[{library_size_key!r}] must be finite and >= 0")
-        else:
-            lib = np.asarray(X.sum(axis=1)).ravel().astype(np.float64)
+        lib = tissue.library_size(adata, layer, library_size_key=library_size_key, X=X)
 
         # --- gene filter ---
         keep = np.ones(n_var, dtype=bool)
