@@ -311,3 +311,23 @@ def test_sparse_spagcn_length_scale_and_kernel_match_the_dense_ones():
         assert graph.k < 399                       # sparse: not every pair is kept
         # what is left out is below the stated bound (plus float32 rounding of the kept weights)
         assert np.abs(A - ref).sum(1).max() < D._KERNEL_TAIL + 1e-6
+
+
+def test_sparse_spagcn_histology_distances_match_spagcn():
+    from sigel.tasks import domains as D
+
+    spg = D._import_spagcn()
+    rng = np.random.default_rng(1)
+    coords = rng.uniform(5, 95, size=(150, 2))
+    img = rng.uniform(0, 255, size=(100, 100, 3))
+    px = np.round(coords).astype(np.int64)
+    with D._quiet():
+        dense = spg.calculate_adj_matrix(x=coords[:, 0].tolist(), y=coords[:, 1].tolist(),
+                                         x_pixel=px[:, 1].tolist(), y_pixel=px[:, 0].tolist(), image=img,
+                                         histology=True)
+    xyz = D._spagcn_coordinates(spg, coords, img)
+    assert xyz.shape == (150, 3)
+    ours = np.linalg.norm(xyz[:, None] - xyz[None], axis=-1)
+    np.testing.assert_allclose(ours, dense, rtol=1e-4, atol=1e-3)
+    with pytest.raises(SigelInputError, match="H x W x 3"):
+        D._spagcn_coordinates(spg, coords, img[:, :, 0])
