@@ -398,7 +398,9 @@ def neighbor_graph(adata, n_neighbors: int = 6, *, spatial_key: str | None = DEF
     A graph stored by ``spatial_neighbors(adata, key_added=key)`` is reused
     when it was built with the same ``n_neighbors``, the same coordinate
     source and has one row per spot; otherwise the graph is built (and not
-    stored: the caller's AnnData is never modified).
+    stored: the caller's AnnData is never modified). A stored graph carried
+    through a subset of the spots (AnnData subsets ``obsp``) keeps only the
+    links among the kept spots.
 
     Returns
     -------
