@@ -23,22 +23,6 @@ utils::globalVariables(".data")
     as.list(unique(anchors))
 }
 
-.num1 <- function(v, name, lo = -Inf, hi = Inf) {
-    if (!is.numeric(v) || length(v) != 1L || is.na(v) || v < lo || v > hi) {
-        stop("`", name, "` must be one number in [", lo, ", ", hi, "]; got ",
-             format(v), call. = FALSE)
-    }
-    as.numeric(v)
-}
-
-.lgl1 <- function(v, name, null_ok = FALSE) {
-    if (null_ok && is.null(v)) return(NULL)
-    if (!is.logical(v) || length(v) != 1L || is.na(v)) {
-        stop("`", name, "` must be TRUE or FALSE", call. = FALSE)
-    }
-    v
-}
-
 # hard contexts of an object with results -> pandas Series ("context_k")
 .contexts_py <- function(x) {
     ctx <- tryCatch(sigelContexts(x), error = function(e) NULL)
@@ -61,7 +45,8 @@ utils::globalVariables(".data")
                       slot = p$slot, image = p$image, check = FALSE)
     lib <- if (is.null(p$library_size)) NULL else "sigel_library_size"
     .py_call(.align_mod()$split_half_embeddings(
-        m, ad, genes = as.list(genes), seed = as.integer(seed),
+        m, ad, genes = as.list(genes),
+        seed = as.integer(seed),
         library_size_key = lib, spatial_key = "spatial"),
         "split-half noise")
 }
@@ -135,7 +120,8 @@ utils::globalVariables(".data")
 #' @param n_folds `integer(1)`: folds of the anchor cross-validation.
 #' @param alpha `numeric(1)`: ridge penalty (`"linear"`) or weight decay
 #'   (`"mlp"`).
-#' @param seed `integer(1)`: seeds the folds, the MLP and the count split.
+#' @param seed `integer(1)` or `NULL`: seeds the folds, the MLP and the
+#'   count split (`NULL`: the backend's default seed, `sigel.settings.seed`).
 #' @param verbose `logical(1)`: report the anchors found and the fit.
 #' @return A `SigelAlignment` list: `aligned` (query genes x D, in the
 #'   reference space), `reference` and `heldout` (shared genes x D; anchors
@@ -149,6 +135,7 @@ utils::globalVariables(".data")
 #' @seealso [sigelShiftedGenes()], [sigelAlteredInteractions()],
 #'   [plotAlignment()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     set.seed(1)
 #'     ref <- matrix(rnorm(400), 100, 4,
@@ -160,20 +147,21 @@ utils::globalVariables(".data")
 #'     al
 #'     head(sigelShiftedGenes(al))
 #' }
+#' }
 #' @export
 sigelAlign <- function(reference, query, anchors = NULL,
                        method = c("auto", "orthogonal", "linear", "mlp"),
                        noise = NULL,
                        normalize = c("center", "unit", "none"), trim = 0,
-                       n_folds = 5L, alpha = 1, seed = 0L, verbose = FALSE) {
+                       n_folds = 5L, alpha = 1, seed = NULL, verbose = FALSE) {
     method <- match.arg(method)
     anc <- .anchors_arg(anchors)
-    noise <- .lgl1(noise, "noise", null_ok = TRUE)
+    noise <- .check_flag(noise, "noise", null_ok = TRUE)
     normalize <- match.arg(normalize)
-    trim <- .num1(trim, "trim", 0, 0.5)
-    alpha <- .num1(alpha, "alpha", 0)
-    n_folds <- .as_int1(n_folds, "n_folds", 2L)
-    seed <- .as_int1(seed, "seed", 0L)
+    trim <- .check_number(trim, "trim", min = 0, max = 0.5)
+    alpha <- .check_number(alpha, "alpha", min = 0)
+    n_folds <- .check_number(n_folds, "n_folds", min = 2, whole = TRUE)
+    seed <- .check_seed(seed, null_ok = TRUE)
     ref_m <- .emb_matrix(reference)
     qry_m <- .emb_matrix(query)
     shared <- intersect(rownames(ref_m), rownames(qry_m))
@@ -192,8 +180,12 @@ sigelAlign <- function(reference, query, anchors = NULL,
     .with_verbosity(verbose, {
         halves <- list(NULL, NULL)
         if (noise) {
-            halves <- list(.split_halves_py(reference, shared, seed),
-                           .split_halves_py(query, shared, seed + 1L))
+            # NULL: the backend's default seed, as Python's align() uses
+            s0 <- if (is.null(seed)) {
+                as.integer(reticulate::py_to_r(.sigel_py()$settings$seed))
+            } else seed
+            halves <- list(.split_halves_py(reference, shared, s0),
+                           .split_halves_py(query, shared, s0 + 1L))
         }
         py <- .py_call(.align_mod()$align(
             .emb_py(ref_m), .emb_py(qry_m), anchors = anc, method = method,
@@ -268,6 +260,7 @@ print.SigelAlignment <- function(x, ...) {
 #'   `context_query`.
 #' @seealso [sigelAlign()], [plotShiftedGenes()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     set.seed(1)
 #'     ref <- matrix(rnorm(400), 100, 4,
@@ -278,6 +271,7 @@ print.SigelAlignment <- function(x, ...) {
 #'     head(tab)
 #'     plotShiftedGenes(tab)
 #' }
+#' }
 #' @export
 sigelShiftedGenes <- function(x, query = NULL,
                               metric = c("euclidean", "cosine"),
@@ -285,7 +279,7 @@ sigelShiftedGenes <- function(x, query = NULL,
                               use_noise = NULL, ...) {
     metric <- match.arg(metric)
     null <- match.arg(null)
-    use_noise <- .lgl1(use_noise, "use_noise", null_ok = TRUE)
+    use_noise <- .check_flag(use_noise, "use_noise", null_ok = TRUE)
     al <- .as_alignment(x, query, list(...))
     py <- .alignment_py(al)
     tab <- .py_call(.align_mod()$shifted_genes(
@@ -323,8 +317,8 @@ sigelShiftedGenes <- function(x, query = NULL,
 #'   noise estimates exist, `"none"` uses the raw change.
 #' @param null `character(1)`: `"normal"` (robust, two-sided) or
 #'   `"empirical"`.
-#' @param seed `integer(1)`: seeds the probe genes and the subset of null
-#'   pairs.
+#' @param seed `integer(1)` or `NULL`: seeds the probe genes and the subset
+#'   of null pairs (`NULL`: the backend's default seed).
 #' @param ... passed to [sigelAlign()] when `x` is not an alignment.
 #' @return A data.frame (rownames `"geneA|geneB"`) sorted by `rank`:
 #'   `gene_a`, `gene_b`, `cos_reference`, `cos_query`, `delta`, `score`,
@@ -333,6 +327,7 @@ sigelShiftedGenes <- function(x, query = NULL,
 #'   context pair.
 #' @seealso [sigelAlign()], [plotAlteredInteractions()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     set.seed(1)
 #'     ref <- matrix(rnorm(400), 100, 4,
@@ -344,13 +339,14 @@ sigelShiftedGenes <- function(x, query = NULL,
 #'     pairs
 #'     plotAlteredInteractions(sigelAlteredInteractions(al, top = NULL))
 #' }
+#' }
 #' @export
 sigelAlteredInteractions <- function(x, query = NULL, genes = NULL,
                                      n_genes = NULL, partners = NULL,
                                      top = 500L,
                                      standardize = c("genes", "noise", "auto", "none"),
                                      null = c("normal", "empirical"),
-                                     seed = 0L, ...) {
+                                     seed = NULL, ...) {
     standardize <- match.arg(standardize)
     null <- match.arg(null)
     if (!is.null(genes) && (!is.character(genes) || anyNA(genes))) {
@@ -359,9 +355,11 @@ sigelAlteredInteractions <- function(x, query = NULL, genes = NULL,
     if (!is.null(partners) && (!is.character(partners) || anyNA(partners))) {
         stop("`partners` must be NULL or a character vector", call. = FALSE)
     }
-    if (!is.null(n_genes)) n_genes <- .as_int1(n_genes, "n_genes", 0L)
-    if (!is.null(top)) top <- .as_int1(top, "top", 1L)
-    seed <- .as_int1(seed, "seed", 0L)
+    n_genes <- .check_number(n_genes, "n_genes", min = 0, whole = TRUE,
+                             null_ok = TRUE)
+    top <- .check_number(top, "top", min = 1, whole = TRUE,
+                         null_ok = TRUE)
+    seed <- .check_seed(seed, null_ok = TRUE)
     al <- .as_alignment(x, query, list(...))
     py <- .alignment_py(al)
     tab <- .py_call(.align_mod()$altered_interactions(
@@ -395,7 +393,7 @@ sigelAlteredInteractions <- function(x, query = NULL, genes = NULL,
 sigelInteractionModules <- function(pairs, side = c("reference", "query"),
                                     alpha = 0.05) {
     side <- match.arg(side)
-    alpha <- .num1(alpha, "alpha", 0, 1)
+    alpha <- .check_number(alpha, "alpha", min = 0, max = 1)
     ca <- paste0("context_", side, "_a")
     cb <- paste0("context_", side, "_b")
     need <- c("gene_a", "gene_b", "delta", "qval", ca, cb)
@@ -458,6 +456,7 @@ sigelInteractionModules <- function(pairs, side = c("reference", "query"),
 #' @seealso [sigelAlign()], [sigelShiftedGenes()],
 #'   [sigelAlteredInteractions()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     set.seed(1)
 #'     ref <- matrix(rnorm(400), 100, 4,
@@ -468,6 +467,7 @@ sigelInteractionModules <- function(pairs, side = c("reference", "query"),
 #'     plotAlignment(al)
 #'     plotShiftedGenes(sigelShiftedGenes(al))
 #'     plotAlteredInteractions(sigelAlteredInteractions(al, top = NULL))
+#' }
 #' }
 #' @name align-plots
 NULL
@@ -480,7 +480,7 @@ plotShiftedGenes <- function(table, n_label = 10L, alpha = 0.05) {
         stop("`table` must be a data.frame from sigelShiftedGenes()",
              call. = FALSE)
     }
-    n_label <- .as_int1(n_label, "n_label", 0L)
+    n_label <- .check_number(n_label, "n_label", min = 0, whole = TRUE)
     d <- table[order(table$rank), , drop = FALSE]
     d$gene <- rownames(d)
     d$class <- ifelse(d$anchor, "anchor (held-out)",
@@ -516,7 +516,8 @@ plotAlignment <- function(alignment, n_highlight = 10L, highlight = NULL) {
     if (!inherits(alignment, "SigelAlignment")) {
         stop("`alignment` must be the result of sigelAlign()", call. = FALSE)
     }
-    n_highlight <- .as_int1(n_highlight, "n_highlight", 0L)
+    n_highlight <- .check_number(n_highlight, "n_highlight", min = 0,
+                                 whole = TRUE)
     R <- alignment$reference
     Q <- alignment$heldout[rownames(R), , drop = FALSE]
     if (is.null(highlight) && n_highlight > 0L) {
@@ -564,8 +565,9 @@ plotAlteredInteractions <- function(pairs, n_highlight = 20L, n_label = 8L,
         stop("`pairs` must be a data.frame from sigelAlteredInteractions()",
              call. = FALSE)
     }
-    n_highlight <- .as_int1(n_highlight, "n_highlight", 0L)
-    n_label <- .as_int1(n_label, "n_label", 0L)
+    n_highlight <- .check_number(n_highlight, "n_highlight", min = 0,
+                                 whole = TRUE)
+    n_label <- .check_number(n_label, "n_label", min = 0, whole = TRUE)
     d <- pairs[order(pairs$rank), , drop = FALSE]
     i <- seq_len(nrow(d))
     d$class <- ifelse(i <= n_highlight, paste("top", n_highlight),

@@ -83,15 +83,6 @@
               dtype = "object")
 }
 
-.as_int1 <- function(v, name, min = 1L) {
-    if (!is.numeric(v) || length(v) != 1L || is.na(v) ||
-        abs(v - round(v)) > 1e-8 || v < min) {
-        stop("`", name, "` must be a whole number >= ", min, "; got ",
-             format(v), call. = FALSE)
-    }
-    as.integer(round(v))
-}
-
 # pairs (data.frame / 2-column matrix) -> list(a, b, label)
 .pairs_arg <- function(pairs, labels = NULL, name = "pairs") {
     if (is.matrix(pairs)) pairs <- as.data.frame(pairs,
@@ -144,6 +135,9 @@
 #' @param center `logical(1)`: remove the mean gene vector before taking
 #'   cosines (default; raw cosines of SIGEL vectors all sit near 1, and the
 #'   model's contrastive refinement works on centred vectors).
+#' @param model `NULL`, or the embeddings' source when it is not `x`: an
+#'   object returned by [runSIGEL()], a [SigelModel-class] or a saved model
+#'   directory (`x` then only supplies `gene_symbols`).
 #' @return A `data.frame` with columns `query`, `neighbor`, `cosine`, `rank`
 #'   (1 = most similar) and, with `gene_symbols`, `query_symbol`,
 #'   `neighbor_symbol`. Attribute `n_unmapped`: query names that matched no
@@ -153,16 +147,19 @@
 #'   Genome Biology 26:287.
 #' @seealso [runSIGEL()], [sigelEnrichment()], [sigelInteractions()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     emb <- matrix(rnorm(200), 50, 4,
 #'                   dimnames = list(paste0("g", 1:50), NULL))
 #'     sigelNeighbors(emb, c("g1", "g2"), k = 3)
 #' }
+#' }
 #' @export
 sigelNeighbors <- function(x, genes = NULL, k = 10L, gene_symbols = NULL,
-                           include_self = FALSE, center = TRUE) {
-    emb <- .emb_matrix(x)
-    k <- .as_int1(k, "k")
+                           include_self = FALSE, center = TRUE,
+                           model = NULL) {
+    emb <- .emb_matrix(if (is.null(model)) x else model)
+    k <- .check_number(k, "k", min = 1, whole = TRUE)
     if (!is.null(genes) && (!is.character(genes) || !length(genes))) {
         stop("`genes` must be NULL or a non-empty character vector",
              call. = FALSE)
@@ -280,6 +277,13 @@ sigelNeighbors <- function(x, genes = NULL, k = 10L, gene_symbols = NULL,
 #' @param ont `character(1)`: `"BP"`, `"MF"` or `"CC"` (with `OrgDb`).
 #' @param min_size,max_size `integer(1)`: test only sets with this many
 #'   genes in the universe.
+#' @param min_group_size `integer(1)`: leave out groups (contexts, clusters)
+#'   with fewer genes than this (their "enrichment" rests on one or two
+#'   genes); with `fdr_scope = "all"` the q-values are taken over the tests
+#'   that remain.
+#' @param model `NULL`, or an object with SIGEL results / a [SigelModel-class]
+#'   / a saved model directory whose embeddings (and contexts) to use instead
+#'   of those of `x`; `x` then only supplies `gene_symbols`.
 #' @param fdr_scope `"group"` (BH within each group: one enrichment analysis
 #'   per context) or `"all"` (across all tests of a grouping).
 #' @param cluster_method `"kmeans"` (cosine k-means) or `"mixture"` (SIGEL's
@@ -290,10 +294,12 @@ sigelNeighbors <- function(x, genes = NULL, k = 10L, gene_symbols = NULL,
 #'   `expected`, `fold`, `p`, `q`, `genes` (shared genes, comma-separated;
 #'   symbols with `gene_symbols`) and, for GO identifiers when GO.db is
 #'   installed, `description`. Attributes: `universe_size`,
-#'   `n_genes_without_symbol`, `n_set_genes_unmapped`.
+#'   `n_genes_without_symbol`, `n_set_genes_unmapped`,
+#'   `n_groups_below_min_size`.
 #' @references Li et al. (2025) Genome Biology 26:287.
 #' @seealso [sigelNeighbors()], [runSIGEL()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     emb <- matrix(rnorm(240), 60, 4,
 #'                   dimnames = list(paste0("g", 1:60), NULL))
@@ -301,28 +307,33 @@ sigelNeighbors <- function(x, genes = NULL, k = 10L, gene_symbols = NULL,
 #'     sets <- list(first = paste0("g", 1:20), other = paste0("g", 30:45))
 #'     sigelEnrichment(emb, sets, groups = groups)
 #' }
+#' }
 #' @export
 sigelEnrichment <- function(x, gene_sets = NULL, groups = NULL,
                             resolutions = NULL, gene_symbols = NULL,
                             OrgDb = NULL, ont = c("BP", "MF", "CC"),
                             min_size = 5L, max_size = 500L,
+                            min_group_size = 5L,
                             fdr_scope = c("group", "all"),
                             cluster_method = c("kmeans", "mixture"),
-                            seed = 0L) {
+                            seed = 0L, model = NULL) {
     ont <- match.arg(ont)
     fdr_scope <- match.arg(fdr_scope)
     cluster_method <- match.arg(cluster_method)
-    min_size <- .as_int1(min_size, "min_size")
-    max_size <- .as_int1(max_size, "max_size")
-    seed <- .as_int1(seed, "seed", min = 0L)
+    min_size <- .check_number(min_size, "min_size", min = 1, whole = TRUE)
+    max_size <- .check_number(max_size, "max_size", min = 1, whole = TRUE)
+    min_group_size <- .check_number(min_group_size, "min_group_size",
+                                    min = 1, whole = TRUE)
+    seed <- .check_seed(seed)
+    src <- if (is.null(model)) x else model
     if (!is.null(groups) && !is.null(resolutions)) {
         stop("give either `groups` or `resolutions`, not both", call. = FALSE)
     }
     if (!is.null(resolutions)) {
-        resolutions <- vapply(resolutions, .as_int1, integer(1),
-                              name = "resolutions")
+        resolutions <- vapply(resolutions, .check_number, integer(1),
+                              name = "resolutions", min = 2, whole = TRUE)
     }
-    emb <- .emb_matrix(x)
+    emb <- .emb_matrix(src)
     sym <- .symbol_map(x, gene_symbols, rownames(emb))
     if (is.null(gene_sets)) {
         if (is.null(OrgDb)) {
@@ -342,7 +353,7 @@ sigelEnrichment <- function(x, gene_sets = NULL, groups = NULL,
     tl <- .sigel_py()$tl
     res <- .py_call(tl$enrichment(
         .emb_py(emb), .gene_sets_py(gene_sets),
-        .groups_py(x, groups, resolutions),
+        .groups_py(src, groups, resolutions),
         resolutions = if (is.null(resolutions)) NULL else
             as.list(resolutions),
         cluster_method = cluster_method, gene_symbols = .symbols_py(sym),
@@ -350,6 +361,7 @@ sigelEnrichment <- function(x, gene_sets = NULL, groups = NULL,
         seed = seed), "sigelEnrichment")
     out <- .py_df(res)
     rownames(out) <- NULL
+    out <- .drop_small_groups(out, min_group_size, fdr_scope)
     if (nrow(out) && all(grepl("^GO:", out$set)) &&
         requireNamespace("GO.db", quietly = TRUE) &&
         requireNamespace("AnnotationDbi", quietly = TRUE)) {
@@ -361,6 +373,24 @@ sigelEnrichment <- function(x, gene_sets = NULL, groups = NULL,
     at <- reticulate::py_to_r(res$attrs)
     for (nm in c("universe_size", "n_genes_without_symbol",
                  "n_set_genes_unmapped")) attr(out, nm) <- at[[nm]]
+    out
+}
+
+# Enrichment rows of groups (contexts, clusters) with fewer than `min_size`
+# genes are dropped: a 1-2 gene group "enriched" for a set says nothing.
+# With fdr_scope = "all" the q-values are recomputed (BH) over the tests that
+# remain in each grouping; with "group" they are per group and unchanged.
+.drop_small_groups <- function(out, min_size, fdr_scope) {
+    if (!nrow(out) || !"group_size" %in% colnames(out)) return(out)
+    small <- out$group_size < min_size
+    n_groups <- length(unique(paste(out$resolution, out$context)[small]))
+    out <- out[!small, , drop = FALSE]
+    if (identical(fdr_scope, "all") && nrow(out)) {
+        out$q <- stats::ave(out$p, out$resolution,
+                            FUN = function(p) stats::p.adjust(p, "BH"))
+    }
+    rownames(out) <- NULL
+    attr(out, "n_groups_below_min_size") <- n_groups
     out
 }
 
@@ -384,6 +414,8 @@ sigelEnrichment <- function(x, gene_sets = NULL, groups = NULL,
 #' @param genes `character` or `NULL`: genes whose pairwise predicted
 #'   interaction strength is returned as a matrix.
 #' @param classifiers any of `"logistic"`, `"mlp"`.
+#' @param model `NULL`, or the embeddings' source when it is not `x` (see
+#'   [sigelNeighbors()]).
 #' @param predict_with `character(1)`: the classifier used for `new_pairs`
 #'   and `genes` (fitted on all labelled pairs).
 #' @param features `"product_absdiff"` (`[u*v, |u-v|]`), `"sum_product"`
@@ -400,6 +432,7 @@ sigelEnrichment <- function(x, gene_sets = NULL, groups = NULL,
 #' @references Li et al. (2025) Genome Biology 26:287.
 #' @seealso [sigelNeighbors()], [sigelGOSimilarity()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     set.seed(1)
 #'     fam <- rep(1:3, each = 20)
@@ -414,6 +447,7 @@ sigelEnrichment <- function(x, gene_sets = NULL, groups = NULL,
 #'     res$metrics
 #'     res$strength
 #' }
+#' }
 #' @export
 sigelInteractions <- function(x, pairs, labels = NULL, new_pairs = NULL,
                               genes = NULL,
@@ -423,12 +457,12 @@ sigelInteractions <- function(x, pairs, labels = NULL, new_pairs = NULL,
                                            "product"),
                               n_splits = 5L, control = TRUE,
                               test_pairs = NULL, gene_symbols = NULL,
-                              seed = 0L) {
+                              seed = 0L, model = NULL) {
     classifiers <- match.arg(classifiers, several.ok = TRUE)
     predict_with <- match.arg(predict_with, c("logistic", "mlp"))
     features <- match.arg(features)
-    n_splits <- .as_int1(n_splits, "n_splits", min = 0L)
-    seed <- .as_int1(seed, "seed", min = 0L)
+    n_splits <- .check_number(n_splits, "n_splits", min = 0, whole = TRUE)
+    seed <- .check_seed(seed)
     p <- .pairs_arg(pairs, labels)
     if (is.null(p$label)) stop("`pairs` need labels (`labels` or a `label` ",
                                "column)", call. = FALSE)
@@ -437,7 +471,7 @@ sigelInteractions <- function(x, pairs, labels = NULL, new_pairs = NULL,
     if (!is.null(tp) && is.null(tp$label)) {
         stop("`test_pairs` need a `label` column", call. = FALSE)
     }
-    emb <- .emb_matrix(x)
+    emb <- .emb_matrix(if (is.null(model)) x else model)
     sym <- .symbol_map(x, gene_symbols, rownames(emb))
     tl <- .sigel_py()$tl
     emb_py <- .emb_py(emb)
@@ -489,6 +523,7 @@ sigelInteractions <- function(x, pairs, labels = NULL, new_pairs = NULL,
 #' @references Li et al. (2025) Genome Biology 26:287.
 #' @seealso [runSIGEL()], [plotContexts()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     sce <- sigelExampleData()
 #'     sce <- sce[order(-Matrix::rowSums(SingleCellExperiment::counts(sce)))[1:60], ]
@@ -498,12 +533,11 @@ sigelInteractions <- function(x, pairs, labels = NULL, new_pairs = NULL,
 #'     SingleCellExperiment::reducedDim(sce, "sigel_contexts") <- sc
 #'     head(sc)
 #' }
+#' }
 #' @export
 sigelContextScores <- function(x, contexts = NULL, min_membership = 0.1) {
-    if (!is.numeric(min_membership) || length(min_membership) != 1L ||
-        is.na(min_membership) || min_membership < 0 || min_membership > 1) {
-        stop("`min_membership` must be a number in [0, 1]", call. = FALSE)
-    }
+    min_membership <- .check_number(min_membership, "min_membership",
+                                    min = 0, max = 1)
     m <- .sigel_model_py(x)
     imgs <- .sigel_images_py(x)
     if (!is.null(contexts)) {

@@ -161,8 +161,22 @@
 # ---------------------------------------------------------- R -> Python
 
 # genes x spots (dense or sparse) -> dgCMatrix with dimnames
-.as_dgc <- function(counts) {
+.as_dgc <- function(counts, what = "counts") {
     if (methods::is(counts, "dgCMatrix")) return(counts)
+    if ((is.matrix(counts) && !is.numeric(counts) && !is.logical(counts)) ||
+        (is.data.frame(counts) &&
+         !all(vapply(counts, function(v) is.numeric(v) || is.logical(v),
+                     logical(1))))) {
+        bad <- if (is.data.frame(counts)) {
+            cl <- vapply(counts, function(v) class(v)[1], character(1))
+            paste0("a data.frame with ", .fmt_names(unique(cl)), " columns")
+        } else {
+            paste0("a ", typeof(counts), " matrix")
+        }
+        .sigel_stop("`", what, "` must be a numeric count matrix (genes x ",
+                    "spots); got ", bad, " (e.g. ",
+                    .fmt_value(as.vector(as.matrix(counts)[1L, ]), 3L), ")")
+    }
     if (methods::is(counts, "DelayedArray") || methods::is(counts, "Matrix") ||
         is.matrix(counts) || is.data.frame(counts)) {
         dn <- dimnames(counts)
@@ -173,8 +187,8 @@
         dimnames(m) <- dn
         return(m)
     }
-    stop("counts must be a matrix or a sparse Matrix (genes x spots); got ",
-         "an object of class ", class(counts)[1], call. = FALSE)
+    .sigel_stop("`", what, "` must be a matrix or a sparse Matrix (genes x ",
+                "spots); got an object of class ", class(counts)[1])
 }
 
 #' Build a Python AnnData (spots x genes, scipy CSR) from plain R parts

@@ -1,13 +1,20 @@
 #' The bundled mouse olfactory bulb data set
 #'
 #' Replicate 11 of the mouse olfactory bulb (Ståhl et al. 2016, legacy
-#' spatial transcriptomics, 262 spots), raw counts of the genes detected in
-#' at least 10 spots, with grid coordinates and the 5 annotated layers. The
-#' same files back `sigel.datasets.mouse_olfactory_bulb()` in Python.
+#' spatial transcriptomics, 262 spots): raw counts of the 2,000 most
+#' variable genes (variance of library-size-normalised counts) among the
+#' 12,947 detected in at least 10 spots, with grid coordinates and the 5
+#' annotated layers. The full data set is
+#' `sigel.datasets.mouse_olfactory_bulb()` in Python; this is an exact
+#' subset of it (same spots, same counts), kept small so that the R package
+#' installs in under 5 MB.
 #'
-#' @return A `SingleCellExperiment` (genes x spots) with a `counts` assay
-#'   (`dgCMatrix`), `colData` columns `x`, `y`, `layer`,
-#'   `in_MOB_sample_info`, `total_counts`, and `reducedDim(x, "spatial")`.
+#' @return A `SingleCellExperiment` (2,000 genes x 262 spots) with a
+#'   `counts` assay (`dgCMatrix`), `colData` columns `x`, `y`, `layer`,
+#'   `in_MOB_sample_info`, `total_counts` (the library size over all measured
+#'   genes: pass `library_size = "total_counts"` to [runSIGEL()] to
+#'   normalise by it rather than by the 2,000 genes' sum), and
+#'   `reducedDim(x, "spatial")`.
 #' @references Ståhl PL et al. (2016) Visualization and analysis of gene
 #'   expression in tissue sections by spatial transcriptomics. Science
 #'   353(6294):78-82.

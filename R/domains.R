@@ -25,14 +25,6 @@
                 library_size = library_size, slot = p$slot, image = p$image)
 }
 
-.num1 <- function(v, name, lo = -Inf, hi = Inf) {
-    if (!is.numeric(v) || length(v) != 1L || is.na(v) || v < lo || v > hi) {
-        stop("`", name, "` must be one number in [", lo, ", ", hi, "]; got ",
-             paste(format(v), collapse = ", "), call. = FALSE)
-    }
-    as.numeric(v)
-}
-
 # `genes` for sigelDomains(): NULL, names, a logical per gene, or the table
 # of sigelPruneGenes() (its rownames)
 .domain_genes <- function(genes, all_genes) {
@@ -81,10 +73,14 @@
 #'
 #' @param x an object with SIGEL results (from [runSIGEL()]:
 #'   `SingleCellExperiment`, `Seurat`, or a `SigelResult` together with
-#'   `data`).
+#'   `data`); or plain data together with `model`.
 #' @param data the spots to score genes on (default `x`): a
 #'   `SingleCellExperiment`, `Seurat` object or a count matrix (genes x
 #'   spots, with `coords`).
+#' @param model `NULL`, or the trained model when `x` is plain data (then
+#'   scored as `data`): an object returned by [runSIGEL()], a
+#'   [SigelModel-class] or a saved model directory. So
+#'   `sigelPruneGenes(new_data, model = res)`.
 #' @param keep `numeric(1)`: a fraction in (0, 1) of each group, or a whole
 #'   number of genes per group.
 #' @param score `character(1)`: `"auto"` (SVG score when the backend has
@@ -111,6 +107,7 @@
 #'   Genome Biology 26:287.
 #' @seealso [sigelDomains()], [runSIGEL()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     sce <- sigelExampleData()
 #'     sce <- sce[order(-Matrix::rowSums(SummarizedExperiment::assay(sce)))[1:60], ]
@@ -119,28 +116,32 @@
 #'     sel <- sigelPruneGenes(sce, keep = 0.3, score = "morans_i")
 #'     head(sel)
 #' }
+#' }
 #' @export
-sigelPruneGenes <- function(x, data = x, keep = 0.5,
+sigelPruneGenes <- function(x, data = NULL, keep = 0.5,
                             score = c("auto", "svg", "morans_i"),
                             group_by = c("contexts", "threshold"),
                             threshold = 0.9,
                             linkage = c("average", "single", "complete"),
                             alpha = 0.05, drop = c("groups", "genes"),
                             assay = NULL, coords = NULL,
-                            library_size = NULL, seed = 0L) {
+                            library_size = NULL, seed = 0L, model = NULL) {
+    if (is.null(data)) data <- x
+    if (!is.null(model)) x <- model
     score <- match.arg(score)
     group_by <- match.arg(group_by)
     linkage <- match.arg(linkage)
     drop <- match.arg(drop)
-    keep <- .num1(keep, "keep", lo = 1e-12)
+    keep <- .check_number(keep, "keep", min = 1e-12)
     if (keep > 1 && abs(keep - round(keep)) > 1e-8) {
         stop("`keep` must be a fraction in (0, 1) or a whole number >= 1; ",
              "got ", keep, call. = FALSE)
     }
     keep_py <- if (keep >= 1) as.integer(round(keep)) else keep
-    threshold <- .num1(threshold, "threshold", -1, 1)
-    if (!is.null(alpha)) alpha <- .num1(alpha, "alpha", 0, 1)
-    seed <- .as_int1(seed, "seed", min = 0L)
+    threshold <- .check_number(threshold, "threshold", min = -1, max = 1)
+    alpha <- .check_number(alpha, "alpha", min = 0, max = 1,
+                           null_ok = TRUE)
+    seed <- .check_seed(seed)
     model <- .sigel_model_py(x)
     ad <- .domains_anndata(data, assay = assay, coords = coords,
                            library_size = library_size)
@@ -196,21 +197,24 @@ sigelPruneGenes <- function(x, data = x, keep = 0.5,
 #'   18:1342-1351. Li et al. (2025) Genome Biology 26:287.
 #' @seealso [sigelPruneGenes()], [sigelDomainScores()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     sce <- sigelExampleData()
 #'     sce <- sce[order(-Matrix::rowSums(SummarizedExperiment::assay(sce)))[1:60], ]
 #'     sce <- sigelDomains(sce, n_domains = 4, max_epochs = 20, n_threads = 1)
 #'     table(sce$sigel_domain_refined)
 #' }
+#' }
 #' @export
 sigelDomains <- function(x, genes = NULL, n_domains = 7L, seed = 0L,
                          assay = NULL, coords = NULL, library_size = NULL,
                          truth = NULL, max_epochs = 200L, n_threads = NULL,
                          key = "sigel_domain") {
-    n_domains <- .as_int1(n_domains, "n_domains", min = 2L)
-    seed <- .as_int1(seed, "seed", min = 0L)
-    max_epochs <- .as_int1(max_epochs, "max_epochs")
-    if (!is.null(n_threads)) n_threads <- .as_int1(n_threads, "n_threads")
+    n_domains <- .check_number(n_domains, "n_domains", min = 2, whole = TRUE)
+    seed <- .check_seed(seed)
+    max_epochs <- .check_number(max_epochs, "max_epochs", min = 1, whole = TRUE)
+    n_threads <- .check_number(n_threads, "n_threads", min = 1, whole = TRUE,
+                               null_ok = TRUE)
     if (!is.character(key) || length(key) != 1L || !nzchar(key)) {
         stop("`key` must be one non-empty column name", call. = FALSE)
     }
@@ -285,8 +289,10 @@ sigelDomains <- function(x, genes = NULL, n_domains = 7L, seed = 0L,
 #'   `nmi` and `n_spots`.
 #' @seealso [sigelDomains()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     sigelDomainScores(c(1, 1, 2, 2, 3), c("a", "a", "b", "b", NA))
+#' }
 #' }
 #' @export
 sigelDomainScores <- function(labels, truth) {

@@ -113,15 +113,15 @@ sigelGOSimilarity <- function(x, ont = c("BP", "MF", "CC"), n_pairs = 1000L,
                               drop = "IEA", gene_symbols = NULL,
                               genes = NULL, control = TRUE,
                               OrgDb = "org.Hs.eg.db", cache = TRUE,
-                              seed = 1L) {
+                              seed = 1L, model = NULL) {
     ont <- match.arg(ont)
     measure <- match.arg(measure, c("Wang", "Resnik", "Lin", "Rel",
                                     "Jiang"))
     combine <- match.arg(combine, c("BMA", "max", "avg", "rcmax",
                                     "rcmax.avg"))
-    n_pairs <- .as_int1(n_pairs, "n_pairs")
-    seed <- .as_int1(seed, "seed", min = 0L)
-    emb <- .emb_matrix(x)
+    n_pairs <- .check_number(n_pairs, "n_pairs", min = 1, whole = TRUE)
+    seed <- .check_seed(seed)
+    emb <- .emb_matrix(if (is.null(model)) x else model)
     ids <- rownames(emb)
     sym <- .symbol_map(x, gene_symbols, ids)
     if (is.null(sym)) sym <- stats::setNames(ids, ids)

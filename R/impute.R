@@ -14,6 +14,16 @@
     tryCatch(.sigel_images_py(x), error = function(e) NULL)
 }
 
+# the reference (model carrier) given as `x` or as `model`
+.reference_arg <- function(x, model) {
+    if (is.null(x) == is.null(model)) {
+        .sigel_stop("give the reference (an object with runSIGEL() results, ",
+                    "a SigelModel or a model directory) as `x` or as ",
+                    "`model`, not ", if (is.null(x)) "neither" else "both")
+    }
+    if (is.null(x)) model else x
+}
+
 # extra GAN options (...) checked in R and converted for Python
 .impute_gan_options <- function(dots) {
     ok <- c("batch_size", "lr", "adv_start", "hidden", "n_prototypes",
@@ -35,7 +45,11 @@
         if (!is.numeric(v) || length(v) != 1L || is.na(v) || v < 0) {
             stop("`", nm, "` must be one non-negative number", call. = FALSE)
         }
-        dots[[nm]] <- if (nm %in% ints) .as_int1(v, nm, 0L) else as.numeric(v)
+        dots[[nm]] <- if (nm %in% ints) {
+            .check_number(v, nm, min = 0, whole = TRUE)
+        } else {
+            as.numeric(v)
+        }
     }
     dots
 }
@@ -80,6 +94,8 @@
 #' @param x the reference: an object with [runSIGEL()] results (a
 #'   `SingleCellExperiment`, `Seurat` object or `SigelResult`), a
 #'   [SigelModel-class] or a saved model directory.
+#' @param model the same as `x`, by name (`sigelImpute(target = panel,
+#'   model = res)`); give one of the two.
 #' @param target the panel sample: a `SingleCellExperiment`, a `Seurat`
 #'   object, or a genes x cells count matrix with `coords`.
 #' @param genes `character` or `NULL`: genes to impute (reference names;
@@ -99,7 +115,8 @@
 #'   encoder during training (needs `x` with its data, for the reference
 #'   images).
 #' @param name `character(1)`: name of the result (altExp / assay).
-#' @param seed `integer(1)`: random seed.
+#' @param seed `integer(1)` or `NULL`: random seed (`NULL`: the backend's
+#'   default seed, `sigel.settings.seed`).
 #' @param device `character(1)`: `"auto"`, `"cpu"`, `"cuda"`, ...
 #' @param n_threads `integer(1)` or `NULL`: torch CPU threads.
 #' @param verbose `logical(1)`: progress bar and log messages.
@@ -124,6 +141,7 @@
 #'   package's (see the Python module `sigel.model.generator`).
 #' @seealso [sigelImputeCV()], [runSIGEL()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     sce <- sigelExampleData()
 #'     top <- order(-Matrix::rowSums(SummarizedExperiment::assay(sce)))[1:60]
@@ -135,15 +153,18 @@
 #'     imp <- SingleCellExperiment::altExp(panel, "sigel_imputed")
 #'     table(SummarizedExperiment::rowData(imp)$imputed)
 #' }
+#' }
 #' @export
-sigelImpute <- function(x, target, genes = NULL,
+sigelImpute <- function(x = NULL, target, genes = NULL,
                         method = c("gan", "knn", "mean"),
                         assay = "counts", coords = NULL, library_size = NULL,
                         geometry = c("auto", "visium", "grid", "free"),
                         resolution = 64L, n_neighbors = 10L, n_steps = 600L,
                         adv_weight = 0.01, finetune_encoder = FALSE,
-                        name = "sigel_imputed", seed = 0L, device = "auto",
-                        n_threads = NULL, verbose = FALSE, ...) {
+                        name = "sigel_imputed", seed = NULL, device = "auto",
+                        n_threads = NULL, verbose = FALSE, model = NULL,
+                        ...) {
+    x <- .reference_arg(x, model)
     method <- match.arg(method)
     geometry <- match.arg(geometry)
     if (!is.null(genes) && (!is.character(genes) || anyNA(genes))) {
@@ -152,13 +173,16 @@ sigelImpute <- function(x, target, genes = NULL,
     if (!is.character(name) || length(name) != 1L || !nzchar(name)) {
         stop("`name` must be one non-empty string", call. = FALSE)
     }
-    resolution <- .as_int1(resolution, "resolution", 2L)
-    n_neighbors <- .as_int1(n_neighbors, "n_neighbors", 1L)
-    n_steps <- .as_int1(n_steps, "n_steps", 1L)
-    adv_weight <- .num1(adv_weight, "adv_weight", 0)
-    finetune_encoder <- .lgl1(finetune_encoder, "finetune_encoder")
-    seed <- .as_int1(seed, "seed", 0L)
-    if (!is.null(n_threads)) n_threads <- .as_int1(n_threads, "n_threads")
+    resolution <- .check_number(resolution, "resolution", min = 2,
+                                whole = TRUE)
+    n_neighbors <- .check_number(n_neighbors, "n_neighbors", min = 1,
+                                 whole = TRUE)
+    n_steps <- .check_number(n_steps, "n_steps", min = 1, whole = TRUE)
+    adv_weight <- .check_number(adv_weight, "adv_weight", min = 0)
+    finetune_encoder <- .check_flag(finetune_encoder, "finetune_encoder")
+    seed <- .check_seed(seed, null_ok = TRUE)
+    n_threads <- .check_number(n_threads, "n_threads", min = 1, whole = TRUE,
+                               null_ok = TRUE)
     gan <- .impute_gan_options(list(...))
     m <- .sigel_model_py(x)
     ref_images <- .impute_ref_images(x)
@@ -243,6 +267,7 @@ sigelImpute <- function(x, target, genes = NULL,
 #'   prediction and cell type deconvolution. Nat Methods 19:662 (2022).
 #' @seealso [sigelImpute()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     sce <- sigelExampleData()
 #'     top <- order(-Matrix::rowSums(SummarizedExperiment::assay(sce)))[1:60]
@@ -252,28 +277,33 @@ sigelImpute <- function(x, target, genes = NULL,
 #'     cv <- sigelImputeCV(ref, sce, k = 3, method = c("knn", "mean"))
 #'     cv$summary
 #' }
+#' }
 #' @export
-sigelImputeCV <- function(x, target, k = 5L, method = "gan",
+sigelImputeCV <- function(x = NULL, target, k = 5L, method = "gan",
                           assay = "counts", coords = NULL,
                           library_size = NULL,
                           geometry = c("auto", "visium", "grid", "free"),
                           resolution = 64L, n_neighbors = 10L,
-                          n_steps = 600L, adv_weight = 0.01, seed = 0L,
+                          n_steps = 600L, adv_weight = 0.01, seed = NULL,
                           device = "auto", n_threads = NULL,
-                          verbose = FALSE, ...) {
+                          verbose = FALSE, model = NULL, ...) {
+    x <- .reference_arg(x, model)
     if (!is.character(method) || !length(method) ||
         !all(method %in% c("gan", "knn", "mean"))) {
         stop("`method` must be one or more of \"gan\", \"knn\", \"mean\"",
              call. = FALSE)
     }
     geometry <- match.arg(geometry)
-    k <- .as_int1(k, "k", 2L)
-    resolution <- .as_int1(resolution, "resolution", 2L)
-    n_neighbors <- .as_int1(n_neighbors, "n_neighbors", 1L)
-    n_steps <- .as_int1(n_steps, "n_steps", 1L)
-    adv_weight <- .num1(adv_weight, "adv_weight", 0)
-    seed <- .as_int1(seed, "seed", 0L)
-    if (!is.null(n_threads)) n_threads <- .as_int1(n_threads, "n_threads")
+    k <- .check_number(k, "k", min = 2, whole = TRUE)
+    resolution <- .check_number(resolution, "resolution", min = 2,
+                                whole = TRUE)
+    n_neighbors <- .check_number(n_neighbors, "n_neighbors", min = 1,
+                                 whole = TRUE)
+    n_steps <- .check_number(n_steps, "n_steps", min = 1, whole = TRUE)
+    adv_weight <- .check_number(adv_weight, "adv_weight", min = 0)
+    seed <- .check_seed(seed, null_ok = TRUE)
+    n_threads <- .check_number(n_threads, "n_threads", min = 1, whole = TRUE,
+                               null_ok = TRUE)
     gan <- .impute_gan_options(list(...))
     m <- .sigel_model_py(x)
     ref_images <- .impute_ref_images(x)

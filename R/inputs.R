@@ -171,15 +171,14 @@
         }
         return(.coords_from_table(coords, spots, "`coords`"))
     }
-    if (all(c("array_row", "array_col") %in% colnames(cd))) {
-        return(.coords_from_table(
-            as.data.frame(cd[, c("array_row", "array_col")]), spots,
-            "colData(x)[, c(\"array_row\", \"array_col\")]"))
-    }
-    if (all(c("x", "y") %in% colnames(cd))) {
-        return(.coords_from_table(as.data.frame(cd[, c("x", "y")]), spots,
-                                  "colData(x)[, c(\"x\", \"y\")]"))
-    }
+    cc <- .coords_sce_default(x, cd, rdn, spots)
+    if (is.null(cc)) .no_coords_sce(x)
+    .with_array(cc, cd)
+}
+
+# The one lookup rule (as in Python): spatialCoords(x) / reducedDim(x,
+# "spatial"), else colData x/y, else the Visium array row/column.
+.coords_sce_default <- function(x, cd, rdn, spots) {
     if (methods::is(x, "SpatialExperiment")) {
         sc <- SpatialExperiment::spatialCoords(x)
         if (!is.null(sc) && ncol(sc) >= 2L) {
@@ -192,11 +191,40 @@
             as.matrix(SingleCellExperiment::reducedDim(x, "spatial")), spots,
             "reducedDim(x, \"spatial\")"))
     }
+    if (all(c("x", "y") %in% colnames(cd))) {
+        return(.coords_from_table(as.data.frame(cd[, c("x", "y")]), spots,
+                                  "colData(x)[, c(\"x\", \"y\")]"))
+    }
+    if (all(c("array_row", "array_col") %in% colnames(cd))) {
+        return(.coords_from_table(
+            as.data.frame(cd[, c("array_row", "array_col")]), spots,
+            "colData(x)[, c(\"array_row\", \"array_col\")]"))
+    }
+    NULL
+}
+
+# Visium array indices travel with any coordinates (the backend builds the
+# hexagonal images from them), also when the coordinates came from elsewhere
+.with_array <- function(cc, annot) {
+    if (is.null(cc)) return(NULL)
+    if (all(c("array_row", "array_col") %in% colnames(annot)) &&
+        !all(c("array_row", "array_col") %in% colnames(cc$obs))) {
+        ar <- as.numeric(annot[["array_row"]])
+        ac <- as.numeric(annot[["array_col"]])
+        if (all(is.finite(ar)) && all(is.finite(ac))) {
+            cc$obs$array_row <- ar
+            cc$obs$array_col <- ac
+        }
+    }
+    cc
+}
+
+.no_coords_sce <- function(x) {
     looked <- c(
-        "colData(x) columns array_row/array_col (Visium)",
-        "colData(x) columns x/y (grid)",
         if (methods::is(x, "SpatialExperiment")) "spatialCoords(x)",
-        "reducedDim(x, \"spatial\")")
+        "reducedDim(x, \"spatial\")",
+        "colData(x) columns x/y",
+        "colData(x) columns array_row/array_col (Visium)")
     stop("no spatial coordinates found in x; looked for: ",
          paste(looked, collapse = "; "),
          ". Pass them with `coords =` (a data.frame/matrix with one row per ",
@@ -303,17 +331,17 @@
         tab <- tab[spots, , drop = FALSE]
         return(.coords_from_table(tab, spots, where))
     }
+    if (all(c("x", "y") %in% colnames(md))) {
+        return(.with_array(.coords_from_table(md[, c("x", "y")], spots,
+                                              "meta.data columns x/y"), md))
+    }
     if (all(c("array_row", "array_col") %in% colnames(md))) {
         return(.coords_from_table(md[, c("array_row", "array_col")], spots,
                                   "meta.data columns array_row/array_col"))
     }
-    if (all(c("x", "y") %in% colnames(md))) {
-        return(.coords_from_table(md[, c("x", "y")], spots,
-                                  "meta.data columns x/y"))
-    }
     stop("no spatial coordinates found in the Seurat object; looked for: ",
          "an image (Images(x), e.g. Visium), meta.data columns ",
-         "array_row/array_col and x/y. Pass them with `coords =` (a ",
+         "x/y and array_row/array_col. Pass them with `coords =` (a ",
          "data.frame/matrix with one row per spot or 2 meta.data column ",
          "names).", call. = FALSE)
 }
@@ -405,7 +433,7 @@
                  "array_row/array_col or any 2 numeric columns)",
                  call. = FALSE)
         }
-        counts <- .as_dgc(x)
+        counts <- .as_dgc(x, "x")
         if (is.null(colnames(counts))) {
             colnames(counts) <- if (!is.null(rownames(coords)) &&
                                     nrow(coords) == ncol(counts))

@@ -1,6 +1,6 @@
 # ggplot2 plots of gene images, context maps and the embedding layout.
 
-# H x W matrices (NaN off tissue) -> long data.frame for geom_raster
+# H x W matrices (NaN off tissue) -> long data.frame of in-tissue pixels
 .images_long <- function(mats) {
     out <- lapply(names(mats), function(nm) {
         m <- mats[[nm]]
@@ -20,7 +20,9 @@
 .raster_plot <- function(d, ncol, fill, title) {
     ggplot2::ggplot(d, ggplot2::aes(x = col, y = row,
                                     fill = value)) +
-        ggplot2::geom_raster() +
+        # one tile per pixel of the image grid: off-tissue pixels are
+        # absent, which geom_raster() would warn about (uneven intervals)
+        ggplot2::geom_tile(width = 1, height = 1) +
         ggplot2::facet_wrap(~panel, ncol = ncol) +
         ggplot2::scale_y_reverse() +
         ggplot2::coord_equal() +
@@ -54,9 +56,11 @@
 #' @return A `ggplot`.
 #' @seealso [plotContexts()], [runSIGEL()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     sce <- sigelExampleData()
 #'     plotGeneImages(sce, c("Penk", "Doc2g", "Cdhr1", "Kctd12"))
+#' }
 #' }
 #' @export
 plotGeneImages <- function(x, genes, ncol = NULL, ...) {
@@ -150,14 +154,18 @@ plotGeneImages <- function(x, genes, ncol = NULL, ...) {
 #'   `Seurat`, or a `SigelResult` in the session that fitted it; maps need
 #'   the gene images, rebuilt from the object's data).
 #' @param type `"map"` or `"embedding"`.
-#' @param contexts `NULL` (all) or contexts to show (0-based integers or
-#'   names `"context_<k>"`).
+#' @param contexts `NULL` (the `n_max` largest contexts) or contexts to
+#'   show (0-based integers or names `"context_<k>"`).
+#' @param n_max `integer(1)`: with `contexts = NULL`, show the `n_max`
+#'   contexts with the most genes (default 12; `Inf` for all). In the
+#'   embedding plot the other contexts are drawn in grey as `"other"`.
 #' @param ncol `integer(1)` or `NULL`: facet columns of the maps.
 #' @param min_membership `numeric(1)`: memberships below this count as 0 in
 #'   the maps.
 #' @return A `ggplot`.
 #' @seealso [plotGeneImages()], [runSIGEL()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     sce <- sigelExampleData()
 #'     sce <- sce[order(-Matrix::rowSums(SummarizedExperiment::assay(sce)))[1:60], ]
@@ -166,41 +174,64 @@ plotGeneImages <- function(x, genes, ncol = NULL, ...) {
 #'     plotContexts(sce)
 #'     plotContexts(sce, type = "embedding")
 #' }
+#' }
 #' @export
 plotContexts <- function(x, type = c("map", "embedding"), contexts = NULL,
-                         ncol = NULL, min_membership = 0.1) {
+                         ncol = NULL, min_membership = 0.1, n_max = 12L) {
     type <- match.arg(type)
-    if (type == "embedding") return(.plot_embedding(x, contexts))
+    if (!identical(n_max, Inf)) {
+        n_max <- .check_number(n_max, "n_max", min = 1, whole = TRUE)
+    }
+    min_membership <- .check_number(min_membership, "min_membership",
+                                    min = 0, max = 1)
+    ctx <- sigelContexts(x)
+    sizes <- table(paste0("context_", ctx$context))
     if (!is.null(contexts) && is.numeric(contexts)) {
         contexts <- paste0("context_", as.integer(contexts))
     }
-    maps <- .context_maps(x, contexts, min_membership)
-    ctx <- sigelContexts(x)
-    n <- table(factor(paste0("context_", ctx$context), levels = names(maps)))
-    names(maps) <- paste0(names(maps), " (", as.integer(n[names(maps)]),
-                          " genes)")
+    shown <- contexts
+    if (is.null(shown)) {
+        # the largest n_max contexts (ties: lower context number first)
+        k <- as.integer(sub("^context_", "", names(sizes)))
+        ord <- order(-as.vector(sizes), k)
+        shown <- names(sizes)[ord][seq_len(min(length(ord), n_max))]
+        shown <- shown[order(as.integer(sub("^context_", "", shown)))]
+    }
+    if (type == "embedding") return(.plot_embedding(x, shown))
+    maps <- .context_maps(x, shown, min_membership)
+    n <- sizes[names(maps)]
+    n[is.na(n)] <- 0L
+    names(maps) <- paste0(names(maps), " (", as.integer(n), " genes)")
+    title <- "SIGEL context maps"
+    if (is.null(contexts) && length(sizes) > length(maps)) {
+        title <- paste0(title, ": the ", length(maps), " largest of ",
+                        length(sizes), " contexts (see n_max)")
+    }
     .raster_plot(.images_long(maps), ncol, "mean\nscaled\nexpression",
-                 "SIGEL context maps")
+                 title)
 }
 
-.plot_embedding <- function(x, contexts = NULL) {
+.plot_embedding <- function(x, contexts) {
     emb <- sigelEmbeddings(x)
     ctx <- sigelContexts(x)[rownames(emb), , drop = FALSE]
     pc <- stats::prcomp(emb, center = TRUE, scale. = FALSE)
     ve <- pc$sdev^2 / sum(pc$sdev^2)
+    lab <- paste0("context_", ctx$context)
+    lev <- sort(unique(as.integer(sub("^context_", "", contexts))))
+    grp <- ifelse(lab %in% contexts, as.character(ctx$context), "other")
     d <- data.frame(PC1 = pc$x[, 1], PC2 = pc$x[, 2],
-                    context = factor(ctx$context),
+                    context = factor(grp, levels = c(lev, "other")),
                     confidence = ctx$confidence,
                     gene = rownames(emb))
-    if (!is.null(contexts)) {
-        keep <- if (is.numeric(contexts)) d$context %in% contexts else
-            paste0("context_", d$context) %in% contexts
-        d <- d[keep, , drop = FALSE]
-    }
+    d <- d[order(d$context == "other", decreasing = TRUE), , drop = FALSE]
+    d$context <- droplevels(d$context)
+    pal <- grDevices::hcl.colors(max(1L, length(lev)), "Dark 3")
+    cols <- c(stats::setNames(pal[seq_along(lev)], lev), other = "grey80")
     ggplot2::ggplot(d, ggplot2::aes(x = PC1, y = PC2,
                                     colour = context,
                                     alpha = confidence)) +
         ggplot2::geom_point(size = 1.2) +
+        ggplot2::scale_colour_manual(values = cols) +
         ggplot2::scale_alpha_continuous(range = c(0.3, 1)) +
         ggplot2::labs(
             x = sprintf("PC1 (%.0f%%)", 100 * ve[1]),

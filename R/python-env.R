@@ -126,15 +126,22 @@ sigelPythonAvailable <- function() {
 
 #' Report the Python backend in use
 #'
-#' @return A named list: python path, backend, torch and numpy versions,
-#'   the device `"auto"` resolves to, and whether CUDA is available.
+#' @return A named list of plain R values (strings, numbers, logicals; no
+#'   Python objects, so it survives [saveRDS()]): python path, backend,
+#'   torch and numpy versions, the device `"auto"` resolves to, and whether
+#'   CUDA is available.
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) sigelBackendInfo()
+#' }
 #' @export
 sigelBackendInfo <- function() {
     mod <- .sigel_py()
     info <- reticulate::py_to_r(mod$`_backend_info`())
-    info
+    # torch.__version__ is a str subclass that reticulate leaves in Python
+    lapply(info, function(v) {
+        if (inherits(v, "python.builtin.object")) .py_str(v) else v
+    })
 }
 
 #' Install the sigel Python backend into a reticulate virtualenv

@@ -53,6 +53,15 @@ print.SigelResult <- function(x, ...) {
     res <- NULL
     if (inherits(x, "SigelResult")) {
         res <- x
+    } else if (methods::is(x, "SigelModel") ||
+               (is.character(x) && length(x) == 1L)) {
+        mdl <- .as_sigel_model(x)
+        m <- .sigel_model_py(mdl)
+        res <- list(embeddings = .py_df_matrix(m$embeddings_),
+                    memberships = .py_df_matrix(m$memberships_),
+                    contexts = .py_df(m$contexts_),
+                    history = .safe(.py_df(m$history_), "training history"),
+                    model = mdl)
     } else if (methods::is(x, "SummarizedExperiment")) {
         res <- S4Vectors::metadata(x)$sigel
     } else if (.is_seurat(x)) {
@@ -78,7 +87,9 @@ print.SigelResult <- function(x, ...) {
 #'
 #' @param x an object returned by [runSIGEL()]: a `SingleCellExperiment`
 #'   (results in `metadata(x)$sigel`), a `Seurat` object (DimReduc `"sigel"`
-#'   and `Tool(x, "runSIGEL")`) or a `SigelResult`.
+#'   and `Tool(x, "runSIGEL")`) or a `SigelResult`; or a [SigelModel-class]
+#'   or saved model directory (embeddings, memberships, contexts and history
+#'   are read from the model).
 #' @return
 #' * `sigelEmbeddings()`: numeric matrix, genes x D, gene rownames.
 #' * `sigelMemberships()`: numeric matrix, genes x K (columns `context_0`,
@@ -90,6 +101,7 @@ print.SigelResult <- function(x, ...) {
 #' * `sigelModel()`: a [SigelModel-class].
 #' @seealso [runSIGEL()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     sce <- sigelExampleData()
 #'     sce <- sce[order(-Matrix::rowSums(SummarizedExperiment::assay(sce)))[1:60], ]
@@ -100,6 +112,7 @@ print.SigelResult <- function(x, ...) {
 #'     head(sigelContexts(sce))
 #'     sigelHistory(sce)
 #'     sigelModel(sce)
+#' }
 #' }
 #' @name sigel-accessors
 NULL
@@ -174,12 +187,82 @@ sigelModel <- function(x) {
     paste(file.mtime(f), file.size(f), collapse = ";")
 }
 
+# the files of a saved model directory, as raw vectors named by their path
+# relative to the directory (a few hundred kB: config.json + safetensors)
+.read_model_files <- function(path) {
+    rel <- list.files(path, recursive = TRUE, all.files = TRUE, no.. = TRUE)
+    out <- lapply(rel, function(f) {
+        full <- file.path(path, f)
+        readBin(full, "raw", n = file.size(full))
+    })
+    names(out) <- rel
+    out
+}
+
+# write carried model files into `dir` (created)
+.write_model_files <- function(files, dir) {
+    dir.create(dir, recursive = TRUE, showWarnings = FALSE)
+    for (f in names(files)) {
+        dest <- file.path(dir, f)
+        dir.create(dirname(dest), recursive = TRUE, showWarnings = FALSE)
+        writeBin(files[[f]], dest)
+    }
+    normalizePath(dir)
+}
+
+# the R-side SigelModel of a saved directory: path, config and the bytes
+.new_sigel_model <- function(path) {
+    path <- normalizePath(path, mustWork = TRUE)
+    methods::new("SigelModel", path = path,
+                 config = .read_model_config(path),
+                 files = .read_model_files(path))
+}
+
+# does the directory at `path` still hold the carried files?
+.model_dir_matches <- function(path, files) {
+    if (!dir.exists(path)) return(FALSE)
+    if (!length(files)) return(TRUE)
+    full <- file.path(path, names(files))
+    if (!all(file.exists(full))) return(FALSE)
+    if (!all(file.size(full) == vapply(files, length, numeric(1)))) {
+        return(FALSE)
+    }
+    cfg <- "config.json"
+    if (cfg %in% names(files)) {
+        now <- readBin(file.path(path, cfg), "raw", n = length(files[[cfg]]))
+        if (!identical(now, files[[cfg]])) return(FALSE)
+    }
+    TRUE
+}
+
+# A directory holding the model: its saved path when that still holds it,
+# else the carried bytes written once per session under tempdir().
+.model_path <- function(mdl) {
+    if (.model_dir_matches(mdl@path, mdl@files)) {
+        return(normalizePath(mdl@path))
+    }
+    if (!length(mdl@files)) {
+        stop("the saved model directory no longer exists: ", mdl@path,
+             ", and the model object carries no copy of it (made by an ",
+             "older sigel); refit, or point loadSigelModel() to a copy",
+             call. = FALSE)
+    }
+    key <- paste0(mdl@path, "\r", rawToChar(mdl@files[["config.json"]]))
+    if (is.null(.sigel_env$restored)) .sigel_env$restored <- list()
+    hit <- .sigel_env$restored[[key]]
+    if (!is.null(hit) && .model_dir_matches(hit, mdl@files)) return(hit)
+    dir <- .write_model_files(mdl@files,
+                              tempfile("sigel-model-", tmpdir = tempdir()))
+    .sigel_env$restored[[key]] <- dir
+    dir
+}
+
 # save a fitted Python model, cache it, return the R-side SigelModel
 .save_model_py <- function(m, path) {
     .py_call(m$save(path), "could not save the model")
     path <- normalizePath(path, mustWork = TRUE)
     .cache_model(path, m)
-    methods::new("SigelModel", path = path, config = .read_model_config(path))
+    .new_sigel_model(path)
 }
 
 .cache_model <- function(path, m) {
@@ -207,14 +290,7 @@ sigelModel <- function(x) {
 #' @noRd
 .sigel_model_py <- function(x) {
     mdl <- .as_sigel_model(x)
-    path <- mdl@path
-    if (!dir.exists(path)) {
-        stop("the saved model directory no longer exists: ", path, ". ",
-             "Models fitted with the default `model_dir` live in the R ",
-             "session's tempdir(); keep them with saveSigelModel() or ",
-             "runSIGEL(..., model_dir = ).", call. = FALSE)
-    }
-    path <- normalizePath(path)
+    path <- .model_path(mdl)
     hit <- .sigel_env$models[[path]]
     if (!is.null(hit) && identical(hit$stamp, .model_stamp(path))) {
         return(hit$model)
@@ -279,8 +355,9 @@ sigelModel <- function(x) {
 
 #' Save and load trained SIGEL models
 #'
-#' `saveSigelModel()` copies the model directory behind `x` (written by the
-#' Python backend: `config.json` and `weights.safetensors`, no pickles) to
+#' `saveSigelModel()` writes the model behind `x` (the files written by the
+#' Python backend: `config.json` and `weights.safetensors`, no pickles;
+#' carried inside `x`, so this works after [readRDS()] in a new session) to
 #' `path`. `loadSigelModel()` checks a saved directory with the backend and
 #' returns a [SigelModel-class] to pass as `runSIGEL(..., model = )`.
 #'
@@ -290,6 +367,7 @@ sigelModel <- function(x) {
 #' @return `saveSigelModel()`: the [SigelModel-class] pointing to `path`,
 #'   invisibly. `loadSigelModel()`: a [SigelModel-class].
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     sce <- sigelExampleData()
 #'     sce <- sce[order(-Matrix::rowSums(SummarizedExperiment::assay(sce)))[1:60], ]
@@ -302,19 +380,18 @@ sigelModel <- function(x) {
 #'     new <- runSIGEL(sce, model = model, verbose = FALSE)
 #'     all.equal(sigelEmbeddings(new), sigelEmbeddings(sce), tolerance = 1e-5)
 #' }
+#' }
 #' @seealso [runSIGEL()], [SigelModel-class]
 #' @export
 saveSigelModel <- function(x, path, overwrite = FALSE) {
     mdl <- sigelModel(x)
-    if (!is.character(path) || length(path) != 1L || !nzchar(path)) {
-        stop("`path` must be one directory path", call. = FALSE)
-    }
-    if (!dir.exists(mdl@path)) {
-        stop("the model directory behind x no longer exists: ", mdl@path,
+    if (!is.character(path) || length(path) != 1L || is.na(path) ||
+        !nzchar(path)) {
+        stop("`path` must be one directory path; got ", .fmt_value(path),
              call. = FALSE)
     }
     path <- path.expand(path)
-    src <- normalizePath(mdl@path)
+    src <- .model_path(mdl)
     if (file.exists(path)) {
         if (normalizePath(path) == src) return(invisible(mdl))
         if (!isTRUE(overwrite)) {
@@ -334,9 +411,7 @@ saveSigelModel <- function(x, path, overwrite = FALSE) {
                         no.. = TRUE)
     ok <- file.copy(files, path, recursive = TRUE)
     if (!all(ok)) stop("could not copy the model to ", path, call. = FALSE)
-    path <- normalizePath(path)
-    invisible(methods::new("SigelModel", path = path,
-                           config = .read_model_config(path)))
+    invisible(.new_sigel_model(path))
 }
 
 #' @rdname saveSigelModel
@@ -353,7 +428,7 @@ loadSigelModel <- function(path) {
     m <- .py_call(.sigel_py()$SIGEL$load(path),
                   "could not load the SIGEL model")
     .cache_model(path, m)
-    methods::new("SigelModel", path = path, config = .read_model_config(path))
+    .new_sigel_model(path)
 }
 
 .lib_arg <- function(x, lib) {

@@ -64,7 +64,38 @@
         }
         out[[nm]] <- v
     }
+    .check_hyper_relations(out)
     out
+}
+
+# constraints between hyper-parameters, checked before Python is called
+.check_hyper_relations <- function(h) {
+    if (!is.null(h$n_contexts) && h$n_contexts < 2L) {
+        .sigel_stop("`n_contexts` must be at least 2 (a mixture of one ",
+                    "context groups nothing); got ", h$n_contexts)
+    }
+    pos <- c("embed_dim", "epochs", "batch_size", "width", "depth",
+             "n_heads", "decoder_width", "max_tokens", "em_iters",
+             "embed_batch_size", "scaffold_k")
+    for (nm in intersect(pos, names(h))) {
+        if (!is.null(h[[nm]]) && h[[nm]] < 1L) {
+            .sigel_stop("`", nm, "` must be >= 1; got ", h[[nm]])
+        }
+    }
+    if (!is.null(h$pretrain_epochs) && h$pretrain_epochs < 0L) {
+        .sigel_stop("`pretrain_epochs` must be >= 0; got ",
+                    h$pretrain_epochs)
+    }
+    if (!is.null(h$pretrain_epochs) && !is.null(h$epochs) &&
+        h$pretrain_epochs > h$epochs) {
+        .sigel_stop("`pretrain_epochs` (", h$pretrain_epochs, ") must not ",
+                    "exceed `epochs` (", h$epochs, "): refinement would ",
+                    "never run")
+    }
+    if (!is.null(h$mask_ratio) && (h$mask_ratio <= 0 || h$mask_ratio >= 1)) {
+        .sigel_stop("`mask_ratio` must lie in (0, 1); got ", h$mask_ratio)
+    }
+    invisible(TRUE)
 }
 
 # Run `expr` with the backend's verbosity raised when `verbose`.
@@ -92,12 +123,11 @@
 }
 
 .image_opts <- function(geometry, image_options) {
-    if (!is.list(image_options)) {
-        stop("`image_options` must be a named list", call. = FALSE)
-    }
-    if (length(image_options) && (is.null(names(image_options)) ||
-                                  any(!nzchar(names(image_options))))) {
-        stop("`image_options` must be a named list", call. = FALSE)
+    if (!is.list(image_options) ||
+        (length(image_options) && (is.null(names(image_options)) ||
+                                   any(!nzchar(names(image_options)))))) {
+        .sigel_stop("`image_options` must be a named list; got ",
+                    .fmt_value(image_options))
     }
     geometry <- match.arg(geometry, c("auto", "visium", "grid", "free"))
     opts <- image_options
@@ -106,7 +136,10 @@
         opts$exclude_prefixes <- as.list(as.character(opts$exclude_prefixes))
     }
     ints <- intersect(names(opts), c("resolution", "patch_size", "min_spots"))
-    for (nm in ints) opts[[nm]] <- as.integer(opts[[nm]])
+    for (nm in ints) {
+        opts[[nm]] <- .check_number(opts[[nm]], paste0("image_options$", nm),
+                                    min = 1, whole = TRUE)
+    }
     opts
 }
 
@@ -127,8 +160,9 @@
     .check_counts(counts)
     genes <- .check_genes_arg(genes, rownames(counts))
     hyper <- .py_hyper(hyper)
-    if (!is.null(seed)) seed <- .as_count(seed, "seed")
-    if (!is.null(n_threads)) n_threads <- .as_count(n_threads, "n_threads")
+    seed <- .check_seed(seed, null_ok = TRUE)
+    n_threads <- .check_number(n_threads, "n_threads", min = 1, whole = TRUE,
+                               null_ok = TRUE)
     device <- .check_device(device)
     model_dir <- .new_model_dir(model_dir)
     mod <- .sigel_py()
@@ -219,15 +253,6 @@
     alt <- gsub("_", "-", model_genes, fixed = TRUE)
     ok <- alt %in% miss & !model_genes %in% data_genes & !duplicated(alt)
     stats::setNames(model_genes[ok], alt[ok])
-}
-
-.as_count <- function(v, name) {
-    if (!is.numeric(v) || length(v) != 1L || is.na(v) || v < 0 ||
-        abs(v - round(v)) > 1e-8) {
-        stop("`", name, "` must be a single non-negative whole number; got ",
-             format(v), call. = FALSE)
-    }
-    as.integer(round(v))
 }
 
 .check_device <- function(device) {
@@ -398,13 +423,15 @@
 #' of new data without retraining.
 #'
 #' @section Coordinates:
-#' For a `SingleCellExperiment`, coordinates are searched, in order, in
-#' `colData(x)` columns `array_row`/`array_col` (Visium hexagonal array),
-#' `colData(x)` columns `x`/`y` (integer grids such as legacy ST),
-#' `spatialCoords(x)` (a `SpatialExperiment`) and `reducedDim(x,
-#' "spatial")`. For a Seurat object: the image (`GetTissueCoordinates()`;
-#' Visium uses the array row/column), then `meta.data` columns
-#' `array_row`/`array_col` or `x`/`y`. `coords` overrides the search: a
+#' One lookup rule, the backend's: coordinates passed explicitly (`coords`)
+#' win; otherwise, for a `SingleCellExperiment`, `spatialCoords(x)` (a
+#' `SpatialExperiment`) or `reducedDim(x, "spatial")`; otherwise
+#' `colData(x)` columns `x`/`y`; otherwise the Visium array columns
+#' `array_row`/`array_col`. `colData` columns `array_row`/`array_col`, when
+#' present, always travel along: the backend builds Visium's hexagonal
+#' images from them. For a Seurat object: the image
+#' (`GetTissueCoordinates()`; Visium uses the array row/column), then
+#' `meta.data` columns `x`/`y`, then `array_row`/`array_col`. `coords` is a
 #' data.frame or matrix with one row per spot (columns `array_row`/
 #' `array_col`, `x`/`y`, or any two numeric columns: x then y), a
 #' `reducedDim` name, or two `colData`/`meta.data` column names. Free
@@ -528,6 +555,7 @@
 #' @seealso [sigelEmbeddings()], [plotContexts()], [plotGeneImages()],
 #'   [saveSigelModel()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     sce <- sigelExampleData()
 #'     sce <- sce[order(-Matrix::rowSums(SummarizedExperiment::assay(sce)))[1:60], ]
@@ -547,6 +575,7 @@
 #'     res2 <- runSIGEL(m, coords = SingleCellExperiment::reducedDim(sce, "spatial"),
 #'                      model = sigelModel(sce), verbose = FALSE)
 #'     dim(sigelEmbeddings(res2))
+#' }
 #' }
 #' @rdname runSIGEL
 #' @export

@@ -75,25 +75,23 @@ simulatePattern <- function(coords, template, counts = NULL, quantiles = NULL,
                             return_params = FALSE) {
     coords <- .sim_coords(coords)
     n <- nrow(coords)
-    stopifnot("`taper` must be a number >= 0" =
-                  is.numeric(taper) && length(taper) == 1L && taper >= 0,
-              "`n_draws` must be a positive integer" =
-                  length(n_draws) == 1L && n_draws >= 1)
+    taper <- .check_number(taper, "taper", min = 0)
+    n_draws <- .check_number(n_draws, "n_draws", min = 1, whole = TRUE)
+    seed <- .check_seed(seed, null_ok = TRUE)
     if (is.null(quantiles) == is.null(means)) {
-        stop("give exactly one of `quantiles` (named per region) or `means`",
-             call. = FALSE)
+        .sigel_stop("give exactly one of `quantiles` (named per region) or ",
+                    "`means`; got quantiles = ", .fmt_value(quantiles),
+                    ", means = ", .fmt_value(means))
     }
     X <- .sim_counts(counts, n)
     if (!is.null(quantiles)) {
+        .check_targets(quantiles, "quantiles", max = 1)
         if (is.null(X)) {
-            stop("`quantiles` need calibration `counts`; or give `means`",
-                 call. = FALSE)
+            .sigel_stop("`quantiles` need calibration `counts` (got ",
+                        "counts = NULL); or give `means`")
         }
-        if (any(!is.finite(quantiles) | quantiles < 0 | quantiles > 1)) {
-            stop("`quantiles` must lie in [0, 1]", call. = FALSE)
-        }
-    } else if (any(!is.finite(means) | means < 0)) {
-        stop("`means` must be finite and >= 0", call. = FALSE)
+    } else {
+        .check_targets(means, "means")
     }
     if (!is.null(trend)) {
         trend <- as.numeric(trend)
@@ -104,11 +102,14 @@ simulatePattern <- function(coords, template, counts = NULL, quantiles = NULL,
     if (!is.null(seed)) set.seed(seed)
     rw <- .region_weights(coords, template, taper)
     target <- if (is.null(quantiles)) means else quantiles
-    if (is.null(names(target)) || any(!rw$regions %in% names(target))) {
-        stop("no target for regions ",
-             paste(setdiff(rw$regions, names(target)), collapse = ", "),
-             "; the template's regions are ",
-             paste(rw$regions, collapse = ", "), call. = FALSE)
+    if (any(!rw$regions %in% names(target))) {
+        .sigel_stop("no target for regions ",
+                    paste(setdiff(rw$regions, names(target)),
+                          collapse = ", "), " in `",
+                    if (is.null(quantiles)) "means" else "quantiles",
+                    "`: got ", .fmt_value(target),
+                    "; the template's regions are ",
+                    paste(rw$regions, collapse = ", "))
     }
     sf <- .size_factors(X, library_size, n)
     m <- if (is.null(quantiles)) {
@@ -161,8 +162,8 @@ simulatePattern <- function(coords, template, counts = NULL, quantiles = NULL,
 simulateHomogeneous <- function(counts, n_draws = 1L, library_size = NULL,
                                 seed = NULL) {
     X <- .sim_counts(counts, NULL)
-    stopifnot("`n_draws` must be a positive integer" =
-                  length(n_draws) == 1L && n_draws >= 1)
+    n_draws <- .check_number(n_draws, "n_draws", min = 1, whole = TRUE)
+    seed <- .check_seed(seed, null_ok = TRUE)
     n <- ncol(X)
     if (!is.null(seed)) set.seed(seed)
     sf <- if (is.null(library_size)) rep(1, n) else
@@ -191,6 +192,21 @@ simulateHomogeneous <- function(counts, n_draws = 1L, library_size = NULL,
 }
 
 # ------------------------------------------------------------------ internals
+
+# per-region targets: a named numeric vector, values in [0, max]
+.check_targets <- function(v, name, max = Inf) {
+    if (!is.numeric(v) || !length(v) || is.null(names(v)) ||
+        any(!nzchar(names(v))) || anyDuplicated(names(v))) {
+        .sigel_stop("`", name, "` must be a numeric vector named by region ",
+                    "(e.g. c(pattern = 0.9, background = 0.5)); got ",
+                    .fmt_value(v))
+    }
+    if (any(!is.finite(v) | v < 0 | v > max)) {
+        .sigel_stop("`", name, "` must lie in [0, ", format(max), "]; got ",
+                    .fmt_value(v))
+    }
+    invisible(v)
+}
 
 .sim_coords <- function(coords) {
     coords <- as.matrix(coords)

@@ -34,7 +34,10 @@
 #'   gene rownames.
 #' @param coords `matrix` (spots x 2) of coordinates.
 #' @return A `data.frame` (rownames genes, ordered as `counts`): `stat` (the
-#'   Cauchy combination statistic), `pval`, `qval`, and per-kernel p-values
+#'   Cauchy combination statistic; its log where it would overflow),
+#'   `log10_pval` (the combined p-value's log10, computed in the log domain:
+#'   finite and without ties far below the smallest double, so rank genes by
+#'   it), `pval` (may underflow to 0), `qval`, and per-kernel p-values
 #'   `p_projection`, `p_gaussian1` ... `p_gaussian5`, `p_cosine1` ...
 #'   `p_cosine5`.
 #' @references Zhu J, Sun S, Zhou X (2021) SPARK-X: non-parametric modeling
@@ -63,14 +66,16 @@ sigelSparkX <- function(counts, coords) {
     sumy2 <- Matrix::rowSums(X^2)
     ybar <- Matrix::rowMeans(X)
     lam_y <- 1 - n * ybar^2 / sumy2
-    P <- vapply(kernels, function(K) {
-        .sparkx_kernel_p(X, K, n, sumy2, lam_y)
+    LP <- vapply(kernels, function(K) {
+        .sparkx_kernel_logp(X, K, n, sumy2, lam_y)
     }, numeric(nrow(X)))
-    P <- matrix(P, nrow(X))
+    LP <- matrix(LP, nrow(X))
+    P <- exp(LP)
     colnames(P) <- paste0("p_", names(kernels))
-    comb <- .cauchy_combine(P)
-    out <- data.frame(stat = comb$stat, pval = comb$p,
-                      qval = stats::p.adjust(comb$p, "BH"),
+    comb <- .cauchy_combine_log(LP)
+    p <- exp(comb$logp)
+    out <- data.frame(stat = comb$stat, log10_pval = comb$logp / log(10),
+                      pval = p, qval = stats::p.adjust(p, "BH"),
                       P, row.names = genes, check.names = FALSE)
     out
 }
@@ -93,7 +98,7 @@ sigelSparkX <- function(counts, coords) {
     out
 }
 
-.sparkx_kernel_p <- function(X, K, n, sumy2, lam_y) {
+.sparkx_kernel_logp <- function(X, K, n, sumy2, lam_y) {
     Kc <- scale(K, scale = FALSE)
     XtX <- crossprod(K)
     Minv <- tryCatch(solve(XtX), error = function(e) NULL)
@@ -105,10 +110,10 @@ sigelSparkX <- function(counts, coords) {
     E <- as.matrix(X %*% Kc)                          # genes x d
     stat <- n * rowSums((E %*% Minv) * E) / sumy2
     t <- stat / lam_y
-    p <- rep(1, nrow(X))
+    lp <- rep(0, nrow(X))
     ok <- is.finite(t) & lam_y > 1e-12 & sumy2 > 0
-    if (length(lam_k) && any(ok)) p[ok] <- exp(.chisq_mix_logsf(t[ok], lam_k))
-    p
+    if (length(lam_k) && any(ok)) lp[ok] <- .chisq_mix_logsf(t[ok], lam_k)
+    lp
 }
 
 # log P(sum_k lam_k chi2_1 > t), vectorised over t
@@ -181,18 +186,43 @@ sigelSparkX <- function(counts, coords) {
     gl
 }
 
+# Cauchy combination of per-kernel log p-values (rows = genes), equal
+# weights, in the log domain: a p-value below 1e-15 contributes
+# 1 / (p pi) = exp(-log p - log pi) to the statistic, and a statistic above
+# 1e15 has log p = -log(stat pi); so the combined p-value keeps its order far
+# below the smallest double (no ties at a floor). `stat` is the Cauchy
+# statistic, `log(stat)` where it would overflow.
+.cauchy_combine_log <- function(LP) {
+    LP <- as.matrix(LP)
+    LP[is.na(LP)] <- 0
+    LP <- pmin(LP, log1p(-1e-16))
+    small <- LP < log(1e-15)
+    Tm <- ifelse(small, 0, tan((0.5 - exp(LP)) * pi))
+    lt <- ifelse(small, -LP - log(pi), -Inf)
+    big <- rowSums(small) > 0
+    K <- ncol(LP)
+    stat <- rowMeans(Tm)
+    logp <- stats::pcauchy(stat, lower.tail = FALSE, log.p = TRUE)
+    if (any(big)) {
+        m <- apply(lt[big, , drop = FALSE], 1L, max)
+        rest <- rowSums(Tm[big, , drop = FALSE])
+        # log(sum of the large terms + the bounded rest) - log K
+        lsum <- m + log(rowSums(exp(lt[big, , drop = FALSE] - m)) +
+                            rest * exp(-m))
+        lstat <- lsum - log(K)
+        lp_big <- ifelse(lstat > log(1e15), -lstat - log(pi),
+                         stats::pcauchy(exp(lstat), lower.tail = FALSE,
+                                        log.p = TRUE))
+        logp[big] <- lp_big
+        stat[big] <- ifelse(is.finite(exp(lstat)), exp(lstat), lstat)
+    }
+    list(stat = stat, logp = pmin(logp, 0))
+}
+
 # Cauchy combination of the columns of P (rows = genes), equal weights
 .cauchy_combine <- function(P) {
-    P <- as.matrix(P)
-    P[is.na(P)] <- 1
-    P <- pmin(pmax(P, 1e-300), 1 - 1e-16)
-    small <- P < 1e-15
-    Tm <- ifelse(small, 1 / (P * pi), tan((0.5 - P) * pi))
-    Tm[!is.finite(Tm)] <- 1e300
-    stat <- rowMeans(Tm)
-    p <- ifelse(stat > 1e15, 1 / (stat * pi),
-                stats::pcauchy(stat, lower.tail = FALSE))
-    list(stat = stat, p = pmin(pmax(p, 0), 1))
+    r <- .cauchy_combine_log(log(pmax(as.matrix(P), 0)))
+    list(stat = r$stat, p = exp(r$logp))
 }
 
 #' Moran's I of every gene

@@ -6,23 +6,6 @@
 
 # ------------------------------------------------------------------ helpers
 
-.svg_int <- function(v, name, min = 1L) {
-    if (!is.numeric(v) || length(v) != 1L || is.na(v) ||
-        abs(v - round(v)) > 1e-8 || v < min) {
-        stop("`", name, "` must be a whole number >= ", min, "; got ",
-             paste(format(v), collapse = ", "), call. = FALSE)
-    }
-    as.integer(round(v))
-}
-
-.svg_num <- function(v, name, min = 0) {
-    if (!is.numeric(v) || length(v) != 1L || is.na(v) || v < min) {
-        stop("`", name, "` must be a number >= ", min, "; got ",
-             paste(format(v), collapse = ", "), call. = FALSE)
-    }
-    as.numeric(v)
-}
-
 # The data (AnnData) and the trained model behind x; `model` (an object with
 # sigel results, a SigelModel or a saved directory) when x is plain data.
 .task_inputs <- function(x, model = NULL, coords = NULL, library_size = NULL,
@@ -134,6 +117,7 @@
 #'   Genome Biology 26:287.
 #' @seealso [sigelCompareSVG()], [sigelSparkX()], [sigelMoransI()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     sce <- sigelExampleData()
 #'     tot <- Matrix::rowSums(SummarizedExperiment::assay(sce))
@@ -143,15 +127,16 @@
 #'     sce <- sigelSVG(sce, n_null = 5)
 #'     head(S4Vectors::metadata(sce)$sigel_svg)
 #' }
+#' }
 #' @export
 sigelSVG <- function(x, n_null = 10L, n_bins = 10L, genes = NULL,
                      metric = c("cosine", "euclidean"),
                      null = c("permutation", "zinb"), depth_aware = TRUE,
                      model = NULL, coords = NULL, library_size = NULL,
                      seed = 0L, verbose = FALSE) {
-    n_null <- .svg_int(n_null, "n_null", 2L)
-    n_bins <- .svg_int(n_bins, "n_bins", 1L)
-    seed <- .svg_int(seed, "seed", 0L)
+    n_null <- .check_number(n_null, "n_null", min = 2, whole = TRUE)
+    n_bins <- .check_number(n_bins, "n_bins", min = 1, whole = TRUE)
+    seed <- .check_seed(seed)
     metric <- match.arg(metric)
     null <- match.arg(null)
     if (!is.null(genes) && (!is.character(genes) || !length(genes))) {
@@ -249,6 +234,7 @@ sigelSVG <- function(x, n_null = 10L, n_bins = 10L, genes = NULL,
 #'   pseudo-gene image (a matrix, `NA` off tissue).
 #' @seealso [simulatePattern()], [plotGeneImages()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     sce <- sigelExampleData()
 #'     tot <- Matrix::rowSums(SummarizedExperiment::assay(sce))
@@ -259,15 +245,16 @@ sigelSVG <- function(x, n_null = 10L, n_bins = 10L, genes = NULL,
 #'     hits <- sigelPatternSearch(sce, y > stats::median(y), n_draws = 3)
 #'     head(hits)
 #' }
+#' }
 #' @export
 sigelPatternSearch <- function(x, template, quantiles = NULL, means = NULL,
                                taper = 0, n_draws = 10L, genes = NULL,
                                engine = c("numpy", "r"), model = NULL,
                                coords = NULL, library_size = NULL,
                                seed = 0L) {
-    n_draws <- .svg_int(n_draws, "n_draws", 1L)
-    taper <- .svg_num(taper, "taper", 0)
-    seed <- .svg_int(seed, "seed", 0L)
+    n_draws <- .check_number(n_draws, "n_draws", min = 1, whole = TRUE)
+    taper <- .check_number(taper, "taper", min = 0)
+    seed <- .check_seed(seed)
     engine <- match.arg(engine)
     if (!is.null(quantiles) && !is.null(means)) {
         stop("give only one of `quantiles` and `means`", call. = FALSE)
@@ -311,6 +298,7 @@ sigelPatternSearch <- function(x, template, quantiles = NULL, means = NULL,
 #'   `seconds` (run time per method).
 #' @seealso [sigelSVG()], [sigelSparkX()], [sigelMoransI()]
 #' @examples
+#' \donttest{
 #' if (sigelPythonAvailable()) {
 #'     sce <- sigelExampleData()
 #'     tot <- Matrix::rowSums(SummarizedExperiment::assay(sce))
@@ -320,16 +308,17 @@ sigelPatternSearch <- function(x, template, quantiles = NULL, means = NULL,
 #'     cmp <- sigelCompareSVG(sce, n_null = 5, top_k = 10)
 #'     cmp$spearman
 #' }
+#' }
 #' @export
 sigelCompareSVG <- function(x, n_null = 10L,
                             null = c("permutation", "zinb"),
                             top_k = c(50L, 100L), k = 6L,
                             genes = NULL, model = NULL, coords = NULL,
                             library_size = NULL, seed = 0L, verbose = FALSE) {
-    n_null <- .svg_int(n_null, "n_null", 2L)
+    n_null <- .check_number(n_null, "n_null", min = 2, whole = TRUE)
     null <- match.arg(null)
-    k <- .svg_int(k, "k", 1L)
-    seed <- .svg_int(seed, "seed", 0L)
+    k <- .check_number(k, "k", min = 1, whole = TRUE)
+    seed <- .check_seed(seed)
     if (!is.numeric(top_k) || !length(top_k) || any(top_k < 1)) {
         stop("`top_k` must be positive whole numbers", call. = FALSE)
     }
@@ -358,9 +347,9 @@ sigelCompareSVG <- function(x, n_null = 10L,
     out <- data.frame(
         sigel_score = sg$score, sigel_pval = sg$pval, sigel_qval = sg$qval,
         sigel_rank = as.integer(sg$rank),
-        sparkx_stat = -log10(pmax(sx$pval, 1e-300)), sparkx_pval = sx$pval,
+        sparkx_stat = -sx$log10_pval, sparkx_pval = sx$pval,
         sparkx_qval = sx$qval,
-        sparkx_rank = rank(sx$pval, ties.method = "first"),
+        sparkx_rank = rank(sx$log10_pval, ties.method = "first"),
         moran_I = mi$I, moran_pval = mi$pval, moran_qval = mi$qval,
         moran_rank = rank(-mi$I, ties.method = "first", na.last = TRUE),
         row.names = g)

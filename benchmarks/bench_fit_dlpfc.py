@@ -7,7 +7,7 @@ the fraction of contexts (>= 5 genes) enriched for at least one GO biological
 process set at FDR < 0.05 (hypergeometric test, Benjamini-Hochberg within
 each context, the embedded genes as the universe), next to the same figure
 for a PCA-of-expression + k-means baseline with the same number of contexts.
-It also reports the DESIGN section 2 diagnostic: cross-validated R^2 of each
+It also reports the docs/design.md §4 diagnostic: cross-validated R^2 of each
 gene's detection rate and mean level from its vector (low is good) and of its
 Moran's I (spatial signal; high is good), for both representations.
 
@@ -206,7 +206,7 @@ def main(argv=None):
     enr_sigel = context_enrichment(model.contexts_["context"], symbols, gmt)
     enr_pca = context_enrichment(pd.Series(pca_labels, index=genes), symbols, gmt)
 
-    # ---- DESIGN section 2 diagnostic ----
+    # ---- docs/design.md §4 diagnostic ----
     counts = X.toarray()
     det = (counts > 0).mean(0)
     mean_level = np.log1p(counts.mean(0))

@@ -10,8 +10,8 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import os
 import platform
-import shutil
 import time
 from pathlib import Path
 
@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from ._settings import logger, resolve_device, seed_everything, set_threads, settings
-from ._validate import SigelInputError, assert_in_range, assert_one_of, assert_positive
+from ._settings import logger, resolve_device, seeded, set_threads, settings
+from ._validate import SigelInputError, as_int, as_real, as_seed, assert_in_range, assert_one_of, assert_positive
 from .data.images import GeneImages
 
 __all__ = ["SIGEL", "embed", "default_n_contexts"]
@@ -29,6 +29,97 @@ FORMAT = "sigel-model"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
+MANIFEST_FILE = "sigel-manifest.json"
+MANIFEST_FORMAT = "sigel-model-files"
+
+
+def _sha256(file: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(file, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_manifest(path: Path, files: list) -> None:
+    """Write the list of files a save wrote (with their SHA-256), atomically."""
+    manifest = {"format": MANIFEST_FORMAT, "files": {f: _sha256(path / f) for f in files}}
+    tmp = path / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, path / MANIFEST_FILE)
+
+
+def _read_manifest(path: Path):
+    """The manifest's ``{file: sha256}`` (``None`` when there is none); refuses a corrupt one."""
+    f = path / MANIFEST_FILE
+    if not f.exists():
+        return None
+    try:
+        m = json.loads(f.read_text())
+    except (OSError, ValueError) as e:
+        raise SigelInputError(f"{str(f)!r} is corrupt (not valid JSON): {e}") from None
+    files = m.get("files") if isinstance(m, dict) and m.get("format") == MANIFEST_FORMAT else None
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise SigelInputError(f"{str(f)!r} is not a sigel manifest")
+    for name in files:
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise SigelInputError(f"{str(f)!r} lists a file outside the model directory: {name!r}")
+    return files
+
+
+def _check_config_types(cfg: dict, cfg_file: Path) -> None:
+    """Refuse a config.json whose entries have the wrong types, naming the entry."""
+    def fail(what, v, expected):
+        raise SigelInputError(f"{str(cfg_file)!r} is corrupt: {what} must be {expected}; got {v!r}")
+
+    for key in ("init_params", "resolved", "image_options"):
+        if not isinstance(cfg[key], dict):
+            fail(f"'{key}'", type(cfg[key]).__name__, "an object")
+    genes = cfg["genes"]
+    if not isinstance(genes, list) or not all(isinstance(g, str) for g in genes):
+        fail("'genes'", genes if not isinstance(genes, list) else "a list with non-strings", "a list of names")
+    res = cfg["resolved"]
+    for key in ("patch_size", "n_contexts"):
+        v = res.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            fail(f"resolved.{key}", v, "a positive integer")
+    for key in ("epochs", "pretrain_epochs"):
+        v = res.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            fail(f"resolved.{key}", v, "an integer")
+    v = res.get("mixture_prior_scale")
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+        fail("resolved.mixture_prior_scale", v, "a number")
+    v = cfg.get("epochs_run")
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+        fail("'epochs_run'", v, "a non-negative integer")
+    for key in ("history", "fit_params"):
+        if cfg.get(key) is not None and not isinstance(cfg[key], dict):
+            fail(f"'{key}'", type(cfg[key]).__name__, "an object")
+    h = cfg.get("history") or {}
+    if h and (not all(isinstance(c, list) for c in h.values()) or len({len(c) for c in h.values()}) > 1):
+        fail("'history'", "columns of different lengths", "columns of equal length")
+    samples = cfg.get("samples")
+    if samples is not None and not isinstance(samples, list):
+        fail("'samples'", type(samples).__name__, "a list")
+
+
+def _owned_files(path: Path) -> list:
+    """Files of ``path`` that a previous :meth:`SIGEL.save` wrote; refuses a directory that is not a saved model."""
+    files = _read_manifest(path)
+    if files is not None:
+        return list(files) + [MANIFEST_FILE]
+    cfg = path / CONFIG_FILE
+    try:
+        is_model = json.loads(cfg.read_text()).get("format") == FORMAT if cfg.exists() else False
+    except (OSError, ValueError, AttributeError):
+        is_model = False
+    if not is_model:
+        raise SigelInputError(f"refusing to overwrite {str(path)!r}: it is not empty and holds no saved SIGEL "
+                              "model (no sigel manifest); choose another directory")
+    return [CONFIG_FILE, WEIGHTS_FILE]  # saved before manifests existed: only its two files
 
 
 def default_n_contexts(n_genes: int) -> int:
@@ -79,7 +170,7 @@ class SIGEL:
     Learns one vector per gene from its spatial expression image such that
     genes with similar spatial patterns lie close, and organises the space
     into soft contexts (Li et al., Genome Biology 26:287, 2025; our design
-    choices are in ``DESIGN.md``).
+    choices are in ``docs/design.md``).
 
     All parameters are keyword-only; they are captured in ``init_params_``
     (JSON-serialisable) and saved with the model.
@@ -103,10 +194,10 @@ class SIGEL:
         Channels of the convolutional decoder at patch resolution.
     mask_ratio
         Fraction of in-tissue patches hidden from the encoder per step. Our
-        default 0.75 (DESIGN suggests ~0.5): on small, noisy gene images a
-        50 % mask makes reconstruction a local interpolation task and the
-        pooled vector learns little about the whole pattern; 0.75 is also
-        cheaper.
+        default 0.75 rather than the common ~0.5 (docs/design.md §3): on
+        small, noisy gene images a 50 % mask makes reconstruction a local
+        interpolation task and the pooled vector learns little about the
+        whole pattern; 0.75 is also cheaper.
     input_norm
         ``'standardize'`` (default): each gene image is centred and scaled to
         unit variance over the tissue before encoding (and reconstruction),
@@ -155,6 +246,16 @@ class SIGEL:
         bf16 mixed precision on CUDA (ignored on CPU).
     embed_batch_size
         Genes per inference batch (``transform``, per-epoch embedding).
+    invariance_weight, view_temperature, thin_min
+        Sampling-noise invariance (part of Module I's training, every epoch):
+        two views of each gene made by binomial thinning of its raw counts
+        (each count kept with a probability drawn from ``[thin_min, 1]``, the
+        library sizes scaled alike) must give the same vector, against every
+        other gene as a negative (InfoNCE with temperature
+        ``view_temperature``; :func:`sigel.model.refine.view_invariance_loss`).
+        The same count-thinned view is what the refinement terms see. Without
+        raw counts (multi-sample fits, :meth:`fit_images`) the views are
+        pixel-dropout copies. ``invariance_weight=0`` switches the term off.
 
     Attributes
     ----------
@@ -247,14 +348,41 @@ class SIGEL:
         tol: float = 1e-3,
         amp: bool = False,
         embed_batch_size: int = 256,
+        invariance_weight: float = 0.0,
+        view_temperature: float = 0.1,
+        thin_min: float = 0.2,
+        spread_weight: float = 0.0,
     ):
         frame = inspect.currentframe()
         args, _, _, values = inspect.getargvalues(frame)
-        self.init_params_ = {a: values[a] for a in args if a != "self"}
+        self.init_params_ = self._check_types({a: values[a] for a in args if a != "self"})
         self._validate_params(self.init_params_)
         self._reset()
 
     # ------------------------------------------------------------ validation
+    _INT_PARAMS = ("n_contexts", "embed_dim", "patch_size", "max_tokens", "width", "depth", "n_heads",
+                   "decoder_width", "epochs", "pretrain_epochs", "batch_size", "warmup_epochs", "scaffold_k",
+                   "em_iters", "embed_batch_size")
+    _OPTIONAL = ("n_contexts", "patch_size", "epochs", "pretrain_epochs")
+    _REAL_PARAMS = ("mlp_ratio", "mask_ratio", "lr", "weight_decay", "scaffold_weight", "dirichlet_alpha",
+                    "contrastive_weight", "mixture_weight", "temperature", "select_start", "select_end", "tol",
+                    "invariance_weight", "view_temperature", "thin_min", "spread_weight")
+
+    @classmethod
+    def _check_types(cls, p: dict) -> dict:
+        """Type-check every hyper-parameter (naming it); returns a copy with plain ints/floats."""
+        p = dict(p)
+        for k in cls._INT_PARAMS:
+            if k in p:
+                p[k] = as_int(k, p[k], allow_none=k in cls._OPTIONAL)
+        for k in cls._REAL_PARAMS:
+            if k in p:
+                p[k] = as_real(k, p[k])
+        for k in ("mixture", "input_norm"):
+            if k in p and p[k] is not None and not isinstance(p[k], str):
+                raise SigelInputError(f"`{k}` must be a string; got {p[k]!r} ({type(p[k]).__name__})")
+        return p
+
     @staticmethod
     def _validate_params(p: dict) -> None:
         if p["n_contexts"] is not None:
@@ -267,10 +395,12 @@ class SIGEL:
         if p["pretrain_epochs"] is not None:
             assert_positive("pretrain_epochs", p["pretrain_epochs"], allow_zero=True)
         for k in ("warmup_epochs", "em_iters", "weight_decay", "scaffold_weight",
-                  "contrastive_weight", "mixture_weight", "tol"):
+                  "contrastive_weight", "mixture_weight", "tol", "invariance_weight", "spread_weight"):
             assert_positive(k, p[k], allow_zero=True)
         assert_positive("lr", p["lr"])
         assert_positive("temperature", p["temperature"])
+        assert_positive("view_temperature", p["view_temperature"], allow_zero=True)
+        assert_in_range("thin_min", p["thin_min"], 1e-3, 1.0)
         assert_positive("mlp_ratio", p["mlp_ratio"])
         assert_in_range("mask_ratio", p["mask_ratio"], 0.0, 0.95)
         assert_in_range("select_start", p["select_start"], 1e-6, 1.0)
@@ -392,13 +522,15 @@ class SIGEL:
             scaffold_weight=p["scaffold_weight"], contrastive_weight=p["contrastive_weight"],
             mixture_weight=p["mixture_weight"], temperature=p["temperature"], select_start=p["select_start"],
             select_end=p["select_end"], em_iters=p["em_iters"], tol=p["tol"], amp=bool(p["amp"]),
+            invariance_weight=p["invariance_weight"], view_temperature=p["view_temperature"],
+            thin_min=p["thin_min"], spread_weight=p["spread_weight"],
         )
 
     # --------------------------------------------------------------------- fit
     def fit(self, adata, *, layer: str | None = None, spatial_key: str = "spatial",
             library_size_key: str | None = None, genes=None, device: str = "auto", seed: int | None = None,
             progress: bool | None = None, n_threads: int | None = None, sample_names=None, out_file=None,
-            **image_options) -> "SIGEL":
+            checkpoint_dir=None, checkpoint_every: int = 1, resume: bool = False, **image_options) -> "SIGEL":
         """Build gene images from an AnnData (or several samples) and train.
 
         ``adata`` is never modified; use :meth:`write_to` (or :func:`embed`)
@@ -428,8 +560,13 @@ class SIGEL:
         device
             ``'auto'`` (CUDA, then MPS, then CPU), ``'cpu'``, ``'cuda'``, ``'cuda:N'``.
         seed
-            Random seed (``None``: ``sigel.settings.seed``). On CPU the same seed
-            gives identical results.
+            Random seed, an integer in ``[0, 2**32)`` (``None``:
+            ``sigel.settings.seed``). On CPU the same seed gives bitwise
+            identical results for a fixed thread count (``n_threads``);
+            different thread counts change the floating-point summation order
+            (1 vs 2 threads differ at about 1e-5). The fit draws from its own
+            seeded generators: the global ``random``, ``numpy.random`` and
+            torch generators are left as they were.
         progress
             Show a progress bar (``None``: ``sigel.settings.show_progress()``).
         n_threads
@@ -442,6 +579,18 @@ class SIGEL:
             Optional HDF5 file for the per-gene results
             (:func:`sigel.data.stream.write_results_h5`); written by rank 0
             only under ``torchrun``.
+        checkpoint_dir
+            Folder for a training checkpoint (``checkpoint.pt``), saved every
+            ``checkpoint_every`` epochs (one process, one sample; not under
+            ``torchrun``). A folder that already holds a checkpoint is refused
+            unless ``resume=True``.
+        checkpoint_every
+            Epochs between checkpoints.
+        resume
+            Continue from the checkpoint in ``checkpoint_dir`` (a fresh start
+            when there is none yet). With the same data, options, seed and
+            thread count the result is bitwise that of an uninterrupted fit;
+            other data, options or seed are refused.
         **image_options
             Passed to :meth:`sigel.GeneImages.from_anndata` (``geometry``,
             ``resolution``, ``normalize``, ``log1p``, ``scale``, ``min_spots``, ...).
@@ -458,6 +607,10 @@ class SIGEL:
             Invalid inputs, e.g. ``sample_names`` of the wrong length or with
             duplicates.
         """
+        as_seed("seed", seed)
+        if n_threads is not None and as_int("n_threads", n_threads) < 1:
+            raise SigelInputError(f"`n_threads` must be >= 1; got {n_threads!r}")
+        resolve_device(device)
         opts = dict(layer=layer, genes=genes, spatial_key=spatial_key, library_size_key=library_size_key,
                     **image_options)
         if isinstance(adata, (list, tuple, dict)):
@@ -470,10 +623,12 @@ class SIGEL:
                 raise SigelInputError("`sample_names` is only for several samples (a list of AnnData); "
                                       "got a single AnnData")
             images = GeneImages.from_anndata(adata, **opts)
+        views = self._count_views(adata, images)
         fit_params = dict(layer=layer, spatial_key=spatial_key, library_size_key=library_size_key)
         requested = {**image_options}
         self.fit_images(images, device=device, seed=seed, progress=progress, n_threads=n_threads,
-                        out_file=out_file)
+                        out_file=out_file, views=views, checkpoint_dir=checkpoint_dir,
+                        checkpoint_every=checkpoint_every, resume=resume)
         opts = GeneImages.image_options(images.settings)
         opts.update(fit_params)
         opts["geometry"] = requested.get("geometry", "auto")
@@ -481,8 +636,21 @@ class SIGEL:
         self.fit_params_ = _jsonable(fit_params)
         return self
 
+    def _count_views(self, adata, images):
+        """Count-thinning views for the invariance term (``None`` when off or not raw counts)."""
+        p = self.init_params_
+        if isinstance(images, GeneImages) and (p["invariance_weight"] > 0 or p["spread_weight"] > 0):
+            from .data.views import CountViews
+
+            try:
+                return CountViews.from_anndata(adata, images)
+            except SigelInputError as e:
+                logger.warning("sampling-noise views fall back to pixel dropout: %s", e)
+        return None
+
     def fit_images(self, images, *, device: str = "auto", seed: int | None = None,
-                   progress: bool | None = None, n_threads: int | None = None, out_file=None) -> "SIGEL":
+                   progress: bool | None = None, n_threads: int | None = None, out_file=None,
+                   views=None, checkpoint_dir=None, checkpoint_every: int = 1, resume: bool = False) -> "SIGEL":
         """Train on prebuilt gene images.
 
         Parameters
@@ -491,8 +659,11 @@ class SIGEL:
             :class:`sigel.GeneImages` (e.g. from a bridge or a distributed
             loader), or :class:`sigel.data.multisample.SampleImages` for a
             multi-sample fit (results indexed by ``(sample, gene)``).
-        device, seed, progress, n_threads, out_file
+        device, seed, progress, n_threads, out_file, checkpoint_dir, checkpoint_every, resume
             As in :meth:`fit`.
+        views
+            Optional :class:`sigel.data.views.CountViews` of ``images`` (raw
+            counts for binomially thinned views; :meth:`fit` makes it).
 
         Returns
         -------
@@ -517,40 +688,56 @@ class SIGEL:
         if G < 10 * K:
             logger.warning("only %d genes for %d contexts; contexts will be small and unstable", G, K)
 
+        seed = as_seed("seed", seed)
+        if seed is None:
+            seed = as_seed("sigel.settings.seed", settings.seed, allow_none=False)
+        if n_threads is not None and as_int("n_threads", n_threads) < 1:
+            raise SigelInputError(f"`n_threads` must be >= 1; got {n_threads!r}")
+        checkpoint_every = as_int("checkpoint_every", checkpoint_every)
+        if not isinstance(resume, (bool, np.bool_)):
+            raise SigelInputError(f"`resume` must be True or False; got {resume!r}")
+        if checkpoint_dir is None and resume:
+            raise SigelInputError("`resume=True` needs `checkpoint_dir`")
         dev = resolve_device(device)
         dist_setup = setup_distributed(dev)  # None unless launched by torchrun with several processes
         comm = None
         if dist_setup is not None:
             comm, dev = dist_setup
-            if seed is None:  # every rank must use the same seed
-                seed = settings.seed
-            seed = comm.broadcast_object(seed)
+            seed = comm.broadcast_object(seed)  # every rank must use the same seed
+        checkpoint = None
+        if checkpoint_dir is not None:
+            if comm is not None or (isinstance(images, SampleImages) and images.n_samples > 1):
+                raise SigelInputError("`checkpoint_dir` works for one process and one sample; it is not "
+                                      "supported under torchrun or for multi-sample fits")
+            from .train.checkpoint import Checkpointer
+
+            checkpoint = Checkpointer(checkpoint_dir, every=checkpoint_every, resume=bool(resume), seed=seed)
         old_threads = torch.get_num_threads()
         set_threads(n_threads)
         t0 = time.perf_counter()
         try:
-            seed = seed_everything(seed)
-            min_patch = int(images.settings.get("patch_size", 4) or 4)
-            patch = int(p["patch_size"]) if p["patch_size"] is not None else \
-                _auto_patch_size(images.height, images.width, int(p["max_tokens"]), minimum=min(min_patch, 4))
-            module = self._build_module(patch)
-            mixture = self._build_mixture(K, seed + 2)
-            cb = getattr(self, "_callback", None)
-            train_images = images
-            if isinstance(images, SampleImages) and images.n_samples == 1 and comm is None:
-                train_images = images.samples[0]  # one sample, one process: exactly the plain fit
-            if comm is not None or isinstance(train_images, SampleImages):
-                from .train.distributed import Comm
+            with seeded(seed, dev):  # global generators are seeded inside and restored afterwards
+                min_patch = int(images.settings.get("patch_size", 4) or 4)
+                patch = int(p["patch_size"]) if p["patch_size"] is not None else \
+                    _auto_patch_size(images.height, images.width, int(p["max_tokens"]), minimum=min(min_patch, 4))
+                module = self._build_module(patch)
+                mixture = self._build_mixture(K, seed + 2)
+                cb = getattr(self, "_callback", None)
+                train_images = images
+                if isinstance(images, SampleImages) and images.n_samples == 1 and comm is None:
+                    train_images = images.samples[0]  # one sample, one process: exactly the plain fit
+                if comm is not None or isinstance(train_images, SampleImages):
+                    from .train.distributed import Comm
 
-                trainer = DistributedTrainer(module, mixture, train_images, self._train_config(G), device=dev,
-                                             seed=seed, progress=progress, callback=cb,
-                                             comm=comm or Comm.single())
-            else:
-                trainer = Trainer(module, mixture, train_images, self._train_config(G), device=dev, seed=seed,
-                                  progress=progress, callback=cb)
-            logger.info("training on %s: %d genes, %dx%d images, patch %d, K=%d%s", dev, G, images.height,
-                        images.width, patch, K, "" if comm is None else f", {comm.world_size} processes")
-            result = trainer.fit()
+                    trainer = DistributedTrainer(module, mixture, train_images, self._train_config(G), device=dev,
+                                                 seed=seed, progress=progress, callback=cb,
+                                                 comm=comm or Comm.single(), views=views)
+                else:
+                    trainer = Trainer(module, mixture, train_images, self._train_config(G), device=dev, seed=seed,
+                                      progress=progress, callback=cb, checkpoint=checkpoint, views=views)
+                logger.info("training on %s: %d genes, %dx%d images, patch %d, K=%d%s", dev, G, images.height,
+                            images.width, patch, K, "" if comm is None else f", {comm.world_size} processes")
+                result = trainer.fit()
         finally:
             if n_threads is not None:
                 torch.set_num_threads(old_threads)
@@ -805,15 +992,23 @@ class SIGEL:
 
     # ------------------------------------------------------------ persistence
     def save(self, path, *, overwrite: bool = False) -> Path:
-        """Save to a directory: ``config.json`` + ``weights.safetensors`` (no pickles).
+        """Save to a directory: ``config.json`` + ``weights.safetensors`` (no pickles) + a manifest.
+
+        The manifest (``sigel-manifest.json``, written last) lists the files
+        the model wrote with their SHA-256; :meth:`load` checks them, so a
+        directory whose save was interrupted is refused rather than loaded
+        with mismatched parts.
 
         Parameters
         ----------
         path
-            Directory to create.
+            Directory to create (or an existing empty one).
         overwrite
-            Replace an existing directory (only one holding a saved SIGEL model
-            or empty).
+            Replace a model saved there before. Only the files listed in its
+            manifest (or, for a model saved without one, its ``config.json``
+            and ``weights.safetensors``) are replaced; nothing else in the
+            directory is removed. A non-empty directory that does not hold a
+            saved SIGEL model is refused.
 
         Returns
         -------
@@ -824,22 +1019,21 @@ class SIGEL:
 
         self._require_trained("save")
         path = Path(path)
+        old_files: list = []
         if path.exists():
-            if not overwrite:
-                raise SigelInputError(f"{str(path)!r} already exists; pass overwrite=True to replace it")
             if not path.is_dir():
                 raise SigelInputError(f"{str(path)!r} exists and is not a directory")
-            if any(path.iterdir()) and not (path / CONFIG_FILE).exists():
-                raise SigelInputError(f"refusing to overwrite {str(path)!r}: it is not a saved SIGEL model")
-            shutil.rmtree(path)
-        path.mkdir(parents=True)
+            if any(path.iterdir()):
+                if not overwrite:
+                    raise SigelInputError(f"{str(path)!r} already exists; pass overwrite=True to replace it")
+                old_files = _owned_files(path)
+        path.mkdir(parents=True, exist_ok=True)
         tensors = {f"mae.{k}": v.detach().cpu().contiguous().clone() for k, v in self.module_.state_dict().items()}
         tensors.update({f"mixture.{k}": v.detach().cpu().contiguous() for k, v in self.mixture_.state_dict().items()})
         import torch
 
         tensors["results.embeddings"] = torch.from_numpy(self.embeddings_.to_numpy(np.float32).copy())
         tensors["results.memberships"] = torch.from_numpy(self.memberships_.to_numpy(np.float64).copy())
-        save_file(tensors, str(path / WEIGHTS_FILE))
         mix = self.mixture_model_
         hist = {c: self.history_[c].tolist() for c in self.history_.columns} if self.history_ is not None else {}
         config = {
@@ -859,11 +1053,30 @@ class SIGEL:
             "fit_seconds": self.fit_seconds_,
             "device_trained": self.device_,
             "versions": self._versions(),
+            "manifest": MANIFEST_FILE,
         }
         if isinstance(self.embeddings_.index, pd.MultiIndex):  # multi-sample: every row's sample
             config["samples"] = [str(x) for x in self.embeddings_.index.get_level_values("sample")]
-        with open(path / CONFIG_FILE, "w") as fh:
-            json.dump(_jsonable(config), fh, indent=1)
+        # write each file under a temporary name, then rename; the manifest goes last
+        manifest_path = path / MANIFEST_FILE
+        if manifest_path.exists():
+            manifest_path.unlink()  # an interrupted save then reads as unfinished, not as the old model
+        tmp_w, tmp_c = path / (WEIGHTS_FILE + ".tmp"), path / (CONFIG_FILE + ".tmp")
+        try:
+            save_file(tensors, str(tmp_w))
+            with open(tmp_c, "w") as fh:
+                json.dump(_jsonable(config), fh, indent=1)
+            os.replace(tmp_w, path / WEIGHTS_FILE)
+            os.replace(tmp_c, path / CONFIG_FILE)
+        finally:
+            for t in (tmp_w, tmp_c):
+                if t.exists():
+                    t.unlink()
+        written = [CONFIG_FILE, WEIGHTS_FILE]
+        for name in old_files:  # files of the previous save that this one did not rewrite
+            if name not in written and (path / name).is_file():
+                (path / name).unlink()
+        _write_manifest(path, written)
         logger.info("saved model to %s", path)
         return path
 
@@ -924,6 +1137,14 @@ class SIGEL:
             raise SigelInputError(f"{str(cfg_file)!r} is incomplete: missing {missing}")
         if not w_file.exists():
             raise SigelInputError(f"{str(path)!r} has no {WEIGHTS_FILE}: the weights are missing")
+        manifest = _read_manifest(path)
+        if manifest is None and cfg.get("manifest"):
+            raise SigelInputError(f"{str(path)!r} has no {MANIFEST_FILE}: its save did not finish")
+        for name, digest in (manifest or {}).items():
+            if not (path / name).is_file() or _sha256(path / name) != digest:
+                raise SigelInputError(f"{str(path / name)!r} is missing or corrupt: it does not match "
+                                      f"{MANIFEST_FILE} (the directory was changed or its save did not finish)")
+        _check_config_types(cfg, cfg_file)
         try:
             tensors = load_file(str(w_file), device="cpu")
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
@@ -957,6 +1178,19 @@ class SIGEL:
         if emb.shape != (len(genes), model.embed_dim) or mem.shape[0] != len(genes):
             raise SigelInputError(f"{str(w_file)!r} does not match {CONFIG_FILE}: result shapes "
                                   f"{tuple(emb.shape)} / {tuple(mem.shape)} for {len(genes)} genes")
+        K = int(res["n_contexts"])
+        p = mix.params
+        if p.mu.shape != (K, model.embed_dim) or p.var.shape != p.mu.shape or p.log_pi.shape != (K,) \
+                or p.nu.shape != (K,) or mem.ndim != 2 or mem.shape[1] != K:
+            raise SigelInputError(
+                f"{str(path)!r}: {CONFIG_FILE} says n_contexts={K} but the mixture has "
+                f"{tuple(p.mu.shape)[0] if p.mu.ndim else '?'} components and the memberships "
+                f"{mem.shape[1] if mem.ndim == 2 else '?'} columns")
+        bad = [k for k, v in tensors.items() if v.is_floating_point() and bool(torch.isnan(v).any())]
+        bad += [k for k, v in tensors.items() if v.is_floating_point() and k not in ("mixture.nu", "mixture.log_pi")
+                and bool(torch.isinf(v).any())]
+        if bad:
+            raise SigelInputError(f"{str(w_file)!r} holds NaN or infinite values in {sorted(set(bad))[:5]}")
         dev = resolve_device(device)
         model.module_ = module.to(dev).eval()
         mix.params = mix.params.to(dev)

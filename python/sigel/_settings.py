@@ -1,6 +1,7 @@
 """Package-wide settings: verbosity, progress bars, default seed and threads."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import sys
@@ -72,15 +73,46 @@ def seed_everything(seed: int | None) -> int:
     return seed
 
 
+@contextlib.contextmanager
+def seeded(seed: int | None, device=None):
+    """Seed Python, numpy and torch for the block, then put every global generator back.
+
+    Code inside draws from the global generators as if they had been seeded
+    with ``seed`` (so results are repeatable), but the caller's ``random``,
+    ``numpy.random`` and torch (CPU and, when ``device`` is CUDA, that GPU's)
+    states are restored on exit: a fit has no side effect on them. Yields the
+    seed used.
+    """
+    import torch
+
+    seed = settings.seed if seed is None else int(seed)
+    py_state, np_state = random.getstate(), np.random.get_state()
+    devices = []
+    if device is not None and getattr(device, "type", str(device).split(":")[0]) == "cuda":
+        d = torch.device(device)
+        devices = [d.index if d.index is not None else torch.cuda.current_device()]
+    try:
+        with torch.random.fork_rng(devices=devices):
+            random.seed(seed)
+            np.random.seed(seed % (2**32))
+            torch.manual_seed(seed)
+            yield seed
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
 def set_threads(n_threads: int | None) -> None:
     """Set torch's intra-op thread count (``None`` leaves torch's default)."""
     if n_threads is None:
         return
     import torch
 
-    n = int(n_threads)
+    from ._validate import SigelInputError, as_int
+
+    n = as_int("n_threads", n_threads)
     if n < 1:
-        raise ValueError(f"n_threads must be >= 1; got {n_threads}")
+        raise SigelInputError(f"`n_threads` must be >= 1; got {n_threads!r}")
     torch.set_num_threads(n)
 
 
@@ -99,7 +131,14 @@ def resolve_device(device: str | None = "auto"):
         if mps is not None and mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    dev = torch.device(device)
+    from ._validate import SigelInputError
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise SigelInputError(f"`device` must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'; got {device!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} requested but CUDA is not available; use device='cpu' or 'auto'")
+        raise SigelInputError(f"device={device!r} requested but CUDA is not available; use device='cpu' or 'auto'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise SigelInputError(f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) available")
     return dev

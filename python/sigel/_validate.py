@@ -73,3 +73,47 @@ def as_coordinates(coords, n_obs: int, what: str = "coordinates") -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise SigelInputError(f"{what} contain NaN or infinite values")
     return arr
+
+
+def as_int(name: str, value, *, allow_none: bool = False):
+    """``value`` as a Python int, refusing strings, bools and non-integral numbers (naming ``name``).
+
+    Integral floats (``10.0``, e.g. from R's numeric vectors) are accepted and
+    converted; ``2.5`` is refused rather than truncated.
+    """
+    if value is None:
+        if allow_none:
+            return None
+        raise SigelInputError(f"`{name}` must be an integer; got None")
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float, np.floating)):
+        raise SigelInputError(f"`{name}` must be an integer; got {value!r} ({type(value).__name__})")
+    if isinstance(value, (float, np.floating)):
+        if not np.isfinite(value) or float(value) != int(value):
+            raise SigelInputError(f"`{name}` must be an integer; got {value!r} (not a whole number)")
+    return int(value)
+
+
+def as_real(name: str, value, *, allow_none: bool = False):
+    """``value`` as a finite Python float, refusing strings and bools (naming ``name``)."""
+    if value is None:
+        if allow_none:
+            return None
+        raise SigelInputError(f"`{name}` must be a number; got None")
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float, np.floating)):
+        raise SigelInputError(f"`{name}` must be a number; got {value!r} ({type(value).__name__})")
+    if not np.isfinite(value):
+        raise SigelInputError(f"`{name}` must be finite; got {value!r}")
+    return float(value)
+
+
+SEED_LIMIT = 2**32
+
+
+def as_seed(name: str, value, *, allow_none: bool = True):
+    """A random seed: ``None`` (when allowed) or an integer in ``[0, 2**32)``."""
+    if value is None and allow_none:
+        return None
+    s = as_int(name, value)
+    if not 0 <= s < SEED_LIMIT:
+        raise SigelInputError(f"`{name}` must be in [0, 2**32); got {s}")
+    return s

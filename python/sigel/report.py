@@ -41,7 +41,8 @@ def _history_figure(history: pd.DataFrame):
     import matplotlib.pyplot as plt
 
     loss_cols = [c for c in history.columns if c.startswith("loss")]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    health = [c for c in ("erank", "r2_detection") if c in history and history[c].notna().any()]
+    fig, axes = plt.subplots(1, 3 if health else 2, figsize=(13.5 if health else 9, 3.2))
     for c in loss_cols:
         axes[0].plot(history.index + 1, history[c], label=c)
     axes[0].set_xlabel("epoch")
@@ -52,6 +53,17 @@ def _history_figure(history: pd.DataFrame):
         axes[1].set_yscale("symlog", linthresh=1e-3)
     axes[1].set_xlabel("epoch")
     axes[1].set_ylabel("fraction of genes changing context")
+    if health:
+        # collapse (effective rank of the vectors) and sampling noise (detection rate read off them)
+        ax = axes[2]
+        if "erank" in health:
+            ax.plot(history.index + 1, history["erank"], marker="o", ms=3, color="C0")
+            ax.set_ylabel("effective rank", color="C0")
+        if "r2_detection" in health:
+            ax2 = ax.twinx()
+            ax2.plot(history.index + 1, history["r2_detection"], marker="s", ms=3, color="C3")
+            ax2.set_ylabel("detection-rate R² (low is good)", color="C3")
+        ax.set_xlabel("epoch")
     fig.tight_layout()
     return fig
 

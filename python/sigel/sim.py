@@ -811,7 +811,8 @@ def pseudo_images(adata, counts, names, settings: dict, *, library_size=None):
     tmp = ad.AnnData(X=C, obs=obs, var=pd.DataFrame(index=pd.Index([str(n) for n in names])))
     if spatial_key in adata.obsm:
         tmp.obsm[spatial_key] = np.asarray(adata.obsm[spatial_key])
-    opts.update(layer=None, library_size_key=LIB_COLUMN, min_spots=0, exclude_prefixes=())
+    # pseudo-gene values are drawn here (depth-scaled permutations need not be whole numbers)
+    opts.update(layer=None, library_size_key=LIB_COLUMN, min_spots=0, exclude_prefixes=(), counts=False)
     # same library sizes -> same target sum (their median) as the real genes' images
     return GeneImages.from_anndata(tmp, **opts)
 

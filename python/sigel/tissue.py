@@ -48,10 +48,12 @@ from ._validate import (
     as_coordinates,
     assert_finite_nonnegative,
     assert_positive,
+    assert_unique_names,
 )
 
 __all__ = [
     "counts", "library_size", "log_normalize", "coordinates", "coordinate_source",
+    "read_matrix", "check_integers",
     "spatial_neighbors", "neighbor_graph", "knn_indices", "knn_weights", "row_standardize", "morans_i",
     "morans_i_values", "gene_indices",
 ]
@@ -61,17 +63,89 @@ _SQRT3 = math.sqrt(3.0)
 
 
 # ====================================================================== counts
-def counts(adata, layer: str | None = None, *, dtype=None) -> sp.csr_matrix:
+def read_matrix(adata, layer: str | None = None) -> sp.csr_matrix:
+    """The count matrix as a float/int CSR matrix (backed data read into memory, float16/bool widened)."""
+    if layer is None:
+        X, where = adata.X, "adata.X"
+    else:
+        if layer not in adata.layers:
+            raise SigelInputError(f"layer {layer!r} not found in adata.layers; available: {list(adata.layers.keys())}")
+        X, where = adata.layers[layer], f"adata.layers[{layer!r}]"
+    if X is None:
+        raise SigelInputError("adata.X is empty; pass the layer holding counts with `layer=`")
+    if not sp.issparse(X) and not isinstance(X, np.ndarray):
+        try:  # backed AnnData: an on-disk sparse dataset or h5py dataset; read it into memory
+            if hasattr(X, "to_memory"):
+                X = X.to_memory()
+            elif hasattr(X, "shape") and hasattr(X, "dtype") and hasattr(X, "__getitem__"):
+                X = X[()]
+        except Exception as e:  # pragma: no cover - depends on the storage backend
+            raise SigelInputError(f"{where} could not be read ({type(X).__name__}): {e}; load the AnnData "
+                                  "into memory (e.g. adata.to_memory()) first") from None
+    if sp.issparse(X):
+        kind = X.dtype.kind
+        if kind not in "biuf":
+            raise SigelInputError(f"{where} must hold numbers; got dtype {X.dtype}")
+        if kind == "b" or X.dtype == np.float16:
+            X = X.astype(np.float32)
+        X = sp.csr_matrix(X)
+    else:
+        try:
+            arr = np.asarray(X)
+        except Exception as e:
+            raise SigelInputError(f"{where} could not be read as an array ({type(X).__name__}): {e}") from None
+        if arr.ndim != 2:
+            raise SigelInputError(f"{where} must be a 2-d (spots x genes) matrix; got shape {arr.shape}")
+        if arr.dtype.kind not in "biuf":
+            raise SigelInputError(f"{where} must hold numbers; got dtype {arr.dtype}")
+        if arr.dtype.kind == "b" or arr.dtype == np.float16:
+            arr = arr.astype(np.float32)
+        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+            n = int(arr.size - np.isfinite(arr).sum())
+            raise SigelInputError(f"{where}: expression values contain {n} NaN or infinite entries")
+        X = sp.csr_matrix(arr)
+    return X
+
+
+
+def check_integers(X: sp.csr_matrix, adata, layer) -> None:
+    """Refuse non-integer values where raw counts are required, pointing at ``layer=`` and ``counts=False``."""
+    data = X.data
+    if data.dtype.kind not in "f" or data.size == 0:
+        return
+    frac = data != np.floor(data)
+    n_bad = int(np.count_nonzero(frac))
+    if n_bad == 0:
+        return
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    example = float(data[np.flatnonzero(frac)[0]])
+    others = [k for k in adata.layers.keys() if k != layer]
+    hint = (f"pass `layer=` naming the layer that holds the raw counts (layers: {others})" if others
+            else "pass `layer=` naming a layer that holds the raw counts (this AnnData has no layers)")
+    raise SigelInputError(
+        f"{where} holds non-integer values ({n_bad:,} of {data.size:,} non-zero entries, e.g. {example:g}): "
+        "it looks normalised or log-transformed, and would be normalised and log-transformed again. "
+        f"SIGEL needs raw counts: {hint}, or pass counts=False to use these values as they are."
+    )
+
+
+def counts(adata, layer: str | None = None, *, dtype=None, integers: bool = False) -> sp.csr_matrix:
     """The count matrix of ``adata`` (spots x genes) as a CSR matrix.
 
     Parameters
     ----------
     adata
-        AnnData with counts in ``X`` or ``layers[layer]``. Never modified.
+        AnnData with counts in ``X`` or ``layers[layer]``. Never modified
+        (the result may share memory with it: do not modify it in place).
     layer
         Layer holding the counts (default ``X``).
     dtype
-        Convert to this dtype (default: keep the numeric dtype of the input).
+        Convert to this dtype (default: keep the numeric dtype of the input;
+        float16 and bool are widened to float32, backed matrices read into
+        memory).
+    integers
+        Also refuse non-integer values (normalised or log-transformed data
+        where raw counts are required), naming ``layer=`` as the way out.
 
     Returns
     -------
@@ -86,29 +160,16 @@ def counts(adata, layer: str | None = None, *, dtype=None) -> sp.csr_matrix:
     >>> sigel.tissue.counts(ad).shape
     (32, 20)
     """
-    if layer is None:
-        X = adata.X
-    else:
-        if layer not in adata.layers:
-            raise SigelInputError(f"layer {layer!r} not found in adata.layers; available: {list(adata.layers.keys())}")
-        X = adata.layers[layer]
-    if X is None:
-        raise SigelInputError("adata.X is empty; pass the layer holding counts with `layer=`")
-    if sp.issparse(X):
-        X = sp.csr_matrix(X)
-    else:
-        arr = np.asarray(X)
-        if arr.dtype.kind not in "biuf":
-            raise SigelInputError(f"expression values must be numeric; got dtype {arr.dtype}")
-        if not np.all(np.isfinite(arr)):
-            raise SigelInputError("expression values contain NaN or infinite entries")
-        X = sp.csr_matrix(arr)
-    if X.dtype.kind not in "biuf":
-        raise SigelInputError(f"expression values must be numeric; got dtype {X.dtype}")
+    X = read_matrix(adata, layer)
     if dtype is not None and X.dtype != np.dtype(dtype):
         X = X.astype(dtype)
     assert_finite_nonnegative(X.data, "expression values")
+    if integers:
+        check_integers(X, adata, layer)
     return X
+
+
+_checked_counts = counts  # for functions whose `counts` argument shadows the name
 
 
 def library_size(adata, layer: str | None = None, *, library_size_key: str | None = None, X=None) -> np.ndarray:
@@ -146,14 +207,16 @@ def library_size(adata, layer: str | None = None, *, library_size_key: str | Non
             )
         lib = pd.to_numeric(adata.obs[library_size_key], errors="coerce").to_numpy(np.float64)
         if not np.all(np.isfinite(lib)) or np.any(lib < 0):
-            raise SigelInputError(f"adata.obs[{library_size_key!r}] must be finite and >= 0")
+            bad = int(np.sum(~np.isfinite(lib) | (lib < 0)))
+            raise SigelInputError(f"library_size_key: adata.obs[{library_size_key!r}] must hold finite "
+                                  f"numbers >= 0; {bad} of {len(lib)} spots do not")
         return lib
     X = counts(adata, layer) if X is None else X
     return np.asarray(X.sum(axis=1)).ravel().astype(np.float64)
 
 
 def log_normalize(adata, genes=None, *, layer: str | None = None, library_size_key: str | None = None,
-                  target_sum: float | None = None, format: str = "csr") -> sp.spmatrix:
+                  target_sum: float | None = None, format: str = "csr", counts: bool = True) -> sp.spmatrix:
     """Counts / library size * ``target_sum``, then ``log1p`` (spots x genes, sparse float32).
 
     The library size is taken over all genes of ``adata`` (or from
@@ -174,6 +237,10 @@ def log_normalize(adata, genes=None, *, layer: str | None = None, library_size_k
     format
         ``'csr'`` (default) or ``'csc'`` (per-gene work; made with one copy
         of the counts).
+    counts
+        ``True`` (default): the matrix must hold raw counts (whole numbers);
+        normalised or log-transformed values raise a `sigel.SigelInputError`
+        naming ``layer=``. ``False``: use the values as they are.
 
     Returns
     -------
@@ -186,7 +253,7 @@ def log_normalize(adata, genes=None, *, layer: str | None = None, library_size_k
     >>> sigel.tissue.log_normalize(ad, ["gene00000", "gene00001"]).shape
     (32, 2)
     """
-    X = counts(adata, layer)
+    X = _checked_counts(adata, layer, integers=bool(counts))
     lib = library_size(adata, layer, library_size_key=library_size_key, X=X)
     pos = lib > 0
     if not np.any(pos):
@@ -509,7 +576,7 @@ def morans_i_values(X: sp.spmatrix, W: sp.spmatrix, *, block: int = 128) -> pd.D
 
 
 def morans_i(adata, genes=None, *, layer: str | None = None, spatial_key: str | None = DEFAULT_SPATIAL_KEY,
-             library_size_key: str | None = None, n_neighbors: int = 6) -> pd.DataFrame:
+             library_size_key: str | None = None, n_neighbors: int = 6, counts: bool = True) -> pd.DataFrame:
     """Moran's I of every gene on the spot kNN graph (sparse; memory linear in spots).
 
     Values are library-size normalised and ``log1p``-transformed
@@ -535,12 +602,16 @@ def morans_i(adata, genes=None, *, layer: str | None = None, spatial_key: str | 
         ``obsm`` key of the coordinates.
     n_neighbors
         Neighbours per spot (6 suits Visium's hexagons).
+    counts
+        Require raw (whole-number) counts (default); ``False`` uses the
+        values as they are.
 
     Returns
     -------
     pandas.DataFrame
         Index ``gene`` (input order); columns ``I``, ``z``, ``pval``,
-        ``qval``. Genes constant over the spots get NaN.
+        ``qval``. Genes constant over the spots get NaN. Genes are not
+        filtered: a gene detected in a single spot gets its Moran's I.
 
     Examples
     --------
@@ -555,7 +626,8 @@ def morans_i(adata, genes=None, *, layer: str | None = None, spatial_key: str | 
         raise SigelInputError(f"Moran's I needs at least 4 spots; got {n}")
     names = pd.Index(adata.var_names.astype(str)) if genes is None else \
         pd.Index([str(g) for g in np.atleast_1d(genes)])
-    X = log_normalize(adata, genes, layer=layer, library_size_key=library_size_key, format="csc")
+    assert_unique_names(adata.var_names.astype(str), "gene names (adata.var_names)")
+    X = log_normalize(adata, genes, layer=layer, library_size_key=library_size_key, format="csc", counts=counts)
     conn, _ = neighbor_graph(adata, int(n_neighbors), spatial_key=spatial_key)
     out = morans_i_values(X, row_standardize(conn))
     out.index = pd.Index(names, name="gene")

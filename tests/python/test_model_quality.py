@@ -12,7 +12,7 @@ own) and the ARI is computed on the patterned genes against
 Asserted: the full model recovers the families (ARI >= 0.9) and beats both
 an autoencoder-only ablation (``refine=False``) + k-means and PCA of
 normalised log expression + k-means; and its vectors carry pattern, not
-detection rate (DESIGN section 2).
+detection rate (docs/design.md §4).
 """
 from __future__ import annotations
 

@@ -20,7 +20,15 @@ test_that("R and Python read the same bundled data", {
     skip_if_no_sigel_python()
     sce <- sigelExampleData()
     py <- reticulate::import("sigel", convert = FALSE)
-    ad <- py$datasets$mouse_olfactory_bulb()
+    full <- py$datasets$mouse_olfactory_bulb()
+    # R ships an exact subset (2,000 genes) of Python's full data set
+    expect_equal(reticulate::py_to_r(full$n_vars), 12947L)
+    expect_equal(nrow(sce), 2000L)
+    all_genes <- as.character(reticulate::py_to_r(full$var_names$tolist()))
+    expect_true(all(rownames(sce) %in% all_genes))
+    expect_identical(rownames(sce), all_genes[all_genes %in% rownames(sce)])
+    ad <- full$`__getitem__`(reticulate::tuple(
+        reticulate::import_builtins()$slice(NULL), as.list(rownames(sce))))
     expect_equal(reticulate::py_to_r(ad$n_obs), ncol(sce))
     expect_equal(as.character(reticulate::py_to_r(ad$var_names$tolist())),
                  rownames(sce))

@@ -15,12 +15,26 @@ mini_sce <- function(...) {
 }
 
 test_that("SCE coordinates are found where documented, in order", {
+    # one rule: reducedDim "spatial", then x/y, then the Visium array; the
+    # array indices always travel along (the backend's hexagonal images)
     s <- mini_sce(array_row = c(0, 0, 1, 1, 2, 2), array_col = c(0, 2, 1, 3, 0, 2),
                   x = 1:6, y = 6:1)
     cc <- sigel:::.coords_sce(s)
-    expect_equal(colnames(cc$obs), c("array_row", "array_col"))
+    expect_equal(colnames(cc$obs), c("x", "y", "array_row", "array_col"))
     expect_null(cc$obsm)
+    expect_match(cc$where, "x")
+    s2 <- mini_sce(array_row = c(0, 0, 1, 1, 2, 2), array_col = c(0, 2, 1, 3, 0, 2))
+    cc <- sigel:::.coords_sce(s2)
+    expect_equal(colnames(cc$obs), c("array_row", "array_col"))
     expect_match(cc$where, "array_row")
+    SingleCellExperiment::reducedDim(s2, "spatial") <- cbind(u = 1:6 * 10, v = 1:6)
+    cc <- sigel:::.coords_sce(s2)
+    expect_equal(cc$obsm[, 1], 1:6 * 10)
+    expect_equal(cc$obs$array_col, c(0, 2, 1, 3, 0, 2))
+    expect_match(cc$where, "reducedDim")
+    # an explicit `coords` wins and travels alone
+    cc <- sigel:::.coords_sce(s, coords = c("x", "y"))
+    expect_equal(colnames(cc$obs), c("x", "y"))
 
     s <- mini_sce(x = 1:6, y = 6:1)
     cc <- sigel:::.coords_sce(s)

@@ -81,6 +81,7 @@ class GeneImages:
         scale_quantile: float = 0.99,
         min_spots: int = 3,
         exclude_prefixes=DEFAULT_EXCLUDE,
+        counts: bool = True,
     ) -> "GeneImages":
         """Build gene images from an AnnData (spots/cells x genes).
 
@@ -128,6 +129,11 @@ class GeneImages:
         exclude_prefixes
             Gene-name prefixes removed (case-insensitive), e.g. mitochondrial
             ``'MT-'`` and spike-ins ``'ERCC-'``; ``()`` keeps all.
+        counts
+            ``True`` (default): the matrix must hold raw counts (whole
+            numbers) whenever ``normalize`` or ``log1p`` is on; non-integer
+            values (e.g. log-normalised ``X``) raise a `SigelInputError`
+            naming ``layer=``. ``False``: use the values as they are.
 
         Returns
         -------
@@ -149,11 +155,26 @@ class GeneImages:
         gene_names = pd.Index(adata.var_names.astype(str))
         assert_unique_names(gene_names, "gene names (adata.var_names)")
         assert_finite_nonnegative(X.data, "expression values")
+        if not isinstance(counts, (bool, np.bool_)):
+            raise SigelInputError(f"`counts` must be True or False; got {counts!r}")
+        raw_counts = bool(counts)
+        if raw_counts and (normalize or log1p):
+            _check_counts(X, adata, layer)
 
         rows, cols, geom = spot_pixels(adata, geometry=geometry, spatial_key=spatial_key, resolution=resolution)
+        fingerprint = _content_hash(X, adata, spatial_key, library_size_key)
 
         # --- library size (over all genes, before filtering) ---
         lib = tissue.library_size(adata, layer, library_size_key=library_size_key, X=X)
+        where = ("the count matrix (row sums)" if library_size_key is None
+                 else f"library_size_key: adata.obs[{library_size_key!r}]")
+        if normalize:
+            if not np.any(lib > 0):
+                raise SigelInputError(f"every spot has a library size of 0 in {where}; nothing to normalise")
+            n_empty = int(np.sum(lib <= 0))
+            if n_empty:
+                logger.info("%d of %d spots have a library size of 0 in %s; their values read 0",
+                               n_empty, n_obs, where)
 
         # --- gene filter ---
         keep = np.ones(n_var, dtype=bool)
@@ -212,8 +233,9 @@ class GeneImages:
             geometry=geom, layer=layer, spatial_key=spatial_key, library_size_key=library_size_key,
             resolution=int(resolution), patch_size=int(patch_size), normalize=bool(normalize),
             target_sum=ts, log1p=bool(log1p), scale=scale, scale_quantile=float(scale_quantile),
-            min_spots=int(min_spots), exclude_prefixes=list(exclude_prefixes or ()),
-            n_genes_input=int(n_var), n_spots=int(n_obs), n_spots_sharing_pixel=int(n_obs - mask.sum()),
+            min_spots=int(min_spots), exclude_prefixes=list(exclude_prefixes or ()), counts=raw_counts,
+            content_hash=fingerprint, n_genes_input=int(n_var), n_spots=int(n_obs),
+            n_spots_sharing_pixel=int(n_obs - mask.sum()),
         )
         return cls(
             values=values.astype(np.float32), height=H, width=W, mask=mask, spot_pixel=flat,
@@ -283,16 +305,83 @@ class GeneImages:
     def image_options(settings: dict) -> dict:
         """The `from_anndata` keyword arguments that rebuild images with ``settings``."""
         keys = ("geometry", "layer", "spatial_key", "library_size_key", "resolution", "patch_size",
-                "normalize", "log1p", "scale", "scale_quantile", "min_spots", "exclude_prefixes")
+                "normalize", "log1p", "scale", "scale_quantile", "min_spots", "exclude_prefixes", "counts")
         return {k: settings[k] for k in keys if k in settings}
 
 
 # ---------------------------------------------------------------------- helpers
 def _counts_matrix(adata, layer):
-    return tissue.counts(adata, layer)
+    """The count matrix as a float/int CSR matrix (`sigel.tissue.read_matrix`)."""
+    return tissue.read_matrix(adata, layer)
 
 
+_check_counts = tissue.check_integers
 _obs_numeric = tissue._obs_numeric
+
+
+def _hash_array(h, arr) -> None:
+    arr = np.ascontiguousarray(arr)
+    h.update(f"{arr.dtype.str}{arr.shape}".encode())
+    h.update(memoryview(arr).cast("B"))
+
+
+def _content_hash(X: sp.csr_matrix, adata, spatial_key, library_size_key) -> str:
+    """Fingerprint of what gene images are built from: counts, spot and gene names, coordinates, library sizes."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=20)
+    if not X.has_sorted_indices:
+        X = X.sorted_indices()
+    h.update(repr(X.shape).encode())
+    for a in (X.indptr, X.indices, X.data):
+        _hash_array(h, a)
+    for names in (adata.obs_names, adata.var_names):
+        h.update("\x00".join(map(str, names)).encode())
+        h.update(b"\x01")
+    for c in ("array_row", "array_col", "x", "y"):
+        if c in adata.obs:
+            h.update(c.encode())
+            _hash_array(h, pd.to_numeric(adata.obs[c], errors="coerce").to_numpy(np.float64))
+    if spatial_key is not None and spatial_key in adata.obsm:
+        h.update(f"obsm:{spatial_key}".encode())
+        _hash_array(h, np.asarray(adata.obsm[spatial_key], dtype=np.float64))
+    if library_size_key is not None:
+        h.update(f"lib:{library_size_key}".encode())
+        if library_size_key in adata.obs:
+            _hash_array(h, pd.to_numeric(adata.obs[library_size_key], errors="coerce").to_numpy(np.float64))
+    return h.hexdigest()
+
+
+def content_hash(adata, *, layer=None, spatial_key="spatial", library_size_key=None) -> str:
+    """Fingerprint of the data `GeneImages.from_anndata` would read from ``adata`` with these options.
+
+    Covers the count matrix (``X`` or ``layers[layer]``), spot and gene names,
+    every coordinate source (``obs`` array_row/array_col/x/y and
+    ``obsm[spatial_key]``) and the library-size column. Two AnnData objects
+    with the same fingerprint give the same gene images; models record the
+    fingerprint of their training data (``images_.settings['content_hash']``)
+    so that results are reused only for the same content, never because the
+    spot names match.
+
+    Returns
+    -------
+    str
+        A hex digest.
+    """
+    return _content_hash(_counts_matrix(adata, layer), adata, spatial_key, library_size_key)
+
+
+def read_counts(adata, layer=None, *, counts: bool = True) -> sp.csr_matrix:
+    """The checked expression matrix of ``adata`` (``X`` or ``layers[layer]``) as CSR.
+
+    Refuses (with a `SigelInputError`) a missing layer, non-numeric values,
+    NaN/inf, negative entries and, when ``counts``, non-integer values.
+    float16 and bool matrices are widened to float32 and backed (on-disk)
+    matrices read into memory. The result may share memory with ``adata``:
+    do not modify it in place.
+    """
+    return tissue.counts(adata, layer, integers=counts)
+
 
 #: above this fraction of spots sharing a pixel, free rasterisation warns
 FREE_SHARED_WARN = 0.25

@@ -2,7 +2,7 @@
 
 Tensor maths only; the training loop lives in :mod:`sigel.tasks.impute`.
 
-Design (see ``DESIGN.md`` section 6, "Imputation for targeted panels"):
+Design (see ``docs/design.md`` §7, "Imputation for targeted panels"):
 
 - :class:`MemoryBank` -- a learnable bank of ``M`` prototype vectors (keys and
   values). A gene's hidden code ``h`` queries the bank by scaled dot-product

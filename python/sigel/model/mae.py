@@ -5,7 +5,7 @@ Tensor maths only, in named steps (``patchify`` -> ``mask_tissue_patches`` ->
 are dense batches ``(B, 2, H, W)`` from :meth:`sigel.GeneImages.to_tensor`:
 channel 0 holds the scaled expression values, channel 1 the tissue mask.
 
-Design choices (see ``DESIGN.md`` section 3):
+Design choices (see ``docs/design.md`` §3):
 
 - Tokens are the *in-tissue* patches (a patch is in tissue when any of its
   pixels is). Background patches hold no information (value 0, mask 0) and
@@ -27,7 +27,7 @@ Design choices (see ``DESIGN.md`` section 3):
 - The gene vector pools the tokens with their mean plus a few learned
   attention queries (position-aware weighted means), then a projection head.
   A plain mean of near-linear token features mostly measures how much of the
-  tissue expresses the gene (DESIGN section 2 pitfall); the attention
+  tissue expresses the gene (docs/design.md §4); the attention
   read-outs say where.
 - Each block's output projections start scaled by 0.1 (the encoder starts
   near the identity), which keeps the deep pre-norm encoder stable at the

@@ -26,6 +26,8 @@ __all__ = [
     "prototype_contrastive_loss",
     "mixture_nll_loss",
     "scaffold_contrastive_loss",
+    "view_invariance_loss",
+    "spread_loss",
     "thin_images",
     "refinement_losses",
     "label_change",
@@ -57,11 +59,13 @@ class RefineState:
         :class:`sigel.model.scaffold.GeneGraph` or ``None``.
     weights
         Loss weights for this epoch: keys ``recon``, ``contrastive``,
-        ``mixture``, ``scaffold``.
+        ``mixture``, ``scaffold``, ``invariance``.
     temperature
         Softmax temperature of the contrastive terms.
     self_weight
         Weight of a gene's own bank entry among its scaffold positives.
+    view_temperature
+        Softmax temperature of the view-invariance term.
     """
 
     embeddings: torch.Tensor
@@ -75,6 +79,7 @@ class RefineState:
     weights: dict
     temperature: float = 0.2
     self_weight: float = 1.0
+    view_temperature: float = 0.1
 
 
 # ----------------------------------------------------------------- selection
@@ -258,6 +263,82 @@ def scaffold_contrastive_loss(z: torch.Tensor, idx: torch.Tensor, graph, bank: t
     return -(num[has] / den[has]).mean()
 
 
+def view_invariance_loss(z1: torch.Tensor, z2: torch.Tensor, idx: torch.Tensor, bank: torch.Tensor,
+                         center: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """Sampling-noise invariance: two count-thinned views of a gene are one gene (InfoNCE against a bank).
+
+    For each gene of the batch, its second view is the positive and every
+    *other* gene's (detached) vector of the epoch is a negative:
+    ``-log softmax([cos(z1_i, z2_i), cos(z1_i, Z_g) for g != i] / T)[0]``,
+    symmetrised over the two views. Cosines are taken after centring on
+    ``center``. The positive teaches that a deeper and a shallower
+    measurement of the same pattern must give the same vector, so sampling
+    noise and depth cannot be what the vector encodes; the thousands of
+    negatives spread the genes over all directions of the space, which keeps
+    it from collapsing onto a few axes.
+
+    Parameters
+    ----------
+    z1, z2
+        ``(B, D)`` embeddings of two independently thinned views (with grad).
+    idx
+        ``(B,)`` gene rows of the batch (rows of ``bank``).
+    bank
+        ``(G, D)`` detached, centred, L2-normalised embeddings of all genes.
+    center
+        ``(D,)`` centring vector.
+    temperature
+        Softmax temperature.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar.
+    """
+    u1 = F.normalize(z1.float() - center, dim=1)
+    u2 = F.normalize(z2.float() - center, dim=1)
+    rows = torch.arange(len(idx), device=z1.device)
+    pos = (u1 * u2).sum(1, keepdim=True) / temperature
+    loss = 0.0
+    for u in (u1, u2):
+        neg = (u @ bank.T / temperature).index_put((rows, idx), torch.tensor(-float("inf"), device=z1.device))
+        loss = loss - torch.log_softmax(torch.cat([pos, neg], dim=1), dim=1)[:, 0].mean()
+    return loss / 2.0
+
+
+def spread_loss(z: torch.Tensor, target_std: float = 1.0) -> torch.Tensor:
+    """Anti-collapse regulariser on a batch of vectors (variance and covariance terms, as in VICReg).
+
+    ``mean_d relu(target_std - std_d) + sum_{d != e} cov_de^2 / D``: every
+    dimension keeps a spread of at least ``target_std`` across the genes of
+    the batch and the dimensions stay decorrelated, so the space cannot fold
+    onto a few directions (dimensional collapse). It needs no negatives, so
+    genes that truly share a pattern are not pushed apart.
+
+    Parameters
+    ----------
+    z
+        ``(B, D)`` embeddings (with grad), ``B >= 2``.
+    target_std
+        Per-dimension standard deviation below which the hinge acts.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar.
+    """
+    z = z.float()
+    B, D = z.shape
+    if B < 2:
+        return z.sum() * 0.0
+    zc = z - z.mean(0)
+    std = torch.sqrt(zc.var(0) + 1e-4)
+    var_term = torch.relu(target_std - std).mean()
+    cov = zc.T @ zc / (B - 1)
+    off = cov - torch.diag(torch.diagonal(cov))
+    return var_term + (off**2).sum() / D
+
+
 def thin_images(x: torch.Tensor, max_drop: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Augmentation: simulate shallower sequencing by dropping in-tissue pixel values.
 
@@ -265,7 +346,7 @@ def thin_images(x: torch.Tensor, max_drop: float, generator: torch.Generator | N
     is zeroed with probability ``r`` (the tissue-mask channel is kept). A
     densely expressed gene then looks like a sparser one with the same
     pattern; asking both views for the same vector keeps detection rate out
-    of the embedding (DESIGN section 2).
+    of the embedding (docs/design.md §4).
 
     Parameters
     ----------
@@ -289,7 +370,8 @@ def thin_images(x: torch.Tensor, max_drop: float, generator: torch.Generator | N
     return torch.stack([x[:, 0] * keep.to(x.dtype), x[:, 1]], dim=1)
 
 
-def refinement_losses(recon: torch.Tensor, z: torch.Tensor, idx: torch.Tensor, state: RefineState) -> dict:
+def refinement_losses(recon: torch.Tensor, z: torch.Tensor, idx: torch.Tensor, state: RefineState,
+                      z2: torch.Tensor | None = None) -> dict:
     """All loss terms for one mini-batch.
 
     Parameters
@@ -302,12 +384,16 @@ def refinement_losses(recon: torch.Tensor, z: torch.Tensor, idx: torch.Tensor, s
         ``(B,)`` gene indices of the batch.
     state
         The epoch's :class:`RefineState`.
+    z2
+        ``(B, D)`` embeddings of a second, independently thinned view (with
+        grad), for the ``'invariance'`` term (:func:`view_invariance_loss`).
 
     Returns
     -------
     dict
-        ``{'recon', 'contrastive', 'mixture', 'scaffold', 'total'}``; terms
-        whose weight is 0 are omitted (except ``recon`` and ``total``).
+        ``{'recon', 'contrastive', 'mixture', 'scaffold', 'invariance',
+        'total'}``; terms whose weight is 0 are omitted (except ``recon``
+        and ``total``).
     """
     w = state.weights
     out = {"recon": recon}
@@ -330,6 +416,17 @@ def refinement_losses(recon: torch.Tensor, z: torch.Tensor, idx: torch.Tensor, s
                                       state.self_weight)
         out["scaffold"] = s
         total = total + w["scaffold"] * s
+    if w.get("invariance", 0.0) > 0 and z2 is not None:
+        if state.view_temperature > 0:
+            v = view_invariance_loss(z, z2, idx, state.bank, state.center, state.view_temperature)
+        else:  # plain agreement of the two views (mean squared difference)
+            v = ((z.float() - z2.float()) ** 2).sum(1).mean()
+        out["invariance"] = v
+        total = total + w["invariance"] * v
+    if w.get("spread", 0.0) > 0:
+        sp_ = spread_loss(z) if z2 is None else 0.5 * (spread_loss(z) + spread_loss(z2))
+        out["spread"] = sp_
+        total = total + w["spread"] * sp_
     out["total"] = total
     return out
 

@@ -1,6 +1,6 @@
 """The similarity scaffold: a sparse k-nearest-neighbour gene graph from the images.
 
-Computed once per fit from the gene images themselves (DESIGN section 5):
+Computed once per fit from the gene images themselves (docs/design.md §6):
 each image is smoothed inside the tissue (a masked box filter, so background
 never bleeds in), optionally pooled to a coarser grid, centred and scaled to
 unit length over the tissue pixels; the cosine of two such vectors is the

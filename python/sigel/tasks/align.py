@@ -228,6 +228,9 @@ def split_half_embeddings(model, adata, *, genes=None, seed: int | None = None, 
     opts = dict(getattr(model, "image_options_", {}) or {})
     opts.update(image_options)
     layer, lib_key = opts.get("layer"), opts.get("library_size_key")
+    from .. import tissue
+
+    tissue.counts(adata, layer, integers=bool(opts.get("counts", True)))  # thinning needs non-negative counts
     genes = list(model.embeddings_.index if genes is None else genes)
     genes = [g for g in genes if g in set(adata.var_names)]
     out = []
@@ -612,6 +615,9 @@ def align(reference, query, anchors=None, *, method: str = "auto", normalize: st
 # --------------------------------------------------------------------------- statistics
 
 
+_SHIFT_RESOLUTION = 1e-6
+
+
 def _robust_loc_scale(x: np.ndarray) -> tuple[float, float]:
     med = float(np.median(x))
     mad = 1.4826 * float(np.median(np.abs(x - med)))
@@ -689,7 +695,13 @@ def shifted_genes(alignment: Alignment, *, metric: str = "euclidean", null: str 
     cos = np.sum(unit_rows(R) * unit_rows(A), axis=1)
     shift = np.linalg.norm(R - A, axis=1) if metric == "euclidean" else 1.0 - cos
     is_anchor = genes.isin(alignment.anchors)
-    eps = max(float(np.median(shift[is_anchor])) * 1e-3, 1e-12)
+    # Numerical resolution of a shift: embeddings are single-precision model outputs, so differences
+    # below ~1e-6 of the vectors' typical length are rounding, not movement (they also differ between
+    # CPUs' floating-point paths). Shifts are floored there and the null cannot be narrower than it.
+    norm = float(np.sqrt(np.mean(np.sum(R**2, axis=1)))) if len(R) else 1.0
+    res = _SHIFT_RESOLUTION * (norm if metric == "euclidean" else 1.0)
+    med_anchor = float(np.median(shift[is_anchor]))
+    eps = max(med_anchor * 1e-3, res, 1e-300)
     ls = np.log(np.maximum(shift, 0) + eps)
     if use_noise is None:
         use_noise = alignment.noise is not None
@@ -719,6 +731,13 @@ def shifted_genes(alignment: Alignment, *, metric: str = "euclidean", null: str 
             trend = np.polyval(b, c)
     resid = ls - trend
     loc, sc = _robust_loc_scale(resid[is_anchor])
+    # a shift moved by one resolution step changes the log shift by log1p(res / (shift + eps)):
+    # the null's scale is never below that step at the anchors' typical shift
+    sc_floor = float(np.log1p(res / (med_anchor + eps)))
+    if sc < sc_floor:
+        logger.warning(f"shifted_genes: the anchors' held-out shifts ({med_anchor:.3g}) are at the numerical "
+                       f"resolution of the vectors ({res:.3g}); the null's scale is floored there")
+        sc = sc_floor
     z = (resid - loc) / sc
     if null == "lognormal":
         from scipy.stats import norm

@@ -16,6 +16,7 @@ from .._keys import CONTEXT_SCORES, store
 from .._settings import logger
 from .._validate import SigelInputError, assert_in_range, assert_positive
 from ..data import GeneImages
+from ..data.images import content_hash
 from ._genes import _is_anndata, membership_frame
 
 
@@ -44,11 +45,19 @@ def _model_images(model, images, genes) -> GeneImages:
     if isinstance(images, GeneImages):
         return images
     if _is_anndata(images):
-        train = getattr(model, "images_", None)
-        if train is not None and len(train.spot_names) == images.n_obs and \
-                np.array_equal(np.asarray(train.spot_names), images.obs_names.astype(str).to_numpy()):
-            return train
         opts = dict(getattr(model, "image_options_", None) or {})
+        train = getattr(model, "images_", None)
+        recorded = getattr(train, "settings", {}).get("content_hash") if isinstance(train, GeneImages) else None
+        if recorded is not None:
+            # reuse the training images only for the same content (counts, coordinates, names), never by names alone
+            st = train.settings
+            try:
+                same = content_hash(images, layer=st.get("layer"), spatial_key=st.get("spatial_key", "spatial"),
+                                    library_size_key=st.get("library_size_key")) == recorded
+            except SigelInputError:
+                same = False
+            if same:
+                return train
         lib = opts.get("library_size_key")
         if lib is not None and lib not in images.obs:
             logger.warning(f"library_size_key {lib!r} not in the new data; using the row sums")

@@ -36,6 +36,7 @@ from .._validate import (
     assert_key_in,
     assert_one_of,
     assert_positive,
+    assert_unique_names,
 )
 
 __all__ = ["prune_genes", "spatial_domains", "domain_scores", "morans_i_table"]
@@ -83,6 +84,7 @@ def morans_i_table(
     spatial_key: str = "spatial",
     library_size_key: str | None = None,
     n_neighbors: int = 6,
+    counts: bool = True,
 ) -> pd.DataFrame:
     """Moran's I of every gene (`sigel.tissue.morans_i`) as a gene score table for :func:`prune_genes`.
 
@@ -101,6 +103,9 @@ def morans_i_table(
         ``adata.obs`` column with library sizes (default: totals of ``X``).
     n_neighbors
         Neighbours per spot in the spatial graph (6 suits Visium's hexagons).
+    counts
+        Require raw (whole-number) counts (default); ``False`` uses the
+        values as they are.
 
     Returns
     -------
@@ -118,7 +123,7 @@ def morans_i_table(
     ['score', 'zscore', 'pval', 'qval']
     """
     t = tissue.morans_i(adata, genes, layer=layer, spatial_key=spatial_key, library_size_key=library_size_key,
-                        n_neighbors=n_neighbors)
+                        n_neighbors=n_neighbors, counts=counts)
     tab = t.rename(columns={"I": "score", "z": "zscore"})[["score", "zscore", "pval", "qval"]]
     tab = tab.sort_values("score", ascending=False, na_position="last")
     tab.attrs["method"] = "morans_i"
@@ -187,7 +192,8 @@ def _model_tables(model):
     return emb, ctx
 
 
-def _resolve_scores(score, adata, model, genes, *, layer, spatial_key, library_size_key, n_neighbors, seed):
+def _resolve_scores(score, adata, model, genes, *, layer, spatial_key, library_size_key, n_neighbors, seed,
+                    counts=True):
     """A DataFrame (index gene) with column 'score' and, when known, 'qval'."""
     if isinstance(score, pd.Series):
         tab = score.rename("score").to_frame()
@@ -220,7 +226,7 @@ def _resolve_scores(score, adata, model, genes, *, layer, spatial_key, library_s
                 raise SigelInputError("score='svg' but sigel.tl.svg is not available")
         if tab is None:
             tab = morans_i_table(adata, genes, layer=layer, spatial_key=spatial_key,
-                                 library_size_key=library_size_key, n_neighbors=n_neighbors)
+                                 library_size_key=library_size_key, n_neighbors=n_neighbors, counts=counts)
             tab.attrs["method"] = "morans_i"
     tab = tab.copy()
     tab.index = tab.index.astype(str)
@@ -382,8 +388,9 @@ def prune_genes(
         group_method = group_by
 
     # ---- scores
+    raw_counts = bool((getattr(model, "image_options_", None) or {}).get("counts", True))
     tab = _resolve_scores(score, adata, model, genes, layer=layer, spatial_key=spatial_key,
-                          library_size_key=library_size_key, n_neighbors=n_neighbors, seed=seed)
+                          library_size_key=library_size_key, n_neighbors=n_neighbors, seed=seed, counts=raw_counts)
     score_method = tab.attrs.get("method", score if isinstance(score, str) else "given")
     if score_method == "auto":
         score_method = "svg"
@@ -801,6 +808,7 @@ def spatial_domains(
     tol: float = 5e-3,
     n_threads: int | None = None,
     key_added: str = _keys.DOMAINS,
+    counts: bool = True,
 ) -> pd.DataFrame:
     """Spatial domains with SpaGCN on a chosen gene set.
 
@@ -859,6 +867,10 @@ def spatial_domains(
     key_added
         ``adata.obs`` key of the labels (``key_added + '_refined'`` for the
         refined ones).
+    counts
+        Require raw (whole-number) counts (default); ``False`` uses the
+        values as they are. Genes are not filtered by detection: the chosen
+        genes are clustered on as given.
 
     Returns
     -------
@@ -893,10 +905,11 @@ def spatial_domains(
     n = adata.n_obs
     if n < max(3, n_domains):
         raise SigelInputError(f"need more spots than n_domains; got {n} spots for n_domains={n_domains}")
+    assert_unique_names(adata.var_names.astype(str), "gene names (adata.var_names)")
     geom = _geometry(adata, spatial_key, geometry)
     coords = _coordinates(adata, spatial_key)
     idx, gnames = _select_genes(adata, genes)
-    X = tissue.log_normalize(adata, gnames, layer=layer, library_size_key=library_size_key)
+    X = tissue.log_normalize(adata, gnames, layer=layer, library_size_key=library_size_key, counts=counts)
     X = np.asarray(X.toarray(), dtype=np.float32)  # SpaGCN 1.2.7 needs dense X (spots x chosen genes)
     n_pcs_used = int(min(n_pcs, X.shape[1], n - 1))
 

@@ -82,7 +82,7 @@ class _Problem:
     """Everything an imputation run needs, prepared once (target images, name matching, embeddings)."""
 
     def __init__(self, model, target, *, layer, spatial_key, library_size_key, geometry, resolution,
-                 min_cells, reference_images=None):
+                 min_cells, reference_images=None, counts=True):
         emb = _embedding_frame(model)
         self.model = model
         if reference_images is None:
@@ -106,7 +106,7 @@ class _Problem:
             raise SigelInputError(f"`target_adata` must be an AnnData; got {type(target).__name__}")
         self.images = GeneImages.from_anndata(
             target, layer=layer, geometry=geometry, spatial_key=spatial_key,
-            library_size_key=library_size_key, resolution=resolution, patch_size=1, min_spots=0,
+            library_size_key=library_size_key, resolution=resolution, patch_size=1, min_spots=0, counts=counts,
             exclude_prefixes=(), **ref_settings,
         )
         self.target = target
@@ -468,6 +468,7 @@ def impute(
     layer: str | None = None,
     spatial_key: str = "spatial",
     library_size_key: str | None = None,
+    counts: bool = True,
     geometry: str = "auto",
     resolution: int = 64,
     n_neighbors: int = 10,
@@ -529,6 +530,10 @@ def impute(
     layer, spatial_key, library_size_key, geometry, resolution
         How the target images are built (`sigel.GeneImages.from_anndata`);
         normalisation settings follow the reference model's images.
+    counts
+        ``True`` (default): the target must hold raw counts (whole numbers)
+        when it is normalised; ``False`` uses its values as they are (e.g. an
+        already normalised target).
     n_neighbors
         Neighbours for ``'knn'`` and for the confidence score.
     min_cells
@@ -611,7 +616,7 @@ def impute(
     seed = settings.seed if seed is None else int(seed)
     problem = _Problem(model, target_adata, layer=layer, spatial_key=spatial_key,
                        library_size_key=library_size_key, geometry=geometry, resolution=resolution,
-                       min_cells=min_cells, reference_images=reference_images)
+                       min_cells=min_cells, reference_images=reference_images, counts=counts)
     query_ref, _ = problem.resolve_query(genes)
     gan_kw = dict(n_steps=int(n_steps), batch_size=int(batch_size), lr=float(lr), adv_weight=float(adv_weight),
                   adv_start=float(adv_start), hidden=int(hidden), n_prototypes=int(n_prototypes),
@@ -679,6 +684,7 @@ def impute_cv(
     layer: str | None = None,
     spatial_key: str = "spatial",
     library_size_key: str | None = None,
+    counts: bool = True,
     geometry: str = "auto",
     resolution: int = 64,
     n_neighbors: int = 10,
@@ -708,7 +714,7 @@ def impute_cv(
     genes
         Restrict the evaluated genes to these shared genes (target names);
         all shared genes still train.
-    layer, spatial_key, library_size_key, geometry, resolution, n_neighbors, min_cells
+    layer, spatial_key, library_size_key, counts, geometry, resolution, n_neighbors, min_cells
         As in `impute`.
     device, seed, progress, n_threads, reference_images
         As in `impute`; ``seed`` also fixes the folds.
@@ -754,7 +760,7 @@ def impute_cv(
     seed = settings.seed if seed is None else int(seed)
     problem = _Problem(model, target_adata, layer=layer, spatial_key=spatial_key,
                        library_size_key=library_size_key, geometry=geometry, resolution=resolution,
-                       min_cells=min_cells, reference_images=reference_images)
+                       min_cells=min_cells, reference_images=reference_images, counts=counts)
     shared = problem.shared
     if int(k) > len(shared):
         raise SigelInputError(f"`k`={k} folds but only {len(shared)} shared genes")

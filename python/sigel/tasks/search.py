@@ -100,6 +100,11 @@ def pattern_search(
     _check_model(model, "pattern_search")
     assert_positive("n_draws", n_draws)
     opts = _model_image_options(model, image_options)
+    from .._validate import assert_unique_names
+
+    layer = opts.get("layer")
+    counts = tissue.counts(adata, layer, integers=bool(opts.get("counts", True)))
+    assert_unique_names(pd.Index(adata.var_names.astype(str)), "gene names (adata.var_names)")
     if quantiles is None and means is None:
         _, regions, _ = sim.region_weights(_coords(adata, opts), template)
         if set(regions) != set(DEFAULT_QUANTILES):
@@ -108,8 +113,6 @@ def pattern_search(
             )
         quantiles = dict(DEFAULT_QUANTILES)
     lib = sim.real_library_size(adata, opts)
-    layer = opts.get("layer")
-    counts = tissue.counts(adata, layer)
     Y, params = sim.pseudo_gene(_coords(adata, opts), template, counts=counts, library_size=lib,
                                 quantiles=quantiles, means=means, taper=taper, n_draws=int(n_draws),
                                 engine=engine, seed=seed, return_params=True)

@@ -338,7 +338,8 @@ _knn_weights = tissue.knn_weights
 
 
 def morans_i(adata, *, genes=None, layer=None, spatial_key: str = "spatial", n_neighbors: int = 6,
-             library_size_key: str | None = None, batch_genes: int | None = None) -> pd.DataFrame:
+             library_size_key: str | None = None, batch_genes: int | None = None,
+             counts: bool = True) -> pd.DataFrame:
     """Moran's I of every gene on the spot kNN graph, ranked (the statistic of `sigel.tissue.morans_i`).
 
     Values are library-size normalised (to the median library size) and
@@ -369,6 +370,9 @@ def morans_i(adata, *, genes=None, layer=None, spatial_key: str = "spatial", n_n
         ``obs`` column with library sizes (default: row sums over all genes).
     batch_genes
         Ignored (kept for compatibility: the computation is sparse).
+    counts
+        Require raw (whole-number) counts (default): normalised values would
+        be normalised again; ``False`` uses the values as they are.
 
     Returns
     -------
@@ -384,7 +388,7 @@ def morans_i(adata, *, genes=None, layer=None, spatial_key: str = "spatial", n_n
     ['I', 'z', 'pval', 'qval', 'rank']
     """
     out = tissue.morans_i(adata, genes, layer=layer, spatial_key=spatial_key, library_size_key=library_size_key,
-                          n_neighbors=n_neighbors)
+                          n_neighbors=n_neighbors, counts=counts)
     out["rank"] = out["I"].rank(ascending=False, method="first", na_option="bottom").astype(np.int64)
     return out.sort_values("rank")
 
@@ -477,7 +481,8 @@ def compare_svg(
         out["sparkx_rank"] = pd.Series(out["sparkx_pval"]).rank(method="first").astype(np.int64).to_numpy()
     t = time.perf_counter()
     mi = morans_i(adata, genes=genes, layer=layer, spatial_key=opts.get("spatial_key", "spatial"),
-                  n_neighbors=n_neighbors, library_size_key=lib_key).reindex(genes)
+                  n_neighbors=n_neighbors, library_size_key=lib_key,
+                  counts=bool(opts.get("counts", True))).reindex(genes)
     secs["moran"] = time.perf_counter() - t
     out["moran_I"] = mi["I"].to_numpy()
     out["moran_pval"] = mi["pval"].to_numpy()

@@ -59,6 +59,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from datetime import timedelta
 
 import numpy as np
@@ -495,14 +496,16 @@ class _StepModule(nn.Module):
     """One training forward (:func:`~sigel.train.trainer.training_views` plus the per-gene
     reconstruction error) as a single DDP call."""
 
-    def __init__(self, mae: nn.Module, cfg):
+    def __init__(self, mae: nn.Module, cfg, views=None):
         super().__init__()
         self.mae = mae
         self.cfg = cfg
+        self.views = views
 
-    def forward(self, x, generator, full_view: bool):
-        out, z = training_views(self.mae, x, self.cfg, generator, full_view)
-        return out["loss_per_gene"], z
+    def forward(self, x, generator, full_view: bool, idx=None, second: bool = False):
+        out, z, z2 = training_views(self.mae, x, self.cfg, generator, full_view, views=self.views, idx=idx,
+                                    second=second)
+        return out["loss_per_gene"], z, z2
 
 
 class _AlignedDraws(TorchFunctionMode):
@@ -571,9 +574,11 @@ class DistributedTrainer(Trainer):
     """
 
     def __init__(self, model, mixture, images, config, *, device, seed: int = 0, progress=None, callback=None,
-                 comm: Comm | None = None):
+                 comm: Comm | None = None, views=None):
         if not isinstance(images, SampleImages):
             images = SampleImages([images], ["sample_0"])
+        if images.n_samples != 1:
+            views = None  # count views are per sample; several samples use pixel dropout
         comm = comm or Comm.single()
         seed = int(comm.broadcast(torch.tensor([int(seed)], dtype=torch.long))[0])
         super().__init__(model, mixture, images, config, device=device, seed=seed, progress=progress,
@@ -581,7 +586,8 @@ class DistributedTrainer(Trainer):
         self.comm = comm
         self.progress = bool(self.progress and comm.is_main)
         self.sample_graphs = None
-        self.step_module = _StepModule(self.model, self.cfg)
+        self.views = views
+        self.step_module = _StepModule(self.model, self.cfg, views)
         if comm.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -637,7 +643,7 @@ class DistributedTrainer(Trainer):
         return RefineState(embeddings=state.embeddings[a:b], labels=sl(state.labels), selected=sl(state.selected),
                            prototypes=state.prototypes, center=state.center, bank=state.bank[a:b],
                            mixture=state.mixture, graph=graph, weights=state.weights, temperature=state.temperature,
-                           self_weight=state.self_weight)
+                           self_weight=state.self_weight, view_temperature=state.view_temperature)
 
     @staticmethod
     def _shard_factors(terms: dict, st: RefineState, loc: torch.Tensor, glob: torch.Tensor) -> dict:
@@ -653,7 +659,7 @@ class DistributedTrainer(Trainer):
                 else:
                     sl, sg = int(st.selected[loc].sum()), int(st.selected[glob].sum())
                     f[name] = max(sl, 1) / max(sg, 1)
-            elif name == "mixture":
+            elif name in ("mixture", "invariance", "spread"):
                 f[name] = n_l / n_g
             elif name == "scaffold":
                 hl = int((st.graph.weights[loc].sum(1) > 0).sum())
@@ -697,9 +703,9 @@ class DistributedTrainer(Trainer):
             align = _AlignedDraws(mask_generator, before, len(loc), len(glob), dummy=dummy_gen if scale == 0 else None) \
                 if mask_generator is not None else contextlib.nullcontext()
             with align, _autocast(device, cfg.amp):
-                per, z = self.ddp(x, gen, full_view)
+                per, z, z2 = self.ddp(x, gen, full_view, loc.numpy(), w.get("invariance", 0.0) > 0)
             recon = per.float().sum() / len(glob)
-            terms = refinement_losses(recon, z.float(), loc_d, st)
+            terms = refinement_losses(recon, z.float(), loc_d, st, None if z2 is None else z2.float())
             factors = self._shard_factors(terms, st, loc_d, glob_d)
             names = [k for k in terms if k != "total"]
             total = sum(w.get(k, 1.0 if k == "recon" else 0.0) * factors[k] * terms[k] for k in names) * scale
@@ -731,6 +737,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class _LauncherStopped(Exception):
+    """SIGTERM/SIGHUP arrived while waiting for the torchrun launcher."""
+
+
 def launch(module_args: list, nproc: int, *, module: str = "sigel.cli", env: dict | None = None,
            port: int | None = None, timeout: float | None = None) -> int:
     """Run ``python -m <module> <module_args>`` in ``nproc`` processes with ``torch.distributed.run``.
@@ -753,7 +763,9 @@ def launch(module_args: list, nproc: int, *, module: str = "sigel.cli", env: dic
     Returns
     -------
     int
-        The launcher's exit status (124 on timeout).
+        The launcher's exit status (124 on timeout; ``128 + signal`` when this
+        process received SIGTERM or SIGHUP, which it forwards to the launcher
+        and its workers, waiting for them to stop).
     """
     import signal
 
@@ -769,17 +781,48 @@ def launch(module_args: list, nproc: int, *, module: str = "sigel.cli", env: dic
            "--master_addr", "127.0.0.1", "--master_port", str(port or free_port()), "-m", module, *module_args]
     logger.info("launching: %s", " ".join(cmd))
     proc = subprocess.Popen(cmd, env=e, start_new_session=True)
+
+    def stop_group(grace: float = 15.0) -> None:
+        """SIGTERM the launcher's whole process group (torchrun and its workers), then SIGKILL after ``grace``."""
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)  # torchrun's agent stops its workers on SIGTERM
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+        try:  # workers that outlived the launcher are still in its group
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+    # the launcher runs in its own session (so a terminal's Ctrl-C reaches it only through us): forward
+    # SIGTERM/SIGHUP to the whole group and wait for it, rather than leaving orphans that keep training
+    received: list = []
+
+    def forward(signum, frame):
+        if received:  # already stopping the group
+            return
+        received.append(signum)
+        raise _LauncherStopped(signum)
+
+    watched = [getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        old = {sig: signal.signal(sig, forward) for sig in watched}
     try:
         return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGTERM)  # torchrun's agent stops its workers on SIGTERM
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group()
         return 124
+    except _LauncherStopped:
+        stop_group()
+        return 128 + int(received[0])
     except KeyboardInterrupt:  # pragma: no cover
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait()
+        stop_group()
         raise
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)

@@ -104,6 +104,12 @@ class TrainConfig:
         Label-change tolerance for stopping.
     amp
         bf16 autocast on CUDA (ignored on CPU).
+    invariance_weight, view_temperature, thin_min
+        Weight and temperature of the sampling-noise invariance term
+        (:func:`~sigel.model.refine.view_invariance_loss`, every epoch), and
+        the smallest keep probability of the binomial count thinning that
+        makes its two views (each view keeps every count with a probability
+        drawn uniformly from ``[thin_min, 1]``).
     """
 
     epochs: int = 40
@@ -136,6 +142,10 @@ class TrainConfig:
     mixture_n_init: int = 10
     tol: float = 1e-3
     amp: bool = False
+    invariance_weight: float = 0.0
+    view_temperature: float = 0.1
+    spread_weight: float = 0.0
+    thin_min: float = 0.2
 
     @property
     def refine_epochs(self) -> int:
@@ -344,23 +354,44 @@ def uses_full_view(cfg: TrainConfig, weights: dict) -> bool:
     embedding time); otherwise they use the masked view of the reconstruction
     pass.
     """
+    if weights.get("invariance", 0.0) > 0 or weights.get("spread", 0.0) > 0:
+        return True
     return cfg.refine_view == "full" and any(weights.get(k, 0.0) > 0 for k in ("contrastive", "mixture", "scaffold"))
 
 
-def training_views(model, x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator | None, full_view: bool):
-    """The two forward passes of one training step.
+def training_views(model, x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator | None, full_view: bool,
+                   *, views=None, idx=None, second: bool = False):
+    """The forward passes of one training step.
 
-    Returns ``(out, z)``: ``out`` is the masked-autoencoder output (its
+    Returns ``(out, z, z2)``: ``out`` is the masked-autoencoder output (its
     ``'loss'``, ``'pred'`` and ``'tokens'``), ``z`` the ``(B, D)`` gene vectors
-    the refinement losses act on (see :func:`uses_full_view`).
+    the refinement losses act on (see :func:`uses_full_view`), ``z2`` the
+    vectors of a second, independent view when ``second`` (else ``None``).
+
+    The full views are binomially thinned copies of the genes' counts
+    (:class:`sigel.data.views.CountViews`, keep probability per gene drawn
+    from ``[cfg.thin_min, 1]``) when ``views`` and the batch's gene rows
+    ``idx`` are given; otherwise pixel-dropout copies of ``x``
+    (:func:`~sigel.model.refine.thin_images`).
     """
     out = model(x, mask_ratio=cfg.mask_ratio, generator=generator)
-    z = model.embed(thin_images(x, cfg.thinning, generator)) if full_view else out["z"]
-    return out, z
+    if not full_view:
+        return out, out["z"], None
+
+    def view():
+        if views is not None and idx is not None:
+            keep = cfg.thin_min + (1.0 - cfg.thin_min) * torch.rand(len(idx), device=x.device, generator=generator)
+            return views.batch(idx, keep, generator=generator, device=x.device).to(x.dtype)
+        return thin_images(x, cfg.thinning, generator)
+
+    z = model.embed(view())
+    z2 = model.embed(view()) if second else None
+    return out, z, z2
 
 
 def gradient_steps(model, images, batches, optimizer, *, state: RefineState, device, step0: int, total_steps: int,
-                   warmup_steps: int, cfg: TrainConfig, mask_generator: torch.Generator | None, epoch: int) -> dict:
+                   warmup_steps: int, cfg: TrainConfig, mask_generator: torch.Generator | None, epoch: int,
+                   views=None) -> dict:
     """One pass of AdamW steps over ``batches``; returns the mean of every loss term.
 
     Parameters
@@ -385,6 +416,9 @@ def gradient_steps(model, images, batches, optimizer, *, state: RefineState, dev
         Generator for the patch masking (on ``device``).
     epoch
         0-based epoch, for error messages.
+    views
+        Optional :class:`sigel.data.views.CountViews` of ``images`` (count
+        thinning for the full views; see :func:`training_views`).
 
     Returns
     -------
@@ -410,8 +444,10 @@ def gradient_steps(model, images, batches, optimizer, *, state: RefineState, dev
         x = images.to_tensor(idx.numpy(), device=device)
         idx_d = idx.to(device)
         with _autocast(device, cfg.amp):
-            out, z = training_views(model, x, cfg, mask_generator, full_view)
-        terms = refinement_losses(out["loss"].float(), z.float(), idx_d, state)
+            out, z, z2 = training_views(model, x, cfg, mask_generator, full_view, views=views, idx=idx.numpy(),
+                                        second=w.get("invariance", 0.0) > 0)
+        terms = refinement_losses(out["loss"].float(), z.float(), idx_d, state,
+                                  None if z2 is None else z2.float())
         for name, v in terms.items():
             if not torch.isfinite(v):
                 raise FloatingPointError(
@@ -454,10 +490,18 @@ class Trainer:
     callback
         Optional ``callback(epoch, record, Z, resp)`` called after each epoch's
         mixture step (diagnostics; ``resp`` is ``None`` in pre-training).
+    views
+        Optional :class:`sigel.data.views.CountViews` of ``images``: the
+        full views (and the two views of the invariance term) are then
+        binomially thinned counts instead of pixel dropout.
+    checkpoint
+        Optional :class:`sigel.train.checkpoint.Checkpointer`: restores the
+        training state before the first epoch and saves it at epoch ends.
     """
 
     def __init__(self, model, mixture, images, config: TrainConfig, *, device, seed: int = 0,
-                 progress: bool | None = None, callback=None):
+                 progress: bool | None = None, callback=None, views=None, checkpoint=None):
+        self.views = views
         self.model = model.to(device)
         self.mixture = mixture
         self.images = images
@@ -466,6 +510,8 @@ class Trainer:
         self.seed = int(seed)
         self.progress = settings.show_progress(progress)
         self.callback = callback
+        self._detection = None
+        self.checkpoint = checkpoint
 
     # -- pieces ---------------------------------------------------------
     def _state(self, Z, resp, selected, epoch, graph) -> RefineState:
@@ -489,10 +535,13 @@ class Trainer:
             "contrastive": cfg.contrastive_weight if refining else 0.0,
             "mixture": cfg.mixture_weight if refining else 0.0,
             "scaffold": w_scaf,
+            "invariance": cfg.invariance_weight if Z.shape[0] > 1 else 0.0,
+            "spread": cfg.spread_weight,
         }
         return RefineState(embeddings=Z, labels=labels, selected=selected, prototypes=prototypes, center=center,
                            bank=bank, mixture=self.mixture if refining else None, graph=graph, weights=weights,
-                           temperature=cfg.temperature, self_weight=cfg.scaffold_self_weight)
+                           temperature=cfg.temperature, self_weight=cfg.scaffold_self_weight,
+                           view_temperature=cfg.view_temperature)
 
     @staticmethod
     def _check_spread(Z: torch.Tensor, epoch: int) -> None:
@@ -502,6 +551,17 @@ class Trainer:
         if spread < 1e-10:
             logger.warning("epoch %d: the embeddings have collapsed to a point (total variance %.2e)",
                            epoch + 1, spread)
+
+    def _diagnostics(self, Z: torch.Tensor) -> dict:
+        """Collapse and sampling-noise read-outs of the epoch's vectors (see :mod:`sigel.model.diagnostics`)."""
+        from ..model.diagnostics import detection_rate, effective_rank, ridge_cv_r2
+
+        if self._detection is None:
+            self._detection = detection_rate(self.images)
+        out = {"erank": effective_rank(Z)}
+        if self._detection is not None and Z.shape[0] >= 10:
+            out["r2_detection"] = ridge_cv_r2(Z, self._detection)
+        return out
 
     # -- hooks (overridden by sigel.train.distributed.DistributedTrainer) ---
     def _build_graph(self):
@@ -530,7 +590,7 @@ class Trainer:
         """One epoch of AdamW steps over ``batches`` (:func:`gradient_steps`); returns the mean loss terms."""
         return gradient_steps(self.model, self.images, batches, optimizer, state=state, device=self.device,
                               step0=step0, total_steps=total_steps, warmup_steps=warmup_steps, cfg=self.cfg,
-                              mask_generator=mask_generator, epoch=epoch)
+                              mask_generator=mask_generator, epoch=epoch, views=self.views)
 
     # -- loop -------------------------------------------------------------
     def fit(self) -> TrainResult:
@@ -559,19 +619,25 @@ class Trainer:
         prev_labels = None
         stop_reason = "max_epochs"
         step = 0
-        epoch = -1
-        bar = tqdm(total=cfg.epochs, disable=not self.progress, desc="sigel", unit="epoch", leave=True)
+        epoch = start = -1
+        if self.checkpoint is not None:
+            loop = self.checkpoint.restore(self, optimizer, batch_gen, mask_gen)
+            if loop is not None:
+                start, step, prev_labels, history = loop["epoch"], loop["step"], loop["prev_labels"], loop["history"]
+        bar = tqdm(total=cfg.epochs, initial=max(start, 0), disable=not self.progress, desc="sigel", unit="epoch",
+                   leave=True)
         try:
-            for epoch in range(cfg.epochs):
+            for epoch in range(max(start, 0), cfg.epochs):
                 t0 = time.perf_counter()
                 refining = cfg.refine and epoch >= cfg.pretrain_epochs
-                need_Z = refining or (graph is not None and cfg.scaffold_end > epoch)
+                need_Z = refining or (graph is not None and cfg.scaffold_end > epoch) or cfg.invariance_weight > 0
                 rec = {"epoch": epoch + 1, "phase": "refine" if refining else "pretrain"}
                 resp = selected = None
                 Z = None
                 if need_Z:
                     Z = self._embed()
                     self._check_spread(Z, epoch)
+                    rec.update(self._diagnostics(Z))
                 if refining:
                     first = prev_labels is None
                     resp = self._fit_mixture(Z, cfg.init_em_iters if first else cfg.em_iters, first)
@@ -613,6 +679,9 @@ class Trainer:
                 post["s"] = f"{rec['seconds']:.1f}"
                 bar.set_postfix(post)
                 logger.debug("epoch %d %s", epoch + 1, {k: v for k, v in rec.items()})
+                if self.checkpoint is not None:
+                    self.checkpoint.epoch_end(self, epoch, optimizer, batch_gen, mask_gen, step=step,
+                                              prev_labels=prev_labels, history=history)
         finally:
             bar.close()
 

@@ -1,0 +1,186 @@
+"""Count-level views of gene images: binomial thinning of the raw counts.
+
+Two images of the same gene that differ only by sampling noise are the
+training signal that makes a gene vector describe the *pattern* rather than
+the speckle of a shallow measurement. Keeping each of a gene's counts with
+probability ``p`` (binomial thinning) produces exactly such an image: the
+same expression rate at depth ``p`` times the original, with fresh,
+independent-looking sampling noise. Pixel dropout does not model this (it
+removes whole spots, never lowers a count).
+
+A view is built like the training image (library-size normalisation to the
+same target, ``log1p``, mean per pixel, the gene's own robust divisor,
+clipped at 1), except that the library sizes are multiplied by ``p`` so the
+normalised level does not change with depth. At ``p = 1`` it reproduces the
+training image exactly.
+
+Everything is vectorised per batch: the batch's counts are densified
+(genes x spots), thinned with ``torch.binomial`` and scattered to pixels
+with one ``index_add``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .._validate import SigelInputError
+from .images import GeneImages, _counts_matrix
+
+__all__ = ["CountViews"]
+
+
+class CountViews:
+    """Binomially thinned images of the genes of a :class:`~sigel.GeneImages`.
+
+    Parameters
+    ----------
+    counts
+        ``(G, S)`` sparse raw counts, rows in the order of ``images.genes``.
+    spot_factor
+        ``(S,)`` normalisation factor of each spot (target sum / library size).
+    images
+        The :class:`~sigel.GeneImages` the views imitate (geometry, mask,
+        spot pixels, processing).
+
+    Examples
+    --------
+    >>> import sigel, torch
+    >>> adata = sigel.datasets.synthetic_tissue(40, seed=0)
+    >>> images = sigel.GeneImages.from_anndata(adata)
+    >>> views = CountViews.from_anndata(adata, images)
+    >>> x = views.batch([0, 1], torch.tensor([1.0, 1.0]))
+    >>> bool(torch.allclose(x, images.to_tensor([0, 1]), atol=1e-5))
+    True
+    """
+
+    def __init__(self, counts: sp.csr_matrix, spot_factor: np.ndarray, images: GeneImages):
+        self.counts = sp.csr_matrix(counts, dtype=np.float32)
+        self.spot_factor = np.asarray(spot_factor, dtype=np.float32)
+        self.height, self.width = images.height, images.width
+        self.mask = images.mask
+        self.spot_pixel = np.asarray(images.spot_pixel, dtype=np.int64)
+        per_pixel = np.bincount(self.spot_pixel, minlength=self.height * self.width).astype(np.float32)
+        self.inv_per_pixel = np.divide(1.0, per_pixel, out=np.zeros_like(per_pixel), where=per_pixel > 0)
+        self.log1p = bool(images.settings.get("log1p", True))
+        self._torch_cache: dict = {}
+        self.divisor = self._divisors(images)
+
+    # ------------------------------------------------------------ building
+    @classmethod
+    def from_anndata(cls, adata, images: GeneImages, *, layer: str | None = None,
+                     library_size_key: str | None = None) -> "CountViews":
+        """Read the raw counts of ``images.genes`` from ``adata`` (the AnnData the images were built from).
+
+        ``layer`` and ``library_size_key`` default to the ones recorded in
+        ``images.settings``. Raises :class:`~sigel.SigelInputError` when the
+        values are not counts (negative or non-integer) or the spots differ.
+        """
+        st = images.settings
+        layer = st.get("layer") if layer is None else layer
+        library_size_key = st.get("library_size_key") if library_size_key is None else library_size_key
+        if adata.n_obs != len(images.spot_names) or not np.array_equal(
+                adata.obs_names.astype(str).to_numpy(), np.asarray(images.spot_names, dtype=str)):
+            raise SigelInputError("CountViews: `adata` must hold the spots the images were built from")
+        X = _counts_matrix(adata, layer)
+        if library_size_key is not None:
+            lib = pd.to_numeric(adata.obs[library_size_key], errors="coerce").to_numpy(np.float64)
+        else:
+            lib = np.asarray(X.sum(axis=1)).ravel().astype(np.float64)
+        cols = pd.Index(adata.var_names.astype(str)).get_indexer(pd.Index(images.genes))
+        if np.any(cols < 0):
+            raise SigelInputError("CountViews: some image genes are not in `adata.var_names`")
+        C = sp.csr_matrix(X[:, cols].T, dtype=np.float32)
+        if C.nnz and (C.data.min() < 0 or not np.allclose(C.data, np.round(C.data))):
+            raise SigelInputError("CountViews: binomial thinning needs raw integer counts")
+        if st.get("normalize", True):
+            ts = st.get("target_sum") or 1.0
+            factor = np.divide(ts, lib, out=np.zeros_like(lib), where=lib > 0)
+        else:
+            factor = np.ones_like(lib)
+        return cls(C, factor, images)
+
+    def _divisors(self, images: GeneImages) -> np.ndarray:
+        """Each gene's robust divisor, read off the training images (p = 1 view over processed image).
+
+        The processed value of a pixel is ``min(u / d, 1)`` for its unscaled
+        value ``u``; the smallest non-zero pixel is never clipped unless all
+        are, so ``d = min(u) / min(processed)`` (any ``d <= min(u)`` gives the
+        same image when all are clipped).
+        """
+        if images.settings.get("scale") != "quantile":
+            return np.ones(self.counts.shape[0], dtype=np.float32)
+        U = self._unscaled_sparse()
+        V = images.values
+        d = np.ones(U.shape[0], dtype=np.float64)
+        has = (np.diff(U.indptr) > 0) & (np.diff(V.indptr) > 0)
+        if has.any():
+            umin = np.minimum.reduceat(U.data, U.indptr[:-1][has]) if U.nnz else np.zeros(0)
+            vmin = np.minimum.reduceat(V.data, V.indptr[:-1][has]) if V.nnz else np.zeros(0)
+            d[has] = umin / np.maximum(vmin, 1e-12)
+        return d.astype(np.float32)
+
+    def _unscaled_sparse(self) -> sp.csr_matrix:
+        """``(G, H*W)`` sparse unscaled pixel values of every gene (no thinning)."""
+        vals = sp.csr_matrix(self.counts @ sp.diags(self.spot_factor))
+        if self.log1p:
+            vals.data = np.log1p(vals.data)
+        out = sp.csr_matrix(vals @ self._scatter_matrix(), dtype=np.float32)
+        out.eliminate_zeros()
+        out.sort_indices()
+        return out
+    def _scatter_matrix(self) -> sp.csr_matrix:
+        if "scatter" not in self._torch_cache:
+            S = len(self.spot_pixel)
+            self._torch_cache["scatter"] = sp.csr_matrix(
+                (self.inv_per_pixel[self.spot_pixel], (np.arange(S), self.spot_pixel)),
+                shape=(S, self.height * self.width), dtype=np.float32)
+        return self._torch_cache["scatter"]
+
+    # ------------------------------------------------------------ views
+    @property
+    def n_genes(self) -> int:
+        """Number of genes."""
+        return self.counts.shape[0]
+
+    def batch(self, idx, keep, *, generator=None, device=None):
+        """Thinned images of genes ``idx``: a ``(B, 2, H, W)`` tensor like :meth:`GeneImages.to_tensor`.
+
+        Parameters
+        ----------
+        idx
+            Gene rows.
+        keep
+            ``(B,)`` tensor of keep probabilities in ``(0, 1]`` (1 = the
+            training image itself).
+        generator
+            Torch generator for the binomial draws (on ``device``).
+        device
+            Torch device (default CPU).
+        """
+        import torch
+
+        idx = np.asarray(idx)
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        key = str(dev)
+        cache = self._torch_cache.setdefault(key, {})
+        if not cache:
+            cache["factor"] = torch.from_numpy(self.spot_factor).to(dev)
+            cache["pixel"] = torch.from_numpy(self.spot_pixel).to(dev)
+            cache["inv"] = torch.from_numpy(self.inv_per_pixel).to(dev)
+            cache["mask"] = torch.from_numpy(self.mask.astype(np.float32)).to(dev)
+            cache["divisor"] = torch.from_numpy(self.divisor).to(dev)
+        keep = torch.as_tensor(keep, dtype=torch.float32, device=dev).reshape(-1, 1)
+        C = torch.from_numpy(self.counts[idx].toarray()).to(dev)
+        thinned = torch.where(keep < 1.0, torch.binomial(C, keep.expand_as(C), generator=generator), C)
+        vals = thinned * (cache["factor"][None, :] / keep)
+        if self.log1p:
+            vals = torch.log1p(vals)
+        out = torch.zeros(len(idx), self.height * self.width, device=dev, dtype=torch.float32)
+        out.index_add_(1, cache["pixel"], vals)
+        out = out * cache["inv"][None, :]
+        out = torch.minimum(out / cache["divisor"][torch.as_tensor(idx, device=dev)][:, None],
+                            torch.ones((), device=dev))
+        v = out.reshape(len(idx), self.height, self.width)
+        m = cache["mask"].expand_as(v)
+        return torch.stack([v, m], dim=1)

@@ -1,0 +1,119 @@
+"""Count-thinned views and the sampling-noise invariance of the gene vectors."""
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+import sigel
+from sigel.data.views import CountViews
+from sigel.model.diagnostics import detection_rate, effective_rank, ridge_cv_r2
+from sigel.model.refine import view_invariance_loss
+
+
+def test_full_keep_reproduces_training_images_and_thinning_keeps_level():
+    adata = sigel.datasets.synthetic_tissue(60, seed=3, depth=400.0)
+    images = sigel.GeneImages.from_anndata(adata)
+    views = CountViews.from_anndata(adata, images)
+    idx = np.arange(images.n_genes)
+    x = views.batch(idx, torch.ones(len(idx)))
+    torch.testing.assert_close(x, images.to_tensor(idx), atol=1e-5, rtol=0)
+    # thinning to half depth keeps the normalised level (counts / (p * library)): the mean in-tissue
+    # value of a thinned view stays within a few percent of the original (log1p bends it slightly down)
+    g = torch.Generator().manual_seed(0)
+    x5 = views.batch(idx, torch.full((len(idx),), 0.5), generator=g)
+    m = torch.from_numpy(images.mask)
+    ratio = x5[:, 0][:, m].sum() / x[:, 0][:, m].sum()
+    assert 0.8 < float(ratio) < 1.05
+    # and it really resamples: fewer non-zero pixels, independent draws differ
+    assert int((x5[:, 0] > 0).sum()) < int((x[:, 0] > 0).sum())
+    x5b = views.batch(idx, torch.full((len(idx),), 0.5), generator=g)
+    assert not torch.equal(x5, x5b)
+
+
+def test_views_refuse_non_counts_and_other_spots():
+    adata = sigel.datasets.synthetic_tissue(30, seed=1)
+    images = sigel.GeneImages.from_anndata(adata)
+    logged = adata.copy()
+    logged.X = sp.csr_matrix(np.log1p(logged.X.toarray()))
+    with pytest.raises(sigel.SigelInputError, match="integer counts"):
+        CountViews.from_anndata(logged, images)
+    with pytest.raises(sigel.SigelInputError, match="spots"):
+        CountViews.from_anndata(adata[:-1].copy(), images)
+
+
+def test_invariance_loss_prefers_matching_views():
+    rng = torch.Generator().manual_seed(0)
+    bank_raw = torch.randn(50, 8, generator=rng)
+    center = torch.zeros(8)
+    bank = torch.nn.functional.normalize(bank_raw, dim=1)
+    idx = torch.arange(10)
+    z1 = bank_raw[:10] + 0.05 * torch.randn(10, 8, generator=rng)
+    same = view_invariance_loss(z1, bank_raw[:10], idx, bank, center, 0.1)
+    other = view_invariance_loss(z1, bank_raw[10:20], idx, bank, center, 0.1)
+    assert float(same) < float(other)
+
+
+def test_diagnostics_effective_rank_and_ridge():
+    g = torch.Generator().manual_seed(0)
+    Z = torch.randn(3000, 16, generator=g)
+    assert effective_rank(Z) > 15.0
+    line = Z[:, :1] * torch.ones(1, 16)
+    assert effective_rank(line) < 1.01
+    y = Z[:, 0].numpy() * 2 + 1
+    assert ridge_cv_r2(Z, y) > 0.99
+    assert abs(ridge_cv_r2(Z, np.random.default_rng(0).normal(size=3000))) < 0.02
+
+
+# --------------------------------------------------------------- the trained space (synthetic tissue)
+DATA = dict(n_genes=300, shape=(24, 24), depth=300.0, dispersion=3.0, fold_change=6.0, seed=0)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    adata = sigel.datasets.synthetic_tissue(**DATA)
+    model = sigel.SIGEL(n_contexts=6, epochs=24).fit(adata, progress=False, n_threads=1, seed=0)
+    return adata, model
+
+
+def test_history_tracks_rank_and_detection(fitted):
+    _, model = fitted
+    h = model.history_
+    assert {"erank", "r2_detection", "invariance"} <= set(h.columns)
+    assert h["erank"].notna().all() and (h["erank"] > 1).all()
+
+
+def test_thinned_copies_of_a_gene_stay_together(fitted):
+    adata, model = fitted
+    fam = adata.var["family"].astype(str)
+    rng = np.random.default_rng(1)
+    genes = [g for g in adata.var_names if fam[g] != "none" and g in model.embeddings_.index][:12]
+    X = adata[:, genes].X.toarray().astype(np.int64)
+    copies = {}
+    for tag in ("a", "b"):  # two independent binomial thinnings to half depth
+        copies[tag] = rng.binomial(X, 0.5)
+    new = np.hstack([adata.X.toarray(), copies["a"], copies["b"]]).astype(np.float32)
+    names = list(adata.var_names) + [f"{g}_a" for g in genes] + [f"{g}_b" for g in genes]
+    obs = adata.obs.copy()
+    big = ad.AnnData(sp.csr_matrix(new), obs=obs, var=pd.DataFrame(index=names))
+    big.obsm["spatial"] = adata.obsm["spatial"]
+    E = model.transform(big)
+    U = E.to_numpy(np.float64)
+    U = U - U[: adata.n_vars].mean(0)
+    U /= np.linalg.norm(U, axis=1, keepdims=True)
+    S = pd.DataFrame(U @ U.T, index=E.index, columns=E.index)
+    hits = 0
+    for g in genes:
+        others = [h for h in adata.var_names if fam[h] not in (fam[g], "none") and h in S.columns]
+        hits += S.loc[f"{g}_a", f"{g}_b"] > S.loc[f"{g}_a", others].max()
+    # each copy holds half the counts of an already shallow gene; 11 of 12 leaves room for one
+    # gene whose copies are too sparse to place, while an encoder ignorant of the pattern gets ~0
+    assert hits >= 11
+
+
+def test_detection_rate_not_readable(fitted):
+    _, model = fitted
+    det = pd.Series(detection_rate(model.images_), index=model.images_.genes)
+    r2 = ridge_cv_r2(model.embeddings_.loc[det.index].to_numpy(), det.to_numpy())
+    assert r2 < 0.3
