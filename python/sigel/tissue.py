@@ -113,12 +113,17 @@ def check_integers(X: sp.csr_matrix, adata, layer) -> None:
     data = X.data
     if data.dtype.kind not in "f" or data.size == 0:
         return
-    frac = data != np.floor(data)
-    n_bad = int(np.count_nonzero(frac))
+    n_bad, example, step = 0, None, 1 << 22
+    for a in range(0, data.size, step):  # in chunks: no nnz-sized temporaries
+        d = data[a:a + step]
+        frac = d != np.floor(d)
+        c = int(np.count_nonzero(frac))
+        if c and example is None:
+            example = float(d[np.flatnonzero(frac)[0]])
+        n_bad += c
     if n_bad == 0:
         return
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-    example = float(data[np.flatnonzero(frac)[0]])
     others = [k for k in adata.layers.keys() if k != layer]
     hint = (f"pass `layer=` naming the layer that holds the raw counts (layers: {others})" if others
             else "pass `layer=` naming a layer that holds the raw counts (this AnnData has no layers)")
