@@ -9,7 +9,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import datasets, pl, sim, tl
+from . import datasets, pl, sim, tissue, tl
 from ._model import SIGEL
 from ._settings import settings
 from ._validate import SigelInputError

@@ -72,6 +72,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from . import tissue
 from ._validate import SigelInputError, as_coordinates, assert_one_of, assert_positive
 
 DEFAULT_TREND = (0.1, 1.0)
@@ -100,15 +101,9 @@ def _tissue(data, counts, spatial_key, layer):
     except ImportError:  # pragma: no cover
         is_ad = False
     if is_ad:
-        if spatial_key in data.obsm:
-            coords = as_coordinates(data.obsm[spatial_key], data.n_obs, f"adata.obsm[{spatial_key!r}]")
-        elif "x" in data.obs and "y" in data.obs:
-            coords = data.obs[["x", "y"]].to_numpy(np.float64)
-        else:
-            raise SigelInputError(f"no coordinates: adata.obsm[{spatial_key!r}] and obs['x','y'] are missing")
+        coords = tissue.coordinates(data, spatial_key)
         if counts is None:
-            X = data.X if layer is None else data.layers[layer]
-            counts = X
+            counts = tissue.counts(data, layer)
     else:
         coords = np.asarray(data, dtype=np.float64)
         coords = as_coordinates(coords, coords.shape[0] if coords.ndim == 2 else -1, "coords")
@@ -271,10 +266,10 @@ def region_weights(coords, template, *, taper: float = 0.0):
 
 
 def _median_nn(coords) -> float:
-    from scipy.spatial import cKDTree
-
-    d, _ = cKDTree(coords).query(coords, k=2)
-    d = d[:, 1]
+    if len(coords) < 2:
+        return 1.0
+    _, d = tissue.knn_indices(coords, 1)
+    d = d[:, 0]
     d = d[d > 0]
     return float(np.median(d)) if d.size else 1.0
 
@@ -437,8 +432,10 @@ def pseudo_gene(
     Parameters
     ----------
     data
-        The tissue: an AnnData (coordinates from ``obsm[spatial_key]``,
-        calibration counts from ``X`` or ``layers[layer]``) or an
+        The tissue: an AnnData (coordinates by the rule of
+        `sigel.tissue.coordinates`: ``obsm[spatial_key]``, else ``obs['x','y']``,
+        else the Visium array coordinates; calibration counts from ``X`` or
+        ``layers[layer]``) or an
         ``(n_spots, 2)`` coordinate array.
     template
         One value per spot (region labels, booleans, or a pattern in [0, 1])
@@ -826,10 +823,8 @@ def real_library_size(adata, settings: dict) -> np.ndarray:
     if key is not None and key != LIB_COLUMN:
         if key not in adata.obs:
             raise SigelInputError(f"the model's images used adata.obs[{key!r}] as library size; it is missing")
-        return pd.to_numeric(adata.obs[key]).to_numpy(np.float64)
-    layer = settings.get("layer")
-    X = adata.X if layer is None else adata.layers[layer]
-    return np.asarray(X.sum(axis=1)).ravel().astype(np.float64)
+        return tissue.library_size(adata, library_size_key=key)
+    return tissue.library_size(adata, settings.get("layer"))
 
 
 # ============================================================== model helpers (shared by the tasks)
@@ -858,15 +853,6 @@ def _same_grid(a, b):
             f"simulated genes landed on a different grid ({a.shape}) than the real genes ({b.shape}); "
             "pass the AnnData the model was trained on"
         )
-
-
-def _spot_coords(adata, spatial_key):
-    if spatial_key in adata.obsm:
-        return as_coordinates(adata.obsm[spatial_key], adata.n_obs, f"adata.obsm[{spatial_key!r}]")
-    for a, b in (("x", "y"), ("array_col", "array_row")):
-        if a in adata.obs and b in adata.obs:
-            return adata.obs[[a, b]].to_numpy(np.float64)
-    raise SigelInputError(f"no coordinates: adata.obsm[{spatial_key!r}] is missing (and no obs x/y columns)")
 
 
 # ============================================================== template builders

@@ -21,11 +21,7 @@ def skip_or_fail(reason: str):
 # Acceptance tests of work that is not finished yet. They run and report
 # (XFAIL / XPASS) but do not fail the suite; each is named in the closing
 # notes of its issue. Remove an entry as soon as its test passes reliably.
-KNOWN_UNFINISHED: dict = {
-    "tests/python/test_inputs.py::test_bad_input_is_refused_by_the_tissue_functions":
-        "morans_i and spatial_domains do not yet validate like fit (NaN, negatives, non-integer counts, "
-        "duplicated genes, one spot, object dtype); reworked with their sparse neighbour graphs",
-}
+KNOWN_UNFINISHED: dict = {}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .. import tissue
 from .._settings import logger
 from .._validate import (
     SigelInputError,
-    as_coordinates,
     assert_finite_nonnegative,
     assert_in_range,
     assert_one_of,
@@ -89,8 +89,8 @@ class GeneImages:
         ----------
         adata
             AnnData with counts in ``X`` (or ``layers[layer]``) and coordinates
-            in ``obs['array_row'/'array_col']`` (Visium), ``obs['x'/'y']``
-            (integer grids) or ``obsm[spatial_key]``. Never modified.
+            in ``obs['array_row'/'array_col']`` (Visium), ``obsm[spatial_key]``
+            or ``obs['x'/'y']``. Never modified.
         layer
             Layer holding the counts (default ``X``).
         genes
@@ -101,8 +101,12 @@ class GeneImages:
             x/y, e.g. legacy ST) or ``'free'`` (rasterise arbitrary
             coordinates; pixel = mean of its cells).
         spatial_key
-            Key of ``obsm`` with coordinates (used for ``'grid'``/``'free'``
-            when no ``obs`` coordinate columns exist).
+            Key of ``obsm`` with coordinates. The ``'grid'``/``'free'``
+            geometries read coordinates by the rule of
+            :func:`sigel.tissue.coordinates`: ``obsm[spatial_key]``, else
+            ``obs['x','y']``. Duplicated lattice positions and free
+            coordinates that crowd many cells into shared pixels give a
+            warning with the numbers (see :func:`spot_pixels`).
         library_size_key
             ``obs`` column with each spot's library size (e.g. ``'sum_umi'``
             when ``X`` holds a gene subset). Default: the row sums of ``X``.
@@ -161,21 +165,9 @@ class GeneImages:
         fingerprint = _content_hash(X, adata, spatial_key, library_size_key)
 
         # --- library size (over all genes, before filtering) ---
-        if library_size_key is not None:
-            if library_size_key not in adata.obs:
-                raise SigelInputError(
-                    f"library_size_key {library_size_key!r} not found in adata.obs; "
-                    f"available: {list(adata.obs.columns)[:20]}"
-                )
-            lib = pd.to_numeric(adata.obs[library_size_key], errors="coerce").to_numpy(np.float64)
-            if not np.all(np.isfinite(lib)) or np.any(lib < 0):
-                bad = int(np.sum(~np.isfinite(lib) | (lib < 0)))
-                raise SigelInputError(f"library_size_key: adata.obs[{library_size_key!r}] must hold finite "
-                                      f"numbers >= 0; {bad} of {len(lib)} spots do not")
-            where = f"library_size_key: adata.obs[{library_size_key!r}]"
-        else:
-            lib = np.asarray(X.sum(axis=1)).ravel().astype(np.float64)
-            where = "the count matrix (row sums)"
+        lib = tissue.library_size(adata, layer, library_size_key=library_size_key, X=X)
+        where = ("the count matrix (row sums)" if library_size_key is None
+                 else f"library_size_key: adata.obs[{library_size_key!r}]")
         if normalize:
             if not np.any(lib > 0):
                 raise SigelInputError(f"every spot has a library size of 0 in {where}; nothing to normalise")
@@ -319,47 +311,12 @@ class GeneImages:
 
 # ---------------------------------------------------------------------- helpers
 def _counts_matrix(adata, layer):
-    """The count matrix as a float/int CSR matrix (backed data read into memory, float16/bool widened)."""
-    if layer is None:
-        X, where = adata.X, "adata.X"
-    else:
-        if layer not in adata.layers:
-            raise SigelInputError(f"layer {layer!r} not found in adata.layers; available: {list(adata.layers.keys())}")
-        X, where = adata.layers[layer], f"adata.layers[{layer!r}]"
-    if X is None:
-        raise SigelInputError("adata.X is empty; pass the layer holding counts with `layer=`")
-    if not sp.issparse(X) and not isinstance(X, np.ndarray):
-        try:  # backed AnnData: an on-disk sparse dataset or h5py dataset; read it into memory
-            if hasattr(X, "to_memory"):
-                X = X.to_memory()
-            elif hasattr(X, "shape") and hasattr(X, "dtype") and hasattr(X, "__getitem__"):
-                X = X[()]
-        except Exception as e:  # pragma: no cover - depends on the storage backend
-            raise SigelInputError(f"{where} could not be read ({type(X).__name__}): {e}; load the AnnData "
-                                  "into memory (e.g. adata.to_memory()) first") from None
-    if sp.issparse(X):
-        kind = X.dtype.kind
-        if kind not in "biuf":
-            raise SigelInputError(f"{where} must hold numbers; got dtype {X.dtype}")
-        if kind == "b" or X.dtype == np.float16:
-            X = X.astype(np.float32)
-        X = sp.csr_matrix(X)
-    else:
-        try:
-            arr = np.asarray(X)
-        except Exception as e:
-            raise SigelInputError(f"{where} could not be read as an array ({type(X).__name__}): {e}") from None
-        if arr.ndim != 2:
-            raise SigelInputError(f"{where} must be a 2-d (spots x genes) matrix; got shape {arr.shape}")
-        if arr.dtype.kind not in "biuf":
-            raise SigelInputError(f"{where} must hold numbers; got dtype {arr.dtype}")
-        if arr.dtype.kind == "b" or arr.dtype == np.float16:
-            arr = arr.astype(np.float32)
-        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
-            n = int(arr.size - np.isfinite(arr).sum())
-            raise SigelInputError(f"{where}: expression values contain {n} NaN or infinite entries")
-        X = sp.csr_matrix(arr)
-    return X
+    """The count matrix as a float/int CSR matrix (`sigel.tissue.read_matrix`)."""
+    return tissue.read_matrix(adata, layer)
+
+
+_check_counts = tissue.check_integers
+_obs_numeric = tissue._obs_numeric
 
 
 def _hash_array(h, arr) -> None:
@@ -423,47 +380,32 @@ def read_counts(adata, layer=None, *, counts: bool = True) -> sp.csr_matrix:
     matrices read into memory. The result may share memory with ``adata``:
     do not modify it in place.
     """
-    X = _counts_matrix(adata, layer)
-    assert_finite_nonnegative(X.data, "expression values")
-    if counts:
-        _check_counts(X, adata, layer)
-    return X
+    return tissue.counts(adata, layer, integers=counts)
 
 
-def _check_counts(X: sp.csr_matrix, adata, layer) -> None:
-    """Refuse non-integer values where raw counts are required, pointing at ``layer=`` and ``counts=False``."""
-    data = X.data
-    if data.dtype.kind not in "f" or data.size == 0:
-        return
-    frac = data != np.floor(data)
-    n_bad = int(np.count_nonzero(frac))
-    if n_bad == 0:
-        return
-    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-    example = float(data[np.flatnonzero(frac)[0]])
-    others = [k for k in adata.layers.keys() if k != layer]
-    hint = (f"pass `layer=` naming the layer that holds the raw counts (layers: {others})" if others
-            else "pass `layer=` naming a layer that holds the raw counts (this AnnData has no layers)")
-    raise SigelInputError(
-        f"{where} holds non-integer values ({n_bad:,} of {data.size:,} non-zero entries, e.g. {example:g}): "
-        "it looks normalised or log-transformed, and would be normalised and log-transformed again. "
-        f"SIGEL needs raw counts: {hint}, or pass counts=False to use these values as they are."
-    )
+#: above this fraction of spots sharing a pixel, free rasterisation warns
+FREE_SHARED_WARN = 0.25
+#: up to this fraction of duplicated integer positions, integer coordinates stay a grid
+GRID_DUPLICATE_MAX = 0.01
 
 
-def _obs_numeric(adata, cols):
-    out = []
-    for c in cols:
-        s = adata.obs[c]
-        v = pd.to_numeric(s, errors="coerce").to_numpy(np.float64)
-        if np.any(~np.isfinite(v)):
-            raise SigelInputError(f"adata.obs[{c!r}] must hold finite numbers (found non-numeric, NaN or inf)")
-        out.append(v)
-    return np.column_stack(out)
+def _n_duplicated(r: np.ndarray) -> int:
+    """Spots whose integer (x, y) position another spot already holds."""
+    return int(len(r) - len(np.unique(r, axis=0)))
 
 
 def detect_geometry(adata, spatial_key: str = "spatial") -> str:
-    """Guess the platform geometry: ``'visium'``, ``'grid'`` or ``'free'``."""
+    """Guess the platform geometry: ``'visium'``, ``'grid'`` or ``'free'``.
+
+    ``obs['array_row', 'array_col']`` with one row/column parity is Visium's
+    hexagonal array (mixed parity: a grid). Otherwise the coordinates of
+    :func:`sigel.tissue.coordinates` are a ``'grid'`` when they are integers
+    spanning at most 512 positions. Integer coordinates of which a few spots
+    (at most 1 %) share a position stay a grid, with a warning giving the
+    numbers (the sharing spots are averaged into one pixel); with more
+    duplicates they are not a lattice and are rasterised as ``'free'``
+    coordinates, again with a warning. Pass ``geometry=`` to choose.
+    """
     obs = adata.obs
     if "array_row" in obs and "array_col" in obs:
         rc = _obs_numeric(adata, ["array_row", "array_col"])
@@ -472,22 +414,37 @@ def detect_geometry(adata, spatial_key: str = "spatial") -> str:
     xy = _grid_xy(adata, spatial_key)
     if xy is not None:
         r = np.round(xy)
-        if np.allclose(xy, r, atol=0.25) and len(np.unique(r[:, 0] * 1e6 + r[:, 1])) == len(r) \
-                and np.ptp(r, axis=0).max() <= 512:
-            return "grid"
+        if np.allclose(xy, r, atol=0.25) and np.ptp(r, axis=0).max() <= 512:
+            n_dup = _n_duplicated(r)
+            if n_dup == 0:
+                return "grid"
+            n = len(r)
+            if n_dup <= GRID_DUPLICATE_MAX * n:
+                return "grid"  # spot_pixels warns about the shared positions
+            warnings.warn(
+                f"integer coordinates, but {n_dup} of {n} spots repeat another spot's position: not a "
+                "lattice, rasterising them as free coordinates (pass geometry='grid' to force the grid)",
+                stacklevel=3)
     return "free"
 
 
 def _grid_xy(adata, spatial_key):
-    if "x" in adata.obs and "y" in adata.obs:
-        return _obs_numeric(adata, ["x", "y"])
-    if spatial_key in adata.obsm:
-        return as_coordinates(adata.obsm[spatial_key], adata.n_obs, f"adata.obsm[{spatial_key!r}]")
+    """Coordinates for the grid/free geometries by the lookup rule, or None when there are none."""
+    key = tissue.DEFAULT_SPATIAL_KEY if spatial_key is None else spatial_key
+    if key in adata.obsm or ("x" in adata.obs and "y" in adata.obs) or key != tissue.DEFAULT_SPATIAL_KEY:
+        return tissue.coordinates(adata, key)
     return None
 
 
 def spot_pixels(adata, *, geometry="auto", spatial_key="spatial", resolution=64):
-    """Integer (row, column) pixel of every spot and the geometry used."""
+    """Integer (row, column) pixel of every spot and the geometry used.
+
+    Spots that land in one pixel are averaged there. On a lattice
+    (``'visium'``, ``'grid'``) that only happens to duplicated positions and
+    gives a warning with their number; with ``'free'`` coordinates it warns
+    when more than a quarter of the spots share a pixel, naming the
+    resolution that would keep nearest neighbours apart.
+    """
     obs = adata.obs
     if geometry == "auto":
         has_any = ("array_row" in obs and "array_col" in obs) or ("x" in obs and "y" in obs) \
@@ -503,6 +460,7 @@ def spot_pixels(adata, *, geometry="auto", spatial_key="spatial", resolution=64)
             if c not in obs:
                 raise SigelInputError(f"geometry='visium' needs adata.obs[{c!r}]; not found")
         rc = np.round(_obs_numeric(adata, ["array_row", "array_col"])).astype(np.int64)
+        logger.info("spot pixels from adata.obs[['array_row', 'array_col']] (Visium hexagonal array)")
         rows = rc[:, 0] - rc[:, 0].min()
         cols = rc[:, 1] // 2
         cols = cols - cols.min()
@@ -510,7 +468,7 @@ def spot_pixels(adata, *, geometry="auto", spatial_key="spatial", resolution=64)
         xy = _grid_xy(adata, spatial_key)
         if xy is None:
             raise SigelInputError(
-                f"geometry={geometry!r} needs coordinates in obs['x','y'] or obsm[{spatial_key!r}]; none found"
+                f"geometry={geometry!r} needs coordinates in obsm[{spatial_key!r}] or obs['x','y']; none found"
             )
         xy = xy - xy.min(axis=0)
         if geometry == "grid":
@@ -523,7 +481,30 @@ def spot_pixels(adata, *, geometry="auto", spatial_key="spatial", resolution=64)
             step = span / max(resolution - 1, 1) if span > 0 else 1.0
             r = np.floor(xy / step + 0.5).astype(np.int64)
             cols, rows = r[:, 0], r[:, 1]
+            _warn_shared_free(xy, rows, cols, resolution, span)
+            return rows, cols, geometry
+    n_dup = _n_duplicated(np.column_stack([rows, cols]))
+    if n_dup:
+        warnings.warn(
+            f"{n_dup} of {len(rows)} spots repeat the {geometry} position of another spot; they are averaged "
+            "into shared pixels (remove the duplicates, or pass geometry='free' to rasterise the coordinates)",
+            stacklevel=3)
     return rows, cols, geometry
+
+
+def _warn_shared_free(xy, rows, cols, resolution, span):
+    n = len(rows)
+    flat = rows * (int(cols.max()) + 1) + cols
+    _, inv, cnt = np.unique(flat, return_inverse=True, return_counts=True)
+    shared = int((cnt[inv] > 1).sum())
+    if n < 2 or shared <= FREE_SHARED_WARN * n:
+        return
+    _, dist = tissue.knn_indices(xy, 1)
+    d = float(np.median(dist[:, 0]))
+    need = f"; resolution >= {int(np.ceil(span / d)) + 1} keeps most nearest neighbours apart" if d > 0 else ""
+    warnings.warn(
+        f"free coordinates at resolution={resolution}: {shared:,} of {n:,} spots/cells share a pixel with "
+        f"another ({len(cnt):,} pixels hold them) and are averaged there{need}", stacklevel=3)
 
 
 def _robust_scale(values: sp.csr_matrix, n_tissue: int, q: float) -> sp.csr_matrix:

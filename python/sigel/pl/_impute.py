@@ -47,12 +47,10 @@ def impute_maps(imputed, genes=None, *, truth=None, spatial_key: str = "spatial"
     """
     import matplotlib.pyplot as plt
 
+    from .. import tissue
     from .._validate import SigelInputError
 
-    if spatial_key not in imputed.obsm:
-        raise SigelInputError(f"spatial_key {spatial_key!r} not found in imputed.obsm; "
-                              f"available: {list(imputed.obsm.keys())}")
-    xy = np.asarray(imputed.obsm[spatial_key])[:, :2]
+    xy = tissue.coordinates(imputed, spatial_key)
     if genes is None:
         var = imputed.var
         cand = var[var["imputed"]] if "imputed" in var else var

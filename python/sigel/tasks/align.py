@@ -163,10 +163,11 @@ def _split_counts(adata, layer, lib_key, seed):
     import anndata as ad
     import scipy.sparse as sp
 
-    X = adata.X if layer is None else adata.layers[layer]
-    X = sp.csr_matrix(X, dtype=np.float64, copy=True)
+    from .. import tissue
+
+    X = tissue.counts(adata, layer, dtype=np.float64)
     vals = X.data
-    if vals.size and (np.any(vals < 0) or not np.allclose(vals, np.round(vals))):
+    if vals.size and not np.allclose(vals, np.round(vals)):
         logger.warning("split-half noise: values are not counts; thinning rounded values")
     n = np.maximum(np.round(vals), 0).astype(np.int64)
     rng = np.random.default_rng([int(seed), 13])
@@ -227,9 +228,9 @@ def split_half_embeddings(model, adata, *, genes=None, seed: int | None = None, 
     opts = dict(getattr(model, "image_options_", {}) or {})
     opts.update(image_options)
     layer, lib_key = opts.get("layer"), opts.get("library_size_key")
-    from ..data.images import read_counts
+    from .. import tissue
 
-    read_counts(adata, layer, counts=bool(opts.get("counts", True)))  # thinning needs non-negative counts
+    tissue.counts(adata, layer, integers=bool(opts.get("counts", True)))  # thinning needs non-negative counts
     genes = list(model.embeddings_.index if genes is None else genes)
     genes = [g for g in genes if g in set(adata.var_names)]
     out = []

@@ -28,16 +28,15 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .. import _keys
+from .. import _keys, tissue
 from .._settings import logger, settings
-from .._stats import bh as _bh
 from .._validate import (
     SigelInputError,
-    as_coordinates,
     assert_in_range,
     assert_key_in,
     assert_one_of,
     assert_positive,
+    assert_unique_names,
 )
 
 __all__ = ["prune_genes", "spatial_domains", "domain_scores", "morans_i_table"]
@@ -53,67 +52,9 @@ def _is_anndata(x) -> bool:
     return hasattr(x, "obs") and hasattr(x, "var") and hasattr(x, "obs_names")
 
 
-def _counts(adata, layer):
-    if layer is None:
-        X = adata.X
-    else:
-        assert_key_in("layer", layer, adata.layers, "adata.layers")
-        X = adata.layers[layer]
-    if X is None:
-        raise SigelInputError("adata.X is empty; pass the layer holding counts with `layer=`")
-    if sp.issparse(X):
-        X = sp.csr_matrix(X, dtype=np.float32)
-    else:
-        arr = np.asarray(X)
-        if arr.dtype.kind not in "biuf":
-            raise SigelInputError(f"expression values must be numeric; got dtype {arr.dtype}")
-        X = sp.csr_matrix(arr.astype(np.float32))
-    if X.nnz and (not np.all(np.isfinite(X.data)) or X.data.min() < 0):
-        raise SigelInputError("expression values must be finite and >= 0 (raw counts expected)")
-    return X
-
-
-def _log_normalized(adata, *, layer=None, library_size_key=None, target_sum=None) -> sp.csr_matrix:
-    """Spots x genes CSR: counts / library size * target_sum, then log1p.
-
-    The library size is ``obs[library_size_key]`` when given (e.g. ``sum_umi``
-    when ``X`` holds only a subset of genes), else the total over all genes of
-    ``adata``; ``target_sum`` defaults to its median.
-    """
-    X = _counts(adata, layer)
-    if library_size_key is not None:
-        assert_key_in("library_size_key", library_size_key, adata.obs, "adata.obs")
-        lib = pd.to_numeric(adata.obs[library_size_key], errors="coerce").to_numpy(np.float64)
-        if not np.all(np.isfinite(lib)) or np.any(lib <= 0):
-            raise SigelInputError(f"adata.obs[{library_size_key!r}] must hold positive finite library sizes")
-    else:
-        lib = np.asarray(X.sum(axis=1)).ravel().astype(np.float64)
-    pos = lib > 0
-    if not np.any(pos):
-        raise SigelInputError("every spot has zero counts")
-    if target_sum is None:
-        target_sum = float(np.median(lib[pos]))
-    scale = np.where(pos, target_sum / np.where(pos, lib, 1.0), 0.0).astype(np.float32)
-    X = sp.csr_matrix(sp.diags(scale) @ X)
-    X.data = np.log1p(X.data)
-    return X
-
-
-def _coordinates(adata, spatial_key):
-    """Physical spot coordinates: obsm[spatial_key], else Visium array coordinates, else obs x/y."""
-    if spatial_key in adata.obsm:
-        return as_coordinates(adata.obsm[spatial_key], adata.n_obs, f"adata.obsm[{spatial_key!r}]")
-    obs = adata.obs
-    if "array_row" in obs and "array_col" in obs:
-        rc = obs[["array_row", "array_col"]].to_numpy(np.float64)
-        # hex lattice: neighbours in a row are 2 array columns apart, rows sqrt(3) apart
-        return as_coordinates(np.column_stack([rc[:, 1], rc[:, 0] * math.sqrt(3.0)]), adata.n_obs)
-    if "x" in obs and "y" in obs:
-        return as_coordinates(obs[["x", "y"]].to_numpy(np.float64), adata.n_obs, "adata.obs[['x','y']]")
-    raise SigelInputError(
-        f"no spatial coordinates found: looked for adata.obsm[{spatial_key!r}], "
-        "obs['array_row','array_col'] (Visium) and obs['x','y']"
-    )
+_log_normalized = tissue.log_normalize
+_coordinates = tissue.coordinates
+_knn_weights = tissue.knn_weights
 
 
 def _geometry(adata, spatial_key, geometry):
@@ -128,83 +69,11 @@ def _geometry(adata, spatial_key, geometry):
         return "free"
 
 
-def _knn_indices(coords: np.ndarray, k: int) -> np.ndarray:
-    """(n, k) indices of each spot's k nearest other spots."""
-    from scipy.spatial import cKDTree
-
-    n = coords.shape[0]
-    k = int(min(k, n - 1))
-    if k < 1:
-        raise SigelInputError(f"need at least 2 spots; got {n}")
-    _, idx = cKDTree(coords).query(coords, k=k + 1)
-    drop = idx == np.arange(n)[:, None]
-    drop[~drop.any(axis=1), -1] = True  # duplicated coordinates: self may be missing
-    drop[np.cumsum(drop, axis=1) > 1] = False  # at most one dropped per row
-    return idx[~drop].reshape(n, k)
-
-
-
 # ================================================================= Moran's I
-def _morans_i_core(X: sp.spmatrix, W: sp.spmatrix, *, block: int = 2048):
-    """Moran's I of every column of ``X`` (spots x genes) for spatial weights ``W`` (spots x spots).
-
-    Sparse and vectorised: ``z'Wz = x'Wx - m(c'x + r'x) + m^2 S0`` with
-    ``r``/``c`` the row/column sums of ``W``, and the central moments from
-    raw power sums, so ``X`` is never centred or densified. Returns ``(I, z,
-    pval)``: the statistic, its z-score under the randomisation assumption
-    (the variance uses each gene's kurtosis, which keeps sparse, skewed
-    counts calibrated) and the one-sided p-value for positive
-    autocorrelation.
-    """
-    from scipy.stats import norm
-
-    X = sp.csc_matrix(X, dtype=np.float64)
-    W = sp.csr_matrix(W, dtype=np.float64)
-    n, G = X.shape
-    if n < 4:
-        raise SigelInputError(f"Moran's I needs at least 4 spots; got {n}")
-    r = np.asarray(W.sum(axis=1)).ravel()
-    c = np.asarray(W.sum(axis=0)).ravel()
-    S0 = float(W.sum())
-    Wt = W.T.tocsr()
-    S1 = 0.5 * float(((W + Wt).power(2)).sum())
-    S2 = float(np.sum((r + c) ** 2))
-    I = np.full(G, np.nan)
-    b2 = np.full(G, np.nan)
-    for a in range(0, G, block):
-        Xb = X[:, a:a + block]
-        p1 = np.asarray(Xb.sum(axis=0)).ravel()
-        p2 = np.asarray(Xb.power(2).sum(axis=0)).ravel()
-        p3 = np.asarray(Xb.power(3).sum(axis=0)).ravel()
-        p4 = np.asarray(Xb.power(4).sum(axis=0)).ravel()
-        m = p1 / n
-        WX = W @ Xb
-        xWx = np.asarray(Xb.multiply(WX).sum(axis=0)).ravel()
-        cx = np.asarray(c @ Xb).ravel()
-        rx = np.asarray(r @ Xb).ravel()
-        num = xWx - m * (cx + rx) + m * m * S0
-        m2 = p2 - n * m * m                                   # sum (x - m)^2
-        m4 = p4 - 4 * m * p3 + 6 * m * m * p2 - 3 * n * m ** 4  # sum (x - m)^4
-        ok = m2 > 1e-12 * np.maximum(1.0, n * m * m)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            I[a:a + block] = np.where(ok, (n / S0) * num / m2, np.nan)
-            b2[a:a + block] = np.where(ok, n * m4 / (m2 * m2), np.nan)
-    E = -1.0 / (n - 1)
-    n2 = n * n
-    var = (n * ((n2 - 3 * n + 3) * S1 - n * S2 + 3 * S0 * S0)
-           - b2 * ((n2 - n) * S1 - 2 * n * S2 + 6 * S0 * S0)) / ((n - 1) * (n - 2) * (n - 3) * S0 * S0) - E * E
-    with np.errstate(invalid="ignore", divide="ignore"):
-        z = (I - E) / np.sqrt(np.where(var > 0, var, np.nan))
-    pval = norm.sf(z)
-    return I, z, pval
-
-
-def _knn_weights(coords: np.ndarray, n_neighbors: int) -> sp.csr_matrix:
-    """Row-standardised binary kNN spatial weights."""
-    idx = _knn_indices(coords, n_neighbors)
-    n, k = idx.shape
-    rows = np.repeat(np.arange(n), k)
-    return sp.csr_matrix((np.full(n * k, 1.0 / k), (rows, idx.ravel())), shape=(n, n))
+def _morans_i_core(X: sp.spmatrix, W: sp.spmatrix):
+    """``(I, z, pval)`` arrays of :func:`sigel.tissue.morans_i_values` for weights ``W``."""
+    t = tissue.morans_i_values(X, W)
+    return t["I"].to_numpy(), t["z"].to_numpy(), t["pval"].to_numpy()
 
 
 def morans_i_table(
@@ -215,8 +84,9 @@ def morans_i_table(
     spatial_key: str = "spatial",
     library_size_key: str | None = None,
     n_neighbors: int = 6,
+    counts: bool = True,
 ) -> pd.DataFrame:
-    """Moran's I of every gene on a kNN spot graph (fast, sparse, vectorised).
+    """Moran's I of every gene (`sigel.tissue.morans_i`) as a gene score table for :func:`prune_genes`.
 
     Parameters
     ----------
@@ -227,11 +97,15 @@ def morans_i_table(
     layer
         Layer with counts (default ``X``).
     spatial_key
-        ``adata.obsm`` key of the coordinates.
+        ``adata.obsm`` key of the coordinates (lookup rule of
+        `sigel.tissue.coordinates`).
     library_size_key
         ``adata.obs`` column with library sizes (default: totals of ``X``).
     n_neighbors
         Neighbours per spot in the spatial graph (6 suits Visium's hexagons).
+    counts
+        Require raw (whole-number) counts (default); ``False`` uses the
+        values as they are.
 
     Returns
     -------
@@ -248,21 +122,9 @@ def morans_i_table(
     >>> morans_i_table(adata).head(3).columns.tolist()
     ['score', 'zscore', 'pval', 'qval']
     """
-    assert_positive("n_neighbors", n_neighbors)
-    names = pd.Index(adata.var_names)
-    if genes is not None:
-        genes = pd.Index(genes)
-        missing = genes.difference(names)
-        if len(missing):
-            raise SigelInputError(f"{len(missing)} genes not in adata.var_names, e.g. {list(missing[:5])}")
-    X = _log_normalized(adata, layer=layer, library_size_key=library_size_key)
-    if genes is not None:
-        X = X[:, names.get_indexer(genes)]
-        names = genes
-    W = _knn_weights(_coordinates(adata, spatial_key), int(n_neighbors))
-    I, z, p = _morans_i_core(X, W)
-    tab = pd.DataFrame({"score": I, "zscore": z, "pval": p, "qval": _bh(p)}, index=names)
-    tab.index.name = "gene"
+    t = tissue.morans_i(adata, genes, layer=layer, spatial_key=spatial_key, library_size_key=library_size_key,
+                        n_neighbors=n_neighbors, counts=counts)
+    tab = t.rename(columns={"I": "score", "z": "zscore"})[["score", "zscore", "pval", "qval"]]
     tab = tab.sort_values("score", ascending=False, na_position="last")
     tab.attrs["method"] = "morans_i"
     return tab
@@ -330,7 +192,8 @@ def _model_tables(model):
     return emb, ctx
 
 
-def _resolve_scores(score, adata, model, genes, *, layer, spatial_key, library_size_key, n_neighbors, seed):
+def _resolve_scores(score, adata, model, genes, *, layer, spatial_key, library_size_key, n_neighbors, seed,
+                    counts=True):
     """A DataFrame (index gene) with column 'score' and, when known, 'qval'."""
     if isinstance(score, pd.Series):
         tab = score.rename("score").to_frame()
@@ -363,7 +226,7 @@ def _resolve_scores(score, adata, model, genes, *, layer, spatial_key, library_s
                 raise SigelInputError("score='svg' but sigel.tl.svg is not available")
         if tab is None:
             tab = morans_i_table(adata, genes, layer=layer, spatial_key=spatial_key,
-                                 library_size_key=library_size_key, n_neighbors=n_neighbors)
+                                 library_size_key=library_size_key, n_neighbors=n_neighbors, counts=counts)
             tab.attrs["method"] = "morans_i"
     tab = tab.copy()
     tab.index = tab.index.astype(str)
@@ -525,8 +388,9 @@ def prune_genes(
         group_method = group_by
 
     # ---- scores
+    raw_counts = bool((getattr(model, "image_options_", None) or {}).get("counts", True))
     tab = _resolve_scores(score, adata, model, genes, layer=layer, spatial_key=spatial_key,
-                          library_size_key=library_size_key, n_neighbors=n_neighbors, seed=seed)
+                          library_size_key=library_size_key, n_neighbors=n_neighbors, seed=seed, counts=raw_counts)
     score_method = tab.attrs.get("method", score if isinstance(score, str) else "given")
     if score_method == "auto":
         score_method = "svg"
@@ -618,13 +482,11 @@ def _refine_labels(labels: np.ndarray, coords: np.ndarray, num_nbs: int) -> np.n
     than half, the spot takes that label (``SpaGCN.refine``, shape 'hexagon'
     = 6 neighbours, 'square' = 4).
     """
-    from scipy.spatial import cKDTree
-
     n = len(labels)
     codes, uniq = pd.factorize(pd.Series(labels))
-    k = min(num_nbs + 1, n)
-    _, idx = cKDTree(coords).query(coords, k=k)
-    idx = idx.reshape(n, k)
+    nbrs, _ = tissue.knn_indices(coords, num_nbs)
+    idx = np.column_stack([np.arange(n), nbrs])
+    k = idx.shape[1]
     counts = np.zeros((n, len(uniq)), dtype=np.int64)
     np.add.at(counts, (np.repeat(np.arange(n), k), codes[idx].ravel()), 1)
     own = counts[np.arange(n), codes]
@@ -634,27 +496,198 @@ def _refine_labels(labels: np.ndarray, coords: np.ndarray, num_nbs: int) -> np.n
     return np.asarray(uniq)[new]
 
 
-def _spagcn_fit(spg, X, adj, l, res, *, n_pcs, lr, max_epochs, tol, seed):
-    import anndata as ad
+# ------------------------------------------------ SpaGCN on a sparse neighbour graph
+#: most (spots x neighbours) entries the Gaussian-kernel graph may hold (~0.5 GB of float64 + indices)
+_MAX_KERNEL_ENTRIES = 3e7
+#: largest kernel weight per spot the sparse adjacency may leave out (float32 resolution of a row sum >= 1)
+_KERNEL_TAIL = 1e-7
+
+
+class _KernelGraph:
+    """Distances of every spot to its ``k`` nearest spots, with ``k`` doubled on demand.
+
+    SpaGCN weighs spot pairs by ``exp(-d^2 / (2 l^2))`` over *all* pairs (a
+    dense spots x spots matrix). Here only the ``k`` nearest spots are kept:
+    every omitted spot is at least as far as the ``k``-th, so the omitted
+    weight of a row is at most ``(n - 1 - k) * exp(-d_k^2 / (2 l^2))``; the
+    graph grows until that bound no longer matters for the decision at hand.
+    """
+
+    def __init__(self, coords: np.ndarray, k0: int = 32):
+        self.coords = coords
+        self.n = coords.shape[0]
+        self._build(min(k0, self.n - 1))
+
+    def _build(self, k):
+        self.idx, self.dist = tissue.knn_indices(self.coords, k)
+        self.k = self.idx.shape[1]
+
+    def grow(self) -> bool:
+        """Double ``k``; False when it cannot grow (all spots in, or the memory cap)."""
+        if self.k >= self.n - 1 or self.n * min(2 * self.k, self.n - 1) > _MAX_KERNEL_ENTRIES:
+            return False
+        self._build(min(2 * self.k, self.n - 1))
+        return True
+
+    def weights(self, l):
+        return np.exp(-(self.dist ** 2) / (2.0 * l * l))
+
+    def p_bounds(self, l):
+        """Bounds of SpaGCN's ``calculate_p`` (mean neighbourhood weight, self excluded) at ``l``."""
+        w = self.weights(l)
+        lo = float(w.sum(axis=1).mean())
+        return lo, lo + float(((self.n - 1 - self.k) * w[:, -1]).mean())
+
+    def max_tail(self, l):
+        return float(((self.n - 1 - self.k) * self.weights(l)[:, -1]).max())
+
+    def adjacency(self, l):
+        """Sparse ``exp(-d^2 / (2 l^2))`` over the kept pairs (symmetric), 1 on the diagonal."""
+        n, k = self.idx.shape
+        rows = np.repeat(np.arange(n), k)
+        W = sp.csr_matrix((self.weights(l).ravel(), (rows, self.idx.ravel())), shape=(n, n))
+        W = W.maximum(W.T) + sp.identity(n, format="csr")
+        return sp.csr_matrix(W, dtype=np.float32)
+
+
+def _search_l(graph: _KernelGraph, p, *, start=0.01, end=1000.0, tol=0.01, max_run=100):
+    """SpaGCN's ``search_l`` (same bisection) on the sparse kernel graph.
+
+    Each neighbourhood contribution is computed within bounds; the graph
+    grows until the bounds fall on one side of every comparison SpaGCN
+    makes (below ``p - tol``, within ``tol``, above ``p + tol``), so the
+    bisection takes the same path as on the dense matrix.
+    """
+    def region(v):
+        return -1 if v < p - tol else (1 if v > p + tol else 0)
+
+    def calc(l):
+        while True:
+            lo, hi = graph.p_bounds(l)
+            if region(lo) == region(hi):
+                return lo
+            if not graph.grow():
+                warnings.warn(f"SpaGCN length-scale search: neighbourhood contribution at l={l:.4g} is only "
+                              f"known within [{lo:.4g}, {hi:.4g}] with {graph.k} neighbours per spot",
+                              stacklevel=3)
+                return lo
+
+    p_low, p_high = calc(start), calc(end)
+    if p_low > p + tol or p_high < p - tol:
+        return None
+    if abs(p_low - p) <= tol:
+        return start
+    if abs(p_high - p) <= tol:
+        return end
+    run = 0
+    while (p_low + tol) < p < (p_high - tol):
+        run += 1
+        if run > max_run:
+            return None
+        mid = (start + end) / 2
+        p_mid = calc(mid)
+        if abs(p_mid - p) <= tol:
+            return mid
+        if p_mid <= p:
+            start, p_low = mid, p_mid
+        else:
+            end, p_high = mid, p_mid
+    return None
+
+
+def _spagcn_coordinates(spg, coords, image):
+    """SpaGCN's adjacency space: (x, y), or (x, y, z) with z from the histology image (as SpaGCN)."""
+    if image is None:
+        return coords
+    img = np.asarray(image)
+    if img.ndim != 3 or img.shape[2] < 3:
+        raise SigelInputError(f"`image` must be an H x W x 3 array; got shape {img.shape}")
+    px = np.round(coords).astype(np.int64)
+    with _quiet():
+        c3 = np.asarray(spg.extract_color(x_pixel=px[:, 1].tolist(), y_pixel=px[:, 0].tolist(), image=img,
+                                          beta=49), dtype=np.float64)
+    c4 = (c3 - c3.mean()) / c3.std()
+    z = c4 * max(np.std(coords[:, 0]), np.std(coords[:, 1]))
+    return np.column_stack([coords, z])
+
+
+def _torch_sparse(W: sp.csr_matrix):
+    import torch
+
+    C = W.tocoo()
+    idx = torch.from_numpy(np.vstack([C.row, C.col]).astype(np.int64))
+    return torch.sparse_coo_tensor(idx, torch.from_numpy(C.data.astype(np.float32)), C.shape,
+                                   check_invariants=False).coalesce()
+
+
+def _gc_dec_fit(model, X, adj, *, lr, max_epochs, res, tol, n_neighbors=10, update_interval=3):
+    """``simple_GC_DEC.fit`` of SpaGCN 1.2.7 (Adam, Louvain initialisation on the graph-convolved
+    features) with a sparse ``adj``; the same steps in the same order."""
+    import scanpy as sc
+    import torch
+    from torch import optim
+    from torch.nn.parameter import Parameter
+
+    optimizer = optim.Adam(model.parameters(), lr=lr, weight_decay=0)
+    Xt = torch.FloatTensor(X)
+    features = model.gc(Xt, adj)
+    a = sc.AnnData(features.detach().numpy())
+    # exact kNN as scanpy uses below 4,096 spots (its pynndescent route above that fails with this scipy),
+    # computed in chunks of at most 128 MB
+    from sklearn import config_context
+
+    with config_context(working_memory=128):
+        sc.pp.neighbors(a, n_neighbors=n_neighbors, transformer="sklearn")
+    sc.tl.louvain(a, resolution=res)
+    y_pred = a.obs["louvain"].astype(int).to_numpy()
+    model.n_clusters = len(np.unique(y_pred))
+    y_last = y_pred
+    model.mu = Parameter(torch.Tensor(model.n_clusters, model.nhid))
+    f = pd.DataFrame(features.detach().numpy())
+    centers = np.asarray(f.groupby(pd.Series(y_pred, name="Group")).mean())
+    model.mu.data.copy_(torch.Tensor(centers))
+    model.train()
+    for epoch in range(max_epochs):
+        if epoch % update_interval == 0:
+            _, q = model(Xt, adj)
+            p = model.target_distribution(q).data
+        optimizer.zero_grad()
+        _, q = model(Xt, adj)
+        loss = model.loss_function(p, q)
+        loss.backward()
+        optimizer.step()
+        y_pred = torch.argmax(q, dim=1).data.cpu().numpy()
+        delta = np.sum(y_pred != y_last).astype(np.float32) / Xt.shape[0]
+        y_last = y_pred
+        if epoch > 0 and (epoch - 1) % update_interval == 0 and delta < tol:
+            break
+
+
+def _spagcn_fit(spg, X, adj, res, *, n_pcs, lr, max_epochs, tol, seed):
+    """One SpaGCN run (``SpaGCN.train`` + ``predict``) on a sparse kernel adjacency (torch sparse)."""
+    import torch
+    from sklearn.decomposition import PCA
 
     _seed_all(seed)
-    clf = spg.SpaGCN()
-    clf.set_l(l)
     with _quiet():
-        clf.train(ad.AnnData(X), adj, num_pcs=n_pcs, init_spa=True, init="louvain", res=res, tol=tol, lr=lr,
-                  max_epochs=max_epochs)
-        y, prob = clf.predict()
-    return np.asarray(y), prob
+        pca = PCA(n_components=n_pcs)
+        pca.fit(X)
+        embed = pca.transform(X)
+        model = spg.simple_GC_DEC(embed.shape[1], embed.shape[1])
+        _gc_dec_fit(model, embed, adj, lr=lr, max_epochs=max_epochs, res=res, tol=tol)
+        _, q = model(torch.FloatTensor(embed), adj)
+    y = torch.argmax(q, dim=1).data.cpu().numpy()
+    return np.asarray(y), q.detach().numpy()
 
 
-def _search_res(spg, X, adj, l, target, *, start, step, n_pcs, lr, max_epochs, tol, seed, max_run):
+def _search_res(spg, X, adj, target, *, start, step, n_pcs, lr, max_epochs, tol, seed, max_run):
     """SpaGCN's ``search_res`` (same walk: step towards the target, halve on overshoot), passing ``num_pcs``."""
     tried = {}
 
     def n_at(r):
         r = round(r, 10)
         if r not in tried:
-            y, _ = _spagcn_fit(spg, X, adj, l, r, n_pcs=n_pcs, lr=lr, max_epochs=max_epochs, tol=tol, seed=seed)
+            y, _ = _spagcn_fit(spg, X, adj, r, n_pcs=n_pcs, lr=lr, max_epochs=max_epochs, tol=tol, seed=seed)
             tried[r] = len(np.unique(y))
         return tried[r]
 
@@ -701,26 +734,29 @@ def _threads(n_threads):
 
 def _run_spagcn(spg, X, coords, image, n_domains, *, p, n_pcs, lr, max_epochs, res_start, res_step,
                 res_max_epochs, res_max_run, tol, seed):
-    """Adjacency, length scale, resolution search and the final SpaGCN fit; returns (l, res, labels)."""
-    with _quiet():
-        if image is not None:
-            img = np.asarray(image)
-            if img.ndim != 3 or img.shape[2] < 3:
-                raise SigelInputError(f"`image` must be an H x W x 3 array; got shape {img.shape}")
-            px = np.round(coords).astype(np.int64)
-            adj = spg.calculate_adj_matrix(x=coords[:, 0].tolist(), y=coords[:, 1].tolist(),
-                                           x_pixel=px[:, 1].tolist(), y_pixel=px[:, 0].tolist(),
-                                           image=img, histology=True)
-        else:
-            from scipy.spatial.distance import cdist
+    """Sparse adjacency, length scale, resolution search and the final SpaGCN fit; returns (l, res, labels).
 
-            adj = cdist(coords, coords).astype(np.float32)
-        l = spg.search_l(p, adj, start=0.01, end=1000, tol=0.01, max_run=100)
+    SpaGCN's dense spots x spots distance matrix is replaced by the distances
+    to each spot's nearest spots (:class:`_KernelGraph`): the length scale is
+    searched with SpaGCN's bisection on certified bounds, and the graph
+    convolution runs on the sparse Gaussian kernel, kept until the weight it
+    leaves out is below ``_KERNEL_TAIL`` per spot (1e-7, float32 resolution of a row sum >= 1, so the
+    convolution matches SpaGCN's dense one up to rounding). Memory stays linear in spots.
+    """
+    graph = _KernelGraph(_spagcn_coordinates(spg, coords, image))
+    l = _search_l(graph, p, start=0.01, end=1000, tol=0.01, max_run=100)
     if l is None:
         raise SigelInputError(f"SpaGCN found no length scale l with neighbourhood contribution p={p}; try another p")
-    res, _ = _search_res(spg, X, adj, l, n_domains, start=res_start, step=res_step, n_pcs=n_pcs, lr=lr,
+    while graph.max_tail(l) > _KERNEL_TAIL and graph.grow():
+        pass
+    if graph.max_tail(l) > _KERNEL_TAIL:
+        warnings.warn(f"SpaGCN adjacency keeps {graph.k} neighbours per spot; the kernel weight left out is up "
+                      f"to {graph.max_tail(l):.3g} per spot", stacklevel=3)
+    adj = _torch_sparse(graph.adjacency(l))
+    logger.info(f"SpaGCN adjacency: {graph.k} neighbours per spot, {adj._nnz():,} weights (l={l:.4g})")
+    res, _ = _search_res(spg, X, adj, n_domains, start=res_start, step=res_step, n_pcs=n_pcs, lr=lr,
                          max_epochs=res_max_epochs, tol=tol, seed=seed, max_run=res_max_run)
-    y, _ = _spagcn_fit(spg, X, adj, l, res, n_pcs=n_pcs, lr=lr, max_epochs=max_epochs, tol=tol, seed=seed)
+    y, _ = _spagcn_fit(spg, X, adj, res, n_pcs=n_pcs, lr=lr, max_epochs=max_epochs, tol=tol, seed=seed)
     return l, res, y
 
 
@@ -772,17 +808,22 @@ def spatial_domains(
     tol: float = 5e-3,
     n_threads: int | None = None,
     key_added: str = _keys.DOMAINS,
+    counts: bool = True,
 ) -> pd.DataFrame:
     """Spatial domains with SpaGCN on a chosen gene set.
 
     Counts are library-size normalised (over all genes, or
     ``obs[library_size_key]``) and log1p-transformed; the chosen genes go to
-    SpaGCN 1.2.7 as a dense matrix. The adjacency comes from the spot
-    coordinates (histology only when ``image`` is given); the length scale
-    ``l`` is searched so that neighbours contribute a fraction ``p`` of each
-    spot's expression, and the Louvain resolution so that SpaGCN finds
-    ``n_domains`` domains. Labels are then refined by a neighbourhood
-    majority (6 neighbours on Visium / free coordinates, 4 on square grids).
+    SpaGCN 1.2.7 as a dense (spots x chosen genes) matrix. The adjacency
+    comes from the spot coordinates (histology only when ``image`` is
+    given) as a *sparse* Gaussian kernel over each spot's nearest spots
+    (SpaGCN itself builds a dense spots x spots matrix; here memory stays
+    linear in spots, and the kernel weight left out is below 1e-7 per
+    spot); the length scale ``l`` is searched (SpaGCN's bisection) so that
+    neighbours contribute a fraction ``p`` of each spot's expression, and
+    the Louvain resolution so that SpaGCN finds ``n_domains`` domains.
+    Labels are then refined by a neighbourhood majority (6 neighbours on
+    Visium / free coordinates, 4 on square grids).
 
     Parameters
     ----------
@@ -799,8 +840,9 @@ def spatial_domains(
         Seeds Python, numpy and torch for every SpaGCN run: the same seed
         gives the same labels.
     layer, spatial_key, library_size_key
-        Where counts, coordinates (``obsm``; Visium array coordinates as a
-        fallback) and optional library sizes are read.
+        Where counts, coordinates (lookup rule of `sigel.tissue.coordinates`:
+        ``obsm[spatial_key]``, else ``obs['x','y']``, else the Visium array
+        coordinates) and optional library sizes are read.
     geometry
         ``'auto'``, ``'visium'``, ``'grid'`` or ``'free'``; picks the
         refinement shape.
@@ -825,6 +867,10 @@ def spatial_domains(
     key_added
         ``adata.obs`` key of the labels (``key_added + '_refined'`` for the
         refined ones).
+    counts
+        Require raw (whole-number) counts (default); ``False`` uses the
+        values as they are. Genes are not filtered by detection: the chosen
+        genes are clustered on as given.
 
     Returns
     -------
@@ -859,14 +905,12 @@ def spatial_domains(
     n = adata.n_obs
     if n < max(3, n_domains):
         raise SigelInputError(f"need more spots than n_domains; got {n} spots for n_domains={n_domains}")
-    if n > 30000:
-        warnings.warn(f"SpaGCN builds dense {n} x {n} spot matrices ({8 * n * n / 1e9:.1f} GB); "
-                      "consider subsetting the spots", stacklevel=2)
+    assert_unique_names(adata.var_names.astype(str), "gene names (adata.var_names)")
     geom = _geometry(adata, spatial_key, geometry)
     coords = _coordinates(adata, spatial_key)
     idx, gnames = _select_genes(adata, genes)
-    X = _log_normalized(adata, layer=layer, library_size_key=library_size_key)
-    X = np.asarray(X[:, idx].toarray(), dtype=np.float32)  # SpaGCN 1.2.7 needs dense X
+    X = tissue.log_normalize(adata, gnames, layer=layer, library_size_key=library_size_key, counts=counts)
+    X = np.asarray(X.toarray(), dtype=np.float32)  # SpaGCN 1.2.7 needs dense X (spots x chosen genes)
     n_pcs_used = int(min(n_pcs, X.shape[1], n - 1))
 
     spg = _import_spagcn()

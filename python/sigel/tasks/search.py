@@ -94,16 +94,16 @@ def pattern_search(
     >>> hits = sigel.tl.pattern_search(model, ad, tpl, n_draws=5)          # doctest: +SKIP
     >>> hits.head()                                                        # doctest: +SKIP
     """
-    from .. import sim
+    from .. import sim, tissue
     from ..sim import _check_model, _model_image_options, _same_grid
 
     _check_model(model, "pattern_search")
     assert_positive("n_draws", n_draws)
     opts = _model_image_options(model, image_options)
     from .._validate import assert_unique_names
-    from ..data.images import read_counts
 
-    read_counts(adata, opts.get("layer"), counts=bool(opts.get("counts", True)))
+    layer = opts.get("layer")
+    counts = tissue.counts(adata, layer, integers=bool(opts.get("counts", True)))
     assert_unique_names(pd.Index(adata.var_names.astype(str)), "gene names (adata.var_names)")
     if quantiles is None and means is None:
         _, regions, _ = sim.region_weights(_coords(adata, opts), template)
@@ -113,8 +113,6 @@ def pattern_search(
             )
         quantiles = dict(DEFAULT_QUANTILES)
     lib = sim.real_library_size(adata, opts)
-    layer = opts.get("layer")
-    counts = adata.X if layer is None else adata.layers[layer]
     Y, params = sim.pseudo_gene(_coords(adata, opts), template, counts=counts, library_size=lib,
                                 quantiles=quantiles, means=means, taper=taper, n_draws=int(n_draws),
                                 engine=engine, seed=seed, return_params=True)
@@ -158,9 +156,9 @@ def pattern_search(
 
 
 def _coords(adata, opts):
-    from ..sim import _spot_coords
+    from .. import tissue
 
-    return _spot_coords(adata, opts.get("spatial_key", "spatial"))
+    return tissue.coordinates(adata, opts.get("spatial_key", "spatial"))
 
 
 def _reference_grid(model, adata, opts):

@@ -28,17 +28,13 @@ from .. import _keys
 from .._settings import logger, settings
 from .._stats import bh
 from .._validate import SigelInputError, assert_one_of, assert_positive
-from ..sim import _check_model, _model_image_options, _same_grid, _spot_coords as _coords
+from .. import tissue
+from ..sim import _check_model, _model_image_options, _same_grid
 
 __all__ = ["svg", "svg_scores", "compare_svg", "morans_i", "bh"]
 
 
 # ====================================================================== helpers
-
-def _counts(adata, layer):
-    X = adata.X if layer is None else adata.layers[layer]
-    return sp.csr_matrix(X) if sp.issparse(X) else sp.csr_matrix(np.asarray(X))
-
 
 def real_images(model, adata, genes=None, opts: dict | None = None):
     """The real genes' images rebuilt from ``adata`` with the model's image options."""
@@ -299,7 +295,7 @@ def svg(
     genes = images.genes
     real = model.embed_images(images)
 
-    X = _counts(adata, opts.get("layer"))[:, adata.var_names.get_indexer(genes)]
+    X = tissue.counts(adata, opts.get("layer"))[:, tissue.gene_indices(adata, genes)]
     lib = sim.real_library_size(adata, opts)
     sf = lib / lib.mean() if depth_aware else np.ones(adata.n_obs)
     X = sp.csc_matrix(X, dtype=np.float64)
@@ -338,33 +334,30 @@ def _write(adata, tab, key_added, params):
 
 
 # ====================================================================== Moran's I
-def _knn_weights(coords, k: int):
-    from scipy.spatial import cKDTree
-
-    n = coords.shape[0]
-    k = int(min(k, n - 1))
-    _, idx = cKDTree(coords).query(coords, k=k + 1)
-    rows = np.repeat(np.arange(n), k)
-    cols = idx[:, 1:].ravel()
-    W = sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(n, n))
-    W = ((W + W.T) > 0).astype(np.float64)          # symmetric binary kNN graph
-    return sp.csr_matrix(W)
+_knn_weights = tissue.knn_weights
 
 
 def morans_i(adata, *, genes=None, layer=None, spatial_key: str = "spatial", n_neighbors: int = 6,
-             library_size_key: str | None = None, batch_genes: int = 2048) -> pd.DataFrame:
-    """Moran's I of every gene on a symmetric k-nearest-neighbour graph of the spots.
+             library_size_key: str | None = None, batch_genes: int | None = None,
+             counts: bool = True) -> pd.DataFrame:
+    """Moran's I of every gene on the spot kNN graph, ranked (the statistic of `sigel.tissue.morans_i`).
 
     Values are library-size normalised (to the median library size) and
-    ``log1p``-transformed. The p-value uses the normality approximation
-    (``E[I] = -1/(n-1)`` and the variance under normality, Cliff & Ord 1981),
-    one-sided for positive autocorrelation.
+    ``log1p``-transformed; the spatial weights are the ``n_neighbors``
+    nearest spots of each spot, row-standardised (a graph stored by
+    `sigel.tissue.spatial_neighbors` is reused when it matches). The p-value
+    uses the normal approximation with the variance under the
+    randomisation assumption (``E[I] = -1/(n-1)``, Cliff & Ord 1981; it
+    includes each gene's kurtosis), one-sided for positive autocorrelation.
+    Memory is linear in the number of spots (sparse throughout).
 
     Parameters
     ----------
     adata
-        AnnData with counts and coordinates (``obsm[spatial_key]``, else
-        ``obs['x','y']`` or ``obs['array_row','array_col']``).
+        AnnData with counts (finite, non-negative; at least 4 spots) and
+        coordinates (lookup rule of `sigel.tissue.coordinates`:
+        ``obsm[spatial_key]``, else ``obs['x','y']``, else the Visium array
+        coordinates). Never modified.
     genes
         Genes to score (default all).
     layer
@@ -376,7 +369,10 @@ def morans_i(adata, *, genes=None, layer=None, spatial_key: str = "spatial", n_n
     library_size_key
         ``obs`` column with library sizes (default: row sums over all genes).
     batch_genes
-        Genes per dense block.
+        Ignored (kept for compatibility: the computation is sparse).
+    counts
+        Require raw (whole-number) counts (default): normalised values would
+        be normalised again; ``False`` uses the values as they are.
 
     Returns
     -------
@@ -391,43 +387,8 @@ def morans_i(adata, *, genes=None, layer=None, spatial_key: str = "spatial", n_n
     >>> tab.columns.tolist()
     ['I', 'z', 'pval', 'qval', 'rank']
     """
-    from scipy.stats import norm
-
-    assert_positive("n_neighbors", n_neighbors)
-    coords = _coords(adata, spatial_key)
-    X = _counts(adata, layer).astype(np.float64)
-    if library_size_key is not None:
-        lib = pd.to_numeric(adata.obs[library_size_key]).to_numpy(np.float64)
-    else:
-        lib = np.asarray(X.sum(axis=1)).ravel()
-    names = pd.Index(adata.var_names.astype(str))
-    if genes is not None:
-        idx = names.get_indexer(pd.Index([str(g) for g in np.atleast_1d(genes)]))
-        if np.any(idx < 0):
-            raise SigelInputError(f"genes not in adata.var_names: {np.atleast_1d(genes)[idx < 0][:10].tolist()}")
-        X, names = X[:, idx], names[idx]
-    ts = np.median(lib[lib > 0])
-    Xn = sp.csr_matrix(sp.diags(np.divide(ts, lib, out=np.zeros_like(lib), where=lib > 0)) @ X)
-    Xn.data = np.log1p(Xn.data)
-    W = _knn_weights(coords, n_neighbors)
-    n = coords.shape[0]
-    S0 = W.sum()
-    S1 = 0.5 * ((W + W.T).power(2)).sum()
-    S2 = float(((np.asarray(W.sum(1)).ravel() + np.asarray(W.sum(0)).ravel()) ** 2).sum())
-    EI = -1.0 / (n - 1)
-    VI = (n * n * S1 - n * S2 + 3 * S0 * S0) / ((n * n - 1) * S0 * S0) - EI ** 2
-    I = np.empty(Xn.shape[1])
-    Xc = Xn.tocsc()
-    for s in range(0, Xn.shape[1], int(batch_genes)):
-        Z = Xc[:, s:s + int(batch_genes)].toarray()
-        Z -= Z.mean(0)
-        num = (Z * (W @ Z)).sum(0)
-        den = (Z * Z).sum(0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            I[s:s + Z.shape[1]] = n / S0 * num / den
-    z = (I - EI) / np.sqrt(VI)
-    p = norm.sf(z)
-    out = pd.DataFrame({"I": I, "z": z, "pval": p, "qval": bh(p)}, index=pd.Index(names, name="gene"))
+    out = tissue.morans_i(adata, genes, layer=layer, spatial_key=spatial_key, library_size_key=library_size_key,
+                          n_neighbors=n_neighbors, counts=counts)
     out["rank"] = out["I"].rank(ascending=False, method="first", na_option="bottom").astype(np.int64)
     return out.sort_values("rank")
 
@@ -510,8 +471,8 @@ def compare_svg(
         from .._rbridge import sparkx_r
 
         t = time.perf_counter()
-        X = _counts(adata, layer)[:, adata.var_names.get_indexer(genes)]
-        sx = sparkx_r(X, _coords(adata, opts.get("spatial_key", "spatial")), genes=genes)
+        X = tissue.counts(adata, layer)[:, tissue.gene_indices(adata, genes)]
+        sx = sparkx_r(X, tissue.coordinates(adata, opts.get("spatial_key", "spatial")), genes=genes)
         secs["sparkx"] = time.perf_counter() - t
         sx = sx.reindex(genes)
         out["sparkx_stat"] = -np.log10(np.clip(sx["pval"].to_numpy(), 1e-300, None))
@@ -520,7 +481,8 @@ def compare_svg(
         out["sparkx_rank"] = pd.Series(out["sparkx_pval"]).rank(method="first").astype(np.int64).to_numpy()
     t = time.perf_counter()
     mi = morans_i(adata, genes=genes, layer=layer, spatial_key=opts.get("spatial_key", "spatial"),
-                  n_neighbors=n_neighbors, library_size_key=lib_key).reindex(genes)
+                  n_neighbors=n_neighbors, library_size_key=lib_key,
+                  counts=bool(opts.get("counts", True))).reindex(genes)
     secs["moran"] = time.perf_counter() - t
     out["moran_I"] = mi["I"].to_numpy()
     out["moran_pval"] = mi["pval"].to_numpy()
