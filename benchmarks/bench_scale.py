@@ -135,9 +135,8 @@ def _train_config(model, n_genes: int):
 
 # -------------------------------------------------------------------- workers
 def worker_fit(a) -> dict:
+    import sigel  # before torch, as a user script would: its OpenMP settings apply when torch loads
     import torch
-
-    import sigel
     from sigel.train.distributed import get_rank, get_world_size
 
     auto = a.threads == 0  # the package's default thread policy
@@ -320,14 +319,19 @@ def _run(args: list, nproc: int = 1, timeout: float = 3600, one_thread: bool = T
     return _collect(_start(args, nproc, one_thread), t0, args, nproc, timeout)
 
 
-def _contention(base: list, n_genes: int = 2000, timeout: float = 3600) -> list:
-    """One fit alone; two identical fits started together; one fit beside a busy Python loop."""
+def _contention(base: list, n_genes: int = 2000, timeout: float = 3600, report=None) -> list:
+    """One fit alone; two identical fits started together; one fit beside a busy Python loop.
+
+    ``report(records)`` is called after each scenario (records are printed as they come).
+    """
     args = ["--worker", "fit", "--section", "contention", "--n-genes", str(n_genes), "--threads", "0"] + base
     out = []
 
     def tag(recs, scenario, machine):
         for i, r in enumerate(recs):
             r.update(scenario=scenario, fit_index=i, machine_before=machine)
+        if report is not None:
+            report(recs)
         return recs
 
     machine = dict(loadavg=_loadavg(), busiest=_busiest())
@@ -444,6 +448,9 @@ def main():
         for r in rs:
             print(json.dumps(r), flush=True)
         recs.extend(rs)
+        if a.json:  # written as the records come, so an interrupted run keeps what it measured
+            with open(a.json, "w") as fh:
+                json.dump(dict(machine=_machine(), records=recs), fh, indent=1)
 
     t_all = time.perf_counter()
     if "genes" in sections:
@@ -465,7 +472,7 @@ def main():
             for th in (1, 2):
                 add(_run(["--worker", "throughput", "--batch-size", str(bs), "--threads", str(th)] + base))
     if "contention" in sections:
-        add(_contention(base, a.contention_genes))
+        _contention(base, a.contention_genes, report=add)
     if "compile" in sections:
         for c in ([], ["--compile"]):
             add(_run(["--worker", "throughput", "--batch-size", "64", "--threads", "1"] + c + base))
