@@ -14,9 +14,10 @@ demo: setup
 	$(VENV)/bin/sigel demo --out $(OUT)
 
 ## set-up, then all tests: pytest, then R CMD build + check (which runs the
-## R testthat suite, the examples and the vignette against the real backend)
-test: setup
-	$(MAKE) test-python check-r
+## R testthat suite, the examples and the vignette against the real backend);
+## prints the time of each phase at the end (scripts/test.sh)
+test:
+	bash scripts/test.sh
 
 test-python:
 	$(PY) -m pytest tests/python -q

@@ -90,7 +90,9 @@ sigelPythonAvailable <- function() {
 }
 
 .sigel_py <- function() {
-    if (!is.null(.sigel_env$mod)) return(.sigel_env$mod)
+    if (!is.null(.sigel_env$mod)) return(.sync_threads(.sigel_env$mod))
+    # idle OpenMP threads sleep instead of spinning (read when torch loads)
+    if (!nzchar(Sys.getenv("OMP_WAIT_POLICY"))) Sys.setenv(OMP_WAIT_POLICY = "PASSIVE")
     py <- sigelPythonPath()
     if (is.na(py) && !reticulate::py_available(initialize = FALSE)) {
         stop(.no_backend_message(), call. = FALSE)
@@ -121,6 +123,18 @@ sigelPythonAvailable <- function() {
     reticulate::import("sigel._rbridge", convert = TRUE)$register_r_engine(
         .sigel_r_engine)
     .sigel_env$mod <- mod
+    .sync_threads(mod)
+}
+
+# options(sigel.threads = n) -> sigel.settings.n_threads (NULL: the backend's
+# automatic choice); applied on every call into the backend
+.sync_threads <- function(mod) {
+    n <- getOption("sigel.threads")
+    if (!identical(n, .sigel_env$threads)) {
+        reticulate::py_set_attr(mod$settings, "n_threads",
+                                if (is.null(n)) NULL else as.integer(n))
+        .sigel_env$threads <- n
+    }
     mod
 }
 

@@ -17,6 +17,14 @@ Sections (``--only``, comma-separated; default ``genes,synthetic,large,nproc,thr
 * ``throughput`` gradient-step and embedding throughput (genes/s) vs batch size and threads.
 * ``compile``    (not in the default set: compiling takes minutes) eager vs ``torch.compile``
                  gradient steps.
+* ``contention`` (not in the default set; also ``--contention``) DLPFC 2k genes with the
+                 default thread policy (no ``n_threads``, no ``OMP_NUM_THREADS``): one fit
+                 alone, two identical fits started together, and one fit beside a busy
+                 non-torch process (a Python busy loop); per-epoch seconds of each, the
+                 threads each fit used, and the machine's load (``/proc/loadavg``, the
+                 busiest processes) before every scenario. Run the driver with another
+                 ``PYTHONPATH`` (e.g. an older checkout's ``python/``) to measure that
+                 version the same way.
 
 Every measurement runs in a fresh subprocess, so ``peak_rss_mb`` (``ru_maxrss``)
 is that measurement's own peak (it includes ~0.4 GB of interpreter + torch).
@@ -42,6 +50,24 @@ DLPFC = os.path.join("dlpfc", "dlpfc_151673_counts.h5ad")
 
 def _rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+
+
+def _loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as fh:
+            return fh.read().strip()
+    except OSError:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _busiest(n: int = 6) -> list:
+    """The ``n`` processes using the most CPU right now (``ps``), as ``'%cpu command'`` strings."""
+    try:
+        out = subprocess.run(["ps", "-eo", "pcpu,args", "--sort=-pcpu"], capture_output=True, text=True,
+                             timeout=10).stdout.splitlines()[1:n + 1]
+        return [" ".join(line.split())[:100] for line in out]
+    except (OSError, subprocess.SubprocessError):
+        return []
 
 
 def _machine() -> str:
@@ -109,12 +135,14 @@ def _train_config(model, n_genes: int):
 
 # -------------------------------------------------------------------- workers
 def worker_fit(a) -> dict:
+    import sigel  # before torch, as a user script would: its OpenMP settings apply when torch loads
     import torch
-
-    import sigel
     from sigel.train.distributed import get_rank, get_world_size
 
-    torch.set_num_threads(a.threads)
+    auto = a.threads == 0  # the package's default thread policy
+    if not auto:
+        torch.set_num_threads(a.threads)
+    load_before = _loadavg()
     t0 = time.perf_counter()
     if a.dataset == "dlpfc":
         adata = _dlpfc(a.data, a.n_genes)
@@ -129,13 +157,17 @@ def worker_fit(a) -> dict:
     images_s = time.perf_counter() - t0
     del adata
     model = sigel.SIGEL(epochs=a.epochs, pretrain_epochs=1)
+    used = set()
+    model._callback = lambda *args, **kw: used.add(torch.get_num_threads())
     t0 = time.perf_counter()
-    model.fit_images(images, seed=0, progress=False, n_threads=a.threads, device="cpu")
+    model.fit_images(images, seed=0, progress=False, n_threads=None if auto else a.threads, device="cpu")
     fit_s = time.perf_counter() - t0
     h = model.history_
     return dict(section=a.section, dataset=a.dataset, genes=images.n_genes, image=f"{images.height}x{images.width}",
                 patch=model.patch_size_, K=model.n_contexts_, epochs=int(model.epochs_run_),
-                processes=get_world_size(), rank=get_rank(), threads=a.threads, load_s=round(load_s, 2),
+                processes=get_world_size(), rank=get_rank(), threads="auto" if auto else a.threads,
+                threads_used=sorted(used), omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
+                loadavg_before=load_before, loadavg_after=_loadavg(), load_s=round(load_s, 2),
                 images_s=round(images_s, 2), fit_s=round(fit_s, 1),
                 epoch_s=[round(float(x), 1) for x in h["seconds"]],
                 genes_per_s_pretrain=round(images.n_genes / float(h["seconds"].iloc[0]), 1),
@@ -240,7 +272,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(args: list, nproc: int = 1, timeout: float = 3600) -> list:
+def _env(one_thread: bool = True) -> dict:
     env = dict(os.environ)
     try:  # the sigel this driver sees (the checkout's python/ by default)
         import sigel
@@ -249,22 +281,79 @@ def _run(args: list, nproc: int = 1, timeout: float = 3600) -> list:
     except ImportError:
         pkg = os.path.join(ROOT, "python")
     env["PYTHONPATH"] = pkg + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.setdefault("OMP_NUM_THREADS", "1")
+    if one_thread:
+        env.setdefault("OMP_NUM_THREADS", "1")
+    else:  # measure the package's own thread policy
+        for k in ("OMP_NUM_THREADS", "SIGEL_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY"):
+            env.pop(k, None)
+    return env
+
+
+def _start(args: list, nproc: int = 1, one_thread: bool = True):
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(nproc),
                "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), __file__, *args]
     else:
         cmd = [sys.executable, __file__, *args]
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.Popen(cmd, env=_env(one_thread), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _collect(p, t0: float, args: list, nproc: int = 1, timeout: float = 3600) -> list:
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
     wall = time.perf_counter() - t0
-    recs = [json.loads(line[len("@@"):]) for line in p.stdout.splitlines() if line.startswith("@@")]
+    recs = [json.loads(line[len("@@"):]) for line in out.splitlines() if line.startswith("@@")]
     if p.returncode != 0 or not recs:
-        sys.stderr.write(p.stderr[-3000:])
+        sys.stderr.write(err[-3000:])
         return [dict(args=args, nproc=nproc, error=f"exit {p.returncode}")]
     for r in recs:
         r["wall_s"] = round(wall, 1)
     return recs
+
+
+def _run(args: list, nproc: int = 1, timeout: float = 3600, one_thread: bool = True) -> list:
+    t0 = time.perf_counter()
+    return _collect(_start(args, nproc, one_thread), t0, args, nproc, timeout)
+
+
+def _contention(base: list, n_genes: int = 2000, timeout: float = 3600, report=None) -> list:
+    """One fit alone; two identical fits started together; one fit beside a busy Python loop.
+
+    ``report(records)`` is called after each scenario (records are printed as they come).
+    """
+    args = ["--worker", "fit", "--section", "contention", "--n-genes", str(n_genes), "--threads", "0"] + base
+    out = []
+
+    def tag(recs, scenario, machine):
+        for i, r in enumerate(recs):
+            r.update(scenario=scenario, fit_index=i, machine_before=machine)
+        if report is not None:
+            report(recs)
+        return recs
+
+    machine = dict(loadavg=_loadavg(), busiest=_busiest())
+    out += tag(_run(args, timeout=timeout, one_thread=False), "alone", machine)
+
+    machine = dict(loadavg=_loadavg(), busiest=_busiest())
+    t0 = time.perf_counter()
+    procs = [_start(args, one_thread=False) for _ in range(2)]
+    recs = []
+    for p in procs:
+        recs += _collect(p, t0, args, timeout=timeout)
+    out += tag(recs, "two together", machine)
+
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(2.0)
+        machine = dict(loadavg=_loadavg(), busiest=_busiest())
+        out += tag(_run(args, timeout=timeout, one_thread=False), "beside a busy process", machine)
+    finally:
+        busy.kill()
+        busy.wait()
+    return out
 
 
 def _summary(recs: list) -> str:
@@ -287,6 +376,18 @@ def _summary(recs: list) -> str:
             r0 = min(rs, key=lambda r: r["rank"])
             out.append(f"| {p} x {t} | {r0['genes']:,} | {r0['fit_s']} | {' / '.join(map(str, r0['epoch_s']))} | "
                        f"{', '.join(str(r['peak_rss_mb']) for r in sorted(rs, key=lambda r: r['rank']))} |")
+    ct = [r for r in recs if r.get("section") == "contention" and "error" not in r]
+    if ct:
+        solo = [r for r in ct if r["scenario"] == "alone"]
+        ref = (sum(sum(r["epoch_s"]) for r in solo) / len(solo)) if solo else None
+        out += ["", "| scenario | fit | threads used | s/epoch | epochs total (s) | x alone | load before |",
+                "|---|---:|---|---|---:|---:|---|"]
+        for r in ct:
+            tot = sum(r["epoch_s"])
+            ratio = f"{tot / ref:.2f}" if ref else ""
+            out.append(f"| {r['scenario']} | {r['fit_index'] + 1} | {r['threads_used']} | "
+                       f"{' / '.join(map(str, r['epoch_s']))} | {tot:.1f} | {ratio} | "
+                       f"{r['machine_before']['loadavg']} |")
     lg = [r for r in recs if r.get("section") == "large"]
     for r in lg:
         out += ["", f"Large image: {r['genes']:,} genes x {r['images']} pixels ({r['counts_nnz']:,} count nnz, "
@@ -315,10 +416,13 @@ def main():
     p.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data"))
     p.add_argument("--only", default="genes,synthetic,large,nproc,throughput")
     p.add_argument("--epochs", type=int, default=2, help="epochs per fit (1 pre-training + refinement)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per process in the scaling runs")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per process in the scaling runs (0 = the package's default policy)")
     p.add_argument("--genes", default="1000,2000,4000,8000")
     p.add_argument("--synthetic-genes", default="16000")
     p.add_argument("--json", default=None, help="also write all records to this file")
+    p.add_argument("--contention", action="store_true", help="run only the contention section")
+    p.add_argument("--contention-genes", type=int, default=2000)
     # worker mode (internal)
     p.add_argument("--worker", default=None, choices=["fit", "large", "throughput"])
     p.add_argument("--section", default="genes")
@@ -336,7 +440,7 @@ def main():
         return
 
     data = os.path.abspath(a.data)
-    sections = [s.strip() for s in a.only.split(",") if s.strip()]
+    sections = ["contention"] if a.contention else [s.strip() for s in a.only.split(",") if s.strip()]
     base = ["--data", data, "--epochs", str(a.epochs)]
     recs = []
 
@@ -344,6 +448,9 @@ def main():
         for r in rs:
             print(json.dumps(r), flush=True)
         recs.extend(rs)
+        if a.json:  # written as the records come, so an interrupted run keeps what it measured
+            with open(a.json, "w") as fh:
+                json.dump(dict(machine=_machine(), records=recs), fh, indent=1)
 
     t_all = time.perf_counter()
     if "genes" in sections:
@@ -364,6 +471,8 @@ def main():
         for bs in (32, 64, 128):
             for th in (1, 2):
                 add(_run(["--worker", "throughput", "--batch-size", str(bs), "--threads", str(th)] + base))
+    if "contention" in sections:
+        _contention(base, a.contention_genes, report=add)
     if "compile" in sections:
         for c in ([], ["--compile"]):
             add(_run(["--worker", "throughput", "--batch-size", "64", "--threads", "1"] + c + base))

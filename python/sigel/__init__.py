@@ -7,6 +7,15 @@ refinement; plus the analyses built on the gene vectors.
 """
 from __future__ import annotations
 
+import os as _os
+import sys as _sys
+
+if "torch" not in _sys.modules:
+    # idle OpenMP threads sleep instead of spinning: beside another busy process,
+    # spinning threads of two processes wait on each other (read when torch loads)
+    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    _os.environ.setdefault("KMP_BLOCKTIME", "0")
+
 __version__ = "0.1.0"
 
 from . import datasets, pl, sim, tissue, tl

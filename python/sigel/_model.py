@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from ._settings import logger, resolve_device, seeded, set_threads, settings
+from ._settings import logger, resolve_device, seeded, set_threads, settings, thread_scope
 from ._validate import SigelInputError, as_int, as_real, as_seed, assert_in_range, assert_one_of, assert_positive
 from .data.images import GeneImages
 
@@ -577,7 +577,10 @@ class SIGEL:
         progress
             Show a progress bar (``None``: ``sigel.settings.show_progress()``).
         n_threads
-            Torch CPU threads during the fit (``None``: torch's default).
+            Torch CPU threads during the fit (``None``: ``sigel.settings.n_threads``,
+            else ``SIGEL_NUM_THREADS`` / ``OMP_NUM_THREADS``, else the CPUs this
+            process may use minus those busy with other work; see
+            :func:`sigel._settings.resolve_threads`).
         sample_names
             Names of the samples when ``adata`` is a list (one per AnnData,
             unique; default ``sample_0, sample_1, ...``). Must be ``None`` for
@@ -720,7 +723,7 @@ class SIGEL:
 
             checkpoint = Checkpointer(checkpoint_dir, every=checkpoint_every, resume=bool(resume), seed=seed)
         old_threads = torch.get_num_threads()
-        set_threads(n_threads)
+        n_used = set_threads(n_threads)
         t0 = time.perf_counter()
         try:
             with seeded(seed, dev):  # global generators are seeded inside and restored afterwards
@@ -742,11 +745,12 @@ class SIGEL:
                 else:
                     trainer = Trainer(module, mixture, train_images, self._train_config(G), device=dev, seed=seed,
                                       progress=progress, callback=cb, checkpoint=checkpoint, views=views)
-                logger.info("training on %s: %d genes, %dx%d images, patch %d, K=%d%s", dev, G, images.height,
-                            images.width, patch, K, "" if comm is None else f", {comm.world_size} processes")
+                logger.info("training on %s: %d genes, %dx%d images, patch %d, K=%d, %d threads%s", dev, G,
+                            images.height, images.width, patch, K, n_used,
+                            "" if comm is None else f", {comm.world_size} processes")
                 result = trainer.fit()
         finally:
-            if n_threads is not None:
+            if torch.get_num_threads() != old_threads:
                 torch.set_num_threads(old_threads)
 
         self.module_ = trainer.model.eval()
@@ -832,7 +836,8 @@ class SIGEL:
         if dev != next(self.module_.parameters()).device:
             self.module_.to(dev)
         bs = int(batch_size or self.init_params_["embed_batch_size"])
-        Z = embed_all(self.module_, images, batch_size=bs, device=dev, amp=bool(self.init_params_["amp"]))
+        with thread_scope():
+            Z = embed_all(self.module_, images, batch_size=bs, device=dev, amp=bool(self.init_params_["amp"]))
         return Z.cpu().numpy().astype(np.float32)
 
     def transform(self, adata_or_images, *, genes=None, batch_size: int | None = None, device=None,

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import sys
+import time
 
 import numpy as np
 
@@ -30,13 +32,31 @@ class _Settings:
         terminal or a notebook).
     seed
         Default seed used when a call gets ``seed=None``.
+    n_threads
+        CPU threads for torch in ``fit``/``transform``/... when a call gets
+        ``n_threads=None``. ``None`` (default): the environment variable
+        ``SIGEL_NUM_THREADS``, else ``OMP_NUM_THREADS``, else the automatic
+        choice of :func:`default_threads` (the CPUs this process may use
+        minus those other processes keep busy right now).
     """
 
     def __init__(self):
         self._verbosity = 1
+        self._n_threads: int | None = None
         self.progress: bool | None = None
         self.seed: int = 0
         logger.setLevel(_LEVELS[1])
+
+    @property
+    def n_threads(self) -> int | None:
+        return self._n_threads
+
+    @n_threads.setter
+    def n_threads(self, value) -> None:
+        if value is None:
+            self._n_threads = None
+            return
+        self._n_threads = _check_threads(value, "settings.n_threads")
 
     @property
     def verbosity(self) -> int:
@@ -102,18 +122,148 @@ def seeded(seed: int | None, device=None):
         np.random.set_state(np_state)
 
 
-def set_threads(n_threads: int | None) -> None:
-    """Set torch's intra-op thread count (``None`` leaves torch's default)."""
-    if n_threads is None:
-        return
+def _check_threads(value, what: str) -> int:
+    from ._validate import SigelInputError
+
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer, float, np.floating)) \
+            or float(value) != int(value) or int(value) < 1:
+        raise SigelInputError(f"{what} must be a whole number >= 1 (or None); got {value!r}")
+    return int(value)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask, capped by a cgroup CPU quota.
+
+    The quota is read from ``/sys/fs/cgroup/cpu.max`` (cgroup v2) or
+    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` (v1) and rounded up.
+    """
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    if quota is not None:
+        n = min(n, max(1, int(np.ceil(quota - 1e-9))))
+    return max(1, n)
+
+
+def cgroup_cpu_quota(root: str = "/sys/fs/cgroup") -> float | None:
+    """CPUs allowed by the cgroup CPU quota (e.g. ``docker --cpus``), ``None`` when unlimited or unknown.
+
+    Reads ``<root>/cpu.max`` (cgroup v2: ``"<quota> <period>"`` or ``"max ..."``),
+    else ``<root>/cpu/cpu.cfs_quota_us`` and ``cpu.cfs_period_us`` (v1, quota -1 = none).
+    """
+    try:
+        with open(os.path.join(root, "cpu.max")) as fh:
+            q, period = fh.read().split()[:2]
+        return None if q == "max" else int(q) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(os.path.join(root, "cpu", "cpu.cfs_quota_us")) as fh:
+            q = int(fh.read())
+        with open(os.path.join(root, "cpu", "cpu.cfs_period_us")) as fh:
+            period = int(fh.read())
+        return None if q <= 0 or period <= 0 else q / period
+    except (OSError, ValueError):
+        return None
+
+
+def _runnable_others(samples: int = 3, gap: float = 0.003) -> float | None:
+    """Threads of other processes running right now (``/proc/loadavg`` field 4, minus this one).
+
+    The median of a few samples a few ms apart, so a short-lived process does not count.
+    ``None`` where ``/proc/loadavg`` does not exist.
+    """
+    vals = []
+    for i in range(samples):
+        try:
+            with open("/proc/loadavg") as fh:
+                running = int(fh.read().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        vals.append(max(running - 1, 0))  # this thread is one of them
+        if i + 1 < samples:
+            time.sleep(gap)
+    return float(np.median(vals))
+
+
+def default_threads() -> int:
+    """The automatic thread count: usable CPUs minus those busy with other work right now.
+
+    ``usable_cpus()`` (affinity and cgroup quota), less the number of other
+    runnable threads on the machine (``/proc/loadavg``; scaled to this
+    process's share when it may use only some of the machine's CPUs), at
+    least 1. Two fits started together on 2 cores therefore take 1 thread
+    each instead of both asking for 2.
+    """
+    usable = usable_cpus()
+    others = _runnable_others()
+    if others is None or usable <= 1:
+        return usable
+    total = os.cpu_count() or usable
+    busy = others * usable / max(total, usable)
+    return int(max(1, min(usable, usable - int(np.floor(busy + 0.5)))))
+
+
+def resolve_threads(n_threads: int | None = None) -> tuple[int, str]:
+    """The thread count a call uses and where it came from.
+
+    Order: the call's ``n_threads``, ``settings.n_threads``, the environment
+    variables ``SIGEL_NUM_THREADS`` and ``OMP_NUM_THREADS``, then
+    :func:`default_threads`.
+
+    Returns
+    -------
+    tuple
+        ``(n, source)`` with ``source`` one of ``'argument'``, ``'settings'``,
+        ``'SIGEL_NUM_THREADS'``, ``'OMP_NUM_THREADS'``, ``'auto'``.
+    """
+    if n_threads is not None:
+        return _check_threads(n_threads, "n_threads"), "argument"
+    if settings.n_threads is not None:
+        return int(settings.n_threads), "settings"
+    for var in ("SIGEL_NUM_THREADS", "OMP_NUM_THREADS"):
+        raw = os.environ.get(var, "").strip()
+        if raw:
+            try:
+                return _check_threads(int(raw), var), var
+            except ValueError:
+                from ._validate import SigelInputError
+
+                raise SigelInputError(f"environment variable {var} must be a whole number >= 1; got {raw!r}")
+    return default_threads(), "auto"
+
+
+def set_threads(n_threads: int | None) -> int:
+    """Set torch's intra-op thread count by :func:`resolve_threads`; return it.
+
+    ``None`` applies the default policy (``settings.n_threads``,
+    ``SIGEL_NUM_THREADS``, ``OMP_NUM_THREADS``, else the automatic count).
+    """
     import torch
 
-    from ._validate import SigelInputError, as_int
+    n, source = resolve_threads(n_threads)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    logger.debug("torch threads: %d (%s)", n, source)
+    return n
 
-    n = as_int("n_threads", n_threads)
-    if n < 1:
-        raise SigelInputError(f"`n_threads` must be >= 1; got {n_threads!r}")
-    torch.set_num_threads(n)
+
+@contextlib.contextmanager
+def thread_scope(n_threads: int | None = None):
+    """Run a block with torch's thread count set by :func:`resolve_threads`, restored afterwards.
+
+    Yields the thread count used.
+    """
+    import torch
+
+    old = torch.get_num_threads()
+    try:
+        yield set_threads(n_threads)
+    finally:
+        if torch.get_num_threads() != old:
+            torch.set_num_threads(old)
 
 
 def resolve_device(device: str | None = "auto"):

@@ -189,9 +189,7 @@ class GeneImages:
             for pre in exclude_prefixes:
                 keep &= ~low.str.startswith(str(pre).lower())
         if min_spots > 0:
-            Xc = X.tocsc()
-            Xc.eliminate_zeros()
-            n_expr = np.diff(Xc.indptr)
+            n_expr = np.bincount(X.indices[X.data != 0], minlength=n_var)
             keep &= n_expr >= min_spots
         if not keep.any():
             raise SigelInputError(
@@ -205,7 +203,8 @@ class GeneImages:
         if normalize:
             ts = float(np.median(lib[lib > 0])) if target_sum is None and np.any(lib > 0) else (target_sum or 1.0)
             factor = np.divide(ts, lib, out=np.zeros_like(lib), where=lib > 0).astype(np.float32)
-            Xn = sp.csr_matrix(sp.diags(factor) @ Xn)
+            Xn.data *= np.repeat(factor, np.diff(Xn.indptr))  # row scaling in place (= diag(factor) @ Xn)
+            Xn.eliminate_zeros()
         else:
             ts = None
         if log1p:
@@ -513,8 +512,7 @@ def _robust_scale(values: sp.csr_matrix, n_tissue: int, q: float) -> sp.csr_matr
     n_g = values.shape[0]
     nnz = np.diff(values.indptr)
     row_of = np.repeat(np.arange(n_g), nnz)
-    order = np.lexsort((values.data, row_of))
-    sorted_data = values.data[order]
+    sorted_data = _sort_within_rows(values.data, row_of)
     rank = int(np.ceil(q * (n_tissue - 1)))
     n_zero = n_tissue - nnz
     pos = rank - n_zero  # position among the sorted non-zeros
@@ -528,3 +526,19 @@ def _robust_scale(values: sp.csr_matrix, n_tissue: int, q: float) -> sp.csr_matr
     scale[scale <= 0] = 1.0
     values.data = np.minimum(values.data / scale[row_of], 1.0).astype(np.float32)
     return values
+
+
+def _sort_within_rows(data: np.ndarray, row_of: np.ndarray) -> np.ndarray:
+    """``data`` sorted within each row (``row_of`` non-decreasing), as float32.
+
+    Non-negative float32 values order like their bit patterns, so one sort of
+    ``row << 32 | bits`` (uint64) does it, ~10x faster than a lexsort.
+    """
+    d = np.asarray(data, dtype=np.float32)
+    if d.size == 0 or not (d.min() >= 0) or np.signbit(d).any():
+        return d[np.lexsort((d, row_of))]
+    key = row_of.astype(np.uint64)
+    key <<= np.uint64(32)
+    key |= d.view(np.uint32)
+    key.sort()
+    return (key & np.uint64(0xFFFFFFFF)).astype(np.uint32).view(np.float32)

@@ -159,7 +159,7 @@ def transform_to_h5(model, adata_or_images, path, *, genes=None, batch_size: int
     import torch
     from tqdm.auto import tqdm
 
-    from .._settings import settings
+    from .._settings import settings, thread_scope
     from ..train.trainer import embed_all
     from .images import GeneImages
 
@@ -180,7 +180,7 @@ def transform_to_h5(model, adata_or_images, path, *, genes=None, batch_size: int
     n, d, k = images.n_genes, model.embed_dim, model.n_contexts_
     amp = bool(model.init_params_.get("amp", False))
     mix = model.mixture_model_
-    with _create(path, n, d, k, False, max(bs, 1024), model.mixture_, overwrite) as f:
+    with thread_scope(), _create(path, n, d, k, False, max(bs, 1024), model.mixture_, overwrite) as f:
         for s in tqdm(range(0, n, bs), disable=not settings.show_progress(progress), desc="embed", unit="batch"):
             rows = np.arange(s, min(s + bs, n))
             Z = embed_all(mod, images, batch_size=bs, device=dev, amp=amp, rows=rows)

@@ -39,6 +39,7 @@ from ..model.refine import (
     thin_images,
 )
 from ..model.scaffold import image_knn_graph
+from .inference import embed_rows, token_layout
 
 __all__ = [
     "TrainConfig",
@@ -291,12 +292,17 @@ def embed_all(model, images, *, batch_size: int = 256, device=None, amp: bool = 
     model.eval()
     n = images.n_genes if rows is None else len(rows)
     out = torch.empty(n, model.embed_dim, device=device, dtype=torch.float32)
+    layout = token_layout(model, images)
     try:
         with torch.inference_mode(), _autocast(device, amp):
-            for s in range(0, n, batch_size):
-                idx = np.arange(s, min(s + batch_size, n)) if rows is None else rows[s:s + batch_size]
-                x = images.to_tensor(idx, device=device)
-                out[s:s + len(idx)] = model.embed(x).float()
+            if layout is not None:  # tokens straight from the sparse rows (same result, faster)
+                all_rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
+                embed_rows(model, images, all_rows, batch_size=batch_size, device=device, out=out, layout=layout)
+            else:
+                for s in range(0, n, batch_size):
+                    idx = np.arange(s, min(s + batch_size, n)) if rows is None else rows[s:s + batch_size]
+                    x = images.to_tensor(idx, device=device)
+                    out[s:s + len(idx)] = model.embed(x).float()
     finally:
         model.train(was_training)
     return out.clone()  # a normal tensor (inference tensors cannot enter autograd)
