@@ -4,6 +4,8 @@
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# the README's test command and CI are the same check: a missing backend (Python, R, rpy2) fails, never skips
+export SIGEL_REQUIRE_BACKEND=1
 PY="$ROOT/.venv/bin/python"
 PHASES=$(mktemp)
 trap 'rm -f "$PHASES"' EXIT
