@@ -9,7 +9,7 @@
                          max_tokens = 128L, width = 32L, depth = 4L,
                          n_heads = 4L, mlp_ratio = 2, decoder_width = 32L,
                          mask_ratio = 0.75, input_norm = "standardize",
-                         epochs = NULL,
+                         smooth_sigma = 2, epochs = NULL,
                          pretrain_epochs = NULL, batch_size = 32L, lr = 3e-3,
                          weight_decay = 0.05, warmup_epochs = 2L,
                          refine = TRUE, scaffold = TRUE, scaffold_k = 10L,
@@ -17,7 +17,9 @@
                          dirichlet_alpha = 2, contrastive_weight = 1,
                          mixture_weight = 0.1, temperature = 0.2,
                          select_start = 0.3, select_end = 1, em_iters = 5L,
-                         tol = 1e-3, amp = FALSE, embed_batch_size = 256L) NULL
+                         tol = 1e-3, amp = FALSE, embed_batch_size = 256L,
+                         invariance_weight = 0, view_temperature = 0.1,
+                         thin_min = 0.2, spread_weight = 0) NULL
 
 .hyper_names <- function() names(formals(.sigel_hyper))
 
@@ -519,8 +521,9 @@
 #' @param input_norm `character(1)`: `"standardize"` centres and scales each
 #'   gene image over the tissue before encoding, so vectors describe the
 #'   pattern's shape rather than how many spots express the gene;
-#'   `"smooth"` does the same after a 3x3 box filter; `"none"` uses the
-#'   image values as built.
+#'   `"smooth"` does the same after a 3x3 box filter, `"gaussian"` after a
+#'   Gaussian filter of `smooth_sigma` pixels; `"none"` uses the image
+#'   values as built.
 #' @param epochs `integer(1)` or `NULL`: maximum number of epochs
 #'   (pre-training included); `NULL`: enough for about 4,000 gradient steps,
 #'   between 16 and 60 epochs.
@@ -547,6 +550,17 @@
 #'   change context between epochs.
 #' @param amp `logical(1)`: bf16 mixed precision on CUDA.
 #' @param embed_batch_size `integer(1)`: genes per inference batch.
+#' @param smooth_sigma `numeric(1)`: width in pixels of the Gaussian input
+#'   smoothing used when `input_norm = "gaussian"`.
+#' @param invariance_weight,view_temperature,thin_min sampling-noise
+#'   invariance: two views of each gene made by binomial thinning of its raw
+#'   counts (each count kept with a probability drawn from `[thin_min, 1]`)
+#'   must give the same vector, against all other genes (InfoNCE at
+#'   `view_temperature`); weight 0 switches it off.
+#' @param spread_weight `numeric(1)`: weight of the anti-collapse term
+#'   (variance and covariance of each batch's vectors, as in VICReg) that
+#'   keeps the gene space from folding onto a few directions; 0 switches it
+#'   off.
 #' @return `x` with the results added (see Results); for a matrix a
 #'   `SigelResult` list.
 #' @references Li et al. (2025) SIGEL: a context-aware genomic
