@@ -211,6 +211,23 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+class _Records(list):
+    """Scored records, each appended to the JSON-lines file ``path`` as soon as it exists (a long run
+    that is stopped keeps what it measured)."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = Path(path) if path else None
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def append(self, rec):
+        super().append(rec)
+        if self.path:
+            with open(self.path, "a") as fh:
+                fh.write(json.dumps(rec, default=float) + "\n")
+
+
 def parse_variant(text: str):
     name, _, rest = text.partition(":")
     kw = {}
@@ -266,7 +283,7 @@ def main(argv=None):
     log(f"{len(genes)} genes, {nfam} families (>= 5 members, {int(ctx['families'].notna().sum())} genes), "
         f"{len(gs)} gene sets")
     D = 32
-    records = []
+    records = _Records(args.out)
     base = dict(dataset=args.dataset, n_genes=len(genes), seed=args.seed)
     if not args.no_baselines:
         reps = expression_baselines(Xlog, D, args.seed)
@@ -303,16 +320,11 @@ def main(argv=None):
             if col in h:
                 rec[f"history_{col}"] = [round(float(v), 4) for v in h[col]]
         records.append(rec)
-    df = pd.DataFrame(records)
+    df = pd.DataFrame(list(records))
     cols = ["representation", "family", "family_shuffled", "path_k20", "path_k50", "path_k100", "r2_detection",
             "r2_mean", "r2_moran", "erank", "mean_cos", "fit_s", "peak_gb"]
     print(markdown_table(df[[c for c in cols if c in df]]))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "a") as fh:
-            for r in records:
-                fh.write(json.dumps(r, default=float) + "\n")
-    return records
+    return list(records)
 
 
 if __name__ == "__main__":
