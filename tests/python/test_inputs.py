@@ -510,7 +510,7 @@ def test_nan_weights_are_refused(model, tmp_path, key):
 
 
 # ------------------------------------------------------------ checkpoints
-CKPT = dict(FAST, epochs=6, pretrain_epochs=2, batch_size=16)
+CKPT = dict(FAST, epochs=6, pretrain_epochs=2, batch_size=16, tol=0.0)  # runs every epoch: resuming is tested, not stopping
 
 
 class _Killed(Exception):

@@ -371,7 +371,7 @@ def thin_images(x: torch.Tensor, max_drop: float, generator: torch.Generator | N
 
 
 def refinement_losses(recon: torch.Tensor, z: torch.Tensor, idx: torch.Tensor, state: RefineState,
-                      z2: torch.Tensor | None = None) -> dict:
+                      z2: torch.Tensor | None = None, spread_batch: torch.Tensor | None = None) -> dict:
     """All loss terms for one mini-batch.
 
     Parameters
@@ -387,6 +387,10 @@ def refinement_losses(recon: torch.Tensor, z: torch.Tensor, idx: torch.Tensor, s
     z2
         ``(B, D)`` embeddings of a second, independently thinned view (with
         grad), for the ``'invariance'`` term (:func:`view_invariance_loss`).
+    spread_batch
+        The vectors the ``'spread'`` term (:func:`spread_loss`) takes its batch
+        statistics from (default ``z``; a data-parallel step passes the whole
+        batch, its own rows live and the other ranks' rows detached).
 
     Returns
     -------
@@ -424,7 +428,7 @@ def refinement_losses(recon: torch.Tensor, z: torch.Tensor, idx: torch.Tensor, s
         out["invariance"] = v
         total = total + w["invariance"] * v
     if w.get("spread", 0.0) > 0:
-        sp_ = spread_loss(z) if z2 is None else 0.5 * (spread_loss(z) + spread_loss(z2))
+        sp_ = spread_loss(z if spread_batch is None else spread_batch)
         out["spread"] = sp_
         total = total + w["spread"] * sp_
     out["total"] = total

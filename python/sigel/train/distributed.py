@@ -72,7 +72,7 @@ from ..data.multisample import SampleImages
 from ..model.mixture_stats import fit_sharded
 from ..model.refine import RefineState, refinement_losses
 from ..model.scaffold import GeneGraph, smoothed_image_features
-from .trainer import Trainer, _autocast, embed_all, fit_mixture, lr_at, training_views, uses_full_view
+from .trainer import Trainer, _autocast, draw_views, embed_all, fit_mixture, lr_at, training_views, uses_full_view
 
 __all__ = [
     "Comm",
@@ -502,9 +502,9 @@ class _StepModule(nn.Module):
         self.cfg = cfg
         self.views = views
 
-    def forward(self, x, generator, full_view: bool, idx=None, second: bool = False):
+    def forward(self, x, generator, full_view: bool, idx=None, second: bool = False, drawn=None):
         out, z, z2 = training_views(self.mae, x, self.cfg, generator, full_view, views=self.views, idx=idx,
-                                    second=second)
+                                    second=second, drawn=drawn)
         return out["loss_per_gene"], z, z2
 
 
@@ -659,7 +659,9 @@ class DistributedTrainer(Trainer):
                 else:
                     sl, sg = int(st.selected[loc].sum()), int(st.selected[glob].sum())
                     f[name] = max(sl, 1) / max(sg, 1)
-            elif name in ("mixture", "invariance", "spread"):
+            elif name in ("mixture", "invariance"):
+                f[name] = n_l / n_g
+            elif name == "spread":  # set by the caller (the term uses the whole batch)
                 f[name] = n_l / n_g
             elif name == "scaffold":
                 hl = int((st.graph.weights[loc].sum(1) > 0).sum())
@@ -668,6 +670,18 @@ class DistributedTrainer(Trainer):
             else:
                 raise NotImplementedError(f"the data-parallel trainer does not know how to shard loss term {name!r}")
         return f
+
+    def _batch_rows(self, z: torch.Tensor, n_own: int) -> torch.Tensor:
+        """The whole batch's vectors in rank order: this rank's ``n_own`` rows live, the others' detached."""
+        comm = self.comm
+        if not comm.distributed:
+            return z[:n_own]
+        counts = [int(c) for c in torch.stack(comm.all_gather(torch.tensor([n_own], dtype=torch.long))).ravel()]
+        pad = z.new_zeros((max(max(counts), 1), z.shape[1]))
+        pad[:n_own] = z[:n_own].detach()
+        parts = [p[:c] for p, c in zip(comm.all_gather(pad), counts)]
+        parts[comm.rank] = z[:n_own]
+        return torch.cat(parts, dim=0)
 
     def _gradient_steps(self, batches, optimizer, state, *, step0, total_steps, warmup_steps, mask_generator, epoch):
         cfg, comm, device, im = self.cfg, self.comm, self.device, self.images
@@ -700,17 +714,35 @@ class DistributedTrainer(Trainer):
                 gen = dummy_gen
             x = sample.to_tensor(loc.numpy(), device=device)
             loc_d, glob_d = loc.to(device), glob.to(device)
+            second = w.get("invariance", 0.0) > 0
+            drawn = None
+            if full_view and self.views is not None:
+                # count views of the whole batch, drawn on every rank from the step generator exactly as one
+                # process draws them (binomial draws cannot be skipped), then this rank's rows
+                xg = sample.to_tensor(glob[:1].numpy(), device=device)
+                rows = slice(before, before + len(loc)) if scale else slice(0, 1)
+                drawn = [v[rows] for v in draw_views(xg, cfg, mask_generator, views=self.views, idx=glob.numpy(),
+                                                     n=2 if second else 1)]
             align = _AlignedDraws(mask_generator, before, len(loc), len(glob), dummy=dummy_gen if scale == 0 else None) \
                 if mask_generator is not None else contextlib.nullcontext()
             with align, _autocast(device, cfg.amp):
-                per, z, z2 = self.ddp(x, gen, full_view, loc.numpy(), w.get("invariance", 0.0) > 0)
+                per, z, z2 = self.ddp(x, gen, full_view, loc.numpy(), second, drawn)
             recon = per.float().sum() / len(glob)
-            terms = refinement_losses(recon, z.float(), loc_d, st, None if z2 is None else z2.float())
+            spread_batch = None
+            if w.get("spread", 0.0) > 0:
+                spread_batch = self._batch_rows(z.float(), len(loc) if scale else 0)
+            terms = refinement_losses(recon, z.float(), loc_d, st, None if z2 is None else z2.float(), spread_batch)
             factors = self._shard_factors(terms, st, loc_d, glob_d)
+            report = dict(factors)
+            if "spread" in terms:
+                # every rank holds the whole batch's spread term (own rows live): the gradients add up over the
+                # ranks to the one-process gradient (factor 1), the value is counted once (1 / world size)
+                factors["spread"], report["spread"] = 1.0, 1.0 / comm.world_size
             names = [k for k in terms if k != "total"]
             total = sum(w.get(k, 1.0 if k == "recon" else 0.0) * factors[k] * terms[k] for k in names) * scale
+            shown = sum(w.get(k, 1.0 if k == "recon" else 0.0) * report[k] * terms[k] for k in names) * scale
             # the global value of every term (and the finite check) in one small all-reduce
-            vec = torch.stack([terms[k].detach().float() * factors[k] * scale for k in names] + [total.detach().float()])
+            vec = torch.stack([terms[k].detach().float() * report[k] * scale for k in names] + [shown.detach().float()])
             vec = comm.all_reduce_sum(vec)
             for name, v in zip(names + ["total"], vec.tolist()):
                 if not math.isfinite(v):

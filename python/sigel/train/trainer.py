@@ -365,8 +365,26 @@ def uses_full_view(cfg: TrainConfig, weights: dict) -> bool:
     return cfg.refine_view == "full" and any(weights.get(k, 0.0) > 0 for k in ("contrastive", "mixture", "scaffold"))
 
 
+def draw_views(x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator | None, *, views=None, idx=None,
+               n: int = 1) -> list:
+    """``n`` independent full views of a batch (see :func:`training_views`); ``[]`` without count views.
+
+    Count views (binomial thinning of the genes' counts, keep probability per
+    gene from ``[cfg.thin_min, 1]``) are drawn here, before the masking draw of
+    the reconstruction pass, so that a data-parallel step can draw them for
+    the whole batch in the same order as one process and keep its own rows.
+    """
+    if views is None or idx is None:
+        return []
+    out = []
+    for _ in range(n):
+        keep = cfg.thin_min + (1.0 - cfg.thin_min) * torch.rand(len(idx), device=x.device, generator=generator)
+        out.append(views.batch(idx, keep, generator=generator, device=x.device).to(x.dtype))
+    return out
+
+
 def training_views(model, x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator | None, full_view: bool,
-                   *, views=None, idx=None, second: bool = False):
+                   *, views=None, idx=None, second: bool = False, drawn: list | None = None):
     """The forward passes of one training step.
 
     Returns ``(out, z, z2)``: ``out`` is the masked-autoencoder output (its
@@ -375,23 +393,21 @@ def training_views(model, x: torch.Tensor, cfg: TrainConfig, generator: torch.Ge
     vectors of a second, independent view when ``second`` (else ``None``).
 
     The full views are binomially thinned copies of the genes' counts
-    (:class:`sigel.data.views.CountViews`, keep probability per gene drawn
-    from ``[cfg.thin_min, 1]``) when ``views`` and the batch's gene rows
-    ``idx`` are given; otherwise pixel-dropout copies of ``x``
-    (:func:`~sigel.model.refine.thin_images`).
+    (:class:`sigel.data.views.CountViews` and the batch's gene rows ``idx``,
+    :func:`draw_views`; or already ``drawn``); without count views they are
+    pixel-dropout copies of ``x`` (:func:`~sigel.model.refine.thin_images`).
     """
+    if full_view and drawn is None:
+        drawn = draw_views(x, cfg, generator, views=views, idx=idx, n=2 if second else 1)
     out = model(x, mask_ratio=cfg.mask_ratio, generator=generator)
     if not full_view:
         return out, out["z"], None
-
-    def view():
-        if views is not None and idx is not None:
-            keep = cfg.thin_min + (1.0 - cfg.thin_min) * torch.rand(len(idx), device=x.device, generator=generator)
-            return views.batch(idx, keep, generator=generator, device=x.device).to(x.dtype)
-        return thin_images(x, cfg.thinning, generator)
-
-    z = model.embed(view())
-    z2 = model.embed(view()) if second else None
+    if drawn:
+        z = model.embed(drawn[0])
+        z2 = model.embed(drawn[1]) if second else None
+    else:
+        z = model.embed(thin_images(x, cfg.thinning, generator))
+        z2 = model.embed(thin_images(x, cfg.thinning, generator)) if second else None
     return out, z, z2
 
 
