@@ -404,12 +404,22 @@ saveSigelModel <- function(x, path, overwrite = FALSE) {
             stop("refusing to overwrite ", path, ": it is not a saved SIGEL ",
                  "model", call. = FALSE)
         }
-        unlink(path, recursive = TRUE)
+        # remove only the files a saved model consists of (those its manifest
+        # lists, or the two model files of an older save): never the
+        # directory, never files the model did not write
+        own <- c("config.json", "weights.safetensors", "sigel-manifest.json")
+        man <- file.path(path, "sigel-manifest.json")
+        if (file.exists(man)) {
+            listed <- tryCatch(names(jsonlite::fromJSON(man)$files),
+                               error = function(e) NULL)
+            own <- union(own, basename(listed))
+        }
+        unlink(file.path(path, own))
     }
     dir.create(path, recursive = TRUE, showWarnings = FALSE)
     files <- list.files(src, full.names = TRUE, all.files = TRUE,
                         no.. = TRUE)
-    ok <- file.copy(files, path, recursive = TRUE)
+    ok <- file.copy(files, path, recursive = TRUE, overwrite = TRUE)
     if (!all(ok)) stop("could not copy the model to ", path, call. = FALSE)
     invisible(.new_sigel_model(path))
 }

@@ -156,6 +156,12 @@ test_that("save / load round trip; objects survive saveRDS", {
     expect_true(file.exists(file.path(dir, "config.json")))
     expect_error(saveSigelModel(sce, dir), "already exists")
     expect_silent(saveSigelModel(sce, dir, overwrite = TRUE))
+    # overwrite replaces the model's own files and never deletes others
+    notes <- file.path(dir, "my-notes.txt")
+    writeLines("keep me", notes)
+    expect_silent(saveSigelModel(sce, dir, overwrite = TRUE))
+    expect_identical(readLines(notes), "keep me")
+    file.remove(notes)
     model <- loadSigelModel(dir)
     expect_output(show(model), "60")
     expect_equal(model@config$embed_dim, 8L)
