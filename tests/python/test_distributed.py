@@ -163,7 +163,9 @@ WORKER = textwrap.dedent('''
                  graph=np.zeros(0) if m.graph_ is None else m.graph_.indices.numpy(),
                  loss=m.history_["loss"].to_numpy())
 ''')
-RUNS = {"full": HYPER, "encoder": ENCODER_ONLY, "multi": HYPER}
+RUNS = {"full": HYPER, "encoder": ENCODER_ONLY, "multi": HYPER,
+        # count-thinned views (drawn for the whole batch) and a whole-batch spread term
+        "spread": dict(ENCODER_ONLY, spread_weight=1.0)}
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +181,7 @@ def two_process_fit(tmp_path_factory):
 @pytest.fixture(scope="module")
 def one_process_fit():
     return {name: sigel.SIGEL(**RUNS[name]).fit(_tissue(0), seed=0, progress=False, n_threads=1, device="cpu")
-            for name in ("full", "encoder")}
+            for name in ("full", "encoder", "spread")}
 
 
 @pytest.fixture(scope="module")
@@ -215,6 +217,14 @@ def test_two_process_encoder_matches_one_process(two_process_fit, one_process_fi
     _, runs = two_process_fit
     r0, one = runs["encoder"][0], one_process_fit["encoder"]
     assert list(r0["genes"]) == list(one.embeddings_.index)
+    np.testing.assert_allclose(r0["emb"], one.embeddings_.to_numpy(), atol=ATOL_ENCODER, rtol=0)
+    np.testing.assert_allclose(r0["loss"], one.history_["loss"].to_numpy(), rtol=1e-5)
+
+
+def test_two_process_spread_views_match_one_process(two_process_fit, one_process_fit):
+    _, runs = two_process_fit
+    r0, one = runs["spread"][0], one_process_fit["spread"]
+    assert "spread" in one.history_
     np.testing.assert_allclose(r0["emb"], one.embeddings_.to_numpy(), atol=ATOL_ENCODER, rtol=0)
     np.testing.assert_allclose(r0["loss"], one.history_["loss"].to_numpy(), rtol=1e-5)
 
