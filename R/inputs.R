@@ -8,75 +8,71 @@
 #' @noRd
 .check_counts <- function(counts, what = "counts") {
     if (is.null(dim(counts)) || length(dim(counts)) != 2L) {
-        stop("`", what, "` must be a 2-d matrix (genes x spots)", call. = FALSE)
+        .sigel_stop("`", what, "` must be a 2-d matrix (genes x spots)")
     }
     if (nrow(counts) < 1L || ncol(counts) < 2L) {
-        stop("`", what, "` must have at least 1 gene and 2 spots; got ",
-             nrow(counts), " x ", ncol(counts), call. = FALSE)
+        .sigel_stop("`", what, "` must have at least 1 gene and 2 spots; got ",
+             nrow(counts), " x ", ncol(counts))
     }
     genes <- rownames(counts)
     if (is.null(genes)) {
-        stop("`", what, "` has no gene names: set rownames (genes x spots)",
-             call. = FALSE)
+        .sigel_stop("`", what, "` has no gene names: set rownames (genes x spots)")
     }
     if (anyNA(genes) || any(!nzchar(genes))) {
-        stop("`", what, "` has missing or empty gene names (rownames)",
-             call. = FALSE)
+        .sigel_stop("`", what, "` has missing or empty gene names (rownames)")
     }
     if (anyDuplicated(genes)) {
         dup <- unique(genes[duplicated(genes)])
-        stop("duplicated gene names in `", what, "`: ",
+        .sigel_stop("duplicated gene names in `", what, "`: ",
              paste(utils::head(dup, 10), collapse = ", "),
              if (length(dup) > 10) " ..." else "", " (", length(dup),
              " names); make them unique, e.g. with make.unique() or ",
-             "scuttle::uniquifyFeatureNames()", call. = FALSE)
+             "scuttle::uniquifyFeatureNames()")
     }
     spots <- colnames(counts)
     if (!is.null(spots) && anyDuplicated(spots)) {
         dup <- unique(spots[duplicated(spots)])
-        stop("duplicated spot names (colnames) in `", what, "`: ",
-             paste(utils::head(dup, 5), collapse = ", "), call. = FALSE)
+        .sigel_stop("duplicated spot names (colnames) in `", what, "`: ",
+             paste(utils::head(dup, 5), collapse = ", "))
     }
     v <- if (methods::is(counts, "dsparseMatrix")) counts@x else
         if (methods::is(counts, "Matrix")) as.vector(as.matrix(counts)) else
             as.vector(counts)
     if (!is.numeric(v) && !is.logical(v)) {
-        stop("`", what, "` must be numeric; got ", typeof(v), call. = FALSE)
+        .sigel_stop("`", what, "` must be numeric; got ", typeof(v))
     }
     if (anyNA(v) || any(!is.finite(v))) {
-        stop("`", what, "` contains NA, NaN or infinite values (",
-             sum(!is.finite(v)), " entries)", call. = FALSE)
+        .sigel_stop("`", what, "` contains NA, NaN or infinite values (",
+             sum(!is.finite(v)), " entries)")
     }
     if (length(v) && min(v) < 0) {
-        stop("`", what, "` contains negative values (min ", format(min(v)),
-             "); sigel needs raw counts (non-negative integers)",
-             call. = FALSE)
+        .sigel_stop("`", what, "` contains negative values (min ", format(min(v)),
+             "); sigel needs raw counts (non-negative integers)")
     }
     if (length(v) && any(abs(v - round(v)) > 1e-8)) {
         bad <- v[abs(v - round(v)) > 1e-8][1]
-        stop("`", what, "` contains non-integer values (e.g. ", format(bad),
+        .sigel_stop("`", what, "` contains non-integer values (e.g. ", format(bad),
              "); sigel needs raw counts: pass the counts assay/slot, not ",
-             "normalised or log-transformed values", call. = FALSE)
+             "normalised or log-transformed values")
     }
     invisible(TRUE)
 }
 
 .check_coords_matrix <- function(m, n, spots, where) {
     if (!is.numeric(m)) {
-        stop("spatial coordinates from ", where, " must be numeric",
-             call. = FALSE)
+        .sigel_stop("spatial coordinates from ", where, " must be numeric")
     }
     if (ncol(m) < 2L) {
-        stop("spatial coordinates from ", where, " need 2 columns; got ",
-             ncol(m), call. = FALSE)
+        .sigel_stop("spatial coordinates from ", where, " need 2 columns; got ",
+             ncol(m))
     }
     if (nrow(m) != n) {
-        stop("spatial coordinates from ", where, " have ", nrow(m),
-             " rows but the counts have ", n, " spots", call. = FALSE)
+        .sigel_stop("spatial coordinates from ", where, " have ", nrow(m),
+             " rows but the counts have ", n, " spots")
     }
     if (anyNA(m[, 1:2]) || any(!is.finite(m[, 1:2]))) {
-        stop("spatial coordinates from ", where, " contain NA or infinite ",
-             "values", call. = FALSE)
+        .sigel_stop("spatial coordinates from ", where, " contain NA or infinite ",
+             "values")
     }
     invisible(TRUE)
 }
@@ -89,9 +85,8 @@
         tab <- as.data.frame(tab)
     }
     if (!is.data.frame(tab) && !is.matrix(tab)) {
-        stop("`coords` must be a data.frame or matrix (one row per spot), ",
-             "a reducedDim name or 2 column names; got ", class(tab)[1],
-             call. = FALSE)
+        .sigel_stop("`coords` must be a data.frame or matrix (one row per spot), ",
+             "a reducedDim name or 2 column names; got ", class(tab)[1])
     }
     n <- length(spots)
     rn <- rownames(tab)
@@ -101,11 +96,10 @@
             tab <- tab[spots, , drop = FALSE]
         } else {
             miss <- setdiff(spots, rn)
-            stop("spatial coordinates from ", where, ": rownames do not ",
+            .sigel_stop("spatial coordinates from ", where, ": rownames do not ",
                  "match the spot names (", length(miss), " spots without ",
                  "coordinates, e.g. ", paste(utils::head(miss, 3),
-                                             collapse = ", "), ")",
-                 call. = FALSE)
+                                             collapse = ", "), ")")
         }
     }
     cn <- colnames(tab)
@@ -125,8 +119,7 @@
                     where = where))
     }
     if (sum(num) < 2L) {
-        stop("spatial coordinates from ", where, " need 2 numeric columns",
-             call. = FALSE)
+        .sigel_stop("spatial coordinates from ", where, " need 2 numeric columns")
     }
     m <- as.matrix(as.data.frame(tab)[, which(num)[1:2], drop = FALSE])
     .check_coords_matrix(m, n, spots, where)
@@ -144,9 +137,9 @@
         if (is.character(coords)) {
             if (length(coords) == 1L) {
                 if (!coords %in% rdn) {
-                    stop("`coords = \"", coords, "\"` is not a reducedDim ",
+                    .sigel_stop("`coords = \"", coords, "\"` is not a reducedDim ",
                          "of x; reducedDimNames: ",
-                         .fmt_names(rdn), call. = FALSE)
+                         .fmt_names(rdn))
                 }
                 return(.coords_from_table(
                     SingleCellExperiment::reducedDim(x, coords), spots,
@@ -155,9 +148,9 @@
             if (length(coords) == 2L) {
                 miss <- setdiff(coords, colnames(cd))
                 if (length(miss)) {
-                    stop("`coords` columns not in colData(x): ",
+                    .sigel_stop("`coords` columns not in colData(x): ",
                          paste(miss, collapse = ", "), "; available: ",
-                         .fmt_names(colnames(cd)), call. = FALSE)
+                         .fmt_names(colnames(cd)))
                 }
                 tab <- as.data.frame(cd[, coords, drop = FALSE])
                 if (!all(coords %in% c("array_row", "array_col", "x", "y")))
@@ -166,8 +159,8 @@
                     tab, spots, paste0("colData(x)[, c(\"", coords[1],
                                        "\", \"", coords[2], "\")]")))
             }
-            stop("`coords` as character must be a reducedDim name or 2 ",
-                 "colData column names", call. = FALSE)
+            .sigel_stop("`coords` as character must be a reducedDim name or 2 ",
+                 "colData column names")
         }
         return(.coords_from_table(coords, spots, "`coords`"))
     }
@@ -225,11 +218,10 @@
         "reducedDim(x, \"spatial\")",
         "colData(x) columns x/y",
         "colData(x) columns array_row/array_col (Visium)")
-    stop("no spatial coordinates found in x; looked for: ",
+    .sigel_stop("no spatial coordinates found in x; looked for: ",
          paste(looked, collapse = "; "),
          ". Pass them with `coords =` (a data.frame/matrix with one row per ",
-         "spot, a reducedDim name, or 2 colData column names).",
-         call. = FALSE)
+         "spot, a reducedDim name, or 2 colData column names).")
 }
 
 .fmt_names <- function(x, n = 15) {
@@ -242,8 +234,7 @@
 
 .require_seurat <- function() {
     if (!requireNamespace("SeuratObject", quietly = TRUE)) {
-        stop("the SeuratObject package is needed for Seurat input",
-             call. = FALSE)
+        .sigel_stop("the SeuratObject package is needed for Seurat input")
     }
 }
 
@@ -252,8 +243,8 @@
 .seurat_assay <- function(x, assay = NULL) {
     if (is.null(assay)) assay <- SeuratObject::DefaultAssay(x)
     if (!assay %in% SeuratObject::Assays(x)) {
-        stop("assay \"", assay, "\" not in the Seurat object; assays: ",
-             .fmt_names(SeuratObject::Assays(x)), call. = FALSE)
+        .sigel_stop("assay \"", assay, "\" not in the Seurat object; assays: ",
+             .fmt_names(SeuratObject::Assays(x)))
     }
     assay
 }
@@ -262,8 +253,7 @@
     slot <- match.arg(slot, c("counts", "data", "scale.data"))
     m <- SeuratObject::GetAssayData(x, slot = slot, assay = assay)
     if (is.null(dim(m)) || any(dim(m) == 0L)) {
-        stop("the '", slot, "' slot of assay \"", assay, "\" is empty",
-             call. = FALSE)
+        .sigel_stop("the '", slot, "' slot of assay \"", assay, "\" is empty")
     }
     m
 }
@@ -275,8 +265,8 @@
         if (is.character(coords) && length(coords) == 2L) {
             miss <- setdiff(coords, colnames(md))
             if (length(miss)) {
-                stop("`coords` columns not in the Seurat meta.data: ",
-                     paste(miss, collapse = ", "), call. = FALSE)
+                .sigel_stop("`coords` columns not in the Seurat meta.data: ",
+                     paste(miss, collapse = ", "))
             }
             tab <- md[, coords, drop = FALSE]
             if (!all(coords %in% c("array_row", "array_col", "x", "y")))
@@ -288,22 +278,22 @@
     imgs <- SeuratObject::Images(x)
     if (!is.null(image)) {
         if (!image %in% imgs) {
-            stop("image \"", image, "\" not in the Seurat object; images: ",
-                 .fmt_names(imgs), call. = FALSE)
+            .sigel_stop("image \"", image, "\" not in the Seurat object; images: ",
+                 .fmt_names(imgs))
         }
         imgs <- image
     }
     if (length(imgs) > 1L) {
-        stop("the Seurat object holds ", length(imgs), " images (",
+        .sigel_stop("the Seurat object holds ", length(imgs), " images (",
              .fmt_names(imgs), "); choose one with `image =` (and subset ",
-             "the object to its spots)", call. = FALSE)
+             "the object to its spots)")
     }
     if (length(imgs) == 1L) {
         img <- x[[imgs]]
         # the methods for image classes (VisiumV1, SlideSeq) live in Seurat
         if (!requireNamespace("Seurat", quietly = TRUE)) {
-            stop("the Seurat package is needed to read the coordinates of ",
-                 "image \"", imgs, "\"; or pass `coords =`", call. = FALSE)
+            .sigel_stop("the Seurat package is needed to read the coordinates of ",
+                 "image \"", imgs, "\"; or pass `coords =`")
         }
         where <- paste0("GetTissueCoordinates(x[[\"", imgs, "\"]])")
         if (inherits(img, "VisiumV1")) {
@@ -323,10 +313,10 @@
         }
         miss <- setdiff(spots, rownames(tab))
         if (length(miss)) {
-            stop(length(miss), " spots of the Seurat object have no ",
+            .sigel_stop(length(miss), " spots of the Seurat object have no ",
                  "coordinates in image \"", imgs, "\" (e.g. ",
                  paste(utils::head(miss, 3), collapse = ", "), "); subset ",
-                 "the object to the image's spots", call. = FALSE)
+                 "the object to the image's spots")
         }
         tab <- tab[spots, , drop = FALSE]
         return(.coords_from_table(tab, spots, where))
@@ -339,11 +329,11 @@
         return(.coords_from_table(md[, c("array_row", "array_col")], spots,
                                   "meta.data columns array_row/array_col"))
     }
-    stop("no spatial coordinates found in the Seurat object; looked for: ",
+    .sigel_stop("no spatial coordinates found in the Seurat object; looked for: ",
          "an image (Images(x), e.g. Visium), meta.data columns ",
          "x/y and array_row/array_col. Pass them with `coords =` (a ",
          "data.frame/matrix with one row per spot or 2 meta.data column ",
-         "names).", call. = FALSE)
+         "names).")
 }
 
 # ------------------------------------------------------------ dispatch
@@ -359,23 +349,22 @@
     if (is.null(library_size)) return(NULL)
     if (is.character(library_size) && length(library_size) == 1L) {
         if (is.null(annot) || !library_size %in% colnames(annot)) {
-            stop("`library_size = \"", library_size, "\"` is not a column of ",
-                 where, "; available: ", .fmt_names(colnames(annot)),
-                 call. = FALSE)
+            .sigel_stop("`library_size = \"", library_size, "\"` is not a column of ",
+                 where, "; available: ", .fmt_names(colnames(annot)))
         }
         library_size <- annot[[library_size]]
     }
     if (!is.numeric(library_size)) {
-        stop("`library_size` must be a numeric vector (one value per spot) ",
-             "or the name of a column of ", where, call. = FALSE)
+        .sigel_stop("`library_size` must be a numeric vector (one value per spot) ",
+             "or the name of a column of ", where)
     }
     if (length(library_size) != length(spots)) {
-        stop("`library_size` has ", length(library_size), " values but ",
-             "there are ", length(spots), " spots", call. = FALSE)
+        .sigel_stop("`library_size` has ", length(library_size), " values but ",
+             "there are ", length(spots), " spots")
     }
     if (anyNA(library_size) || any(!is.finite(library_size)) ||
         any(library_size < 0)) {
-        stop("`library_size` must be finite and >= 0", call. = FALSE)
+        .sigel_stop("`library_size` must be finite and >= 0")
     }
     as.numeric(library_size)
 }
@@ -401,8 +390,8 @@
     if (methods::is(x, "SingleCellExperiment")) {
         an <- SummarizedExperiment::assayNames(x)
         if (!is.character(assay) || length(assay) != 1L || !assay %in% an) {
-            stop("assay \"", paste(assay, collapse = ","), "\" not found in ",
-                 "x; assayNames(x): ", .fmt_names(an), call. = FALSE)
+            .sigel_stop("assay \"", paste(assay, collapse = ","), "\" not found in ",
+                 "x; assayNames(x): ", .fmt_names(an))
         }
         counts <- SummarizedExperiment::assay(x, assay, withDimnames = TRUE)
         if (is.null(colnames(counts))) colnames(counts) <- .spot_names(x)
@@ -428,10 +417,9 @@
     }
     if (is.matrix(x) || methods::is(x, "Matrix") || is.data.frame(x)) {
         if (is.null(coords)) {
-            stop("no spatial coordinates: a count matrix needs `coords`, a ",
+            .sigel_stop("no spatial coordinates: a count matrix needs `coords`, a ",
                  "data.frame or matrix with one row per spot (columns x/y, ",
-                 "array_row/array_col or any 2 numeric columns)",
-                 call. = FALSE)
+                 "array_row/array_col or any 2 numeric columns)")
         }
         counts <- .as_dgc(x, "x")
         if (is.null(colnames(counts))) {
@@ -440,10 +428,9 @@
                 rownames(coords) else paste0("spot", seq_len(ncol(counts)))
         }
         if (nrow(coords) != ncol(counts)) {
-            stop("mismatched dimensions: `coords` has ", nrow(coords),
+            .sigel_stop("mismatched dimensions: `coords` has ", nrow(coords),
                  " rows but the count matrix has ", ncol(counts),
-                 " spots (columns; counts must be genes x spots)",
-                 call. = FALSE)
+                 " spots (columns; counts must be genes x spots)")
         }
         annot <- if (is.data.frame(coords)) coords else NULL
         return(list(
@@ -453,7 +440,7 @@
                                          annot, "`coords`"),
             obs = NULL, kind = "matrix"))
     }
-    stop("unsupported input of class ", class(x)[1], ": use a ",
+    .sigel_stop("unsupported input of class ", class(x)[1], ": use a ",
          "SingleCellExperiment, SpatialExperiment, Seurat object or a count ",
-         "matrix (genes x spots) with `coords`", call. = FALSE)
+         "matrix (genes x spots) with `coords`")
 }

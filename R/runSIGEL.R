@@ -34,33 +34,30 @@
         v <- hyper[[nm]]
         if (is.null(v)) {
             if (!nm %in% nullable) {
-                stop("`", nm, "` must not be NULL", call. = FALSE)
+                .sigel_stop("`", nm, "` must not be NULL")
             }
             out[nm] <- list(NULL)
             next
         }
         if (length(v) != 1L || (is.atomic(v) && is.na(v))) {
-            stop("`", nm, "` must be a single non-missing value", call. = FALSE)
+            .sigel_stop("`", nm, "` must be a single non-missing value")
         }
         d <- defs[[nm]]
         if (nm %in% int_like) {
             if (!is.numeric(v) || abs(v - round(v)) > 1e-8) {
-                stop("`", nm, "` must be a whole number; got ", format(v),
-                     call. = FALSE)
+                .sigel_stop("`", nm, "` must be a whole number; got ", format(v))
             }
             v <- as.integer(round(v))
         } else if (is.logical(d)) {
             if (!is.logical(v)) {
-                stop("`", nm, "` must be TRUE or FALSE; got ", format(v),
-                     call. = FALSE)
+                .sigel_stop("`", nm, "` must be TRUE or FALSE; got ", format(v))
             }
         } else if (is.character(d)) {
             if (!is.character(v)) {
-                stop("`", nm, "` must be a string; got ", format(v),
-                     call. = FALSE)
+                .sigel_stop("`", nm, "` must be a string; got ", format(v))
             }
         } else if (!is.numeric(v)) {
-            stop("`", nm, "` must be a number; got ", format(v), call. = FALSE)
+            .sigel_stop("`", nm, "` must be a number; got ", format(v))
         } else {
             v <- as.numeric(v)
         }
@@ -116,11 +113,10 @@
     genes <- unique(as.character(genes))
     miss <- setdiff(genes, all_genes)
     if (length(miss)) {
-        stop(length(miss), " genes in `genes` are not in the data: ",
-             .fmt_names(miss, 10), call. = FALSE)
+        .sigel_stop(length(miss), " genes in `genes` are not in the data: ",
+             .fmt_names(miss, 10))
     }
-    if (length(genes) < 2L) stop("`genes` must name at least 2 genes",
-                                 call. = FALSE)
+    if (length(genes) < 2L) .sigel_stop("`genes` must name at least 2 genes")
     genes
 }
 
@@ -260,8 +256,8 @@
 .check_device <- function(device) {
     if (!is.character(device) || length(device) != 1L ||
         !grepl("^(auto|cpu|mps|cuda(:[0-9]+)?)$", device)) {
-        stop("`device` must be \"auto\", \"cpu\", \"cuda\", \"cuda:N\" or ",
-             "\"mps\"; got ", format(device), call. = FALSE)
+        .sigel_stop("`device` must be \"auto\", \"cpu\", \"cuda\", \"cuda:N\" or ",
+             "\"mps\"; got ", format(device))
     }
     device
 }
@@ -389,10 +385,9 @@
                                  n_threads = NULL, geometry = "auto",
                                  image_options = list(), ...) {
     if (!.is_seurat(x)) {
-        stop("runSIGEL() does not support objects of class ", class(x)[1],
+        .sigel_stop("runSIGEL() does not support objects of class ", class(x)[1],
              ": use a SingleCellExperiment, SpatialExperiment, Seurat ",
-             "object or a count matrix (genes x spots) with `coords`",
-             call. = FALSE)
+             "object or a count matrix (genes x spots) with `coords`")
     }
     .no_dots(...)
     .require_seurat()
@@ -410,8 +405,8 @@
     if (length(dots)) {
         nm <- names(dots)
         nm[is.null(nm) | !nzchar(nm)] <- "<unnamed>"
-        stop("unknown argument(s) to runSIGEL(): ",
-             paste(nm, collapse = ", "), call. = FALSE)
+        .sigel_stop("unknown argument(s) to runSIGEL(): ",
+             paste(nm, collapse = ", "))
     }
 }
 

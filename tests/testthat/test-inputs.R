@@ -110,6 +110,13 @@ test_that("counts: non-integer, negative, NA, duplicated or missing gene names",
                  "assay \"logcounts\" not found.*counts")
     s2 <- s; rownames(s2)[3] <- "g1"
     expect_error(runSIGEL(s2), "duplicated gene names")
+    # every bad input above is a classed condition, raised before Python is called
+    for (bad in list(m1, m2, m3, m4, m5)) {
+        expect_error(runSIGEL(bad, coords = xy), class = "sigel_input_error")
+    }
+    expect_error(runSIGEL(mini_counts()), class = "sigel_input_error")
+    expect_error(runSIGEL(mini_sce(a = 1:6)), class = "sigel_input_error")
+    expect_error(runSIGEL(s, assay = "logcounts"), class = "sigel_input_error")
 })
 
 test_that("library size, genes, hyper-parameters and unknown arguments", {
