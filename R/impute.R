@@ -173,16 +173,9 @@ sigelImpute <- function(x = NULL, target, genes = NULL,
     if (!is.character(name) || length(name) != 1L || !nzchar(name)) {
         stop("`name` must be one non-empty string", call. = FALSE)
     }
-    resolution <- .check_number(resolution, "resolution", min = 2,
-                                whole = TRUE)
-    n_neighbors <- .check_number(n_neighbors, "n_neighbors", min = 1,
-                                 whole = TRUE)
-    n_steps <- .check_number(n_steps, "n_steps", min = 1, whole = TRUE)
-    adv_weight <- .check_number(adv_weight, "adv_weight", min = 0)
+    list2env(.check_impute_args(resolution, n_neighbors, n_steps, adv_weight,
+                                seed, n_threads), environment())
     finetune_encoder <- .check_flag(finetune_encoder, "finetune_encoder")
-    seed <- .check_seed(seed, null_ok = TRUE)
-    n_threads <- .check_number(n_threads, "n_threads", min = 1, whole = TRUE,
-                               null_ok = TRUE)
     gan <- .impute_gan_options(list(...))
     m <- .sigel_model_py(x)
     ref_images <- .impute_ref_images(x)
@@ -295,15 +288,8 @@ sigelImputeCV <- function(x = NULL, target, k = 5L, method = "gan",
     }
     geometry <- match.arg(geometry)
     k <- .check_number(k, "k", min = 2, whole = TRUE)
-    resolution <- .check_number(resolution, "resolution", min = 2,
-                                whole = TRUE)
-    n_neighbors <- .check_number(n_neighbors, "n_neighbors", min = 1,
-                                 whole = TRUE)
-    n_steps <- .check_number(n_steps, "n_steps", min = 1, whole = TRUE)
-    adv_weight <- .check_number(adv_weight, "adv_weight", min = 0)
-    seed <- .check_seed(seed, null_ok = TRUE)
-    n_threads <- .check_number(n_threads, "n_threads", min = 1, whole = TRUE,
-                               null_ok = TRUE)
+    list2env(.check_impute_args(resolution, n_neighbors, n_steps, adv_weight,
+                                seed, n_threads), environment())
     gan <- .impute_gan_options(list(...))
     m <- .sigel_model_py(x)
     ref_images <- .impute_ref_images(x)
@@ -324,4 +310,19 @@ sigelImputeCV <- function(x = NULL, target, k = 5L, method = "gan",
     summ <- data.frame(method = rownames(summ), summ, row.names = NULL,
                        check.names = FALSE)
     list(genes = genes, summary = summ)
+}
+
+# The numeric arguments sigelImpute() and sigelImputeCV() share, checked once.
+.check_impute_args <- function(resolution, n_neighbors, n_steps, adv_weight,
+                               seed, n_threads) {
+    list(
+        resolution = .check_number(resolution, "resolution", min = 2,
+                                   whole = TRUE),
+        n_neighbors = .check_number(n_neighbors, "n_neighbors", min = 1,
+                                    whole = TRUE),
+        n_steps = .check_number(n_steps, "n_steps", min = 1, whole = TRUE),
+        adv_weight = .check_number(adv_weight, "adv_weight", min = 0),
+        seed = .check_seed(seed, null_ok = TRUE),
+        n_threads = .check_number(n_threads, "n_threads", min = 1,
+                                  whole = TRUE, null_ok = TRUE))
 }
