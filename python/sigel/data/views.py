@@ -24,8 +24,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .. import tissue
 from .._validate import SigelInputError
-from .images import GeneImages, _counts_matrix
+from .images import GeneImages
 
 __all__ = ["CountViews"]
 
@@ -63,7 +64,7 @@ class CountViews:
         per_pixel = np.bincount(self.spot_pixel, minlength=self.height * self.width).astype(np.float32)
         self.inv_per_pixel = np.divide(1.0, per_pixel, out=np.zeros_like(per_pixel), where=per_pixel > 0)
         self.log1p = bool(images.settings.get("log1p", True))
-        self._torch_cache: dict = {}
+        self._device_cache: dict = {}  # torch copies of the arrays above, per device
         self.divisor = self._divisors(images)
 
     # ------------------------------------------------------------ building
@@ -82,17 +83,16 @@ class CountViews:
         if adata.n_obs != len(images.spot_names) or not np.array_equal(
                 adata.obs_names.astype(str).to_numpy(), np.asarray(images.spot_names, dtype=str)):
             raise SigelInputError("CountViews: `adata` must hold the spots the images were built from")
-        X = _counts_matrix(adata, layer)
-        if library_size_key is not None:
-            lib = pd.to_numeric(adata.obs[library_size_key], errors="coerce").to_numpy(np.float64)
-        else:
-            lib = np.asarray(X.sum(axis=1)).ravel().astype(np.float64)
+        X = tissue.counts(adata, layer)  # numeric, finite, non-negative
+        try:
+            tissue.check_integers(X, adata, layer)
+        except SigelInputError as e:
+            raise SigelInputError(f"CountViews: binomial thinning needs raw integer counts; {e}") from None
+        lib = tissue.library_size(adata, layer, library_size_key=library_size_key, X=X)
         cols = pd.Index(adata.var_names.astype(str)).get_indexer(pd.Index(images.genes))
         if np.any(cols < 0):
             raise SigelInputError("CountViews: some image genes are not in `adata.var_names`")
         C = sp.csr_matrix(X[:, cols].T, dtype=np.float32)
-        if C.nnz and (C.data.min() < 0 or not np.allclose(C.data, np.round(C.data))):
-            raise SigelInputError("CountViews: binomial thinning needs raw integer counts")
         if st.get("normalize", True):
             ts = st.get("target_sum") or 1.0
             factor = np.divide(ts, lib, out=np.zeros_like(lib), where=lib > 0)
@@ -125,17 +125,13 @@ class CountViews:
         vals = sp.csr_matrix(self.counts @ sp.diags(self.spot_factor))
         if self.log1p:
             vals.data = np.log1p(vals.data)
-        out = sp.csr_matrix(vals @ self._scatter_matrix(), dtype=np.float32)
+        S = len(self.spot_pixel)
+        scatter = sp.csr_matrix((self.inv_per_pixel[self.spot_pixel], (np.arange(S), self.spot_pixel)),
+                                shape=(S, self.height * self.width), dtype=np.float32)  # mean per pixel
+        out = sp.csr_matrix(vals @ scatter, dtype=np.float32)
         out.eliminate_zeros()
         out.sort_indices()
         return out
-    def _scatter_matrix(self) -> sp.csr_matrix:
-        if "scatter" not in self._torch_cache:
-            S = len(self.spot_pixel)
-            self._torch_cache["scatter"] = sp.csr_matrix(
-                (self.inv_per_pixel[self.spot_pixel], (np.arange(S), self.spot_pixel)),
-                shape=(S, self.height * self.width), dtype=np.float32)
-        return self._torch_cache["scatter"]
 
     # ------------------------------------------------------------ views
     @property
@@ -162,8 +158,7 @@ class CountViews:
 
         idx = np.asarray(idx)
         dev = torch.device(device) if device is not None else torch.device("cpu")
-        key = str(dev)
-        cache = self._torch_cache.setdefault(key, {})
+        cache = self._device_cache.setdefault(str(dev), {})
         if not cache:
             cache["factor"] = torch.from_numpy(self.spot_factor).to(dev)
             cache["pixel"] = torch.from_numpy(self.spot_pixel).to(dev)

@@ -719,10 +719,9 @@ class DistributedTrainer(Trainer):
             if full_view and self.views is not None:
                 # count views of the whole batch, drawn on every rank from the step generator exactly as one
                 # process draws them (binomial draws cannot be skipped), then this rank's rows
-                xg = sample.to_tensor(glob[:1].numpy(), device=device)
                 rows = slice(before, before + len(loc)) if scale else slice(0, 1)
-                drawn = [v[rows] for v in draw_views(xg, cfg, mask_generator, views=self.views, idx=glob.numpy(),
-                                                     n=2 if second else 1)]
+                drawn = [v[rows] for v in draw_views(cfg, mask_generator, views=self.views, idx=glob.numpy(),
+                                                     n=2 if second else 1, device=device, dtype=x.dtype)]
             align = _AlignedDraws(mask_generator, before, len(loc), len(glob), dummy=dummy_gen if scale == 0 else None) \
                 if mask_generator is not None else contextlib.nullcontext()
             with align, _autocast(device, cfg.amp):

@@ -365,8 +365,8 @@ def uses_full_view(cfg: TrainConfig, weights: dict) -> bool:
     return cfg.refine_view == "full" and any(weights.get(k, 0.0) > 0 for k in ("contrastive", "mixture", "scaffold"))
 
 
-def draw_views(x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator | None, *, views=None, idx=None,
-               n: int = 1) -> list:
+def draw_views(cfg: TrainConfig, generator: torch.Generator | None, *, views=None, idx=None, n: int = 1,
+               device=None, dtype=torch.float32) -> list:
     """``n`` independent full views of a batch (see :func:`training_views`); ``[]`` without count views.
 
     Count views (binomial thinning of the genes' counts, keep probability per
@@ -378,8 +378,8 @@ def draw_views(x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator | N
         return []
     out = []
     for _ in range(n):
-        keep = cfg.thin_min + (1.0 - cfg.thin_min) * torch.rand(len(idx), device=x.device, generator=generator)
-        out.append(views.batch(idx, keep, generator=generator, device=x.device).to(x.dtype))
+        keep = cfg.thin_min + (1.0 - cfg.thin_min) * torch.rand(len(idx), device=device, generator=generator)
+        out.append(views.batch(idx, keep, generator=generator, device=device).to(dtype))
     return out
 
 
@@ -398,7 +398,8 @@ def training_views(model, x: torch.Tensor, cfg: TrainConfig, generator: torch.Ge
     pixel-dropout copies of ``x`` (:func:`~sigel.model.refine.thin_images`).
     """
     if full_view and drawn is None:
-        drawn = draw_views(x, cfg, generator, views=views, idx=idx, n=2 if second else 1)
+        drawn = draw_views(cfg, generator, views=views, idx=idx, n=2 if second else 1, device=x.device,
+                           dtype=x.dtype)
     out = model(x, mask_ratio=cfg.mask_ratio, generator=generator)
     if not full_view:
         return out, out["z"], None
