@@ -9,7 +9,7 @@
                          max_tokens = 128L, width = 32L, depth = 4L,
                          n_heads = 4L, mlp_ratio = 2, decoder_width = 32L,
                          mask_ratio = 0.75, input_norm = "standardize",
-                         smooth_sigma = 2, epochs = NULL,
+                         smooth_sigma = 2, recon_loss = "mse", epochs = NULL,
                          pretrain_epochs = NULL, batch_size = 32L, lr = 3e-3,
                          weight_decay = 0.05, warmup_epochs = 2L,
                          refine = TRUE, scaffold = TRUE, scaffold_k = 10L,
@@ -19,7 +19,8 @@
                          select_start = 0.3, select_end = 1, em_iters = 5L,
                          tol = 1e-3, amp = FALSE, embed_batch_size = 256L,
                          invariance_weight = 0, view_temperature = 0.1,
-                         thin_min = 0.2, spread_weight = 0) NULL
+                         thin_min = 0.2, spread_weight = 0,
+                         denoise = FALSE) NULL
 
 .hyper_names <- function() names(formals(.sigel_hyper))
 
@@ -547,11 +548,17 @@
 #' @param embed_batch_size `integer(1)`: genes per inference batch.
 #' @param smooth_sigma `numeric(1)`: width in pixels of the Gaussian input
 #'   smoothing used when `input_norm = "gaussian"`.
+#' @param recon_loss `character(1)`: the masked autoencoder's reconstruction
+#'   loss on hidden patches, `"mse"` (squared error) or `"pearson"` (one minus
+#'   the per-gene correlation, blind to a gene's background level).
 #' @param invariance_weight,view_temperature,thin_min sampling-noise
 #'   invariance: two views of each gene made by binomial thinning of its raw
 #'   counts (each count kept with a probability drawn from `[thin_min, 1]`)
 #'   must give the same vector, against all other genes (InfoNCE at
 #'   `view_temperature`); weight 0 switches it off.
+#' @param denoise `logical(1)`: the masked autoencoder reconstructs each
+#'   gene's image from a binomially thinned copy of its counts (a shallower
+#'   measurement of the same pattern) instead of from the image itself.
 #' @param spread_weight `numeric(1)`: weight of the anti-collapse term
 #'   (variance and covariance of each batch's vectors, as in VICReg) that
 #'   keeps the gene space from folding onto a few directions; 0 switches it

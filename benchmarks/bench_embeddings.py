@@ -14,8 +14,9 @@ same run, on the same genes (those the default gene images keep):
 
 Measures (vectors are centred first; "cosine" = cosine of centred vectors):
 
-* ``family``: symbol-prefix families (leading letters of the symbol, >= 3
-  letters, immunoglobulins / LINC / LOC excluded, >= 5 members): the
+* ``family``: nomenclature families (the symbol without its trailing serial
+  number, `families`; ``RPL10A`` -> ``RPL``, ``COL1A1`` -> ``COL1A``;
+  immunoglobulins / LINC / LOC / ORFs excluded, >= 5 members): the
   fraction of a gene's 10 nearest neighbours in its own family, macro mean
   over families; ``family_shuffled`` the same with shuffled family labels.
 * ``path_k20/50/100``: cosine k-means clusters; the fraction of clusters with
@@ -86,16 +87,22 @@ def load_dataset(data: Path, name: str):
 
 
 def families(symbols: pd.Series, min_size: int = 5) -> pd.Series:
-    """Symbol-prefix family of each gene (NaN when none): leading letters, >= 3 of them."""
+    """Nomenclature family of each gene (NaN when none): the symbol without its trailing serial number.
+
+    ``RPL10A`` and ``RPL5`` -> ``RPL``; ``COL1A1`` -> ``COL1A``; ``NDUFB9`` ->
+    ``NDUFB``; ``HLA-DRB1`` -> ``HLA-DRB``. Symbols without a trailing number
+    have no family; immunoglobulin segments, ``LINC``/``LOC`` and open reading
+    frames (``C1orf..``) are left out; families need ``min_size`` members.
+    """
     out = {}
     for g, s in symbols.items():
         if not isinstance(s, str):
             continue
-        m = re.match(r"^([A-Za-z]+)", s)
+        m = re.match(r"^([A-Za-z][A-Za-z0-9-]*?[A-Za-z-])\d+[A-Za-z]?$", s)
         if not m:
             continue
-        p = m.group(1).upper()
-        if len(p) < 3 or p.startswith(("IGH", "IGK", "IGL", "LINC", "LOC")):
+        p = m.group(1).upper().rstrip("-")
+        if len(p) < 2 or p.startswith(("IGH", "IGK", "IGL", "LINC", "LOC")) or "ORF" in p:
             continue
         out[g] = p
     f = pd.Series(out, dtype=object).reindex(symbols.index)

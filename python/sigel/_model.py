@@ -205,9 +205,17 @@ class SIGEL:
         the gene; ``'smooth'``: the same after a 3x3 masked box filter;
         ``'gaussian'``: after a masked Gaussian filter of ``smooth_sigma``
         pixels (sampling noise of shallow genes averaged over neighbouring
-        spots); ``None`` (or ``'none'``): the image values as built.
+        spots); ``'rank'``: the Gaussian filter, then the normal scores of
+        each image's ranks (every gene's values get the same distribution,
+        only their arrangement differs); ``None`` (or ``'none'``): the image
+        values as built.
     smooth_sigma
         Width (pixels) of the ``'gaussian'`` input smoothing.
+    recon_loss
+        Module I's reconstruction loss on the hidden patches: ``'mse'``
+        (squared error) or ``'pearson'`` (one minus the per-gene correlation,
+        blind to a gene's background level; see
+        :class:`~sigel.model.mae.MaskedAutoencoder`).
     epochs
         Maximum number of epochs in total (pre-training included). ``None``:
         enough for about 4,000 gradient steps, bounded to [16, 60] epochs
@@ -275,6 +283,13 @@ class SIGEL:
         detection-rate R² on DLPFC; it is not the default because it made
         designated-pattern search on the synthetic tissue worse (see
         ``benchmarks/RESULTS.md``, "Representation").
+    denoise
+        Module I's denoising variant: the masked autoencoder reconstructs each
+        gene's image from a count view (its raw counts binomially thinned,
+        keep probability from ``[thin_min, 1]``) instead of from the image
+        itself, so the vector has to carry the pattern that survives a
+        shallower measurement rather than the speckle of this one. Needs raw
+        counts (falls back to the plain reconstruction otherwise).
 
     Attributes
     ----------
@@ -347,6 +362,7 @@ class SIGEL:
         mask_ratio: float = 0.75,
         input_norm: str | None = "standardize",
         smooth_sigma: float = 2.0,
+        recon_loss: str = "mse",
         epochs: int | None = None,
         pretrain_epochs: int | None = None,
         batch_size: int = 32,
@@ -372,6 +388,7 @@ class SIGEL:
         view_temperature: float = 0.1,
         thin_min: float = 0.2,
         spread_weight: float = 0.0,
+        denoise: bool = False,
     ):
         frame = inspect.currentframe()
         args, _, _, values = inspect.getargvalues(frame)
@@ -398,7 +415,7 @@ class SIGEL:
         for k in cls._REAL_PARAMS:
             if k in p:
                 p[k] = as_real(k, p[k])
-        for k in ("mixture", "input_norm"):
+        for k in ("mixture", "input_norm", "recon_loss"):
             if k in p and p[k] is not None and not isinstance(p[k], str):
                 raise SigelInputError(f"`{k}` must be a string; got {p[k]!r} ({type(p[k]).__name__})")
         return p
@@ -426,8 +443,9 @@ class SIGEL:
         assert_in_range("select_start", p["select_start"], 1e-6, 1.0)
         assert_in_range("select_end", p["select_end"], p["select_start"], 1.0)
         assert_one_of("mixture", p["mixture"], ("student_t", "gaussian"))
-        assert_one_of("input_norm", p["input_norm"], (None, "none", "standardize", "smooth", "gaussian"))
+        assert_one_of("input_norm", p["input_norm"], (None, "none", "standardize", "smooth", "gaussian", "rank"))
         assert_positive("smooth_sigma", p["smooth_sigma"])
+        assert_one_of("recon_loss", p.get("recon_loss", "mse"), ("mse", "pearson"))
         if p["dirichlet_alpha"] < 1:
             raise SigelInputError(f"`dirichlet_alpha` must be >= 1; got {p['dirichlet_alpha']!r}")
         if p["patch_size"] is not None:
@@ -440,8 +458,8 @@ class SIGEL:
             )
         if p["decoder_width"] % 4:
             raise SigelInputError(f"`decoder_width` must be divisible by 4; got {p['decoder_width']}")
-        for k in ("refine", "scaffold", "amp"):
-            if not isinstance(p[k], (bool, np.bool_)):
+        for k in ("refine", "scaffold", "amp", "denoise"):
+            if k in p and not isinstance(p[k], (bool, np.bool_)):
                 raise SigelInputError(f"`{k}` must be True or False; got {p[k]!r}")
 
     def _reset(self) -> None:
@@ -505,7 +523,7 @@ class SIGEL:
             patch_size=patch_size, width=p["width"], depth=p["depth"], n_heads=p["n_heads"],
             mlp_ratio=p["mlp_ratio"], embed_dim=p["embed_dim"], decoder_width=p["decoder_width"],
             mask_ratio=p["mask_ratio"], input_norm=None if p["input_norm"] == "none" else p["input_norm"],
-            smooth_sigma=p["smooth_sigma"],
+            smooth_sigma=p["smooth_sigma"], recon_loss=p.get("recon_loss", "mse"),
         )
 
     def _build_mixture(self, n_contexts: int, seed: int):
@@ -545,7 +563,7 @@ class SIGEL:
             mixture_weight=p["mixture_weight"], temperature=p["temperature"], select_start=p["select_start"],
             select_end=p["select_end"], em_iters=p["em_iters"], tol=p["tol"], amp=bool(p["amp"]),
             invariance_weight=p["invariance_weight"], view_temperature=p["view_temperature"],
-            thin_min=p["thin_min"], spread_weight=p["spread_weight"],
+            thin_min=p["thin_min"], spread_weight=p["spread_weight"], denoise=bool(p.get("denoise", False)),
         )
 
     # --------------------------------------------------------------------- fit
@@ -664,7 +682,8 @@ class SIGEL:
     def _count_views(self, adata, images):
         """Count-thinning views for the invariance term (``None`` when off or not raw counts)."""
         p = self.init_params_
-        if isinstance(images, GeneImages) and (p["invariance_weight"] > 0 or p["spread_weight"] > 0):
+        if isinstance(images, GeneImages) and (p["invariance_weight"] > 0 or p["spread_weight"] > 0
+                                                 or p.get("denoise", False)):
             from .data.views import CountViews
 
             try:

@@ -165,7 +165,9 @@ WORKER = textwrap.dedent('''
 ''')
 RUNS = {"full": HYPER, "encoder": ENCODER_ONLY, "multi": HYPER,
         # count-thinned views (drawn for the whole batch) and a whole-batch spread term
-        "spread": dict(ENCODER_ONLY, spread_weight=1.0)}
+        "spread": dict(ENCODER_ONLY, spread_weight=1.0),
+        # the denoising pass: the reconstruction's input is a count view drawn for the whole batch
+        "denoise": dict(ENCODER_ONLY, denoise=True)}
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +183,7 @@ def two_process_fit(tmp_path_factory):
 @pytest.fixture(scope="module")
 def one_process_fit():
     return {name: sigel.SIGEL(**RUNS[name]).fit(_tissue(0), seed=0, progress=False, n_threads=1, device="cpu")
-            for name in ("full", "encoder", "spread")}
+            for name in ("full", "encoder", "spread", "denoise")}
 
 
 @pytest.fixture(scope="module")
@@ -225,6 +227,14 @@ def test_two_process_spread_views_match_one_process(two_process_fit, one_process
     _, runs = two_process_fit
     r0, one = runs["spread"][0], one_process_fit["spread"]
     assert "spread" in one.history_
+    np.testing.assert_allclose(r0["emb"], one.embeddings_.to_numpy(), atol=ATOL_ENCODER, rtol=0)
+    np.testing.assert_allclose(r0["loss"], one.history_["loss"].to_numpy(), rtol=1e-5)
+
+
+def test_two_process_denoising_views_match_one_process(two_process_fit, one_process_fit):
+    _, runs = two_process_fit
+    r0, one, plain = runs["denoise"][0], one_process_fit["denoise"], one_process_fit["encoder"]
+    assert not np.allclose(one.history_["loss"].to_numpy(), plain.history_["loss"].to_numpy())
     np.testing.assert_allclose(r0["emb"], one.embeddings_.to_numpy(), atol=ATOL_ENCODER, rtol=0)
     np.testing.assert_allclose(r0["loss"], one.history_["loss"].to_numpy(), rtol=1e-5)
 

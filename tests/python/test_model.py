@@ -112,6 +112,88 @@ def test_input_standardisation_is_per_image_over_tissue():
     assert (z[:, 0][:, ~tis] == 0).all() and torch.equal(z[:, 1], x[:, 1])
 
 
+@pytest.mark.parametrize("norm", ["smooth", "gaussian"])
+def test_smoothed_input_is_the_masked_average_of_tissue_neighbours(norm):
+    """The separable filter equals a direct 2-d masked (normalised) average, background ignored."""
+    m = MaskedAutoencoder(patch_size=4, width=16, depth=1, n_heads=2, decoder_width=16, embed_dim=8,
+                          input_norm=norm, smooth_sigma=1.5)
+    mask = np.zeros((12, 12), bool)
+    mask[2:10, 1:11] = True
+    x = _batch([mask], seed=5)
+    z = m.normalize_input(x)[0, 0]
+    v, w = x[0, 0].double(), x[0, 1].double()
+    if norm == "smooth":
+        k2 = torch.ones(3, 3, dtype=torch.float64)
+    else:
+        r = int(np.ceil(3 * 1.5))
+        t = torch.arange(-r, r + 1, dtype=torch.float64)
+        g = torch.exp(-0.5 * (t / 1.5) ** 2)
+        k2 = g[:, None] * g[None, :]
+    num = torch.nn.functional.conv2d((v * w)[None, None], k2[None, None], padding=k2.shape[-1] // 2)[0, 0]
+    den = torch.nn.functional.conv2d(w[None, None], k2[None, None], padding=k2.shape[-1] // 2)[0, 0]
+    ref = num / den.clamp(min=1e-6) * w
+    tis = torch.from_numpy(mask)
+    ref = (ref - ref[tis].mean()) / ref[tis].std(unbiased=False)
+    assert torch.allclose(z[tis].double(), ref[tis], atol=1e-4)
+    assert (z[~tis] == 0).all()
+
+
+def test_pearson_loss_ignores_level_and_scale_of_hidden_pixels():
+    torch.manual_seed(0)
+    kw = dict(patch_size=4, width=16, depth=1, n_heads=2, decoder_width=16, embed_dim=8, input_norm=None)
+    m = MaskedAutoencoder(recon_loss="pearson", **kw)
+    mse = MaskedAutoencoder(recon_loss="mse", **kw)
+    mask = np.ones((16, 16), bool)
+    x = _batch([mask, mask], seed=6)
+    tb = m.mask_tissue_patches(m.patchify(x)[1], 0.5, torch.Generator().manual_seed(0), (4, 4))
+    target = x[:, 0]
+    shifted = 3.0 * target + 2.0  # same pattern, other level and spread
+    assert float(m.loss(x, shifted, tb)) < 1e-5
+    assert float(mse.loss(x, shifted, tb)) > 1.0
+    assert float(m.loss(x, -target, tb)) == pytest.approx(2.0, abs=1e-4)
+    with pytest.raises(ValueError, match="recon_loss"):
+        MaskedAutoencoder(recon_loss="l1", **kw)
+
+
+def test_rank_input_gives_every_gene_the_same_values_in_another_arrangement():
+    m = MaskedAutoencoder(patch_size=4, width=16, depth=1, n_heads=2, decoder_width=16, embed_dim=8,
+                          input_norm="rank", smooth_sigma=1.0)
+    mask = np.zeros((12, 12), bool)
+    mask[1:11, 2:12] = True
+    x = _batch([mask, mask], seed=7)
+    x[1, 0] = (x[1, 0] ** 8) * 50.0  # heavy-tailed, other level: only the ranks are kept
+    z = m.normalize_input(x)
+    tis = torch.from_numpy(mask)
+    a, b = z[0, 0][tis].sort().values, z[1, 0][tis].sort().values
+    assert torch.allclose(a, b, atol=1e-5)
+    assert abs(float(a.mean())) < 1e-5 and float(a.std(unbiased=False)) == pytest.approx(1.0, abs=1e-4)
+    assert (z[:, 0][:, ~tis] == 0).all()
+    # ties share one value (their mean rank)
+    x2 = x.clone()
+    x2[0, 0] = torch.where(tis, torch.zeros_like(x2[0, 0]), x2[0, 0])
+    x2[0, 0, 5, 5] = 1.0
+    m0 = MaskedAutoencoder(patch_size=4, width=16, depth=1, n_heads=2, decoder_width=16, embed_dim=8,
+                           input_norm="rank", smooth_sigma=0.3)
+    v = m0.normalize_input(x2)[0, 0][tis]
+    assert len(torch.unique(v)) <= 2 + 8  # a point, its few smoothed neighbours, one tie value
+
+
+def test_denoising_pass_reconstructs_the_image_from_its_count_view():
+    from sigel.train.trainer import TrainConfig, training_views
+
+    torch.manual_seed(0)
+    m = MaskedAutoencoder(patch_size=4, width=16, depth=1, n_heads=2, decoder_width=16, embed_dim=8)
+    mask = np.ones((16, 16), bool)
+    x = _batch([mask, mask], seed=8)
+    view = _batch([mask, mask], seed=9)
+    cfg = TrainConfig(denoise=True, mask_ratio=0.5)
+    out, z, _ = training_views(m, x, cfg, torch.Generator().manual_seed(1), False, drawn=[view])
+    ref = m(view, mask_ratio=0.5, generator=torch.Generator().manual_seed(1), target=x)
+    assert torch.allclose(out["loss"], ref["loss"]) and torch.allclose(z, ref["z"])
+    plain = m(view, mask_ratio=0.5, generator=torch.Generator().manual_seed(1))
+    assert not torch.allclose(out["loss"], plain["loss"])  # the target is x, not the view
+
+
 def test_embed_works_on_another_grid():
     torch.manual_seed(0)
     m = MaskedAutoencoder(patch_size=4, width=16, depth=1, n_heads=2, decoder_width=16, embed_dim=8)

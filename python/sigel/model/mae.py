@@ -140,6 +140,25 @@ class _Block(nn.Module):
 
 
 # ----------------------------------------------------------------------- model
+def _normal_scores(v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Normal scores of each image's tissue pixels: ``Phi^-1((rank + 0.5) / n)``, ties at their mean rank.
+
+    ``v`` and ``m`` are ``(B, H, W)`` values and 0/1 tissue mask; pixels outside the tissue get 0.
+    """
+    B = v.shape[0]
+    flat = v.reshape(B, -1).float()
+    tis = m.reshape(B, -1) > 0
+    keyed = torch.where(tis, flat, torch.full_like(flat, float("inf")))
+    srt = torch.sort(keyed, dim=1).values.contiguous()
+    q = keyed.contiguous()
+    lo = torch.searchsorted(srt, q, right=False).float()
+    hi = torch.searchsorted(srt, q, right=True).float()
+    n = tis.sum(1, keepdim=True).clamp(min=1).float()
+    u = ((lo + hi) / 2.0) / n  # mean rank (0-based) + 0.5, over n
+    z = math.sqrt(2.0) * torch.erfinv((2.0 * u - 1.0).clamp(-1 + 1e-6, 1 - 1e-6))
+    return torch.where(tis, z, torch.zeros_like(z)).reshape(v.shape).to(v.dtype)
+
+
 class MaskedAutoencoder(nn.Module):
     """Masked autoencoder with a transformer encoder and a convolutional decoder.
 
@@ -172,9 +191,23 @@ class MaskedAutoencoder(nn.Module):
         0 and variance 1 over its tissue pixels (clipped to [-5, 5]) before
         encoding, and reconstruct that standardised image; ``'smooth'``: the
         same after a 3x3 masked box filter; ``'gaussian'``: after a masked
-        Gaussian filter of ``smooth_sigma`` pixels; ``None``: use values as given.
+        Gaussian filter of ``smooth_sigma`` pixels; ``'rank'``: the Gaussian
+        filter, then each image's tissue pixels replaced by the normal scores
+        of their ranks (ties share their mean rank), so every gene's values
+        have the same distribution and only their arrangement differs (a
+        rank transform: a gene detected in few spots no longer has the
+        heavy-tailed values that give its sparsity away); ``None``: use values
+        as given.
     smooth_sigma
         Gaussian width in pixels for ``input_norm='gaussian'``.
+    recon_loss
+        ``'mse'``: mean squared error on the hidden tissue pixels;
+        ``'pearson'``: one minus the Pearson correlation between prediction
+        and target over each gene's hidden tissue pixels. The correlation is
+        blind to the level and spread of the hidden pixels, so the gene vector
+        gains nothing from telling the decoder a sparse gene's background
+        level (a proxy of how many spots detect it): it has to describe the
+        *shape* of the pattern.
     in_chans
         Input channels (2: value + tissue mask).
     """
@@ -193,6 +226,7 @@ class MaskedAutoencoder(nn.Module):
         pool_queries: int = 4,
         input_norm: str | None = "standardize",
         smooth_sigma: float = 2.0,
+        recon_loss: str = "mse",
         in_chans: int = 2,
     ):
         super().__init__()
@@ -205,10 +239,14 @@ class MaskedAutoencoder(nn.Module):
         self.embed_dim = int(embed_dim)
         self.mask_ratio = float(mask_ratio)
         self.in_chans = int(in_chans)
-        if input_norm not in (None, "standardize", "smooth", "gaussian"):
-            raise ValueError(f"input_norm must be None, 'standardize', 'smooth' or 'gaussian'; got {input_norm!r}")
+        if input_norm not in (None, "standardize", "smooth", "gaussian", "rank"):
+            raise ValueError(f"input_norm must be None, 'standardize', 'smooth', 'gaussian' or 'rank'; "
+                             f"got {input_norm!r}")
         self.input_norm = input_norm
         self.smooth_sigma = float(smooth_sigma)
+        if recon_loss not in ("mse", "pearson"):
+            raise ValueError(f"recon_loss must be 'mse' or 'pearson'; got {recon_loss!r}")
+        self.recon_loss = recon_loss
 
         # encoder
         self.patch_embed = nn.Conv2d(in_chans, width, kernel_size=patch_size, stride=patch_size)
@@ -294,13 +332,17 @@ class MaskedAutoencoder(nn.Module):
         if self.input_norm is None:
             return x
         v, m = x[:, 0].float(), x[:, 1].float()
-        if self.input_norm in ("smooth", "gaussian"):
+        if self.input_norm in ("smooth", "gaussian", "rank"):
             # masked (normalised) convolution: the mean of the in-tissue neighbours, background ignored
+            # both channels in one pass; the kernel is separable (a row then a column filter)
             k = self._smoothing_kernel(x.device, v.dtype)
             pad = k.shape[-1] // 2
-            num = F.conv2d((v * m)[:, None], k, padding=pad)[:, 0]
-            den = F.conv2d(m[:, None], k, padding=pad)[:, 0]
-            v = num / den.clamp(min=1e-6) * m
+            vm = torch.stack([v * m, m], dim=1).reshape(-1, 1, *v.shape[-2:])
+            vm = F.conv2d(F.conv2d(vm, k[None, None, None, :], padding=(0, pad)), k[None, None, :, None],
+                          padding=(pad, 0)).reshape(v.shape[0], 2, *v.shape[-2:])
+            v = vm[:, 0] / vm[:, 1].clamp(min=1e-6) * m
+        if self.input_norm == "rank":
+            v = _normal_scores(v, m)
         n = m.sum((1, 2)).clamp(min=1.0)
         mean = (v * m).sum((1, 2)) / n
         var = (((v - mean[:, None, None]) * m) ** 2).sum((1, 2)) / n
@@ -309,13 +351,13 @@ class MaskedAutoencoder(nn.Module):
         return torch.stack([z.to(x.dtype), x[:, 1]], dim=1)
 
     def _smoothing_kernel(self, device, dtype) -> torch.Tensor:
-        """3x3 box (``'smooth'``) or a Gaussian of ``smooth_sigma`` pixels truncated at 3 sigma (``'gaussian'``)."""
+        """1-d factor of the separable filter: a 3-tap box (``'smooth'``, a 3x3 box in 2-d) or a
+        Gaussian of ``smooth_sigma`` pixels truncated at 3 sigma (``'gaussian'``)."""
         if self.input_norm == "smooth":
-            return torch.ones(1, 1, 3, 3, device=device, dtype=dtype)
+            return torch.ones(3, device=device, dtype=dtype)
         r = max(int(math.ceil(3.0 * self.smooth_sigma)), 1)
         t = torch.arange(-r, r + 1, device=device, dtype=dtype)
-        g = torch.exp(-0.5 * (t / self.smooth_sigma) ** 2)
-        return (g[:, None] * g[None, :])[None, None]
+        return torch.exp(-0.5 * (t / self.smooth_sigma) ** 2)
 
     # -------------------------------------------------------------- patchify
     def pad(self, x: torch.Tensor) -> torch.Tensor:
@@ -488,7 +530,7 @@ class MaskedAutoencoder(nn.Module):
 
     # ------------------------------------------------------------------- loss
     def loss(self, x: torch.Tensor, pred: torch.Tensor, tb: TokenBatch, reduction: str = "mean") -> torch.Tensor:
-        """Mean squared error on hidden, in-tissue pixels.
+        """Reconstruction error on hidden, in-tissue pixels (see ``recon_loss``).
 
         Each sample's error is averaged over its own hidden tissue pixels, so
         every gene weighs the same regardless of tissue size.
@@ -508,19 +550,31 @@ class MaskedAutoencoder(nn.Module):
         gh, gw = tb.grid
         H, W = x.shape[-2:]
         hid = tb.masked.reshape(-1, gh, gw).repeat_interleave(p, 1).repeat_interleave(p, 2)[:, :H, :W]
-        m = hid.to(pred.dtype) * x[:, 1].to(pred.dtype)
-        err = (pred.float() - x[:, 0].float()) ** 2 * m.float()
-        per = err.flatten(1).sum(1) / m.float().flatten(1).sum(1).clamp(min=1.0)
+        m = (hid.to(pred.dtype) * x[:, 1].to(pred.dtype)).float().flatten(1)
+        p_, t_ = pred.float().flatten(1), x[:, 0].float().flatten(1)
+        n = m.sum(1).clamp(min=1.0)
+        if self.recon_loss == "pearson":
+            pc = (p_ - (p_ * m).sum(1, keepdim=True) / n[:, None]) * m
+            tc = (t_ - (t_ * m).sum(1, keepdim=True) / n[:, None]) * m
+            den = ((pc ** 2).sum(1) * (tc ** 2).sum(1)).clamp(min=1e-12).sqrt()
+            per = 1.0 - (pc * tc).sum(1) / den
+        else:
+            per = ((p_ - t_) ** 2 * m).sum(1) / n
         return per.mean() if reduction == "mean" else per
 
     # ---------------------------------------------------------------- forward
-    def forward(self, x: torch.Tensor, mask_ratio: float | None = None, generator: torch.Generator | None = None):
+    def forward(self, x: torch.Tensor, mask_ratio: float | None = None, generator: torch.Generator | None = None,
+                target: torch.Tensor | None = None):
         """One masked-autoencoding pass.
 
         Parameters
         ----------
         x
             ``(B, 2, H, W)`` value + mask channels.
+        target
+            Optional ``(B, 2, H, W)`` image to reconstruct instead of ``x``
+            (normalised the same way): a denoising pass reconstructs the
+            full-depth image from a thinned copy ``x``.
         mask_ratio
             Fraction of in-tissue patches hidden (default: the model's).
         generator
@@ -538,12 +592,13 @@ class MaskedAutoencoder(nn.Module):
         """
         ratio = self.mask_ratio if mask_ratio is None else float(mask_ratio)
         x = self.normalize_input(x)
+        y = x if target is None else self.normalize_input(target)
         tokens, tissue, grid = self.patchify(x)
         tb = self.mask_tissue_patches(tissue, ratio, generator, grid)
         latent = self.encode(tokens, tb)
         z = self.pool(latent, tb)
         pred = self.decode(latent, tb, x.shape[-2:], z)
-        per = self.loss(x, pred, tb, reduction="none")
+        per = self.loss(y, pred, tb, reduction="none")
         return {"loss": per.mean(), "loss_per_gene": per, "pred": pred, "z": z, "tokens": tb}
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:

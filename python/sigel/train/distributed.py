@@ -72,7 +72,8 @@ from ..data.multisample import SampleImages
 from ..model.mixture_stats import fit_sharded
 from ..model.refine import RefineState, refinement_losses
 from ..model.scaffold import GeneGraph, smoothed_image_features
-from .trainer import Trainer, _autocast, draw_views, embed_all, fit_mixture, lr_at, training_views, uses_full_view
+from .trainer import (Trainer, _autocast, draw_views, embed_all, fit_mixture, lr_at, n_views, training_views,
+                      uses_full_view)
 
 __all__ = [
     "Comm",
@@ -716,12 +717,13 @@ class DistributedTrainer(Trainer):
             loc_d, glob_d = loc.to(device), glob.to(device)
             second = w.get("invariance", 0.0) > 0
             drawn = None
-            if full_view and self.views is not None:
+            n_draw = n_views(cfg, full_view, second)
+            if n_draw and self.views is not None:
                 # count views of the whole batch, drawn on every rank from the step generator exactly as one
                 # process draws them (binomial draws cannot be skipped), then this rank's rows
                 rows = slice(before, before + len(loc)) if scale else slice(0, 1)
                 drawn = [v[rows] for v in draw_views(cfg, mask_generator, views=self.views, idx=glob.numpy(),
-                                                     n=2 if second else 1, device=device, dtype=x.dtype)]
+                                                     n=n_draw, device=device, dtype=x.dtype)]
             align = _AlignedDraws(mask_generator, before, len(loc), len(glob), dummy=dummy_gen if scale == 0 else None) \
                 if mask_generator is not None else contextlib.nullcontext()
             with align, _autocast(device, cfg.amp):

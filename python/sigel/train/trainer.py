@@ -111,6 +111,10 @@ class TrainConfig:
         the smallest keep probability of the binomial count thinning that
         makes its two views (each view keeps every count with a probability
         drawn uniformly from ``[thin_min, 1]``).
+    denoise
+        Module I reconstructs each gene's full-depth image from a count view
+        (a binomially thinned copy of its counts) instead of from the image
+        itself: the vector must carry what survives a shallower measurement.
     """
 
     epochs: int = 40
@@ -147,6 +151,7 @@ class TrainConfig:
     view_temperature: float = 0.1
     spread_weight: float = 0.0
     thin_min: float = 0.2
+    denoise: bool = False
 
     @property
     def refine_epochs(self) -> int:
@@ -383,6 +388,12 @@ def draw_views(cfg: TrainConfig, generator: torch.Generator | None, *, views=Non
     return out
 
 
+def n_views(cfg: TrainConfig, full_view: bool, second: bool) -> int:
+    """How many count views one training step draws (:func:`draw_views`): the refinement's full
+    view(s), then the denoising input."""
+    return (2 if second else 1) * bool(full_view) + bool(cfg.denoise)
+
+
 def training_views(model, x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator | None, full_view: bool,
                    *, views=None, idx=None, second: bool = False, drawn: list | None = None):
     """The forward passes of one training step.
@@ -397,10 +408,13 @@ def training_views(model, x: torch.Tensor, cfg: TrainConfig, generator: torch.Ge
     :func:`draw_views`; or already ``drawn``); without count views they are
     pixel-dropout copies of ``x`` (:func:`~sigel.model.refine.thin_images`).
     """
-    if full_view and drawn is None:
-        drawn = draw_views(cfg, generator, views=views, idx=idx, n=2 if second else 1, device=x.device,
-                           dtype=x.dtype)
-    out = model(x, mask_ratio=cfg.mask_ratio, generator=generator)
+    n = n_views(cfg, full_view, second)
+    if n and drawn is None:
+        drawn = draw_views(cfg, generator, views=views, idx=idx, n=n, device=x.device, dtype=x.dtype)
+    if cfg.denoise and drawn:
+        out = model(drawn[-1], mask_ratio=cfg.mask_ratio, generator=generator, target=x)
+    else:
+        out = model(x, mask_ratio=cfg.mask_ratio, generator=generator)
     if not full_view:
         return out, out["z"], None
     if drawn:
