@@ -8,7 +8,7 @@
 .sigel_hyper <- function(n_contexts = NULL, embed_dim = 32L, patch_size = NULL,
                          max_tokens = 128L, width = 32L, depth = 4L,
                          n_heads = 4L, mlp_ratio = 2, decoder_width = 32L,
-                         mask_ratio = 0.75, input_norm = "standardize",
+                         mask_ratio = 0.75, input_norm = "gaussian",
                          smooth_sigma = 2, recon_loss = "mse", epochs = NULL,
                          pretrain_epochs = NULL, batch_size = 32L, lr = 3e-3,
                          weight_decay = 0.05, warmup_epochs = 2L,
@@ -514,12 +514,15 @@
 #' @param decoder_width `integer(1)`: channels of the convolutional decoder.
 #' @param mask_ratio `numeric(1)`: fraction of in-tissue patches masked per
 #'   step.
-#' @param input_norm `character(1)`: `"standardize"` centres and scales each
-#'   gene image over the tissue before encoding, so vectors describe the
-#'   pattern's shape rather than how many spots express the gene;
-#'   `"smooth"` does the same after a 3x3 box filter, `"gaussian"` after a
-#'   Gaussian filter of `smooth_sigma` pixels; `"none"` uses the image
-#'   values as built.
+#' @param input_norm `character(1)`: `"gaussian"` (default) averages each
+#'   gene image over neighbouring spots (a Gaussian filter of `smooth_sigma`
+#'   pixels, tissue only), then centres and scales it over the tissue before
+#'   encoding, so vectors describe the pattern's shape rather than how many
+#'   spots express the gene or the speckle of a shallow measurement;
+#'   `"standardize"` centres and scales without the filter (the earlier
+#'   default), `"smooth"` uses a 3x3 box filter, `"rank"` replaces the
+#'   filtered values by normal scores of their ranks; `"none"` uses the
+#'   image values as built.
 #' @param epochs `integer(1)` or `NULL`: maximum number of epochs
 #'   (pre-training included); `NULL`: enough for about 4,000 gradient steps,
 #'   between 16 and 60 epochs.

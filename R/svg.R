@@ -92,7 +92,9 @@
 #' @param n_bins `integer(1)`: expression bins for pooling null scores.
 #' @param genes `character` or `NULL`: genes to test (default: every gene
 #'   the model embedded).
-#' @param metric `character(1)`: `"cosine"` or `"euclidean"`.
+#' @param metric `character(1)`: `"cosine"`, `"euclidean"` or `"whitened"`
+#'   (unit vectors; distances in the controls' own covariance pooled per
+#'   expression bin).
 #' @param null `character(1)`: controls are the gene's own values shuffled
 #'   over the spots (`"permutation"`, depth-adjusted, its exact marginal) or
 #'   drawn from a fitted zero-inflated negative binomial (`"zinb"`,
@@ -130,7 +132,7 @@
 #' }
 #' @export
 sigelSVG <- function(x, n_null = 10L, n_bins = 10L, genes = NULL,
-                     metric = c("cosine", "euclidean"),
+                     metric = c("cosine", "euclidean", "whitened"),
                      null = c("permutation", "zinb"), depth_aware = TRUE,
                      model = NULL, coords = NULL, library_size = NULL,
                      seed = 0L, verbose = FALSE) {

@@ -12,8 +12,21 @@ A SIGEL model per data set is loaded from ``--mob-model`` / ``--model`` when
 the directory exists, else fitted with the default settings and saved there
 (DLPFC shares its default path with benchmarks/bench_domains.py).
 
+* ``--calibration``: depth-homogeneous null genes. On MOB, DLPFC 151673 and
+  the prostate cancer section, 300 null genes are planted: each is a real
+  gene's total count spread over the spots by a multinomial draw with
+  probabilities proportional to the spots' library sizes, i.e. a gene whose
+  expression *rate* is the same everywhere, so its counts follow sequencing
+  depth, which is itself spatial in real tissue. A model fitted on the real
+  genes embeds them (``transform``, as for any new gene) and each test's
+  fraction of null genes at p < 0.05 and q < 0.05 (BH over the null genes)
+  is reported for sigel (each ``--nulls`` control model), the SPARK-X-style
+  test and Moran's I, with the shuffled-positions null (all real genes, spots
+  permuted) beside it. ``--seeds`` repeats planting and controls.
+
     .venv/bin/python benchmarks/bench_svg.py --data ../shared/data
     .venv/bin/python benchmarks/bench_svg.py --model DIR --skip mob
+    .venv/bin/python benchmarks/bench_svg.py --data ../shared/data --calibration --seeds 0 1
 """
 from __future__ import annotations
 
@@ -155,6 +168,131 @@ def dlpfc(args, sigel):
                 spearman={a: {b: round(float(rho.loc[a, b]), 3) for b in rho} for a in rho})
 
 
+# ====================================================================== calibration
+def calibration_sections(data: Path):
+    """(name, AnnData, library_size_key, fit options) of the three calibration sections."""
+    import anndata as ad
+
+    path = data / "svg"
+    mob = ad.read_h5ad(path / "mob_rep11_stahl2016.h5ad")
+    mob = mob[mob.obs["in_MOB_sample_info"].astype(bool)].copy()
+    mob.obs["x"] = mob.obs["x"].astype(float)
+    dl = ad.read_h5ad(data / "dlpfc" / "dlpfc_151673_counts.h5ad")
+    pr = ad.read_h5ad(data / "cross_sample" / "visium_ffpe_prostate_normal_vs_cancer_giotto_mini.h5ad")
+    pr = pr[pr.obs["condition"].astype(str).str.lower().str.contains("cancer")].copy()
+    return [("mob", mob, None, dict(geometry="grid")),
+            ("dlpfc151673", dl, "sum_umi", dict(library_size_key="sum_umi")),
+            ("prostate_cancer", pr, None, {})]
+
+
+def plant_null_genes(adata, n: int, lib: np.ndarray, seed: int, *, min_total: int = 20):
+    """``adata`` with ``n`` depth-homogeneous null genes appended (``null_<gene>``); their names.
+
+    Each null gene takes a real gene's total count ``T`` (genes with ``T >=
+    min_total``, drawn without replacement) and spreads it over the spots as
+    ``Multinomial(T, lib / lib.sum())``.
+    """
+    import anndata as ad
+    import scipy.sparse as sp
+
+    X = sp.csc_matrix(adata.X)
+    tot = np.asarray(X.sum(axis=0)).ravel()
+    rng = np.random.default_rng(seed)
+    pool = np.flatnonzero(tot >= min_total)
+    src = rng.choice(pool, size=min(n, len(pool)), replace=False)
+    prob = lib / lib.sum()
+    Y = np.stack([rng.multinomial(int(t), prob) for t in tot[src]], axis=1)  # spots x n (n small)
+    names = [f"null_{g}" for g in adata.var_names[src]]
+    new = ad.AnnData(sp.csr_matrix(Y.astype(np.float32)), obs=adata.obs[[]].copy(),
+                     var=pd.DataFrame(index=names))
+    out = ad.concat([adata, new], axis=1, merge="first", uns_merge="first")
+    out.obs = adata.obs.copy()
+    out.obsm = adata.obsm.copy()
+    return out, pd.Index(names)
+
+
+def _fractions(p: pd.Series) -> dict:
+    from sigel._stats import bh
+
+    p = p.dropna().to_numpy(dtype=float)
+    return dict(p05=round(float((p < 0.05).mean()), 4), q05=round(float((bh(p) < 0.05).mean()), 4), n=len(p))
+
+
+def calibration(args, sigel):
+    """Fraction of depth-homogeneous null genes (and of shuffled real genes) called, per section and seed."""
+    import torch
+
+    from sigel import tissue
+    from sigel._rbridge import sparkx_r
+
+    torch.set_num_threads(args.threads)
+    out = {}
+    for name, adata, lib_key, fit_kw in calibration_sections(Path(args.data)):
+        lib = tissue.library_size(adata, library_size_key=lib_key)
+        cv = float(lib.std() / lib.mean())
+        log(f"{name}: {adata.n_obs} spots x {adata.n_vars} genes; library size CV {cv:.2f}")
+        model, fit_s = load_or_fit(sigel, adata, Path(args.model_dir) / f"calib_{name}", args.threads,
+                                   epochs=args.epochs, **fit_kw)
+        opts = {"library_size_key": lib_key} if lib_key else None
+        coords = tissue.coordinates(adata, log=False)
+        rows = []
+        for seed in args.seeds:
+            ad2, nulls = plant_null_genes(adata, args.n_planted, lib, seed)
+            if lib_key is None:  # the planted genes must not change the spots' depth
+                ad2.obs["_lib"] = lib
+                opts_s, lk = {"library_size_key": "_lib"}, "_lib"
+            else:
+                opts_s, lk = opts, lib_key
+            rec = dict(seed=seed, kind="depth_homogeneous")
+            for null in args.nulls:
+                t = time.perf_counter()
+                sg = sigel.tl.svg(model, ad2, genes=nulls, n_null=args.n_null, null=null,
+                                  image_options=opts_s, seed=seed, progress=False)
+                rec[f"sigel_{null}"] = _fractions(sg["pval"])
+                rec[f"sigel_{null}"]["seconds"] = round(time.perf_counter() - t, 1)
+            sx = sparkx_r(ad2[:, nulls].X, coords, genes=nulls)
+            rec["sparkx"] = _fractions(sx["pval"])
+            mi = sigel.tl.morans_i(ad2, genes=nulls, library_size_key=lk)
+            rec["moran"] = _fractions(mi["pval"])
+            rows.append(rec)
+            log(json.dumps(rec))
+            # shuffled positions: all real genes (the easy null)
+            if not args.no_shuffle:
+                rng = np.random.default_rng(100 + seed)
+                perm = rng.permutation(adata.n_obs)
+                sh = adata.copy()
+                sh.X = sh.X[perm]
+                if lib_key is not None:  # a spot's library size travels with its counts
+                    sh.obs[lib_key] = adata.obs[lib_key].to_numpy()[perm]
+                rec2 = dict(seed=seed, kind="shuffled_positions")
+                genes = model.embeddings_.index
+                for null in args.nulls:
+                    sg = sigel.tl.svg(model, sh, genes=genes, n_null=args.n_null, null=null,
+                                      image_options=opts, seed=seed, progress=False)
+                    rec2[f"sigel_{null}"] = _fractions(sg["pval"])
+                sx = sparkx_r(sh[:, genes].X, coords, genes=genes)
+                rec2["sparkx"] = _fractions(sx["pval"])
+                mi = sigel.tl.morans_i(sh, genes=genes, library_size_key=lib_key)
+                rec2["moran"] = _fractions(mi["pval"])
+                rows.append(rec2)
+                log(json.dumps(rec2))
+        out[name] = dict(spots=adata.n_obs, genes=adata.n_vars, library_size_cv=round(cv, 2),
+                         fit_seconds=fit_s, rows=rows)
+    return out
+
+
+def calibration_markdown(res) -> str:
+    methods = [f"sigel_{n}" for n in res["nulls"]] + ["sparkx", "moran"]
+    lines = ["| section | null genes | seed | " + " | ".join(f"{m} p<0.05 / q<0.05" for m in methods) + " |",
+             "|---|---|---|" + "---|" * len(methods)]
+    for name, sec in res["calibration"].items():
+        for r in sec["rows"]:
+            cells = [f"{r[m]['p05']:.3f} / {r[m]['q05']:.3f}" for m in methods]
+            lines.append(f"| {name} (lib CV {sec['library_size_cv']}) | {r['kind']} | {r['seed']} | "
+                         + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def markdown(res):
     lines = ["## Spatially variable genes (issue 6)", ""]
     if "mob" in res:
@@ -198,12 +336,27 @@ def main(argv=None):
     ap.add_argument("--no-shuffle", action="store_true", help="skip the shuffled-spots calibration on MOB")
     ap.add_argument("--save-tables", default=None, help="folder for the per-gene score tables")
     ap.add_argument("--out", default=None, help="write the JSON results here")
+    ap.add_argument("--calibration", action="store_true",
+                    help="depth-homogeneous null genes on MOB, DLPFC 151673 and prostate cancer (see above)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="planting / control seeds (calibration)")
+    ap.add_argument("--nulls", nargs="+", default=["permutation", "zinb"], help="sigel control models to compare")
+    ap.add_argument("--n-planted", type=int, default=300, help="null genes planted per section (calibration)")
+    ap.add_argument("--model-dir", default=str(HERE / "out" / "models"),
+                    help="where calibration models are loaded from / saved to")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(HERE.parent / "python"))
     import sigel
 
     res = dict(machine=f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
                n_null=args.n_null, threads=args.threads)
+    if args.calibration:
+        res.update(nulls=args.nulls, calibration=calibration(args, sigel))
+        print(json.dumps(res, indent=1))
+        print(calibration_markdown(res))
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(res, indent=1))
+        return
     if "mob" not in args.skip:
         res["mob"] = mob(args, sigel)
         log(json.dumps(res["mob"]))

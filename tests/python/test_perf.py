@@ -39,7 +39,7 @@ def _plain_embed(model, images, rows, batch=17):
 
 
 # ------------------------------------------------- embedding from sparse rows
-@pytest.mark.parametrize("input_norm", ["standardize", None])
+@pytest.mark.parametrize("input_norm", ["gaussian", "standardize", "smooth", None])
 @pytest.mark.parametrize("patch", [2, 4])
 def test_sparse_token_embedding_equals_dense_embed(input_norm, patch):
     images = _images()
@@ -63,6 +63,10 @@ def test_sparse_token_embedding_free_geometry_padding_and_shared_pixels():
     images = _images("free", n_genes=40, shape=(30, 30), resolution=37)
     model = _trained_like(4)
     layout = token_layout(model, images)
+    gauss = _trained_like(4, "gaussian")
+    ref_g = _plain_embed(gauss, images, np.arange(images.n_genes))
+    got_g = embed_all(gauss, images, batch_size=16)
+    assert torch.allclose(got_g, ref_g, atol=2e-5, rtol=1e-5), (got_g - ref_g).abs().max()
     L = len(layout.token_ids)
     assert L > 16 and _padded_length(L, torch.device("cpu")) % 16 == 0
     rows = np.arange(images.n_genes)
@@ -91,10 +95,10 @@ def test_patch_values_match_standardised_dense_patches():
 
 def test_models_outside_the_sparse_route_use_the_plain_one():
     images = _images(n_genes=10)
-    smooth = _trained_like(4, "smooth")
-    assert token_layout(smooth, images) is None
-    ref = _plain_embed(smooth, images, np.arange(10))
-    assert torch.allclose(embed_all(smooth, images, batch_size=3), ref, atol=1e-6)
+    ranked = _trained_like(4, "rank")
+    assert token_layout(ranked, images) is None
+    ref = _plain_embed(ranked, images, np.arange(10))
+    assert torch.allclose(embed_all(ranked, images, batch_size=3), ref, atol=1e-6)
 
 
 def test_transform_of_the_training_data_matches_the_fit():

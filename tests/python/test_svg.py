@@ -96,6 +96,25 @@ def test_svg_scores_core_calibrated_and_powerful():
         svg_scores(R, C[:, :2], level)
 
 
+def test_whitened_metric_calibrated_and_sees_directions_controls_never_reach():
+    """Controls vary a lot along one axis (noise); a shift along a quiet axis is found only after whitening."""
+    rng = np.random.default_rng(1)
+    G, n1, D = 2000, 11, 6
+    axes = np.array([3.0, 0.3, 0.3, 0.3, 0.3, 0.3])
+    C = rng.normal(size=(G, n1, D)) * axes
+    R = rng.normal(size=(G, D)) * axes
+    R[:100, 1] += 2.0                                           # planted: along a quiet direction
+    C[..., 5] += 10.0
+    R[:, 5] += 10.0                                             # away from the origin: noise is tangential
+    level = rng.uniform(0, 5, G)
+    idx = [f"g{i}" for i in range(G)]
+    white = svg_scores(R, C, level, index=idx, metric="whitened")
+    plain = svg_scores(R, C, level, index=idx, metric="cosine")
+    assert 0.03 < (white.loc[idx[100:], "pval"] < 0.05).mean() < 0.07
+    assert (white.loc[idx[:100], "pval"] < 0.05).mean() > 0.85
+    assert (plain.loc[idx[:100], "pval"] < 0.05).mean() < 0.2
+
+
 def test_rank_agreement():
     t = pd.DataFrame({"a_rank": [1, 2, 3, 4, 5], "b_rank": [5, 4, 3, 2, 1], "c_rank": [1, 2, 3, 5, 4]})
     rho, ov = rank_agreement(t, top_k=(2,))

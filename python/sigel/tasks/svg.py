@@ -33,6 +33,8 @@ from ..sim import _check_model, _model_image_options, _same_grid
 
 __all__ = ["svg", "svg_scores", "compare_svg", "morans_i", "bh"]
 
+METRICS = ("cosine", "euclidean", "whitened")
+
 
 # ====================================================================== helpers
 
@@ -70,7 +72,13 @@ def svg_scores(real, controls, level=None, *, n_bins: int = 10, min_bin: int = 5
     min_bin
         Minimum number of genes per bin.
     metric
-        ``"cosine"`` (vectors scaled to unit length first) or ``"euclidean"``.
+        ``"cosine"`` (vectors scaled to unit length first), ``"euclidean"``,
+        or ``"whitened"``: unit length, then distances measured in the
+        controls' own covariance, pooled over the genes of each expression
+        bin (deviations of every control from its gene's control mean;
+        shrunk 10 % towards a multiple of the identity), so directions in
+        which homogeneous controls already vary (sampling noise, depth) count
+        less than directions they never reach.
     floor
         Lower bound of a gene's squared control spread, as a fraction of the
         median over its expression bin (applied alike to the real gene and
@@ -103,7 +111,7 @@ def svg_scores(real, controls, level=None, *, n_bins: int = 10, min_bin: int = 5
     >>> int((tab["qval"] < 0.05).sum()) >= 8
     True
     """
-    assert_one_of("metric", metric, ("cosine", "euclidean"))
+    assert_one_of("metric", metric, METRICS)
     if not 0 <= floor <= 1:
         raise SigelInputError(f"`floor` must be in [0, 1]; got {floor!r}")
     R = np.asarray(real, dtype=np.float64)
@@ -112,7 +120,7 @@ def svg_scores(real, controls, level=None, *, n_bins: int = 10, min_bin: int = 5
         raise SigelInputError(
             f"controls must have shape (G, n_null + 1 >= 3, D) matching real {R.shape}; got {C.shape}"
         )
-    if metric == "cosine":
+    if metric in ("cosine", "whitened"):
         R, C = _normalise(R), _normalise(C)
     G, n1, _ = C.shape
     n = n1 - 1
@@ -123,6 +131,8 @@ def svg_scores(real, controls, level=None, *, n_bins: int = 10, min_bin: int = 5
         nb = int(max(1, min(n_bins, G // max(min_bin, 1))))
         ranks = pd.Series(level).rank(method="first").to_numpy() - 1
         bins = np.minimum((ranks * nb / G).astype(np.int64), nb - 1)
+    if metric == "whitened":
+        R, C = _whiten_per_bin(R, C, bins)
     # real gene vs controls 1..n
     ref = C[:, 1:, :]
     m = ref.mean(1)
@@ -158,6 +168,29 @@ def svg_scores(real, controls, level=None, *, n_bins: int = 10, min_bin: int = 5
                        index=pd.Index(index if index is not None else np.arange(G), name="gene"))
     out["rank"] = out["score"].rank(ascending=False, method="first").astype(np.int64)
     return out.sort_values("rank")[["score", "pval", "qval", "rank", "bin"]]
+
+
+def _whiten_per_bin(R: np.ndarray, C: np.ndarray, bins: np.ndarray, shrink: float = 0.1):
+    """Map real and control vectors of each bin by the inverse square root of the bin's control covariance.
+
+    The covariance is that of every control around its own gene's control
+    mean, pooled over the bin (it never sees the real genes, so a real gene
+    and its controls stay exchangeable under the null); shrunk by ``shrink``
+    towards ``trace / D`` times the identity.
+    """
+    R, C = R.copy(), C.copy()
+    D = R.shape[1]
+    for b in np.unique(bins):
+        sel = bins == b
+        dev = C[sel] - C[sel].mean(1, keepdims=True)
+        n_g, n1 = dev.shape[:2]
+        cov = np.einsum("gid,gie->de", dev, dev) / max(n_g * (n1 - 1), 1)
+        cov = (1.0 - shrink) * cov + shrink * np.trace(cov) / D * np.eye(D)
+        w, V = np.linalg.eigh(cov)
+        W = V @ np.diag(1.0 / np.sqrt(np.maximum(w, 1e-12 * max(w.max(), 1e-300)))) @ V.T
+        R[sel] = R[sel] @ W
+        C[sel] = C[sel] @ W
+    return R, C
 
 
 def _gpd_tail(pool: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -223,7 +256,8 @@ def svg(
     n_bins
         Expression bins for pooling null scores.
     metric
-        ``"cosine"`` (default) or ``"euclidean"`` distances between vectors.
+        ``"cosine"`` (default), ``"euclidean"`` or ``"whitened"`` distances
+        between vectors (see `svg_scores`).
     null
         How controls are drawn: ``"permutation"`` (default;
         `sigel.sim.permuted`: the gene's own values shuffled over the spots,
@@ -282,7 +316,7 @@ def svg(
         raise SigelInputError(f"`n_null` must be >= 2; got {n_null}")
     assert_positive("n_bins", n_bins)
     assert_positive("batch_genes", batch_genes)
-    assert_one_of("metric", metric, ("cosine", "euclidean"))
+    assert_one_of("metric", metric, METRICS)
     assert_one_of("null", null, ("zinb", "permutation"))
     t0 = time.perf_counter()
     opts = _model_image_options(model, image_options)

@@ -15,9 +15,15 @@ one tissue mask, so most of that is the same for every gene. Here:
   for every gene and added once per token (``(L, width)``);
 * the model's own ``encode`` and ``pool`` finish the job.
 
+With a smoothing input norm (``'gaussian'``, ``'smooth'``) the batch is
+scattered to pixels instead, filtered there (the separable masked filter of
+`MaskedAutoencoder.normalize_input`, whose denominator -- the filtered tissue
+mask -- is the same for every gene and computed once), standardised, and
+gathered into the token layout.
+
 The result equals ``model.embed(images.to_tensor(idx))`` up to float32
 rounding (summation order; tested to ~1e-5). Models this route does not
-cover (``input_norm='smooth'``, other input channels) use the generic one.
+cover (``input_norm='rank'``, other input channels) use the generic one.
 """
 from __future__ import annotations
 
@@ -48,7 +54,8 @@ class TokenLayout:
         Number of tissue pixels (the standardisation denominator).
     """
 
-    __slots__ = ("patch", "grid", "token_ids", "slot", "slot_mask", "n_tissue", "in_tissue", "mask_patches")
+    __slots__ = ("patch", "grid", "token_ids", "slot", "slot_mask", "n_tissue", "in_tissue", "mask_patches",
+                 "shape", "pixel_of_slot")
 
     def __init__(self, mask: np.ndarray, patch: int):
         mask = np.asarray(mask, dtype=bool)
@@ -70,11 +77,17 @@ class TokenLayout:
         self.in_tissue = mask.ravel()
         self.patch, self.grid, self.token_ids = p, (gh, gw), token_ids
         self.n_tissue = int(mask.sum())
+        self.shape = (H, W)
+        # the image pixel in every token slot (padding pixels of a tissue patch: -1)
+        self.pixel_of_slot = np.full(len(token_ids) * p * p, -1, dtype=np.int64)
+        has = self.slot >= 0
+        self.pixel_of_slot[self.slot[has]] = np.flatnonzero(has)
 
 
 def token_layout(model, images) -> TokenLayout | None:
     """The layout for ``model`` on ``images``, or ``None`` when this route does not apply."""
-    if getattr(model, "input_norm", "?") not in (None, "standardize") or getattr(model, "in_chans", None) != 2:
+    if getattr(model, "input_norm", "?") not in (None, "standardize", "gaussian", "smooth") \
+            or getattr(model, "in_chans", None) != 2:
         return None
     pe = getattr(model, "patch_embed", None)
     if not isinstance(pe, torch.nn.Conv2d) or pe.kernel_size != pe.stride or pe.padding != (0, 0) \
@@ -133,6 +146,46 @@ def patch_values(images, idx: np.ndarray, layout: TokenLayout, standardize: bool
     return out.reshape(B, L, pp)
 
 
+class _Smoother:
+    """The masked, separable input filter of a model on one tissue mask, for batches of sparse rows."""
+
+    def __init__(self, model, layout: TokenLayout, device):
+        H, W = layout.shape
+        self.model = model
+        self.mask = torch.from_numpy(layout.in_tissue.reshape(H, W).astype(np.float32)).to(device)
+        den = self._filter(self.mask[None])[0]
+        self.inv_den = torch.where(self.mask > 0, 1.0 / den.clamp(min=1e-6), torch.zeros_like(den))
+        self.in_tissue = torch.from_numpy(layout.in_tissue).to(device)
+        self.n = float(max(layout.n_tissue, 1))
+        pos = layout.pixel_of_slot
+        self.gather = torch.from_numpy(np.where(pos >= 0, pos, 0)).to(device)
+        self.slot_ok = torch.from_numpy(pos >= 0).to(device)
+        self.shape, self.device = (H, W), device
+
+    def _filter(self, v: torch.Tensor) -> torch.Tensor:
+        return self.model.filter2d(v)
+
+    def tokens(self, images, idx: np.ndarray, L: int, pp: int, n_slots: int) -> torch.Tensor:
+        """Filtered, standardised (clipped to [-5, 5]) values of genes ``idx`` in token layout ``(B, n_slots, pp)``."""
+        H, W = self.shape
+        B = len(idx)
+        indptr, indices, data = _rows(images.values, idx)
+        row = np.repeat(np.arange(B), np.diff(indptr))
+        flat = torch.zeros(B * H * W, dtype=torch.float32)
+        flat[torch.from_numpy(row * (H * W) + indices)] = torch.from_numpy(data.astype(np.float32))
+        v = flat.reshape(B, H, W).to(self.device) * self.mask
+        v = self._filter(v) * self.inv_den
+        v = v.reshape(B, H * W)
+        mean = (v * self.in_tissue).sum(1, keepdim=True) / self.n
+        var = (((v - mean) * self.in_tissue) ** 2).sum(1, keepdim=True) / self.n
+        z = ((v - mean) / var.clamp(min=1e-8).sqrt()).clamp(-5.0, 5.0) * self.in_tissue
+        out = z[:, self.gather] * self.slot_ok
+        out = out.reshape(B, L, pp)
+        if n_slots > L:
+            out = F.pad(out, (0, 0, 0, n_slots - L))
+        return out
+
+
 def embed_rows(model, images, rows: np.ndarray, *, batch_size: int, device, out: torch.Tensor,
                layout: TokenLayout) -> None:
     """Embed image rows ``rows`` into ``out`` (call under ``torch.inference_mode``)."""
@@ -158,10 +211,14 @@ def embed_rows(model, images, rows: np.ndarray, *, batch_size: int, device, out:
     slots = torch.arange(Lp, device=device)
     valid = None if Lp == L else (slots < L)
     standardize = model.input_norm == "standardize"
+    smoother = _Smoother(model, layout, device) if model.input_norm in ("gaussian", "smooth") else None
     for s in range(0, len(rows), batch_size):
         idx = rows[s:s + batch_size]
         B = len(idx)
-        v = torch.from_numpy(patch_values(images, idx, layout, standardize, n_slots=Lp)).to(device)
+        if smoother is not None:
+            v = smoother.tokens(images, idx, L, p * p, Lp).to(w.dtype)
+        else:
+            v = torch.from_numpy(patch_values(images, idx, layout, standardize, n_slots=Lp)).to(device)
         t = F.linear(v, w_val)
         tokens = t + const.to(t.dtype)
         # tokens are already the tissue patches in grid order: encode gathers them as they are
