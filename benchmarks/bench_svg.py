@@ -48,7 +48,7 @@ def log(msg):
     print(f"[bench_svg {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def load_or_fit(sigel, adata, path: Path, threads: int, epochs=None, **fit_kw):
+def load_or_fit(sigel, adata, path: Path, threads: int, epochs=None, seed: int = 0, **fit_kw):
     if (path / "config.json").exists():
         log(f"loading model {path}")
         return sigel.SIGEL.load(str(path)), None
@@ -56,15 +56,19 @@ def load_or_fit(sigel, adata, path: Path, threads: int, epochs=None, **fit_kw):
     log(f"fitting a SIGEL model {hyper or '(default settings)'} on {adata.n_obs} spots x {adata.n_vars} genes "
         f"(saved to {path})")
     t = time.perf_counter()
-    model = sigel.SIGEL(**hyper).fit(adata, seed=0, n_threads=threads, **fit_kw)
+    model = sigel.SIGEL(**hyper).fit(adata, seed=seed, n_threads=threads, **fit_kw)
     secs = time.perf_counter() - t
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(str(path), overwrite=True)
     return model, secs
 
 
-def run_three(sigel, model, adata, *, n_null, threads, lib_key=None, genes=None, image_options=None):
-    """sigel svg, SPARK-X-style (R, via rpy2) and Moran's I on the same genes; tables + seconds."""
+def run_three(sigel, model, adata, *, n_null, threads, lib_key=None, genes=None, image_options=None,
+              metrics=("cosine",), null="permutation", seed=0):
+    """sigel svg (one table per metric), SPARK-X-style (R, via rpy2) and Moran's I on the same genes.
+
+    Returns ``({metric: table}, sparkx, moran, seconds)``.
+    """
     import torch
 
     from sigel._rbridge import sparkx_r
@@ -72,9 +76,13 @@ def run_three(sigel, model, adata, *, n_null, threads, lib_key=None, genes=None,
 
     torch.set_num_threads(threads)
     secs = {}
-    t = time.perf_counter()
-    sg = sigel.tl.svg(model, adata, genes=genes, n_null=n_null, image_options=image_options, seed=0)
-    secs["sigel_svg"] = time.perf_counter() - t
+    sgs = {}
+    for metric in metrics:
+        t = time.perf_counter()
+        sgs[metric] = sigel.tl.svg(model, adata, genes=genes, n_null=n_null, image_options=image_options,
+                                   seed=seed, metric=metric, null=null, progress=False)
+        secs[f"sigel_{metric}"] = time.perf_counter() - t
+    sg = sgs[metrics[0]]
     g = sg.index
     X = adata[:, g].X
     t = time.perf_counter()
@@ -83,23 +91,27 @@ def run_three(sigel, model, adata, *, n_null, threads, lib_key=None, genes=None,
     t = time.perf_counter()
     mi = sigel.tl.morans_i(adata, genes=g, library_size_key=lib_key)
     secs["moran"] = time.perf_counter() - t
-    return sg, sx.reindex(g), mi.reindex(g), secs
+    return {k: v.reindex(g) for k, v in sgs.items()}, sx.reindex(g), mi.reindex(g), secs
 
 
-def scores_table(sg, sx, mi):
-    return pd.DataFrame({
-        "sigel": sg["score"], "sigel_p": sg["pval"], "sigel_q": sg["qval"],
-        "sparkx": -np.log10(np.clip(sx["pval"].to_numpy(), 1e-300, None)), "sparkx_p": sx["pval"],
-        "sparkx_q": sx["qval"],
-        "moran": mi["I"].fillna(-1).to_numpy(), "moran_p": mi["pval"], "moran_q": mi["qval"],
-    }, index=sg.index)
+def scores_table(sgs, sx, mi):
+    """One column trio per method: score, p, q (sigel: one trio per metric, ``sigel_<metric>``)."""
+    g = next(iter(sgs.values())).index
+    cols = {}
+    for metric, sg in sgs.items():
+        cols.update({f"sigel_{metric}": sg["score"], f"sigel_{metric}_p": sg["pval"],
+                     f"sigel_{metric}_q": sg["qval"]})
+    cols.update({"sparkx": -np.log10(np.clip(sx["pval"].to_numpy(), 1e-300, None)), "sparkx_p": sx["pval"],
+                 "sparkx_q": sx["qval"],
+                 "moran": mi["I"].fillna(-1).to_numpy(), "moran_p": mi["pval"], "moran_q": mi["qval"]})
+    return pd.DataFrame(cols, index=g)
 
 
-def mob(args, sigel):
+def load_mob(data: Path):
+    """MOB replicate 11: the 260 spots and the genes SpatialDE tested; the published calls (q < 0.05)."""
     import anndata as ad
-    from sklearn.metrics import average_precision_score
 
-    path = Path(args.data) / "svg"
+    path = data / "svg"
     adata = ad.read_h5ad(path / "mob_rep11_stahl2016.h5ad")
     adata = adata[adata.obs["in_MOB_sample_info"].astype(bool)].copy()
     ref = pd.read_csv(path / "SPARK-Analysis_Rep11_MOB_spe.csv.gz", index_col=0)
@@ -107,18 +119,26 @@ def mob(args, sigel):
     genes = adata.var_names.intersection(ref.index)
     adata = adata[:, genes].copy()
     adata.obs["x"] = adata.obs["x"].astype(float)
-    truth = ref.loc[genes, "qval"] < 0.05
+    return adata, ref.loc[genes, "qval"] < 0.05
+
+
+def mob(args, sigel):
+    from sklearn.metrics import average_precision_score
+
+    adata, truth = load_mob(Path(args.data))
     log(f"MOB: {adata.n_obs} spots x {adata.n_vars} genes (SpatialDE-tested); {int(truth.sum())} SpatialDE SVGs")
     # legacy ST: integer array positions with small offsets -> the grid geometry
     model, fit_s = load_or_fit(sigel, adata, Path(args.mob_model), args.threads, epochs=args.epochs,
-                               geometry="grid")
-    sg, sx, mi, secs = run_three(sigel, model, adata, n_null=args.n_null, threads=args.threads)
-    tab = scores_table(sg, sx, mi)
+                               seed=args.fit_seed, geometry="grid")
+    sgs, sx, mi, secs = run_three(sigel, model, adata, n_null=args.n_null, threads=args.threads,
+                                  metrics=args.metrics, null=args.null)
+    tab = scores_table(sgs, sx, mi)
     y = truth.reindex(tab.index).fillna(False).to_numpy()
     n_ref = int(y.sum())
+    names = [f"sigel_{m}" for m in args.metrics] + ["sparkx", "moran"]
     out = dict(spots=adata.n_obs, genes=len(tab), reference_svgs=n_ref, fit_seconds=fit_s,
                seconds={k: round(v, 2) for k, v in secs.items()}, methods={})
-    for m in ("sigel", "sparkx", "moran"):
+    for m in names:
         s = tab[m].to_numpy()
         top = np.argsort(-s)[:n_ref]
         out["methods"][m] = dict(
@@ -127,13 +147,12 @@ def mob(args, sigel):
             overlap_top_n=int(y[top].sum()),
             n_q05=int((tab[f"{m}_q"] < 0.05).sum()),
         )
-    rho = tab[["sigel", "sparkx", "moran"]].rank().corr()
+    rho = tab[names].rank().corr()
     out["spearman"] = {a: {b: round(float(rho.loc[a, b]), 3) for b in rho} for a in rho}
     ov = {}
     for k in (50, 100, 200):
-        tops = {m: set(tab[m].nlargest(k).index) for m in ("sigel", "sparkx", "moran")}
-        ov[k] = {f"{a}-{b}": len(tops[a] & tops[b]) for a, b in (("sigel", "sparkx"), ("sigel", "moran"),
-                                                                   ("sparkx", "moran"))}
+        tops = {m: set(tab[m].nlargest(k).index) for m in names}
+        ov[k] = {f"{a}-{b}": len(tops[a] & tops[b]) for i, a in enumerate(names) for b in names[i + 1:]}
     out["top_k_overlap"] = ov
     # calibration on real genes: shuffle the spots' coordinates (pattern-free by construction)
     if not args.no_shuffle:
@@ -141,12 +160,16 @@ def mob(args, sigel):
         sh = adata.copy()
         perm = rng.permutation(sh.n_obs)
         sh.X = sh.X[perm]
-        sg2, sx2, mi2, secs2 = run_three(sigel, model, sh, n_null=args.n_null, threads=args.threads)
-        out["shuffled_frac_p05"] = dict(sigel=round(float((sg2["pval"] < 0.05).mean()), 4),
-                                        sparkx=round(float((sx2["pval"] < 0.05).mean()), 4),
+        sg2, sx2, mi2, secs2 = run_three(sigel, model, sh, n_null=args.n_null, threads=args.threads,
+                                         metrics=args.metrics, null=args.null)
+        out["shuffled_frac_p05"] = {f"sigel_{m}": round(float((t["pval"] < 0.05).mean()), 4)
+                                    for m, t in sg2.items()}
+        out["shuffled_frac_p05"].update(sparkx=round(float((sx2["pval"] < 0.05).mean()), 4),
                                         moran=round(float((mi2["pval"] < 0.05).mean()), 4))
     if args.save_tables:
         tab.to_csv(Path(args.save_tables) / "mob_svg_scores.csv")
+    if args.save_scores:
+        tab.to_csv(args.save_scores)
     return out
 
 
@@ -158,31 +181,33 @@ def dlpfc(args, sigel):
     model, fit_s = load_or_fit(sigel, adata, Path(args.model), args.threads, epochs=args.epochs,
                                library_size_key="sum_umi")
     opts = {"library_size_key": "sum_umi"}
-    sg, sx, mi, secs = run_three(sigel, model, adata, n_null=args.n_null, threads=args.threads,
-                                 lib_key="sum_umi", image_options=opts)
-    tab = scores_table(sg, sx, mi)
-    rho = tab[["sigel", "sparkx", "moran"]].rank().corr()
+    sgs, sx, mi, secs = run_three(sigel, model, adata, n_null=args.n_null, threads=args.threads,
+                                  lib_key="sum_umi", image_options=opts, metrics=args.metrics, null=args.null)
+    tab = scores_table(sgs, sx, mi)
+    names = [f"sigel_{m}" for m in args.metrics] + ["sparkx", "moran"]
+    rho = tab[names].rank().corr()
     return dict(spots=adata.n_obs, genes=len(tab), fit_seconds=fit_s,
                 seconds={k: round(v, 2) for k, v in secs.items()},
-                n_q05={m: int((tab[f"{m}_q"] < 0.05).sum()) for m in ("sigel", "sparkx", "moran")},
+                n_q05={m: int((tab[f"{m}_q"] < 0.05).sum()) for m in names},
                 spearman={a: {b: round(float(rho.loc[a, b]), 3) for b in rho} for a in rho})
 
 
 # ====================================================================== calibration
-def calibration_sections(data: Path):
-    """(name, AnnData, library_size_key, fit options) of the three calibration sections."""
+def calibration_sections(args):
+    """(name, AnnData, library_size_key, fit options, model directory) of the three calibration sections.
+
+    MOB and DLPFC share their models with the AUPRC / timing runs (``--mob-model``, ``--model``).
+    """
     import anndata as ad
 
-    path = data / "svg"
-    mob = ad.read_h5ad(path / "mob_rep11_stahl2016.h5ad")
-    mob = mob[mob.obs["in_MOB_sample_info"].astype(bool)].copy()
-    mob.obs["x"] = mob.obs["x"].astype(float)
+    data = Path(args.data)
+    mob_ad, _ = load_mob(data)
     dl = ad.read_h5ad(data / "dlpfc" / "dlpfc_151673_counts.h5ad")
     pr = ad.read_h5ad(data / "cross_sample" / "visium_ffpe_prostate_normal_vs_cancer_giotto_mini.h5ad")
     pr = pr[pr.obs["condition"].astype(str).str.lower().str.contains("cancer")].copy()
-    return [("mob", mob, None, dict(geometry="grid")),
-            ("dlpfc151673", dl, "sum_umi", dict(library_size_key="sum_umi")),
-            ("prostate_cancer", pr, None, {})]
+    return [("mob", mob_ad, None, dict(geometry="grid"), Path(args.mob_model)),
+            ("dlpfc151673", dl, "sum_umi", dict(library_size_key="sum_umi"), Path(args.model)),
+            ("prostate_cancer", pr, None, {}, Path(args.model_dir) / "svg_prostate_cancer")]
 
 
 def plant_null_genes(adata, n: int, lib: np.ndarray, seed: int, *, min_total: int = 20):
@@ -227,12 +252,13 @@ def calibration(args, sigel):
 
     torch.set_num_threads(args.threads)
     out = {}
-    for name, adata, lib_key, fit_kw in calibration_sections(Path(args.data)):
+    for name, adata, lib_key, fit_kw, model_dir in calibration_sections(args):
+        if args.sections and name not in args.sections:
+            continue
         lib = tissue.library_size(adata, library_size_key=lib_key)
         cv = float(lib.std() / lib.mean())
         log(f"{name}: {adata.n_obs} spots x {adata.n_vars} genes; library size CV {cv:.2f}")
-        model, fit_s = load_or_fit(sigel, adata, Path(args.model_dir) / f"calib_{name}", args.threads,
-                                   epochs=args.epochs, **fit_kw)
+        model, fit_s = load_or_fit(sigel, adata, model_dir, args.threads, epochs=args.epochs, **fit_kw)
         opts = {"library_size_key": lib_key} if lib_key else None
         coords = tissue.coordinates(adata, log=False)
         rows = []
@@ -245,11 +271,12 @@ def calibration(args, sigel):
                 opts_s, lk = opts, lib_key
             rec = dict(seed=seed, kind="depth_homogeneous")
             for null in args.nulls:
-                t = time.perf_counter()
-                sg = sigel.tl.svg(model, ad2, genes=nulls, n_null=args.n_null, null=null,
-                                  image_options=opts_s, seed=seed, progress=False)
-                rec[f"sigel_{null}"] = _fractions(sg["pval"])
-                rec[f"sigel_{null}"]["seconds"] = round(time.perf_counter() - t, 1)
+                for metric in args.metrics:
+                    t = time.perf_counter()
+                    sg = sigel.tl.svg(model, ad2, genes=nulls, n_null=args.n_null, null=null, metric=metric,
+                                      image_options=opts_s, seed=seed, progress=False)
+                    rec[f"sigel_{null}_{metric}"] = _fractions(sg["pval"])
+                    rec[f"sigel_{null}_{metric}"]["seconds"] = round(time.perf_counter() - t, 1)
             sx = sparkx_r(ad2[:, nulls].X, coords, genes=nulls)
             rec["sparkx"] = _fractions(sx["pval"])
             mi = sigel.tl.morans_i(ad2, genes=nulls, library_size_key=lk)
@@ -267,9 +294,10 @@ def calibration(args, sigel):
                 rec2 = dict(seed=seed, kind="shuffled_positions")
                 genes = model.embeddings_.index
                 for null in args.nulls:
-                    sg = sigel.tl.svg(model, sh, genes=genes, n_null=args.n_null, null=null,
-                                      image_options=opts, seed=seed, progress=False)
-                    rec2[f"sigel_{null}"] = _fractions(sg["pval"])
+                    for metric in args.metrics:
+                        sg = sigel.tl.svg(model, sh, genes=genes, n_null=args.n_null, null=null, metric=metric,
+                                          image_options=opts, seed=seed, progress=False)
+                        rec2[f"sigel_{null}_{metric}"] = _fractions(sg["pval"])
                 sx = sparkx_r(sh[:, genes].X, coords, genes=genes)
                 rec2["sparkx"] = _fractions(sx["pval"])
                 mi = sigel.tl.morans_i(sh, genes=genes, library_size_key=lib_key)
@@ -282,7 +310,7 @@ def calibration(args, sigel):
 
 
 def calibration_markdown(res) -> str:
-    methods = [f"sigel_{n}" for n in res["nulls"]] + ["sparkx", "moran"]
+    methods = [f"sigel_{n}_{m}" for n in res["nulls"] for m in res["metrics"]] + ["sparkx", "moran"]
     lines = ["| section | null genes | seed | " + " | ".join(f"{m} p<0.05 / q<0.05" for m in methods) + " |",
              "|---|---|---|" + "---|" * len(methods)]
     for name, sec in res["calibration"].items():
@@ -300,9 +328,9 @@ def markdown(res):
         lines += [f"MOB replicate 11 ({m['spots']} spots, {m['genes']} genes tested by SpatialDE; "
                   f"reference: {m['reference_svgs']} published SpatialDE SVGs at q < 0.05).", "",
                   "| method | AUPRC (random {:.3f}) | reference genes in top {} | genes at q < 0.05 | seconds |".format(
-                      m["methods"]["sigel"]["random_auprc"], m["reference_svgs"]),
+                      m["methods"]["moran"]["random_auprc"], m["reference_svgs"]),
                   "|---|---|---|---|---|"]
-        sec = {"sigel": m["seconds"]["sigel_svg"], "sparkx": m["seconds"]["sparkx"], "moran": m["seconds"]["moran"]}
+        sec = m["seconds"]
         for k, v in m["methods"].items():
             lines.append(f"| {k} | {v['auprc']:.3f} | {v['overlap_top_n']} | {v['n_q05']} | {sec[k]:.1f} |")
         lines += ["", f"Spearman between rankings: {json.dumps(m['spearman'])}",
@@ -315,7 +343,7 @@ def markdown(res):
     if "dlpfc" in res:
         d = res["dlpfc"]
         lines += [f"DLPFC 151673 ({d['spots']} spots x {d['genes']} genes): seconds "
-                  f"sigel svg {d['seconds']['sigel_svg']:.1f}, SPARK-X-style {d['seconds']['sparkx']:.1f}, "
+                  f"sigel svg {json.dumps(d['seconds'])}, "
                   f"Moran's I {d['seconds']['moran']:.1f}; genes at q < 0.05 {json.dumps(d['n_q05'])}; "
                   f"Spearman {json.dumps(d['spearman'])}."]
     lines.append(f"\nMachine: {res['machine']}; n_null = {res['n_null']}; threads = {res['threads']}.")
@@ -341,6 +369,12 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="planting / control seeds (calibration)")
     ap.add_argument("--nulls", nargs="+", default=["permutation", "zinb"], help="sigel control models to compare")
     ap.add_argument("--n-planted", type=int, default=300, help="null genes planted per section (calibration)")
+    ap.add_argument("--fit-seed", type=int, default=0, help="seed of a model that has to be fitted")
+    ap.add_argument("--save-scores", default=None, help="MOB: write the per-gene score table (CSV) here")
+    ap.add_argument("--sections", nargs="*", default=[], choices=["mob", "dlpfc151673", "prostate_cancer"],
+                    help="calibration sections to run (default all)")
+    ap.add_argument("--metrics", nargs="+", default=["cosine", "whitened"], help="sigel svg metrics to compare")
+    ap.add_argument("--null", default="permutation", help="sigel control model for the AUPRC / timing runs")
     ap.add_argument("--model-dir", default=str(HERE / "out" / "models"),
                     help="where calibration models are loaded from / saved to")
     args = ap.parse_args(argv)
@@ -350,7 +384,7 @@ def main(argv=None):
     res = dict(machine=f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
                n_null=args.n_null, threads=args.threads)
     if args.calibration:
-        res.update(nulls=args.nulls, calibration=calibration(args, sigel))
+        res.update(nulls=args.nulls, metrics=args.metrics, calibration=calibration(args, sigel))
         print(json.dumps(res, indent=1))
         print(calibration_markdown(res))
         if args.out:
