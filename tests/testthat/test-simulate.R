@@ -157,14 +157,40 @@ test_that("sigelMoransI matches the dense formula", {
     counts <- matrix(rpois(10 * n, 5), 10, n,
                      dimnames = list(paste0("g", 1:10), NULL))
     counts[1, ] <- rpois(n, ifelse(g[, 1] > 6, 15, 2))
+    counts[2, ] <- rbinom(n, 1, 0.05) * rpois(n, 3)       # sparse, skewed
     res <- sigelMoransI(counts, g, k = 4)
-    W <- as.matrix(sigel:::.knn_graph(g, 4L))
-    expect_true(isSymmetric(W))
+    W <- as.matrix(sigel:::.knn_graph(g, 4L, symmetric = FALSE)) / 4
+    expect_equal(unname(rowSums(W)), rep(1, n))
     lib <- colSums(counts)
     Z <- log1p(sweep(counts, 2, median(lib) / lib, "*"))
     Z <- Z - rowMeans(Z)
     I <- n / sum(W) * rowSums((Z %*% W) * Z) / rowSums(Z^2)
     expect_equal(res$I, unname(I), tolerance = 1e-10)
+    # randomisation variance (Cliff & Ord 1981), with each gene's kurtosis
+    S0 <- sum(W); S1 <- 0.5 * sum((W + t(W))^2)
+    S2 <- sum((rowSums(W) + colSums(W))^2)
+    b2 <- n * rowSums(Z^4) / rowSums(Z^2)^2
+    EI <- -1 / (n - 1)
+    VI <- (n * ((n^2 - 3 * n + 3) * S1 - n * S2 + 3 * S0^2) -
+           b2 * ((n^2 - n) * S1 - 2 * n * S2 + 6 * S0^2)) /
+        ((n - 1) * (n - 2) * (n - 3) * S0^2) - EI^2
+    expect_equal(res$z, unname((I - EI) / sqrt(VI)), tolerance = 1e-8)
     expect_gt(res["g1", "I"], 0.5)
     expect_lt(res["g1", "pval"], 1e-10)
+})
+
+test_that("sigelMoransI and Python's sigel.tissue.morans_i give the same statistic", {
+    skip_if_no_sigel_python()
+    set.seed(6)
+    n <- 150
+    xy <- cbind(runif(n, 0, 10), runif(n, 0, 10))   # no distance ties
+    counts <- matrix(rpois(8 * n, 3), 8, n,
+                     dimnames = list(paste0("g", 1:8), paste0("s", 1:n)))
+    counts[1, ] <- rpois(n, ifelse(xy[, 1] > 5, 10, 1))
+    r <- sigelMoransI(counts, xy, k = 6)
+    a <- sigel:::.anndata_from_parts(counts, list(obs = NULL, obsm = xy))
+    py <- reticulate::py_to_r(sigel:::.sigel_py()$tissue$morans_i(a, n_neighbors = 6L))
+    expect_equal(r$I, py$I, tolerance = 1e-6)   # Python reads float32 counts
+    expect_equal(r$z, py$z, tolerance = 1e-5)
+    expect_equal(r$pval, py$pval, tolerance = 1e-5)
 })
