@@ -293,22 +293,18 @@
     out
 }
 
-# Spots projected on the gene embeddings: log-normalised expression (library
-# size to the median, log1p), centred per gene, times the embeddings, divided
-# by the number of genes. Sparse throughout (centring applied afterwards).
+# Spots projected on the gene embeddings (Python `sigel.tl.spot_embeddings`:
+# log-normalised expression, centred per gene, times the embeddings, divided
+# by the number of genes).
 .spot_embeddings <- function(counts, emb, library_size = NULL) {
     counts <- .as_dgc(counts)
-    lib <- if (is.null(library_size)) Matrix::colSums(counts) else library_size
-    med <- stats::median(lib[lib > 0])
-    sf <- ifelse(lib > 0, med / lib, 0)
-    X <- counts[rownames(emb), , drop = FALSE] %*% Matrix::Diagonal(x = sf)
-    X <- methods::as(X, "dgCMatrix")
-    X@x <- log1p(X@x)
-    S <- as.matrix(Matrix::crossprod(X, emb))
-    mu <- Matrix::rowMeans(X)
-    S <- sweep(S, 2L, as.vector(crossprod(mu, emb)), "-") / nrow(emb)
+    a <- .anndata_from_parts(counts[rownames(emb), , drop = FALSE],
+                             library_size = if (is.null(library_size))
+                                 Matrix::colSums(counts) else library_size)
+    S <- .py_df_matrix(.py_call(.sigel_py()$tl$spot_embeddings(
+        .emb_py(emb), a, library_size_key = "sigel_library_size",
+        key_added = NULL), "spot embeddings"))
     rownames(S) <- colnames(counts)
-    colnames(S) <- paste0("SIGEL_", seq_len(ncol(emb)))
     S
 }
 

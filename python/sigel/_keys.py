@@ -9,6 +9,7 @@ CONTEXT = "sigel_context"           # adata.var[...]
 CONFIDENCE = "sigel_confidence"     # adata.var[...]
 UNS = "sigel"                       # adata.uns[...]: settings, history
 CONTEXT_SCORES = "sigel_context_scores"  # adata.obsm[...]: spots x K
+SPOTS = "sigel_spots"               # adata.obsm[...]: spots x D (spots projected on the gene vectors)
 SVG = "sigel_svg"                   # adata.uns / var prefix
 DOMAINS = "sigel_domain"            # adata.obs[...]
 

@@ -151,3 +151,24 @@ def test_plot_context_maps(fitted, tmp_path):
     fig.savefig(tmp_path / "ctx.png")
     assert sum(1 for a in fig.axes if a.images) == len(sigel.tl.context_maps(model))
     plt.close("all")
+
+
+def test_spot_embeddings_are_centred_projections_keyed_by_name():
+    import scipy.sparse as sp
+
+    ad = sigel.datasets.synthetic_tissue(30, seed=2)
+    rng = np.random.default_rng(0)
+    E = pd.DataFrame(rng.normal(size=(30, 5)), index=ad.var_names)
+    before = ad.copy()
+    S = sigel.tl.spot_embeddings(E.iloc[::-1], ad, key_added=None)   # row order of E does not matter
+    assert "sigel_spots" not in ad.obsm and np.array_equal(ad.X.toarray(), before.X.toarray())
+    X = ad.X.toarray().astype(np.float64)
+    lib = X.sum(1)
+    L = np.log1p(X * (np.median(lib[lib > 0]) / lib)[:, None])
+    want = (L - L.mean(0)) @ E.to_numpy() / 30
+    np.testing.assert_allclose(S.to_numpy(), want, rtol=1e-4, atol=1e-6)
+    assert list(S.index) == list(ad.obs_names) and list(S.columns) == [f"SIGEL_{i}" for i in range(1, 6)]
+    sigel.tl.spot_embeddings(E, ad)
+    assert ad.obsm["sigel_spots"].shape == (ad.n_obs, 5)
+    with pytest.raises(sigel.SigelInputError, match="overlap"):
+        sigel.tl.spot_embeddings(E.rename(index=lambda g: g + "_x"), ad)

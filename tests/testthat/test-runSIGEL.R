@@ -223,3 +223,18 @@ test_that("plots are ggplots", {
     expect_error(plotGeneImages(sce, "nope"), "nope")
     expect_error(sigelEmbeddings(sigel_tiny_sce(5)), "run runSIGEL")
 })
+
+test_that("spot embeddings come from Python's tl.spot_embeddings and match the formula", {
+    skip_if_no_sigel_python()
+    set.seed(3)
+    counts <- matrix(rpois(12 * 40, 4), 12, 40,
+                     dimnames = list(paste0("g", 1:12), paste0("s", 1:40)))
+    emb <- matrix(rnorm(10 * 3), 10, 3, dimnames = list(paste0("g", 10:1), NULL))
+    S <- sigel:::.spot_embeddings(counts, emb)
+    lib <- colSums(counts)
+    L <- log1p(sweep(counts, 2, median(lib) / lib, "*"))[rownames(emb), ]
+    want <- t(L - rowMeans(L)) %*% emb / nrow(emb)
+    expect_equal(unname(S), unname(want), tolerance = 1e-5)
+    expect_equal(rownames(S), colnames(counts))
+    expect_equal(colnames(S), paste0("SIGEL_", 1:3))
+})

@@ -17,6 +17,7 @@ _TASKS = {
     "enrichment": "enrichment", "read_gmt": "enrichment",
     "interactions": "interactions",
     "gene_clusters": "enrichment", "enrichment_summary": "enrichment", "fit_interactions": "interactions",
+    "spot_embeddings": "spots",
     # pattern detection (issue 6)
     "pattern_search": "search", "svg": "svg", "compare_svg": "svg", "morans_i": "svg",
     # across samples (issue 7)
