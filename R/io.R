@@ -1,11 +1,11 @@
 # Reading and writing the files R users start from: AnnData (.h5ad) and a
-# Space Ranger outs/ folder. The backend (python/sigel/io_r.py) reads the
+# Space Ranger outs/ folder. The backend (python/sigel/io/r.py) reads the
 # files; matrices cross into R as CSC arrays (never through reticulate's
 # scipy conversion), data frames column by column.
 
 .io_mod <- function() {
     .sigel_py()
-    reticulate::import("sigel.io_r", convert = FALSE)
+    reticulate::import("sigel.io.r", convert = FALSE)
 }
 
 # a Python matrix (AnnData X or a layer, spots x genes) -> genes x spots

@@ -16,7 +16,7 @@ if "torch" not in _sys.modules:
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     _os.environ.setdefault("KMP_BLOCKTIME", "0")
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from . import datasets, pl, sim, tissue, tl
 from ._model import SIGEL

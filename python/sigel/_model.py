@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import __version__
+from ._version import __version__
 from ._settings import logger, resolve_device, seeded, set_threads, settings, thread_scope
 from ._validate import SigelInputError, as_int, as_real, as_seed, assert_in_range, assert_one_of, assert_positive
 from .data.images import GeneImages
@@ -624,7 +624,7 @@ class SIGEL:
             a single AnnData or a dict.
         out_file
             Optional HDF5 file for the per-gene results
-            (:func:`sigel.data.stream.write_results_h5`); written by rank 0
+            (:func:`sigel.io.results.write_results_h5`); written by rank 0
             only under ``torchrun``.
         checkpoint_dir
             Folder for a training checkpoint (``checkpoint.pt``), saved every
@@ -810,7 +810,7 @@ class SIGEL:
                     self.stop_reason_, f"{G:,}", self.embed_dim, K, self.fit_seconds_)
         if out_file is not None:
             if is_main_process():
-                from .data.stream import write_results_h5
+                from .io.results import write_results_h5
 
                 write_results_h5(out_file, self)
                 logger.info("results -> %s", out_file)

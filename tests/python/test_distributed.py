@@ -43,7 +43,7 @@ import torch
 import sigel
 from sigel._validate import SigelInputError
 from sigel.data.multisample import SampleImages, split_by_sample
-from sigel.data.stream import read_results_h5, transform_to_h5
+from sigel.io.results import read_results_h5, transform_to_h5
 from sigel.model.mixture import StudentTMixture
 from sigel.model.mixture_stats import fit_sharded, global_moments, m_step_from_stats, sufficient_stats
 from sigel.model.scaffold import image_knn_graph

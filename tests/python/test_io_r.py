@@ -1,4 +1,4 @@
-"""sigel.io_r: the readers/writers behind R's readSigelH5AD/readSpaceRanger."""
+"""sigel.io.r: the readers/writers behind R's readSigelH5AD/readSpaceRanger."""
 import gzip
 
 import numpy as np
@@ -7,7 +7,7 @@ import pytest
 import scipy.io as sio
 import scipy.sparse as sp
 
-from sigel import io_r
+from sigel.io import r as io_r
 from sigel._validate import SigelInputError
 
 

@@ -180,7 +180,7 @@ class SampleImages:
     def batches(self, batch_size: int, generator=None) -> list:
         """Shuffled training batches, each from one sample.
 
-        For one sample this is :func:`sigel.train.trainer.gene_batches` (same
+        For one sample this is :func:`sigel.data.batches.gene_batches` (same
         permutation for the same generator state). For several samples each
         sample's genes are permuted and cut into batches, then the order of
         all batches is shuffled, so consecutive steps mix samples.
@@ -200,7 +200,7 @@ class SampleImages:
         import torch
 
         if self.n_samples == 1:
-            from ..train.trainer import gene_batches
+            from .batches import gene_batches
 
             return gene_batches(self.n_genes, batch_size, generator)
         out = []

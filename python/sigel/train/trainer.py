@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .._settings import logger, settings
+from ..data.batches import gene_batches
 from ..model.refine import (
     RefineState,
     label_change,
@@ -245,26 +246,6 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: flo
     t = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
     t = min(max(t, 0.0), 1.0)
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
-
-
-def gene_batches(n_genes: int, batch_size: int, generator: torch.Generator | None = None) -> list:
-    """Shuffled (or ordered, without a generator) gene-index batches.
-
-    Parameters
-    ----------
-    n_genes
-        Number of genes.
-    batch_size
-        Genes per batch (the last batch may be smaller).
-    generator
-        CPU generator for a deterministic permutation; ``None`` keeps order.
-
-    Returns
-    -------
-    list of torch.LongTensor
-    """
-    order = torch.randperm(n_genes, generator=generator) if generator is not None else torch.arange(n_genes)
-    return list(torch.split(order, batch_size))
 
 
 @torch.no_grad()

@@ -64,7 +64,7 @@ def _create(path, n: int, d: int, k: int, samples: bool, chunk: int, mixture=Non
         g = f.create_group("mixture")
         for name, t in mixture.state_dict().items():
             g.create_dataset(name, data=t.detach().cpu().numpy())
-    from .. import __version__
+    from .._version import __version__
 
     f.attrs.update(format=FORMAT, version=__version__, n_genes=n, embed_dim=d, n_contexts=k)
     return f
@@ -161,7 +161,7 @@ def transform_to_h5(model, adata_or_images, path, *, genes=None, batch_size: int
 
     from .._settings import settings, thread_scope
     from ..train.trainer import embed_all
-    from .images import GeneImages
+    from ..data.images import GeneImages
 
     model._require_trained("transform_to_h5")
     if isinstance(adata_or_images, GeneImages):

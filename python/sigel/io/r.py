@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._validate import SigelInputError
+from .._validate import SigelInputError
 
 __all__ = ["read_h5ad", "write_h5ad", "read_spaceranger", "csc_parts"]
 
