@@ -71,8 +71,8 @@ def run_three(sigel, model, adata, *, n_null, threads, lib_key=None, genes=None,
     """
     import torch
 
+    from sigel import tissue
     from sigel._rbridge import sparkx_r
-    from sigel.sim import _spot_coords
 
     torch.set_num_threads(threads)
     secs = {}
@@ -86,7 +86,7 @@ def run_three(sigel, model, adata, *, n_null, threads, lib_key=None, genes=None,
     g = sg.index
     X = adata[:, g].X
     t = time.perf_counter()
-    sx = sparkx_r(X, _spot_coords(adata, "spatial"), genes=g)
+    sx = sparkx_r(X, tissue.coordinates(adata, log=False), genes=g)
     secs["sparkx"] = time.perf_counter() - t
     t = time.perf_counter()
     mi = sigel.tl.morans_i(adata, genes=g, library_size_key=lib_key)
