@@ -226,3 +226,23 @@ def test_compare_svg(model, tissue):
     # SPARK-X-style and Moran's I agree strongly on planted vs flat genes
     assert rho.loc["sparkx", "moran"] > 0.5
     assert "sigel_compare_svg" in ad.uns
+
+
+def test_svg_figure_pairs_each_gene_with_its_control(svg_table, model):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from sigel.tasks.svg import control_images
+
+    tab, ad = svg_table
+    top = list(tab.index[:12])
+    ctrl = control_images(model, ad, top, seed=0)
+    assert list(ctrl.genes) == [f"{g} (control)" for g in top] and ctrl.shape[1:] == model.images_.shape[1:]
+    # a control keeps its gene's total counts (in expectation) but not its pattern
+    images = sigel.GeneImages.from_anndata(ad, genes=top)
+    fig = sigel.pl.svg(tab, images, controls=ctrl)
+    assert sum(bool(a.images) for a in fig.axes) == 24
+    titles = [a.get_title() for a in fig.axes if a.images]
+    assert titles[1] == "homogeneous control" and titles[0].startswith(top[0])
+    with pytest.raises(SigelInputError, match="no control image"):
+        sigel.pl.svg(tab, images, controls=control_images(model, ad, top[:3]))

@@ -5,7 +5,7 @@ import numpy as np
 
 
 def image_grid(images, titles, *, ncols: int = 6, cmap: str = "magma", panel_size: float = 2.0, ax=None,
-               vmin=0.0, cmaps=None, height_ratio: float = 1.0):
+               vmin=0.0, vmax=None, cmaps=None, height_ratio: float = 1.0):
     """Draw 2-D images in a grid of panels; NaN pixels (outside the tissue) stay white.
 
     Parameters
@@ -24,6 +24,8 @@ def image_grid(images, titles, *, ncols: int = 6, cmap: str = "magma", panel_siz
         Optional axes to draw into (one per image); a new figure otherwise.
     vmin
         Lower colour limit (``None``: the image's minimum).
+    vmax
+        Upper colour limit (``None``: the image's maximum).
     cmaps
         Optional per-image colormaps (overrides ``cmap``).
     height_ratio
@@ -51,7 +53,7 @@ def image_grid(images, titles, *, ncols: int = 6, cmap: str = "magma", panel_siz
             continue
         cm = plt.get_cmap(cmaps[i] if cmaps is not None else cmap).with_extremes(bad="white")
         img = np.asarray(images[i], dtype=np.float64)
-        a.imshow(np.ma.masked_invalid(img), cmap=cm, vmin=vmin, interpolation="nearest")
+        a.imshow(np.ma.masked_invalid(img), cmap=cm, vmin=vmin, vmax=vmax, interpolation="nearest")
         a.set_title(str(titles[i]), fontsize=8)
     fig.tight_layout()
     return fig

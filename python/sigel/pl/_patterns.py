@@ -67,9 +67,9 @@ def pattern_search(result, images, *, pseudo_image=None, n_top: int = 5, key: st
     return image_grid(imgs, titles, ncols=max(len(imgs), 1), cmaps=cmaps, panel_size=panel_size, height_ratio=1.1)
 
 
-def svg(result, images, *, n_top: int = 8, key: str = "sigel_svg", ncols: int = 4, cmap: str = "magma",
-        panel_size: float = 2.0):
-    """Images of the most spatially variable genes with their scores and q-values.
+def svg(result, images, *, n_top: int = 12, controls=None, key: str = "sigel_svg", ncols: int = 4,
+        cmap: str = "magma", panel_size: float = 1.8):
+    """Images of the most spatially variable genes with their scores and q-values, beside a control each.
 
     Parameters
     ----------
@@ -80,10 +80,15 @@ def svg(result, images, *, n_top: int = 8, key: str = "sigel_svg", ncols: int = 
         `sigel.GeneImages` holding the genes.
     n_top
         Number of genes shown.
+    controls
+        Optional `sigel.GeneImages` of one homogeneous control per gene
+        (`sigel.tasks.svg.control_images`, named ``'<gene> (control)'``):
+        each gene is then drawn next to its control, in pairs, with the
+        gene's and its control's colour scale shared.
     key
         Column prefix in ``adata.var``.
     ncols, cmap, panel_size
-        Layout, colormap and inches per panel.
+        Layout (panels per row; pairs count as two), colormap and inches per panel.
 
     Returns
     -------
@@ -107,8 +112,21 @@ def svg(result, images, *, n_top: int = 8, key: str = "sigel_svg", ncols: int = 
         table = table.sort_values("score", ascending=False)
     genes = [g for g in table.index[: int(n_top)] if g in images.genes]
     titles = [f"{g}\nscore {table.loc[g, 'score']:.1f}, q {table.loc[g, 'qval']:.2g}" for g in genes]
-    return image_grid([images.image(g) for g in genes], titles, ncols=ncols, cmap=cmap, panel_size=panel_size,
-                      height_ratio=1.1)
+    if controls is None:
+        return image_grid([images.image(g) for g in genes], titles, ncols=ncols, cmap=cmap,
+                          panel_size=panel_size, height_ratio=1.1)
+    missing = [g for g in genes if f"{g} (control)" not in controls.genes]
+    if missing:
+        raise SigelInputError(f"no control image for {missing[:5]}; make them with "
+                              "sigel.tasks.svg.control_images(model, adata, genes)")
+    imgs, heads = [], []
+    for g, t in zip(genes, titles):
+        a, c = images.image(g), controls.image(f"{g} (control)")
+        hi = float(np.nanmax([np.nanmax(a), np.nanmax(c), 1e-12]))
+        imgs += [a / hi, c / hi]
+        heads += [t, "homogeneous control"]
+    ncols = max(2, int(ncols) - int(ncols) % 2)
+    return image_grid(imgs, heads, ncols=ncols, cmap=cmap, panel_size=panel_size, height_ratio=1.1, vmax=1.0)
 
 
 def compare_svg(table, *, methods=("sigel", "sparkx", "moran"), panel_size: float = 3.0, highlight=None):

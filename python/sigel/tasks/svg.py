@@ -31,7 +31,7 @@ from .._validate import SigelInputError, assert_one_of, assert_positive
 from .. import tissue
 from ..sim import _check_model, _model_image_options, _same_grid
 
-__all__ = ["svg", "svg_scores", "compare_svg", "morans_i", "bh"]
+__all__ = ["svg", "svg_scores", "compare_svg", "morans_i", "bh", "control_images"]
 
 METRICS = ("cosine", "euclidean", "whitened")
 
@@ -329,26 +329,16 @@ def svg(
     genes = images.genes
     real = model.embed_images(images)
 
-    X = tissue.counts(adata, opts.get("layer"))[:, tissue.gene_indices(adata, genes)]
-    lib = sim.real_library_size(adata, opts)
-    sf = lib / lib.mean() if depth_aware else np.ones(adata.n_obs)
-    X = sp.csc_matrix(X, dtype=np.float64)
-    params = sim._fit_zinb(X, sf) if null == "zinb" else None
-    mean_count = np.asarray(X.mean(axis=0)).ravel()
+    draw = _ControlDraws(adata, genes, opts, null=null, depth_aware=depth_aware, seed=seed)
+    mean_count = draw.mean_count
 
-    rng = np.random.default_rng(seed)
     n1 = int(n_null) + 1
     G = len(genes)
     controls = np.empty((G, n1, real.shape[1]), dtype=np.float32)
     starts = range(0, G, int(batch_genes))
     for s in tqdm(starts, disable=not settings.show_progress(progress), desc="svg controls"):
         e = min(s + int(batch_genes), G)
-        if null == "zinb":
-            Y = sim._draw_zinb(rng, params.iloc[s:e], sf, n1)
-        else:
-            Y = sim._draw_permuted(rng, X[:, s:e].toarray(), sf if depth_aware else None, n1)
-        names = [f"__ctrl{i}" for i in range(Y.shape[1])]
-        pim = sim.pseudo_images(adata, Y, names, {**opts}, library_size=lib)
+        pim = draw.images(s, e, n1)
         _same_grid(pim, images)
         controls[s:e] = model.embed_images(pim).reshape(e - s, n1, -1)
     level = np.log1p(mean_count)
@@ -359,6 +349,62 @@ def svg(
                                        depth_aware=bool(depth_aware), seed=seed, seconds=secs))
     logger.info("svg: %d genes, %d at q < 0.05, %.1f s", G, int((tab["qval"] < 0.05).sum()), secs)
     return tab
+
+
+class _ControlDraws:
+    """Spatially homogeneous controls of a list of genes, imaged like the model's images.
+
+    ``null='permutation'``: each gene's values shuffled over the spots
+    (depth-adjusted when ``depth_aware``); ``'zinb'``: draws from the
+    gene's zero-inflated negative binomial with mean proportional to each
+    spot's size factor. One random stream (``seed``) for all draws, gene
+    blocks in order.
+    """
+
+    def __init__(self, adata, genes, opts: dict, *, null: str, depth_aware: bool, seed):
+        from .. import sim
+
+        self.adata, self.opts, self.null, self.depth_aware = adata, opts, null, depth_aware
+        X = tissue.counts(adata, opts.get("layer"))[:, tissue.gene_indices(adata, genes)]
+        self.lib = sim.real_library_size(adata, opts)
+        self.sf = self.lib / self.lib.mean() if depth_aware else np.ones(adata.n_obs)
+        self.X = sp.csc_matrix(X, dtype=np.float64)
+        self.params = sim._fit_zinb(self.X, self.sf) if null == "zinb" else None
+        self.mean_count = np.asarray(self.X.mean(axis=0)).ravel()
+        self.rng = np.random.default_rng(seed)
+
+    def images(self, start: int, end: int, n_draws: int):
+        """`GeneImages` of ``n_draws`` controls of genes ``start..end`` (gene-major order)."""
+        from .. import sim
+
+        if self.null == "zinb":
+            Y = sim._draw_zinb(self.rng, self.params.iloc[start:end], self.sf, n_draws)
+        else:
+            Y = sim._draw_permuted(self.rng, self.X[:, start:end].toarray(), self.sf if self.depth_aware else None,
+                                   n_draws)
+        names = [f"__ctrl{i}" for i in range(Y.shape[1])]
+        return sim.pseudo_images(self.adata, Y, names, {**self.opts}, library_size=self.lib)
+
+
+def control_images(model, adata, genes, *, null: str = "zinb", depth_aware: bool = True, seed: int | None = 0,
+                   image_options: dict | None = None):
+    """One spatially homogeneous control per gene, imaged like the model's images (for figures).
+
+    The same draws as `svg` makes (``null``, ``depth_aware``); images are
+    named ``<gene> (control)``.
+
+    Returns
+    -------
+    sigel.GeneImages
+    """
+    assert_one_of("null", null, ("zinb", "permutation"))
+    opts = _model_image_options(model, image_options)
+    genes = pd.Index([str(g) for g in np.atleast_1d(genes)])
+    draw = _ControlDraws(adata, genes, opts, null=null, depth_aware=depth_aware, seed=seed)
+    import dataclasses
+
+    pim = draw.images(0, len(genes), 1)
+    return dataclasses.replace(pim, genes=pd.Index([f"{g} (control)" for g in genes]))
 
 
 def _write(adata, tab, key_added, params):
