@@ -827,34 +827,6 @@ def real_library_size(adata, settings: dict) -> np.ndarray:
     return tissue.library_size(adata, settings.get("layer"))
 
 
-# ============================================================== model helpers (shared by the tasks)
-def _model_image_options(model, overrides: dict | None = None) -> dict:
-    """The options the model's images were built with (``overrides`` win)."""
-    from .data import GeneImages
-
-    if getattr(model, "images_", None) is not None:
-        opts = GeneImages.image_options(model.images_.settings)
-    else:
-        opts = dict(getattr(model, "image_options_", {}) or {})
-        if not opts:
-            raise SigelInputError("the model carries no image options; fit it with `SIGEL.fit()` first")
-    opts.update(overrides or {})
-    return opts
-
-
-def _check_model(model, what: str):
-    if not getattr(model, "is_trained", False):
-        raise SigelInputError(f"the SIGEL model is not trained; call `sigel.SIGEL(...).fit(adata)` before `{what}`")
-
-
-def _same_grid(a, b):
-    if a.shape != b.shape or not np.array_equal(a.mask, b.mask):
-        raise SigelInputError(
-            f"simulated genes landed on a different grid ({a.shape}) than the real genes ({b.shape}); "
-            "pass the AnnData the model was trained on"
-        )
-
-
 # ============================================================== template builders
 def _uv(coords):
     uv = _scaled(np.asarray(coords, dtype=np.float64)[:, :2])

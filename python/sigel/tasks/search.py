@@ -95,11 +95,11 @@ def pattern_search(
     >>> hits.head()                                                        # doctest: +SKIP
     """
     from .. import sim, tissue
-    from ..sim import _check_model, _model_image_options, _same_grid
+    from ._model import check_model, model_image_options, same_grid
 
-    _check_model(model, "pattern_search")
+    check_model(model, "pattern_search")
     assert_positive("n_draws", n_draws)
-    opts = _model_image_options(model, image_options)
+    opts = model_image_options(model, image_options)
     from .._validate import assert_unique_names
 
     layer = opts.get("layer")
@@ -120,7 +120,7 @@ def pattern_search(
     pim = sim.pseudo_images(adata, Y, names, opts, library_size=lib)
     ref = _reference_grid(model, adata, opts)
     if ref is not None:
-        _same_grid(pim, ref)
+        same_grid(pim, ref)
     P = model.embed_images(pim).astype(np.float64)
 
     E = model.embeddings_

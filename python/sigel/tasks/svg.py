@@ -29,7 +29,7 @@ from .._settings import logger, settings
 from .._stats import bh
 from .._validate import SigelInputError, assert_one_of, assert_positive
 from .. import tissue
-from ..sim import _check_model, _model_image_options, _same_grid
+from ._model import check_model, model_image_options, same_grid
 
 __all__ = ["svg", "svg_scores", "compare_svg", "morans_i", "bh", "control_images"]
 
@@ -42,7 +42,7 @@ def real_images(model, adata, genes=None, opts: dict | None = None):
     """The real genes' images rebuilt from ``adata`` with the model's image options."""
     from ..data import GeneImages
 
-    opts = _model_image_options(model) if opts is None else opts
+    opts = model_image_options(model) if opts is None else opts
     return GeneImages.from_anndata(adata, genes=genes, **opts)
 
 
@@ -310,7 +310,7 @@ def svg(
 
     from .. import sim
 
-    _check_model(model, "svg")
+    check_model(model, "svg")
     assert_positive("n_null", n_null)
     if n_null < 2:
         raise SigelInputError(f"`n_null` must be >= 2; got {n_null}")
@@ -319,7 +319,7 @@ def svg(
     assert_one_of("metric", metric, METRICS)
     assert_one_of("null", null, ("zinb", "permutation"))
     t0 = time.perf_counter()
-    opts = _model_image_options(model, image_options)
+    opts = model_image_options(model, image_options)
     if genes is None:
         genes = model.embeddings_.index.intersection(adata.var_names, sort=False)
     genes = pd.Index([str(g) for g in np.atleast_1d(genes)])
@@ -339,7 +339,7 @@ def svg(
     for s in tqdm(starts, disable=not settings.show_progress(progress), desc="svg controls"):
         e = min(s + int(batch_genes), G)
         pim = draw.images(s, e, n1)
-        _same_grid(pim, images)
+        same_grid(pim, images)
         controls[s:e] = model.embed_images(pim).reshape(e - s, n1, -1)
     level = np.log1p(mean_count)
     tab = svg_scores(real, controls, level, n_bins=n_bins, metric=metric, index=genes)
@@ -398,7 +398,7 @@ def control_images(model, adata, genes, *, null: str = "zinb", depth_aware: bool
     sigel.GeneImages
     """
     assert_one_of("null", null, ("zinb", "permutation"))
-    opts = _model_image_options(model, image_options)
+    opts = model_image_options(model, image_options)
     genes = pd.Index([str(g) for g in np.atleast_1d(genes)])
     draw = _ControlDraws(adata, genes, opts, null=null, depth_aware=depth_aware, seed=seed)
     import dataclasses
@@ -536,8 +536,8 @@ def compare_svg(
     >>> cmp = sigel.tl.compare_svg(model, ad)                # doctest: +SKIP
     >>> cmp.attrs["spearman"]["sigel"]["moran"]              # doctest: +SKIP
     """
-    _check_model(model, "compare_svg")
-    opts = _model_image_options(model, image_options)
+    check_model(model, "compare_svg")
+    opts = model_image_options(model, image_options)
     secs = {}
     t = time.perf_counter()
     s = svg(model, adata, genes=genes, n_null=n_null, null=null, image_options=image_options, seed=seed,

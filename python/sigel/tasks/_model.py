@@ -1,0 +1,37 @@
+"""What every task needs from a fitted model: a check, its image options, the grid test."""
+from __future__ import annotations
+
+import numpy as np
+
+from .._validate import SigelInputError
+
+__all__ = ["check_model", "model_image_options", "same_grid"]
+
+
+def model_image_options(model, overrides: dict | None = None) -> dict:
+    """The options the model's images were built with (``overrides`` win)."""
+    from ..data import GeneImages
+
+    if getattr(model, "images_", None) is not None:
+        opts = GeneImages.image_options(model.images_.settings)
+    else:
+        opts = dict(getattr(model, "image_options_", {}) or {})
+        if not opts:
+            raise SigelInputError("the model carries no image options; fit it with `SIGEL.fit()` first")
+    opts.update(overrides or {})
+    return opts
+
+
+def check_model(model, what: str) -> None:
+    """Raise a `SigelInputError` naming ``what`` when ``model`` is not trained."""
+    if not getattr(model, "is_trained", False):
+        raise SigelInputError(f"the SIGEL model is not trained; call `sigel.SIGEL(...).fit(adata)` before `{what}`")
+
+
+def same_grid(a, b) -> None:
+    """Raise when simulated images ``a`` are not on the grid of the real images ``b``."""
+    if a.shape != b.shape or not np.array_equal(a.mask, b.mask):
+        raise SigelInputError(
+            f"simulated genes landed on a different grid ({a.shape}) than the real genes ({b.shape}); "
+            "pass the AnnData the model was trained on"
+        )
