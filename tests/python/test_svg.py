@@ -246,3 +246,30 @@ def test_svg_figure_pairs_each_gene_with_its_control(svg_table, model):
     assert titles[1] == "homogeneous control" and titles[0].startswith(top[0])
     with pytest.raises(SigelInputError, match="no control image"):
         sigel.pl.svg(tab, images, controls=control_images(model, ad, top[:3]))
+
+
+def test_zinb_null_calibrated_when_depth_is_spatial(model, tissue, record_property):
+    """Genes whose rate is the same everywhere, on a tissue whose sequencing depth is a gradient:
+    their counts follow depth; controls drawn with mean proportional to depth must look the same."""
+    import anndata as ad
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(3)
+    a = tissue.copy()
+    x = a.obs["x"].to_numpy(float)
+    lib = 2000.0 * (0.3 + 1.4 * (x - x.min()) / np.ptp(x))          # depth rises 5-fold across the tissue
+    a.obs["lib"] = lib
+    tot = np.asarray(a.X.sum(axis=0)).ravel()
+    src = rng.choice(np.flatnonzero(tot >= 20), 300, replace=False)
+    Y = np.stack([rng.multinomial(int(t), lib / lib.sum()) for t in tot[src]], axis=1)
+    names = [f"null{i}" for i in range(len(src))]
+    new = ad.AnnData(sp.csr_matrix(Y.astype(np.float32)), obs=a.obs[[]], var=pd.DataFrame(index=names))
+    both = ad.concat([a, new], axis=1)
+    both.obs, both.obsm = a.obs.copy(), a.obsm.copy()
+    opts = {"library_size_key": "lib"}
+    fr = {}
+    for null in ("zinb", "permutation"):
+        tab = sigel.tl.svg(model, both, genes=names, n_null=10, null=null, image_options=opts, seed=0)
+        fr[null] = float((tab["pval"] < 0.05).mean())
+        record_property(f"depth_homogeneous_{null}_frac_p05", fr[null])
+    assert 0.01 <= fr["zinb"] <= 0.09, fr
