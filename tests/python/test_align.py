@@ -1,4 +1,4 @@
-"""Across samples: anchor alignment, shifted genes, altered interactions (issue 7)."""
+"""Across samples: anchor alignment, shifted genes, altered interactions."""
 import anndata as ad
 import numpy as np
 import pandas as pd

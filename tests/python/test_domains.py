@@ -1,4 +1,4 @@
-"""Gene pruning with the embedding and SpaGCN spatial domains (issue 9)."""
+"""Gene pruning with the embedding and SpaGCN spatial domains."""
 from __future__ import annotations
 
 import anndata as ad

@@ -1,4 +1,4 @@
-"""Panel imputation (issue 8): metrics, baselines, the GAN, cross-validation.
+"""Panel imputation: metrics, baselines, the GAN, cross-validation.
 
 Real components only: a small `sigel.SIGEL` is fitted on a coarse
 full-coverage synthetic sample; the "panel" is a finer sample of the same

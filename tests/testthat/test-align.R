@@ -1,4 +1,4 @@
-# sigelAlign / sigelShiftedGenes / sigelAlteredInteractions (issue 7)
+# sigelAlign / sigelShiftedGenes / sigelAlteredInteractions
 
 .toy_pair <- function(n = 100, d = 4, n_changed = 5, seed = 1) {
     set.seed(seed)

@@ -1,4 +1,4 @@
-# sigelPruneGenes(), sigelDomains(), sigelDomainScores() (issue 9)
+# sigelPruneGenes(), sigelDomains(), sigelDomainScores()
 
 test_that("sigelDomainScores ignores NA truth", {
     skip_if_no_sigel_python()

@@ -1,4 +1,4 @@
-# sigelImpute / sigelImputeCV (issue 8)
+# sigelImpute / sigelImputeCV
 
 # reference = the tiny fitted MOB SCE; panel = the same spots lacking genes
 .impute_panel <- function(sce, n_missing = 15L) {

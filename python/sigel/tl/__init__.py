@@ -11,22 +11,22 @@ import importlib
 
 # public name -> module in sigel.tasks
 _TASKS = {
-    # contexts, semantics, gene-gene relations (issue 5)
+    # contexts, semantics, gene-gene relations
     "context_maps": "contexts", "context_scores": "contexts",
     "neighbors": "neighbors",
     "enrichment": "enrichment", "read_gmt": "enrichment",
     "interactions": "interactions",
     "gene_clusters": "enrichment", "enrichment_summary": "enrichment", "fit_interactions": "interactions",
     "spot_embeddings": "spots",
-    # pattern detection (issue 6)
+    # pattern detection
     "pattern_search": "search", "svg": "svg", "compare_svg": "svg", "morans_i": "svg",
-    # across samples (issue 7)
+    # across samples
     "align": "align", "shifted_genes": "align", "altered_interactions": "align",
     "interaction_modules": "align", "housekeeping_genes": "align", "split_half_embeddings": "align",
-    # imputation (issue 8)
+    # imputation
     "impute": "impute", "impute_cv": "impute", "impute_metrics": "impute",
     "impute_summary": "impute",
-    # spatial domains (issue 9)
+    # spatial domains
     "prune_genes": "domains", "spatial_domains": "domains", "domain_scores": "domains",
 }
 
