@@ -72,28 +72,6 @@ class SampleImages:
         sizes = np.array([s.n_genes for s in self.samples], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(sizes)])
 
-    @classmethod
-    def from_anndatas(cls, adatas, sample_names=None, **image_options) -> "SampleImages":
-        """Build every sample's images with the same options.
-
-        Parameters
-        ----------
-        adatas
-            A list of AnnData, or a dict ``{name: AnnData}``.
-        sample_names
-            Names for a list (default ``sample_0, sample_1, ...``); must be
-            ``None`` for a dict.
-        **image_options
-            :meth:`sigel.GeneImages.from_anndata` arguments (``layer``,
-            ``geometry``, ``genes``, ...), applied to every sample.
-
-        Returns
-        -------
-        SampleImages
-        """
-        adatas, names = normalize_samples(adatas, sample_names)
-        return cls([GeneImages.from_anndata(a, **image_options) for a in adatas], names)
-
     # ------------------------------------------------------------------ sizes
     @property
     def n_samples(self) -> int:

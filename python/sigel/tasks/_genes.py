@@ -185,16 +185,6 @@ class GeneMapper:
                 out[miss] = cand
         return out.to_numpy(dtype=object)
 
-    def ids_for_set(self, members) -> np.ndarray:
-        """Every embedded id a set's members map to (ids directly, or all ids sharing a symbol)."""
-        members = pd.Index(pd.unique(np.asarray([str(m) for m in members], dtype=object)))
-        direct = members[members.isin(self.genes)]
-        if self.symbols is None:
-            return direct.to_numpy()
-        ok = self.symbols.dropna()
-        via = ok.index[ok.isin(members)]
-        return pd.unique(np.concatenate([direct.to_numpy(), via.to_numpy()]))
-
     def label(self, ids) -> np.ndarray:
         """Display name of embedded ids: the symbol when known, else the id."""
         ids = np.asarray(ids, dtype=object)

@@ -287,17 +287,6 @@ def _predict_mean(n_query: int, train_values: sp.csr_matrix) -> np.ndarray:
     return np.repeat(m[None, :], n_query, axis=0)
 
 
-def _find_encoder(model):
-    """The reference model's torch encoder (an nn.Module with ``embed(x)``), or None."""
-    import torch.nn as nn
-
-    for name in ("module_", "network_", "mae_", "net_", "model_", "encoder_", "autoencoder_"):
-        m = getattr(model, name, None)
-        if isinstance(m, nn.Module) and hasattr(m, "embed"):
-            return m
-    return None
-
-
 def _train_gan(problem: _Problem, train_genes: pd.Index, *, n_steps, batch_size, lr, adv_weight, adv_start,
                hidden, n_prototypes, channels, dropout, embed_noise, weight_decay, finetune_encoder, encoder_lr,
                pixel_budget, device, seed, progress):
@@ -326,7 +315,7 @@ def _train_gan(problem: _Problem, train_genes: pd.Index, *, n_steps, batch_size,
     enc = None
     ref_idx = None
     if finetune_encoder:
-        base = _find_encoder(problem.model)
+        base = getattr(problem.model, "module_", None)  # the fitted SIGEL's masked autoencoder
         ref_images = problem.ref_images
         if base is None or ref_images is None:
             raise SigelInputError("finetune_encoder=True needs a fitted sigel.SIGEL model (its encoder) and the "
