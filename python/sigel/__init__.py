@@ -19,12 +19,12 @@ if "torch" not in _sys.modules:
 from ._version import __version__
 
 from . import datasets, pl, sim, tissue, tl
-from ._model import SIGEL
+from ._model import SIGEL, embed
 from ._settings import settings
 from ._validate import SigelInputError
 from .data import GeneImages
 
-__all__ = ["GeneImages", "SIGEL", "SigelInputError", "datasets", "settings", "__version__"]
+__all__ = ["GeneImages", "SIGEL", "SigelInputError", "datasets", "embed", "settings", "__version__"]
 
 
 def _backend_info() -> dict:
