@@ -95,11 +95,13 @@
 #' @param metric `character(1)`: `"cosine"`, `"euclidean"` or `"whitened"`
 #'   (unit vectors; distances in the controls' own covariance pooled per
 #'   expression bin).
-#' @param null `character(1)`: controls are the gene's own values shuffled
-#'   over the spots (`"permutation"`, depth-adjusted, its exact marginal) or
-#'   drawn from a fitted zero-inflated negative binomial (`"zinb"`,
-#'   [simulateHomogeneous()]; conservative when the noise is lighter-tailed
-#'   than negative binomial).
+#' @param null `character(1)`: controls are drawn from a fitted
+#'   zero-inflated negative binomial whose mean follows each spot's
+#'   sequencing depth (`"zinb"`, the default, [simulateHomogeneous()]), or
+#'   are the gene's own values shuffled over the spots (`"permutation"`,
+#'   depth-adjusted, its exact marginal). Only the first stays calibrated
+#'   when depth is itself spatial (most tissues); it is conservative when
+#'   the noise is lighter-tailed than negative binomial.
 #' @param depth_aware `logical(1)`: controls keep each spot's library size.
 #' @param model `NULL`, or the trained model when `x` carries no results: an
 #'   object returned by [runSIGEL()], a [SigelModel-class] or a saved model
@@ -133,7 +135,7 @@
 #' @export
 sigelSVG <- function(x, n_null = 10L, n_bins = 10L, genes = NULL,
                      metric = c("cosine", "euclidean", "whitened"),
-                     null = c("permutation", "zinb"), depth_aware = TRUE,
+                     null = c("zinb", "permutation"), depth_aware = TRUE,
                      model = NULL, coords = NULL, library_size = NULL,
                      seed = 0L, verbose = FALSE) {
     n_null <- .check_number(n_null, "n_null", min = 2, whole = TRUE)
@@ -313,7 +315,7 @@ sigelPatternSearch <- function(x, template, quantiles = NULL, means = NULL,
 #' }
 #' @export
 sigelCompareSVG <- function(x, n_null = 10L,
-                            null = c("permutation", "zinb"),
+                            null = c("zinb", "permutation"),
                             top_k = c(50L, 100L), k = 6L,
                             genes = NULL, model = NULL, coords = NULL,
                             library_size = NULL, seed = 0L, verbose = FALSE) {
