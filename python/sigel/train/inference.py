@@ -159,30 +159,36 @@ class _Smoother:
         self.n = float(max(layout.n_tissue, 1))
         pos = layout.pixel_of_slot
         self.gather = torch.from_numpy(np.where(pos >= 0, pos, 0)).to(device)
-        self.slot_ok = torch.from_numpy(pos >= 0).to(device)
+        # token slots that hold a tissue pixel (padding pixels of a tissue patch stay 0)
+        self.slot_tissue = torch.from_numpy((pos >= 0) & layout.in_tissue[np.where(pos >= 0, pos, 0)]).to(
+            device=device, dtype=torch.float32)
         self.shape, self.device = (H, W), device
 
     def _filter(self, v: torch.Tensor) -> torch.Tensor:
         return self.model.filter2d(v)
 
     def tokens(self, images, idx: np.ndarray, L: int, pp: int, n_slots: int) -> torch.Tensor:
-        """Filtered, standardised (clipped to [-5, 5]) values of genes ``idx`` in token layout ``(B, n_slots, pp)``."""
+        """Filtered, standardised (clipped to [-5, 5]) values of genes ``idx`` in token layout ``(B, n_slots, pp)``.
+
+        Image values live on tissue pixels only, so the filtered image needs no
+        masking before the filter; the standardisation statistics are taken
+        over the tissue pixels, then only the token slots are standardised.
+        """
         H, W = self.shape
         B = len(idx)
         indptr, indices, data = _rows(images.values, idx)
-        row = np.repeat(np.arange(B), np.diff(indptr))
-        flat = torch.zeros(B * H * W, dtype=torch.float32)
-        flat[torch.from_numpy(row * (H * W) + indices)] = torch.from_numpy(data.astype(np.float32))
-        v = flat.reshape(B, H, W).to(self.device) * self.mask
-        v = self._filter(v) * self.inv_den
+        dense = torch.sparse_csr_tensor(torch.from_numpy(np.asarray(indptr, dtype=np.int64)),
+                                        torch.from_numpy(np.asarray(indices, dtype=np.int64)),
+                                        torch.from_numpy(np.asarray(data, dtype=np.float32)),
+                                        size=(B, H * W)).to_dense()
+        v = self._filter(dense.reshape(B, H, W).to(self.device)) * self.inv_den
         v = v.reshape(B, H * W)
-        mean = (v * self.in_tissue).sum(1, keepdim=True) / self.n
+        mean = v.sum(1, keepdim=True) / self.n                     # v is 0 outside the tissue
         var = (((v - mean) * self.in_tissue) ** 2).sum(1, keepdim=True) / self.n
-        z = ((v - mean) / var.clamp(min=1e-8).sqrt()).clamp(-5.0, 5.0) * self.in_tissue
-        out = z[:, self.gather] * self.slot_ok
-        out = out.reshape(B, L, pp)
-        if n_slots > L:
-            out = F.pad(out, (0, 0, 0, n_slots - L))
+        t = torch.index_select(v, 1, self.gather)
+        z = ((t - mean) / var.clamp(min=1e-8).sqrt()).clamp(-5.0, 5.0) * self.slot_tissue
+        out = z.new_zeros(B, n_slots, pp)
+        out[:, :L] = z.reshape(B, L, pp)
         return out
 
 
