@@ -177,11 +177,9 @@ class _Smoother:
         H, W = self.shape
         B = len(idx)
         indptr, indices, data = _rows(images.values, idx)
-        dense = torch.sparse_csr_tensor(torch.from_numpy(np.asarray(indptr, dtype=np.int64)),
-                                        torch.from_numpy(np.asarray(indices, dtype=np.int64)),
-                                        torch.from_numpy(np.asarray(data, dtype=np.float32)),
-                                        size=(B, H * W)).to_dense()
-        v = self._filter(dense.reshape(B, H, W).to(self.device)) * self.inv_den
+        dense = np.zeros((B, H * W), dtype=np.float32)
+        dense[np.repeat(np.arange(B), np.diff(indptr)), indices] = data
+        v = self._filter(torch.from_numpy(dense).reshape(B, H, W).to(self.device)) * self.inv_den
         v = v.reshape(B, H * W)
         mean = v.sum(1, keepdim=True) / self.n                     # v is 0 outside the tissue
         var = (((v - mean) * self.in_tissue) ** 2).sum(1, keepdim=True) / self.n
