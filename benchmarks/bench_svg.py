@@ -374,7 +374,7 @@ def main(argv=None):
     ap.add_argument("--sections", nargs="*", default=[], choices=["mob", "dlpfc151673", "prostate_cancer"],
                     help="calibration sections to run (default all)")
     ap.add_argument("--metrics", nargs="+", default=["cosine", "whitened"], help="sigel svg metrics to compare")
-    ap.add_argument("--null", default="permutation", help="sigel control model for the AUPRC / timing runs")
+    ap.add_argument("--null", default="zinb", help="sigel control model for the AUPRC / timing runs (default: the library default)")
     ap.add_argument("--model-dir", default=str(HERE / "out" / "models"),
                     help="where calibration models are loaded from / saved to")
     args = ap.parse_args(argv)
