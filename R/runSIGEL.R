@@ -19,7 +19,7 @@
                          select_start = 0.3, select_end = 1, em_iters = 5L,
                          tol = 1e-3, amp = FALSE, embed_batch_size = 256L,
                          invariance_weight = 0, view_temperature = 0.1,
-                         thin_min = 0.2, spread_weight = 1,
+                         thin_min = 0.2, spread_weight = 0,
                          denoise = FALSE) NULL
 
 .hyper_names <- function() names(formals(.sigel_hyper))
@@ -560,8 +560,8 @@
 #'   measurement of the same pattern) instead of from the image itself.
 #' @param spread_weight `numeric(1)`: weight of the anti-collapse term
 #'   (variance and covariance of each batch's vectors, as in VICReg) that
-#'   keeps the gene space from folding onto a few directions (default 1);
-#'   0 switches it off.
+#'   keeps the gene space from folding onto a few directions; 0 (default)
+#'   switches it off.
 #' @return `x` with the results added (see Results); for a matrix a
 #'   `SigelResult` list.
 #' @references Li et al. (2025) SIGEL: a context-aware genomic

@@ -280,11 +280,12 @@ class SIGEL:
         every dimension and decorrelated dimensions (variance and covariance
         terms as in VICReg), so the space does not fold onto a few directions.
         It acts on the count-thinned view (see above), so that view is also
-        what the refinement terms see. Default ``1.0``; ``0`` switches it
-        off. With the Gaussian input filter it raised the effective rank of
-        the vectors (14-18 to 22-23) and lowered the detection-rate read-out
-        on DLPFC 151673 / 151675 and the mouse olfactory bulb
-        (``benchmarks/RESULTS.md``, "Representation").
+        what the refinement terms see. ``0`` (default) switches it off. With
+        the Gaussian input filter it raised the effective rank of the vectors
+        (14-18 to 22-23) and lowered the detection-rate read-out on DLPFC
+        151673 / 151675 and the mouse olfactory bulb, but it cut the bulb's
+        SVG AUPRC against the SpatialDE calls from 0.15-0.18 to 0.04-0.05
+        (``benchmarks/RESULTS.md``, "Representation"), so it stays opt-in.
     denoise
         Module I's denoising variant: the masked autoencoder reconstructs each
         gene's image from a count view (its raw counts binomially thinned,
@@ -389,7 +390,7 @@ class SIGEL:
         invariance_weight: float = 0.0,
         view_temperature: float = 0.1,
         thin_min: float = 0.2,
-        spread_weight: float = 1.0,
+        spread_weight: float = 0.0,
         denoise: bool = False,
     ):
         frame = inspect.currentframe()
