@@ -243,12 +243,28 @@ def _fractions(p: pd.Series) -> dict:
     return dict(p05=round(float((p < 0.05).mean()), 4), q05=round(float((bh(p) < 0.05).mean()), 4), n=len(p))
 
 
+def _null_fractions(sigel, args, model, adata, genes, coords, opts, lib_key, seed) -> dict:
+    """Fractions called among ``genes`` (all null by construction): sigel per control model and metric
+    (with seconds), the SPARK-X-style test and Moran's I."""
+    from sigel._rbridge import sparkx_r
+
+    out = {}
+    for null in args.nulls:
+        for metric in args.metrics:
+            t = time.perf_counter()
+            sg = sigel.tl.svg(model, adata, genes=genes, n_null=args.n_null, null=null, metric=metric,
+                              image_options=opts, seed=seed, progress=False)
+            out[f"sigel_{null}_{metric}"] = dict(_fractions(sg["pval"]), seconds=round(time.perf_counter() - t, 1))
+    out["sparkx"] = _fractions(sparkx_r(adata[:, genes].X, coords, genes=genes)["pval"])
+    out["moran"] = _fractions(sigel.tl.morans_i(adata, genes=genes, library_size_key=lib_key)["pval"])
+    return out
+
+
 def calibration(args, sigel):
     """Fraction of depth-homogeneous null genes (and of shuffled real genes) called, per section and seed."""
     import torch
 
     from sigel import tissue
-    from sigel._rbridge import sparkx_r
 
     torch.set_num_threads(args.threads)
     out = {}
@@ -269,18 +285,8 @@ def calibration(args, sigel):
                 opts_s, lk = {"library_size_key": "_lib"}, "_lib"
             else:
                 opts_s, lk = opts, lib_key
-            rec = dict(seed=seed, kind="depth_homogeneous")
-            for null in args.nulls:
-                for metric in args.metrics:
-                    t = time.perf_counter()
-                    sg = sigel.tl.svg(model, ad2, genes=nulls, n_null=args.n_null, null=null, metric=metric,
-                                      image_options=opts_s, seed=seed, progress=False)
-                    rec[f"sigel_{null}_{metric}"] = _fractions(sg["pval"])
-                    rec[f"sigel_{null}_{metric}"]["seconds"] = round(time.perf_counter() - t, 1)
-            sx = sparkx_r(ad2[:, nulls].X, coords, genes=nulls)
-            rec["sparkx"] = _fractions(sx["pval"])
-            mi = sigel.tl.morans_i(ad2, genes=nulls, library_size_key=lk)
-            rec["moran"] = _fractions(mi["pval"])
+            rec = dict(seed=seed, kind="depth_homogeneous",
+                       **_null_fractions(sigel, args, model, ad2, nulls, coords, opts_s, lk, seed))
             rows.append(rec)
             log(json.dumps(rec))
             # shuffled positions: all real genes (the easy null)
@@ -291,17 +297,9 @@ def calibration(args, sigel):
                 sh.X = sh.X[perm]
                 if lib_key is not None:  # a spot's library size travels with its counts
                     sh.obs[lib_key] = adata.obs[lib_key].to_numpy()[perm]
-                rec2 = dict(seed=seed, kind="shuffled_positions")
-                genes = model.embeddings_.index
-                for null in args.nulls:
-                    for metric in args.metrics:
-                        sg = sigel.tl.svg(model, sh, genes=genes, n_null=args.n_null, null=null, metric=metric,
-                                          image_options=opts, seed=seed, progress=False)
-                        rec2[f"sigel_{null}_{metric}"] = _fractions(sg["pval"])
-                sx = sparkx_r(sh[:, genes].X, coords, genes=genes)
-                rec2["sparkx"] = _fractions(sx["pval"])
-                mi = sigel.tl.morans_i(sh, genes=genes, library_size_key=lib_key)
-                rec2["moran"] = _fractions(mi["pval"])
+                rec2 = dict(seed=seed, kind="shuffled_positions",
+                            **_null_fractions(sigel, args, model, sh, model.embeddings_.index, coords, opts,
+                                              lib_key, seed))
                 rows.append(rec2)
                 log(json.dumps(rec2))
         out[name] = dict(spots=adata.n_obs, genes=adata.n_vars, library_size_cv=round(cv, 2),

@@ -11,34 +11,23 @@ index of cosine k-means clusters against the planted families.
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "python"))
+sys.path.insert(0, str(HERE))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 import sigel  # noqa: E402
+from bench_embeddings import parse_variant  # noqa: E402
 from sigel.model.diagnostics import detection_rate, effective_rank, ridge_cv_r2  # noqa: E402
 
 DATA = dict(n_genes=300, shape=(24, 24), depth=300.0, dispersion=3.0, fold_change=6.0, seed=0)
-
-
-def parse(spec: str):
-    name, _, rest = spec.partition(":")
-    kw = {}
-    for kv in filter(None, rest.split(",")):
-        k, _, v = kv.partition("=")
-        try:
-            kw[k] = json.loads(v)
-        except json.JSONDecodeError:
-            kw[k] = v
-    return name, kw
 
 
 def main(argv=None):
@@ -49,7 +38,7 @@ def main(argv=None):
     adata = sigel.datasets.synthetic_tissue(**DATA)
     fam = adata.var["family"].astype(str)
     for spec in (argv if argv is not None else sys.argv[1:]) or ["default"]:
-        name, kw = parse(spec)
+        name, kw = parse_variant(spec)
         t = time.perf_counter()
         m = sigel.SIGEL(n_contexts=6, epochs=24, **kw).fit(adata, progress=False, n_threads=1, seed=0)
         E = m.embeddings_

@@ -906,19 +906,28 @@ class SIGEL:
             the image filters (``min_spots``, ``exclude_prefixes``) are absent.
         """
         self._require_trained("transform")
-        if isinstance(adata_or_images, GeneImages):
-            images = adata_or_images if genes is None else adata_or_images.subset(genes)
-        else:
-            opts = dict(self.image_options_)
-            opts.update(image_options)
-            lib = opts.get("library_size_key")
-            if lib is not None and lib not in adata_or_images.obs and "library_size_key" not in image_options:
-                logger.warning("library_size_key %r not in the new data; using the row sums", lib)
-                opts["library_size_key"] = None
-            images = GeneImages.from_anndata(adata_or_images, genes=genes, **opts)
+        images = self.images_for(adata_or_images, genes=genes, **image_options)
         Z = self.embed_images(images, batch_size=batch_size, device=device)
         return pd.DataFrame(Z, index=pd.Index(images.genes, name="gene"),
                             columns=[f"dim_{i}" for i in range(Z.shape[1])])
+
+    def images_for(self, adata_or_images, *, genes=None, **image_options) -> GeneImages:
+        """The gene images of new data, built as at fit time (the first step of :meth:`transform`).
+
+        An AnnData is imaged with the options saved at fit time (``image_options``
+        override them); a library-size column missing from the new data falls
+        back to the row sums, with a warning. Prebuilt `GeneImages` are used as
+        given (subset to ``genes``).
+        """
+        if isinstance(adata_or_images, GeneImages):
+            return adata_or_images if genes is None else adata_or_images.subset(genes)
+        opts = dict(self.image_options_)
+        opts.update(image_options)
+        lib = opts.get("library_size_key")
+        if lib is not None and lib not in adata_or_images.obs and "library_size_key" not in image_options:
+            logger.warning("library_size_key %r not in the new data; using the row sums", lib)
+            opts["library_size_key"] = None
+        return GeneImages.from_anndata(adata_or_images, genes=genes, **opts)
 
     def predict_memberships(self, embeddings) -> pd.DataFrame:
         """Soft context memberships of (new) embeddings under the fitted mixture.

@@ -161,18 +161,9 @@ def transform_to_h5(model, adata_or_images, path, *, genes=None, batch_size: int
 
     from .._settings import settings, thread_scope
     from ..train.trainer import embed_all
-    from ..data.images import GeneImages
 
     model._require_trained("transform_to_h5")
-    if isinstance(adata_or_images, GeneImages):
-        images = adata_or_images if genes is None else adata_or_images.subset(genes)
-    else:
-        opts = dict(model.image_options_)
-        opts.update(image_options)
-        lib = opts.get("library_size_key")
-        if lib is not None and lib not in adata_or_images.obs and "library_size_key" not in image_options:
-            opts["library_size_key"] = None
-        images = GeneImages.from_anndata(adata_or_images, genes=genes, **opts)
+    images = model.images_for(adata_or_images, genes=genes, **image_options)
     mod = model.module_
     dev = torch.device(device) if device is not None else next(mod.parameters()).device
     mod.to(dev)
