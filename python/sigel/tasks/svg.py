@@ -365,28 +365,30 @@ class _ControlDraws:
     """
 
     def __init__(self, adata, genes, opts: dict, *, null: str, depth_aware: bool, seed):
-        from .. import sim
+        from ..sim.images import real_library_size
+        from ..sim.nulls import _fit_zinb
 
         self.adata, self.opts, self.null, self.depth_aware = adata, opts, null, depth_aware
         X = tissue.counts(adata, opts.get("layer"))[:, tissue.gene_indices(adata, genes)]
-        self.lib = sim.real_library_size(adata, opts)
+        self.lib = real_library_size(adata, opts)
         self.sf = self.lib / self.lib.mean() if depth_aware else np.ones(adata.n_obs)
         self.X = sp.csc_matrix(X, dtype=np.float64)
-        self.params = sim._fit_zinb(self.X, self.sf) if null == "zinb" else None
+        self.params = _fit_zinb(self.X, self.sf) if null == "zinb" else None
         self.mean_count = np.asarray(self.X.mean(axis=0)).ravel()
         self.rng = np.random.default_rng(seed)
 
     def images(self, start: int, end: int, n_draws: int):
         """`GeneImages` of ``n_draws`` controls of genes ``start..end`` (gene-major order)."""
-        from .. import sim
+        from ..sim.images import pseudo_images
+        from ..sim.nulls import _draw_permuted, _draw_zinb
 
         if self.null == "zinb":
-            Y = sim._draw_zinb(self.rng, self.params.iloc[start:end], self.sf, n_draws)
+            Y = _draw_zinb(self.rng, self.params.iloc[start:end], self.sf, n_draws)
         else:
-            Y = sim._draw_permuted(self.rng, self.X[:, start:end].toarray(), self.sf if self.depth_aware else None,
-                                   n_draws)
+            Y = _draw_permuted(self.rng, self.X[:, start:end].toarray(), self.sf if self.depth_aware else None,
+                               n_draws)
         names = [f"__ctrl{i}" for i in range(Y.shape[1])]
-        return sim.pseudo_images(self.adata, Y, names, {**self.opts}, library_size=self.lib)
+        return pseudo_images(self.adata, Y, names, {**self.opts}, library_size=self.lib)
 
 
 def control_images(model, adata, genes, *, null: str = "zinb", depth_aware: bool = True, seed: int | None = 0,
