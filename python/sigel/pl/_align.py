@@ -4,13 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ._grid import axes_or_new
 
-def _axes(ax, figsize):
-    import matplotlib.pyplot as plt
 
-    if ax is None:
-        fig, ax = plt.subplots(figsize=figsize)
-    return ax.figure, ax
+def _require_columns(table: pd.DataFrame, columns, name: str, producer: str) -> None:
+    """Refuse a table that lacks one of ``columns``, naming the task whose result it should be."""
+    for c in columns:
+        if c not in table:
+            raise ValueError(f"`{name}` lacks column {c!r}; pass the result of sigel.tl.{producer}()")
 
 
 def shifted_genes(table: pd.DataFrame, *, n_label: int = 10, alpha: float = 0.05, ax=None,
@@ -46,10 +47,8 @@ def shifted_genes(table: pd.DataFrame, *, n_label: int = 10, alpha: float = 0.05
     >>> al = sigel.tl.align(ref, ref + rng.normal(scale=0.1, size=ref.shape), anchors=genes[30:])
     >>> fig = sigel.pl.shifted_genes(sigel.tl.shifted_genes(al))
     """
-    for c in ("rank", "score", "qval", "anchor"):
-        if c not in table:
-            raise ValueError(f"`table` lacks column {c!r}; pass the result of sigel.tl.shifted_genes()")
-    fig, ax = _axes(ax, figsize)
+    _require_columns(table, ("rank", "score", "qval", "anchor"), "table", "shifted_genes")
+    fig, ax = axes_or_new(ax, figsize)
     t = table.sort_values("rank")
     anc = t["anchor"].to_numpy(bool)
     sig = (t["qval"].to_numpy() < alpha) & ~anc
@@ -146,7 +145,7 @@ def aligned_embeddings(alignment, *, genes=None, highlight=None, n_highlight: in
     Q = alignment.heldout.loc[show].to_numpy()
     Y = _layout(np.vstack([R, Q]), layout, seed)
     n = len(show)
-    fig, ax = _axes(ax, figsize)
+    fig, ax = axes_or_new(ax, figsize)
     ax.scatter(Y[:n, 0], Y[:n, 1], s=6, c="#4477aa", alpha=0.6, lw=0, label=labels[0])
     ax.scatter(Y[n:, 0], Y[n:, 1], s=6, c="#ee7733", alpha=0.6, lw=0, label=labels[1])
     pos = pd.Series(np.arange(n), index=show)
@@ -198,10 +197,8 @@ def altered_interactions(pairs: pd.DataFrame, *, n_highlight: int = 20, n_label:
     >>> al = sigel.tl.align(ref, ref + rng.normal(scale=0.1, size=ref.shape), anchors=genes[30:])
     >>> fig = sigel.pl.altered_interactions(sigel.tl.altered_interactions(al, top=None))
     """
-    for c in ("cos_reference", "cos_query", "rank", "qval"):
-        if c not in pairs:
-            raise ValueError(f"`pairs` lacks column {c!r}; pass the result of sigel.tl.altered_interactions()")
-    fig, ax = _axes(ax, figsize)
+    _require_columns(pairs, ("cos_reference", "cos_query", "rank", "qval"), "pairs", "altered_interactions")
+    fig, ax = axes_or_new(ax, figsize)
     t = pairs.sort_values("rank")
     x, y = t["cos_reference"].to_numpy(), t["cos_query"].to_numpy()
     top = np.arange(len(t)) < int(n_highlight)

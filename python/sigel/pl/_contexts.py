@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 
 from .._validate import SigelInputError
-from ._grid import image_grid
+from ._grid import axes_or_new, image_grid
 
 
 def context_maps(model_or_maps, images=None, *, contexts=None, ncols: int = 6, cmap: str = "viridis",
@@ -110,11 +110,7 @@ def interaction_heatmap(strength, genes=None, *, cmap: str = "magma", annotate: 
         order = leaves_list(linkage(pdist(F), method="average"))
     S = strength.iloc[order, order]
     n = len(S)
-    if ax is None:
-        size = figsize or (max(3.0, 0.3 * n + 1.5), max(2.5, 0.3 * n + 1.0))
-        fig, ax = plt.subplots(figsize=size)
-    else:
-        fig = ax.figure
+    fig, ax = axes_or_new(ax, figsize or (max(3.0, 0.3 * n + 1.5), max(2.5, 0.3 * n + 1.0)))
     cm = plt.get_cmap(cmap).with_extremes(bad="lightgrey")
     im = ax.imshow(np.ma.masked_invalid(S.to_numpy(np.float64)), cmap=cm, vmin=0, vmax=1, interpolation="nearest")
     ax.set_xticks(range(n))

@@ -1,7 +1,16 @@
-"""The one image-grid layout shared by the plotting functions."""
+"""The layouts shared by the plotting functions: one axes, or a grid of images."""
 from __future__ import annotations
 
 import numpy as np
+
+
+def axes_or_new(ax, figsize):
+    """``(figure, axes)``: the given matplotlib axes and its figure, or a new figure of ``figsize`` inches."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        fig, ax = plt.subplots(figsize=figsize)
+    return ax.figure, ax
 
 
 def image_grid(images, titles, *, ncols: int = 6, cmap: str = "magma", panel_size: float = 2.0, ax=None,
