@@ -3,123 +3,41 @@
 The facade over the model layer (``sigel.model``: masked autoencoder,
 Student-t mixture, refinement losses, scaffold) and the training loop
 (``sigel.train``). It owns the data (gene images), the hyper-parameters and
-the results; the network classes hold tensor maths only.
+the results; the network classes hold tensor maths only. The saved-model
+directory format and the AnnData writer live in :mod:`sigel.io.model_dir`
+(``save`` / ``load`` / ``write_to`` call it).
 """
 from __future__ import annotations
 
 import inspect
-import json
 import math
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ._version import __version__
 from ._settings import logger, resolve_device, seeded, set_threads, settings, thread_scope
 from ._validate import SigelInputError, as_int, as_real, as_seed, assert_in_range, assert_one_of, assert_positive
 from .data.images import GeneImages
+# the saved-model format lives in sigel.io.model_dir; its names stay importable from here
+from .io.model_dir import (  # noqa: F401
+    CONFIG_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    MANIFEST_FORMAT,
+    WEIGHTS_FILE,
+    _check_config_types,
+    _owned_files,
+    _read_manifest,
+    _sha256,
+    _write_manifest,
+)
+from .io.model_dir import jsonable as _jsonable
+from .io.model_dir import load_model, save_model, write_to_anndata
 
 __all__ = ["SIGEL", "embed", "default_n_contexts"]
-
-FORMAT = "sigel-model"
-FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "weights.safetensors"
-MANIFEST_FILE = "sigel-manifest.json"
-MANIFEST_FORMAT = "sigel-model-files"
-
-
-def _sha256(file: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(file, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _write_manifest(path: Path, files: list) -> None:
-    """Write the list of files a save wrote (with their SHA-256), atomically."""
-    manifest = {"format": MANIFEST_FORMAT, "files": {f: _sha256(path / f) for f in files}}
-    tmp = path / (MANIFEST_FILE + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, path / MANIFEST_FILE)
-
-
-def _read_manifest(path: Path):
-    """The manifest's ``{file: sha256}`` (``None`` when there is none); refuses a corrupt one."""
-    f = path / MANIFEST_FILE
-    if not f.exists():
-        return None
-    try:
-        m = json.loads(f.read_text())
-    except (OSError, ValueError) as e:
-        raise SigelInputError(f"{str(f)!r} is corrupt (not valid JSON): {e}") from None
-    files = m.get("files") if isinstance(m, dict) and m.get("format") == MANIFEST_FORMAT else None
-    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
-        raise SigelInputError(f"{str(f)!r} is not a sigel manifest")
-    for name in files:
-        if Path(name).name != name or name in ("", ".", ".."):
-            raise SigelInputError(f"{str(f)!r} lists a file outside the model directory: {name!r}")
-    return files
-
-
-def _check_config_types(cfg: dict, cfg_file: Path) -> None:
-    """Refuse a config.json whose entries have the wrong types, naming the entry."""
-    def fail(what, v, expected):
-        raise SigelInputError(f"{str(cfg_file)!r} is corrupt: {what} must be {expected}; got {v!r}")
-
-    for key in ("init_params", "resolved", "image_options"):
-        if not isinstance(cfg[key], dict):
-            fail(f"'{key}'", type(cfg[key]).__name__, "an object")
-    genes = cfg["genes"]
-    if not isinstance(genes, list) or not all(isinstance(g, str) for g in genes):
-        fail("'genes'", genes if not isinstance(genes, list) else "a list with non-strings", "a list of names")
-    res = cfg["resolved"]
-    for key in ("patch_size", "n_contexts"):
-        v = res.get(key)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            fail(f"resolved.{key}", v, "a positive integer")
-    for key in ("epochs", "pretrain_epochs"):
-        v = res.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-            fail(f"resolved.{key}", v, "an integer")
-    v = res.get("mixture_prior_scale")
-    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-        fail("resolved.mixture_prior_scale", v, "a number")
-    v = cfg.get("epochs_run")
-    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-        fail("'epochs_run'", v, "a non-negative integer")
-    for key in ("history", "fit_params"):
-        if cfg.get(key) is not None and not isinstance(cfg[key], dict):
-            fail(f"'{key}'", type(cfg[key]).__name__, "an object")
-    h = cfg.get("history") or {}
-    if h and (not all(isinstance(c, list) for c in h.values()) or len({len(c) for c in h.values()}) > 1):
-        fail("'history'", "columns of different lengths", "columns of equal length")
-    samples = cfg.get("samples")
-    if samples is not None and not isinstance(samples, list):
-        fail("'samples'", type(samples).__name__, "a list")
-
-
-def _owned_files(path: Path) -> list:
-    """Files of ``path`` that a previous :meth:`SIGEL.save` wrote; refuses a directory that is not a saved model."""
-    files = _read_manifest(path)
-    if files is not None:
-        return list(files) + [MANIFEST_FILE]
-    cfg = path / CONFIG_FILE
-    try:
-        is_model = json.loads(cfg.read_text()).get("format") == FORMAT if cfg.exists() else False
-    except (OSError, ValueError, AttributeError):
-        is_model = False
-    if not is_model:
-        raise SigelInputError(f"refusing to overwrite {str(path)!r}: it is not empty and holds no saved SIGEL "
-                              "model (no sigel manifest); choose another directory")
-    return [CONFIG_FILE, WEIGHTS_FILE]  # saved before manifests existed: only its two files
 
 
 def default_n_contexts(n_genes: int) -> int:
@@ -146,22 +64,140 @@ def _gene_index(genes) -> pd.Index:
     return pd.Index(genes, name="gene")
 
 
-def _jsonable(obj):
-    """Convert numpy scalars/arrays, NaN and tuples into plain JSON values (NaN -> null)."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        f = float(obj)
-        return None if not math.isfinite(f) else f
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    return obj
+# ------------------------------------------------------------ hyper-parameters
+_INT_PARAMS = ("n_contexts", "embed_dim", "patch_size", "max_tokens", "width", "depth", "n_heads",
+               "decoder_width", "epochs", "pretrain_epochs", "batch_size", "warmup_epochs", "scaffold_k",
+               "em_iters", "embed_batch_size")
+_OPTIONAL = ("n_contexts", "patch_size", "epochs", "pretrain_epochs")
+_REAL_PARAMS = ("mlp_ratio", "mask_ratio", "lr", "weight_decay", "scaffold_weight", "dirichlet_alpha",
+                "contrastive_weight", "mixture_weight", "temperature", "select_start", "select_end", "tol",
+                "invariance_weight", "view_temperature", "thin_min", "spread_weight", "smooth_sigma")
+
+
+def _check_types(p: dict) -> dict:
+    """Type-check every hyper-parameter (naming it); returns a copy with plain ints/floats."""
+    p = dict(p)
+    for k in _INT_PARAMS:
+        if k in p:
+            p[k] = as_int(k, p[k], allow_none=k in _OPTIONAL)
+    for k in _REAL_PARAMS:
+        if k in p:
+            p[k] = as_real(k, p[k])
+    for k in ("mixture", "input_norm", "recon_loss"):
+        if k in p and p[k] is not None and not isinstance(p[k], str):
+            raise SigelInputError(f"`{k}` must be a string; got {p[k]!r} ({type(p[k]).__name__})")
+    return p
+
+
+def _validate_params(p: dict) -> None:
+    """Check the ranges of the hyper-parameters and the relations between them, naming the culprit."""
+    if p["n_contexts"] is not None:
+        assert_positive("n_contexts", p["n_contexts"])
+    for k in ("embed_dim", "max_tokens", "width", "depth", "n_heads", "decoder_width",
+              "batch_size", "scaffold_k", "embed_batch_size"):
+        assert_positive(k, p[k])
+    if p["epochs"] is not None:
+        assert_positive("epochs", p["epochs"])
+    if p["pretrain_epochs"] is not None:
+        assert_positive("pretrain_epochs", p["pretrain_epochs"], allow_zero=True)
+    for k in ("warmup_epochs", "em_iters", "weight_decay", "scaffold_weight",
+              "contrastive_weight", "mixture_weight", "tol", "invariance_weight", "spread_weight"):
+        assert_positive(k, p[k], allow_zero=True)
+    assert_positive("lr", p["lr"])
+    assert_positive("temperature", p["temperature"])
+    assert_positive("view_temperature", p["view_temperature"], allow_zero=True)
+    assert_in_range("thin_min", p["thin_min"], 1e-3, 1.0)
+    assert_positive("mlp_ratio", p["mlp_ratio"])
+    assert_in_range("mask_ratio", p["mask_ratio"], 0.0, 0.95)
+    assert_in_range("select_start", p["select_start"], 1e-6, 1.0)
+    assert_in_range("select_end", p["select_end"], p["select_start"], 1.0)
+    assert_one_of("mixture", p["mixture"], ("student_t", "gaussian"))
+    assert_one_of("input_norm", p["input_norm"], (None, "none", "standardize", "smooth", "gaussian", "rank"))
+    assert_positive("smooth_sigma", p["smooth_sigma"])
+    assert_one_of("recon_loss", p.get("recon_loss", "mse"), ("mse", "pearson"))
+    if p["dirichlet_alpha"] < 1:
+        raise SigelInputError(f"`dirichlet_alpha` must be >= 1; got {p['dirichlet_alpha']!r}")
+    if p["patch_size"] is not None:
+        ps = int(p["patch_size"])
+        if ps < 1 or ps & (ps - 1):
+            raise SigelInputError(f"`patch_size` must be a power of two (or None); got {p['patch_size']!r}")
+    if p["width"] % p["n_heads"] or p["width"] % 4:
+        raise SigelInputError(
+            f"`width` must be divisible by 4 and by `n_heads`; got width={p['width']}, n_heads={p['n_heads']}"
+        )
+    if p["decoder_width"] % 4:
+        raise SigelInputError(f"`decoder_width` must be divisible by 4; got {p['decoder_width']}")
+    for k in ("refine", "scaffold", "amp", "denoise"):
+        if k in p and not isinstance(p[k], (bool, np.bool_)):
+            raise SigelInputError(f"`{k}` must be True or False; got {p[k]!r}")
+
+
+# ------------------------------------------------------------ fit steps
+def _genes_and_contexts(images, n_contexts) -> tuple[int, int]:
+    """Check the images of a fit; returns the number of genes G and of contexts K (``n_contexts`` resolved)."""
+    from .data.multisample import SampleImages
+
+    if not isinstance(images, (GeneImages, SampleImages)):
+        raise SigelInputError(f"`images` must be a sigel.GeneImages (or SampleImages); got {type(images).__name__}")
+    G = images.n_genes
+    if G < 2:
+        raise SigelInputError(f"need at least 2 genes to fit; got {G}")
+    K = int(n_contexts) if n_contexts is not None else default_n_contexts(G)
+    if K > G:
+        raise SigelInputError(f"`n_contexts` ({K}) is larger than the number of genes ({G})")
+    if G < 10 * K:
+        logger.warning("only %d genes for %d contexts; contexts will be small and unstable", G, K)
+    return G, K
+
+
+def _check_fit_options(seed, n_threads, checkpoint_every, resume, checkpoint_dir) -> tuple[int, int]:
+    """Check the run options of a fit; returns the seed (``None``: ``sigel.settings.seed``) and ``checkpoint_every``."""
+    seed = as_seed("seed", seed)
+    if seed is None:
+        seed = as_seed("sigel.settings.seed", settings.seed, allow_none=False)
+    if n_threads is not None and as_int("n_threads", n_threads) < 1:
+        raise SigelInputError(f"`n_threads` must be >= 1; got {n_threads!r}")
+    checkpoint_every = as_int("checkpoint_every", checkpoint_every)
+    if not isinstance(resume, (bool, np.bool_)):
+        raise SigelInputError(f"`resume` must be True or False; got {resume!r}")
+    if checkpoint_dir is None and resume:
+        raise SigelInputError("`resume=True` needs `checkpoint_dir`")
+    return seed, checkpoint_every
+
+
+def _checkpointer(images, comm, checkpoint_dir, checkpoint_every: int, resume, seed: int):
+    """The fit's :class:`~sigel.train.checkpoint.Checkpointer` (``None`` without ``checkpoint_dir``)."""
+    from .data.multisample import SampleImages
+
+    if checkpoint_dir is None:
+        return None
+    if comm is not None or (isinstance(images, SampleImages) and images.n_samples > 1):
+        raise SigelInputError("`checkpoint_dir` works for one process and one sample; it is not "
+                              "supported under torchrun or for multi-sample fits")
+    from .train.checkpoint import Checkpointer
+
+    return Checkpointer(checkpoint_dir, every=checkpoint_every, resume=bool(resume), seed=seed)
+
+
+def _patch_size_for(images, p: dict) -> int:
+    """The patch size of a fit: ``patch_size``, else the automatic one for the image size."""
+    min_patch = int(images.settings.get("patch_size", 4) or 4)
+    if p["patch_size"] is not None:
+        return int(p["patch_size"])
+    return _auto_patch_size(images.height, images.width, int(p["max_tokens"]), minimum=min(min_patch, 4))
+
+
+def _write_out_file(model, out_file, comm) -> None:
+    """Write a fitted model's results to ``out_file`` (rank 0 only under torchrun)."""
+    from .train.distributed import is_main_process
+
+    if is_main_process():
+        from .io.results import write_results_h5
+
+        write_results_h5(out_file, model)
+        logger.info("results -> %s", out_file)
+    if comm is not None:
+        comm.barrier()
 
 
 class SIGEL:
@@ -395,75 +431,9 @@ class SIGEL:
     ):
         frame = inspect.currentframe()
         args, _, _, values = inspect.getargvalues(frame)
-        self.init_params_ = self._check_types({a: values[a] for a in args if a != "self"})
-        self._validate_params(self.init_params_)
+        self.init_params_ = _check_types({a: values[a] for a in args if a != "self"})
+        _validate_params(self.init_params_)
         self._reset()
-
-    # ------------------------------------------------------------ validation
-    _INT_PARAMS = ("n_contexts", "embed_dim", "patch_size", "max_tokens", "width", "depth", "n_heads",
-                   "decoder_width", "epochs", "pretrain_epochs", "batch_size", "warmup_epochs", "scaffold_k",
-                   "em_iters", "embed_batch_size")
-    _OPTIONAL = ("n_contexts", "patch_size", "epochs", "pretrain_epochs")
-    _REAL_PARAMS = ("mlp_ratio", "mask_ratio", "lr", "weight_decay", "scaffold_weight", "dirichlet_alpha",
-                    "contrastive_weight", "mixture_weight", "temperature", "select_start", "select_end", "tol",
-                    "invariance_weight", "view_temperature", "thin_min", "spread_weight", "smooth_sigma")
-
-    @classmethod
-    def _check_types(cls, p: dict) -> dict:
-        """Type-check every hyper-parameter (naming it); returns a copy with plain ints/floats."""
-        p = dict(p)
-        for k in cls._INT_PARAMS:
-            if k in p:
-                p[k] = as_int(k, p[k], allow_none=k in cls._OPTIONAL)
-        for k in cls._REAL_PARAMS:
-            if k in p:
-                p[k] = as_real(k, p[k])
-        for k in ("mixture", "input_norm", "recon_loss"):
-            if k in p and p[k] is not None and not isinstance(p[k], str):
-                raise SigelInputError(f"`{k}` must be a string; got {p[k]!r} ({type(p[k]).__name__})")
-        return p
-
-    @staticmethod
-    def _validate_params(p: dict) -> None:
-        if p["n_contexts"] is not None:
-            assert_positive("n_contexts", p["n_contexts"])
-        for k in ("embed_dim", "max_tokens", "width", "depth", "n_heads", "decoder_width",
-                  "batch_size", "scaffold_k", "embed_batch_size"):
-            assert_positive(k, p[k])
-        if p["epochs"] is not None:
-            assert_positive("epochs", p["epochs"])
-        if p["pretrain_epochs"] is not None:
-            assert_positive("pretrain_epochs", p["pretrain_epochs"], allow_zero=True)
-        for k in ("warmup_epochs", "em_iters", "weight_decay", "scaffold_weight",
-                  "contrastive_weight", "mixture_weight", "tol", "invariance_weight", "spread_weight"):
-            assert_positive(k, p[k], allow_zero=True)
-        assert_positive("lr", p["lr"])
-        assert_positive("temperature", p["temperature"])
-        assert_positive("view_temperature", p["view_temperature"], allow_zero=True)
-        assert_in_range("thin_min", p["thin_min"], 1e-3, 1.0)
-        assert_positive("mlp_ratio", p["mlp_ratio"])
-        assert_in_range("mask_ratio", p["mask_ratio"], 0.0, 0.95)
-        assert_in_range("select_start", p["select_start"], 1e-6, 1.0)
-        assert_in_range("select_end", p["select_end"], p["select_start"], 1.0)
-        assert_one_of("mixture", p["mixture"], ("student_t", "gaussian"))
-        assert_one_of("input_norm", p["input_norm"], (None, "none", "standardize", "smooth", "gaussian", "rank"))
-        assert_positive("smooth_sigma", p["smooth_sigma"])
-        assert_one_of("recon_loss", p.get("recon_loss", "mse"), ("mse", "pearson"))
-        if p["dirichlet_alpha"] < 1:
-            raise SigelInputError(f"`dirichlet_alpha` must be >= 1; got {p['dirichlet_alpha']!r}")
-        if p["patch_size"] is not None:
-            ps = int(p["patch_size"])
-            if ps < 1 or ps & (ps - 1):
-                raise SigelInputError(f"`patch_size` must be a power of two (or None); got {p['patch_size']!r}")
-        if p["width"] % p["n_heads"] or p["width"] % 4:
-            raise SigelInputError(
-                f"`width` must be divisible by 4 and by `n_heads`; got width={p['width']}, n_heads={p['n_heads']}"
-            )
-        if p["decoder_width"] % 4:
-            raise SigelInputError(f"`decoder_width` must be divisible by 4; got {p['decoder_width']}")
-        for k in ("refine", "scaffold", "amp", "denoise"):
-            if k in p and not isinstance(p[k], (bool, np.bool_)):
-                raise SigelInputError(f"`{k}` must be True or False; got {p[k]!r}")
 
     def _reset(self) -> None:
         self.module_ = None
@@ -719,69 +689,27 @@ class SIGEL:
         """
         import torch
 
-        from .data.multisample import SampleImages
-        from .train.distributed import DistributedTrainer, is_main_process, setup_distributed
-        from .train.trainer import Trainer
+        from .train.distributed import setup_distributed
 
-        if not isinstance(images, (GeneImages, SampleImages)):
-            raise SigelInputError(f"`images` must be a sigel.GeneImages (or SampleImages); got {type(images).__name__}")
-        G = images.n_genes
-        if G < 2:
-            raise SigelInputError(f"need at least 2 genes to fit; got {G}")
-        p = self.init_params_
-        K = int(p["n_contexts"]) if p["n_contexts"] is not None else default_n_contexts(G)
-        if K > G:
-            raise SigelInputError(f"`n_contexts` ({K}) is larger than the number of genes ({G})")
-        if G < 10 * K:
-            logger.warning("only %d genes for %d contexts; contexts will be small and unstable", G, K)
-
-        seed = as_seed("seed", seed)
-        if seed is None:
-            seed = as_seed("sigel.settings.seed", settings.seed, allow_none=False)
-        if n_threads is not None and as_int("n_threads", n_threads) < 1:
-            raise SigelInputError(f"`n_threads` must be >= 1; got {n_threads!r}")
-        checkpoint_every = as_int("checkpoint_every", checkpoint_every)
-        if not isinstance(resume, (bool, np.bool_)):
-            raise SigelInputError(f"`resume` must be True or False; got {resume!r}")
-        if checkpoint_dir is None and resume:
-            raise SigelInputError("`resume=True` needs `checkpoint_dir`")
+        G, K = _genes_and_contexts(images, self.init_params_["n_contexts"])
+        seed, checkpoint_every = _check_fit_options(seed, n_threads, checkpoint_every, resume, checkpoint_dir)
         dev = resolve_device(device)
         dist_setup = setup_distributed(dev)  # None unless launched by torchrun with several processes
         comm = None
         if dist_setup is not None:
             comm, dev = dist_setup
             seed = comm.broadcast_object(seed)  # every rank must use the same seed
-        checkpoint = None
-        if checkpoint_dir is not None:
-            if comm is not None or (isinstance(images, SampleImages) and images.n_samples > 1):
-                raise SigelInputError("`checkpoint_dir` works for one process and one sample; it is not "
-                                      "supported under torchrun or for multi-sample fits")
-            from .train.checkpoint import Checkpointer
-
-            checkpoint = Checkpointer(checkpoint_dir, every=checkpoint_every, resume=bool(resume), seed=seed)
+        checkpoint = _checkpointer(images, comm, checkpoint_dir, checkpoint_every, resume, seed)
         old_threads = torch.get_num_threads()
         n_used = set_threads(n_threads)
         t0 = time.perf_counter()
         try:
             with seeded(seed, dev):  # global generators are seeded inside and restored afterwards
-                min_patch = int(images.settings.get("patch_size", 4) or 4)
-                patch = int(p["patch_size"]) if p["patch_size"] is not None else \
-                    _auto_patch_size(images.height, images.width, int(p["max_tokens"]), minimum=min(min_patch, 4))
+                patch = _patch_size_for(images, self.init_params_)
                 module = self._build_module(patch)
                 mixture = self._build_mixture(K, seed + 2)
-                cb = getattr(self, "_callback", None)
-                train_images = images
-                if isinstance(images, SampleImages) and images.n_samples == 1 and comm is None:
-                    train_images = images.samples[0]  # one sample, one process: exactly the plain fit
-                if comm is not None or isinstance(train_images, SampleImages):
-                    from .train.distributed import Comm
-
-                    trainer = DistributedTrainer(module, mixture, train_images, self._train_config(G), device=dev,
-                                                 seed=seed, progress=progress, callback=cb,
-                                                 comm=comm or Comm.single(), views=views)
-                else:
-                    trainer = Trainer(module, mixture, train_images, self._train_config(G), device=dev, seed=seed,
-                                      progress=progress, callback=cb, checkpoint=checkpoint, views=views)
+                trainer = self._make_trainer(module, mixture, images, device=dev, seed=seed, progress=progress,
+                                             comm=comm, checkpoint=checkpoint, views=views)
                 logger.info("training on %s: %d genes, %dx%d images, patch %d, K=%d, %d threads%s", dev, G,
                             images.height, images.width, patch, K, n_used,
                             "" if comm is None else f", {comm.world_size} processes")
@@ -789,10 +717,37 @@ class SIGEL:
         finally:
             if torch.get_num_threads() != old_threads:
                 torch.set_num_threads(old_threads)
+        self._store_fit(trainer, mixture, result, images, device=dev, patch=patch, n_contexts=K, t0=t0)
+        if out_file is not None:
+            _write_out_file(self, out_file, comm)
+        return self
 
+    def _make_trainer(self, module, mixture, images, *, device, seed, progress, comm, checkpoint, views):
+        """The fit's trainer: data-parallel under torchrun or for several samples, else the plain one."""
+        from .data.multisample import SampleImages
+        from .train.distributed import DistributedTrainer
+        from .train.trainer import Trainer
+
+        G = images.n_genes
+        cb = getattr(self, "_callback", None)
+        train_images = images
+        if isinstance(images, SampleImages) and images.n_samples == 1 and comm is None:
+            train_images = images.samples[0]  # one sample, one process: exactly the plain fit
+        if comm is not None or isinstance(train_images, SampleImages):
+            from .train.distributed import Comm
+
+            return DistributedTrainer(module, mixture, train_images, self._train_config(G), device=device,
+                                      seed=seed, progress=progress, callback=cb,
+                                      comm=comm or Comm.single(), views=views)
+        return Trainer(module, mixture, train_images, self._train_config(G), device=device, seed=seed,
+                       progress=progress, callback=cb, checkpoint=checkpoint, views=views)
+
+    def _store_fit(self, trainer, mixture, result, images, *, device, patch: int, n_contexts: int, t0: float) -> None:
+        """Keep a finished fit's network, mixture, settings and results on the model."""
+        G, K = images.n_genes, n_contexts
         self.module_ = trainer.model.eval()
         self.mixture_model_ = mixture
-        self.device_ = str(dev)
+        self.device_ = str(device)
         self.patch_size_ = patch
         self.n_contexts_ = K
         self.epochs_, self.pretrain_epochs_ = self.resolve_epochs(G)
@@ -807,15 +762,6 @@ class SIGEL:
         self._set_results(images.genes, result.embeddings, result.memberships)
         logger.info("%d epochs (%s), %s genes x %d dims, K=%d contexts, %.1f s", self.epochs_run_,
                     self.stop_reason_, f"{G:,}", self.embed_dim, K, self.fit_seconds_)
-        if out_file is not None:
-            if is_main_process():
-                from .io.results import write_results_h5
-
-                write_results_h5(out_file, self)
-                logger.info("results -> %s", out_file)
-            if comm is not None:
-                comm.barrier()
-        return self
 
     @property
     def sample_names_(self) -> list | None:
@@ -993,60 +939,7 @@ class SIGEL:
               ``n_contexts``, ``n_genes``, ``mixture`` (``log_pi``, ``mu``,
               ``var``, ``nu`` arrays) and ``version``.
         """
-        self._require_trained("write_to")
-        emb_df, mem_df, ctx_df = self.embeddings_, self.memberships_, self.contexts_
-        if isinstance(emb_df.index, pd.MultiIndex):
-            names = self.sample_names_
-            if sample is None:
-                raise SigelInputError(f"this model was fitted on several samples; pass `sample=` (one of {names}) "
-                                      "to say which sample `adata` holds")
-            if str(sample) not in names:
-                raise SigelInputError(f"`sample` {sample!r} is not one of the fitted samples {names}")
-            emb_df, mem_df, ctx_df = (f.xs(str(sample), level="sample") for f in (emb_df, mem_df, ctx_df))
-        elif sample is not None:
-            raise SigelInputError("`sample` is only for multi-sample models; this model was fitted on one sample")
-        var_names = pd.Index(adata.var_names.astype(str))
-        pos = var_names.get_indexer(emb_df.index)
-        ok = pos >= 0
-        if not ok.any():
-            raise SigelInputError("none of the embedded genes are in adata.var_names; was the model fitted on this data?")
-        if (~ok).any():
-            logger.warning("%d embedded genes are not in adata.var_names and were skipped", int((~ok).sum()))
-        n, D, K = adata.n_vars, self.embed_dim, self.n_contexts_
-        emb = np.full((n, D), np.nan, dtype=np.float32)
-        emb[pos[ok]] = emb_df.to_numpy()[ok]
-        mem = np.full((n, K), np.nan, dtype=np.float64)
-        mem[pos[ok]] = mem_df.to_numpy()[ok]
-        ctx = pd.array(np.full(n, pd.NA), dtype="Int64")
-        ctx[pos[ok]] = ctx_df["context"].to_numpy()[ok]
-        conf = np.full(n, np.nan)
-        conf[pos[ok]] = ctx_df["confidence"].to_numpy()[ok]
-        adata.varm[key_added] = emb
-        adata.varm[f"{key_added}_contexts"] = mem
-        adata.var[f"{key_added}_context"] = ctx
-        adata.var[f"{key_added}_confidence"] = conf
-        mix = {k: v.detach().cpu().numpy() for k, v in self.mixture_.state_dict().items()}
-        hist = {c: self.history_[c].tolist() for c in self.history_.columns} if self.history_ is not None else {}
-        adata.uns[key_added] = {
-            "params": _jsonable({k: v for k, v in self.init_params_.items() if v is not None}),
-            "image_options": _jsonable({k: v for k, v in self.image_options_.items() if v is not None}),
-            "resolved": _jsonable({k: v for k, v in {"epochs": self.epochs_, "pretrain_epochs": self.pretrain_epochs_,
-                                                      "patch_size": self.patch_size_, "n_contexts": K}.items()
-                                   if v is not None}),
-            "history": hist,
-            "stop_reason": str(self.stop_reason_),
-            "epochs_run": int(self.epochs_run_),
-            "n_contexts": int(K),
-            "n_genes": int(ok.sum()),
-            "patch_size": int(self.patch_size_),
-            "mixture": mix,
-            "version": __version__,
-        }
-        if sample is not None:
-            adata.uns[key_added]["sample"] = str(sample)
-        logger.info("%s genes x %d dims -> adata.varm[%r]; contexts -> adata.var[%r], adata.uns[%r]",
-                    f"{int(ok.sum()):,}", D, key_added, f"{key_added}_context", key_added)
-        return self
+        return write_to_anndata(self, adata, key_added=key_added, sample=sample)
 
     # ------------------------------------------------------------ persistence
     def save(self, path, *, overwrite: bool = False) -> Path:
@@ -1073,77 +966,8 @@ class SIGEL:
         pathlib.Path
             The directory.
         """
-        from safetensors.torch import save_file
-
-        self._require_trained("save")
-        path = Path(path)
-        old_files: list = []
-        if path.exists():
-            if not path.is_dir():
-                raise SigelInputError(f"{str(path)!r} exists and is not a directory")
-            if any(path.iterdir()):
-                if not overwrite:
-                    raise SigelInputError(f"{str(path)!r} already exists; pass overwrite=True to replace it")
-                old_files = _owned_files(path)
-        path.mkdir(parents=True, exist_ok=True)
-        tensors = {f"mae.{k}": v.detach().cpu().contiguous().clone() for k, v in self.module_.state_dict().items()}
-        tensors.update({f"mixture.{k}": v.detach().cpu().contiguous() for k, v in self.mixture_.state_dict().items()})
-        import torch
-
-        tensors["results.embeddings"] = torch.from_numpy(self.embeddings_.to_numpy(np.float32).copy())
-        tensors["results.memberships"] = torch.from_numpy(self.memberships_.to_numpy(np.float64).copy())
-        mix = self.mixture_model_
-        hist = {c: self.history_[c].tolist() for c in self.history_.columns} if self.history_ is not None else {}
-        config = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "class": "SIGEL",
-            "init_params": self.init_params_,
-            "resolved": {"patch_size": self.patch_size_, "n_contexts": self.n_contexts_,
-                         "embed_dim": self.embed_dim, "epochs": self.epochs_,
-                         "pretrain_epochs": self.pretrain_epochs_, "mixture_prior_scale": mix.var_prior_scale_},
-            "image_options": self.image_options_,
-            "fit_params": self.fit_params_,
-            "genes": [str(g) for g in self.embeddings_.index.get_level_values(-1)],
-            "history": hist,
-            "stop_reason": self.stop_reason_,
-            "epochs_run": self.epochs_run_,
-            "fit_seconds": self.fit_seconds_,
-            "device_trained": self.device_,
-            "versions": self._versions(),
-            "manifest": MANIFEST_FILE,
-        }
-        if isinstance(self.embeddings_.index, pd.MultiIndex):  # multi-sample: every row's sample
-            config["samples"] = [str(x) for x in self.embeddings_.index.get_level_values("sample")]
-        # write each file under a temporary name, then rename; the manifest goes last
-        manifest_path = path / MANIFEST_FILE
-        if manifest_path.exists():
-            manifest_path.unlink()  # an interrupted save then reads as unfinished, not as the old model
-        tmp_w, tmp_c = path / (WEIGHTS_FILE + ".tmp"), path / (CONFIG_FILE + ".tmp")
-        try:
-            save_file(tensors, str(tmp_w))
-            with open(tmp_c, "w") as fh:
-                json.dump(_jsonable(config), fh, indent=1)
-            os.replace(tmp_w, path / WEIGHTS_FILE)
-            os.replace(tmp_c, path / CONFIG_FILE)
-        finally:
-            for t in (tmp_w, tmp_c):
-                if t.exists():
-                    t.unlink()
-        written = [CONFIG_FILE, WEIGHTS_FILE]
-        for name in old_files:  # files of the previous save that this one did not rewrite
-            if name not in written and (path / name).is_file():
-                (path / name).unlink()
-        _write_manifest(path, written)
-        logger.info("saved model to %s", path)
-        return path
-
-    @staticmethod
-    def _versions() -> dict:
-        import torch
-
-        return {"sigel": __version__, "torch": torch.__version__, "numpy": np.__version__,
-                "python": platform.python_version()}
+        # the manifest writer is looked up here, so that replacing `sigel._model._write_manifest` takes effect
+        return save_model(self, path, overwrite=overwrite, write_manifest=_write_manifest)
 
     @classmethod
     def load(cls, path, *, device: str = "cpu") -> "SIGEL":
@@ -1166,115 +990,7 @@ class SIGEL:
         SigelInputError
             Missing, corrupt or foreign directory, naming the problem.
         """
-        import torch
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        if not path.exists():
-            raise SigelInputError(f"no saved model at {str(path)!r}: the path does not exist")
-        if not path.is_dir():
-            raise SigelInputError(f"{str(path)!r} is not a directory; a saved SIGEL model is a directory")
-        cfg_file, w_file = path / CONFIG_FILE, path / WEIGHTS_FILE
-        if not cfg_file.exists():
-            raise SigelInputError(f"{str(path)!r} has no {CONFIG_FILE}: not a saved SIGEL model")
-        try:
-            with open(cfg_file) as fh:
-                cfg = json.load(fh)
-        except (OSError, ValueError) as e:
-            raise SigelInputError(f"{str(cfg_file)!r} is corrupt (not valid JSON): {e}") from None
-        if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
-            raise SigelInputError(f"{str(path)!r} is not a saved SIGEL model (config.json has no "
-                                  f"'format': {FORMAT!r})")
-        if int(cfg.get("format_version", 0)) > FORMAT_VERSION:
-            raise SigelInputError(f"{str(path)!r} was saved by a newer sigel (format version "
-                                  f"{cfg.get('format_version')}); upgrade sigel to load it")
-        required = ("init_params", "resolved", "genes", "image_options")
-        missing = [k for k in required if k not in cfg]
-        if missing:
-            raise SigelInputError(f"{str(cfg_file)!r} is incomplete: missing {missing}")
-        if not w_file.exists():
-            raise SigelInputError(f"{str(path)!r} has no {WEIGHTS_FILE}: the weights are missing")
-        manifest = _read_manifest(path)
-        if manifest is None and cfg.get("manifest"):
-            raise SigelInputError(f"{str(path)!r} has no {MANIFEST_FILE}: its save did not finish")
-        for name, digest in (manifest or {}).items():
-            if not (path / name).is_file() or _sha256(path / name) != digest:
-                raise SigelInputError(f"{str(path / name)!r} is missing or corrupt: it does not match "
-                                      f"{MANIFEST_FILE} (the directory was changed or its save did not finish)")
-        _check_config_types(cfg, cfg_file)
-        try:
-            tensors = load_file(str(w_file), device="cpu")
-        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            raise SigelInputError(f"{str(w_file)!r} is corrupt: {e}") from None
-
-        known = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        params = {k: v for k, v in cfg["init_params"].items() if k in known}
-        # models saved before per-image input standardisation existed were trained on raw values
-        params.setdefault("input_norm", None)
-        try:
-            model = cls(**params)
-        except (TypeError, SigelInputError) as e:
-            raise SigelInputError(f"{str(cfg_file)!r} holds invalid hyper-parameters: {e}") from None
-        res = cfg["resolved"]
-        try:
-            module = model._build_module(int(res["patch_size"]))
-            mae_sd = {k[4:]: v for k, v in tensors.items() if k.startswith("mae.")}
-            module.load_state_dict(mae_sd, strict=True)
-            from .model.mixture import MixtureParams
-
-            mix = model._build_mixture(int(res["n_contexts"]), 0)
-            mix.params = MixtureParams.from_state_dict({k[8:]: v for k, v in tensors.items()
-                                                        if k.startswith("mixture.")})
-            mix.var_prior_scale_ = res.get("mixture_prior_scale")
-            emb = tensors["results.embeddings"].numpy()
-            mem = tensors["results.memberships"].numpy()
-        except (KeyError, RuntimeError, ValueError, TypeError) as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise SigelInputError(f"{str(w_file)!r} does not match {CONFIG_FILE}: {msg}") from None
-        genes = cfg["genes"]
-        if emb.shape != (len(genes), model.embed_dim) or mem.shape[0] != len(genes):
-            raise SigelInputError(f"{str(w_file)!r} does not match {CONFIG_FILE}: result shapes "
-                                  f"{tuple(emb.shape)} / {tuple(mem.shape)} for {len(genes)} genes")
-        K = int(res["n_contexts"])
-        p = mix.params
-        if p.mu.shape != (K, model.embed_dim) or p.var.shape != p.mu.shape or p.log_pi.shape != (K,) \
-                or p.nu.shape != (K,) or mem.ndim != 2 or mem.shape[1] != K:
-            raise SigelInputError(
-                f"{str(path)!r}: {CONFIG_FILE} says n_contexts={K} but the mixture has "
-                f"{tuple(p.mu.shape)[0] if p.mu.ndim else '?'} components and the memberships "
-                f"{mem.shape[1] if mem.ndim == 2 else '?'} columns")
-        bad = [k for k, v in tensors.items() if v.is_floating_point() and bool(torch.isnan(v).any())]
-        bad += [k for k, v in tensors.items() if v.is_floating_point() and k not in ("mixture.nu", "mixture.log_pi")
-                and bool(torch.isinf(v).any())]
-        if bad:
-            raise SigelInputError(f"{str(w_file)!r} holds NaN or infinite values in {sorted(set(bad))[:5]}")
-        dev = resolve_device(device)
-        model.module_ = module.to(dev).eval()
-        mix.params = mix.params.to(dev)
-        model.mixture_model_ = mix
-        model.device_ = str(dev)
-        model.patch_size_ = int(res["patch_size"])
-        model.n_contexts_ = int(res["n_contexts"])
-        model.epochs_ = res.get("epochs")
-        model.pretrain_epochs_ = res.get("pretrain_epochs")
-        model.image_options_ = dict(cfg["image_options"])
-        model.fit_params_ = dict(cfg.get("fit_params") or {})
-        model.history_ = pd.DataFrame(cfg.get("history") or {})
-        model.stop_reason_ = cfg.get("stop_reason")
-        model.epochs_run_ = int(cfg.get("epochs_run") or 0)
-        model.fit_seconds_ = cfg.get("fit_seconds")
-        samples = cfg.get("samples")
-        if samples is not None:
-            if len(samples) != len(genes):
-                raise SigelInputError(f"{str(cfg_file)!r} is corrupt: {len(samples)} sample labels for "
-                                      f"{len(genes)} genes")
-            index = pd.MultiIndex.from_arrays([pd.Index([str(x) for x in samples]), pd.Index(genes)],
-                                              names=["sample", "gene"])
-        else:
-            index = pd.Index(genes)
-        model._set_results(index, emb, mem)
-        return model
+        return load_model(path, model_class=cls, device=device)
 
 
 def embed(adata, *, key_added: str = "sigel", layer: str | None = None, spatial_key: str = "spatial",
