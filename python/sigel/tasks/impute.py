@@ -193,6 +193,15 @@ def _neighbours(Zq: np.ndarray, Zt: np.ndarray, k: int, chunk: int = 2048):
     return idx, sim
 
 
+def _neighbour_weights(idx: np.ndarray, sim: np.ndarray, n_train: int) -> sp.csr_matrix:
+    """Sparse (queries x training genes) weights: similarities clipped at 0, rows summing to 1 (uniform if all 0)."""
+    w = np.clip(sim, 0.0, None)
+    w[w.sum(1) <= 0] = 1.0
+    w = w / w.sum(1, keepdims=True)
+    q, kk = idx.shape
+    return sp.csr_matrix((w.ravel(), (np.repeat(np.arange(q), kk), idx.ravel())), shape=(q, n_train))
+
+
 def _loo_knn_pcc(Zt: np.ndarray, train_values: sp.csr_matrix, k: int, chunk: int = 256) -> np.ndarray:
     """Leave-one-out kNN accuracy of every training gene: PCC of its kNN prediction from the other ones.
 
@@ -208,10 +217,7 @@ def _loo_knn_pcc(Zt: np.ndarray, train_values: sp.csr_matrix, k: int, chunk: int
     keep = idx != np.arange(n)[:, None]
     first = np.argsort(~keep, axis=1, kind="stable")[:, :kk]
     idx = np.take_along_axis(idx, first, 1)
-    w = np.clip(np.take_along_axis(sim, first, 1), 0.0, None)
-    w[w.sum(1) <= 0] = 1.0
-    w = w / w.sum(1, keepdims=True)
-    W = sp.csr_matrix((w.ravel(), (np.repeat(np.arange(n), kk), idx.ravel())), shape=(n, n))
+    W = _neighbour_weights(idx, np.take_along_axis(sim, first, 1), n)
     out = np.empty(n)
     for s in range(0, n, chunk):
         pred = np.asarray((W[s:s + chunk] @ train_values).todense())
@@ -273,12 +279,7 @@ def _confidence(Zq: np.ndarray, Zt: np.ndarray, train_names, train_values: sp.cs
 def _predict_knn(Zq, Zt, train_values: sp.csr_matrix, k: int) -> np.ndarray:
     """Similarity-weighted mean of the k nearest training genes' values -> (queries, cells)."""
     idx, sim = _neighbours(Zq, Zt, k)
-    w = np.clip(sim, 0.0, None)
-    zero = w.sum(1) <= 0
-    w[zero] = 1.0
-    w = w / w.sum(1, keepdims=True)
-    q, kk = idx.shape
-    W = sp.csr_matrix((w.ravel(), (np.repeat(np.arange(q), kk), idx.ravel())), shape=(q, Zt.shape[0]))
+    W = _neighbour_weights(idx, sim, Zt.shape[0])
     return np.asarray((W @ train_values).todense(), dtype=np.float32)
 
 
@@ -287,12 +288,47 @@ def _predict_mean(n_query: int, train_values: sp.csr_matrix) -> np.ndarray:
     return np.repeat(m[None, :], n_query, axis=0)
 
 
+def _embedding_moments(problem: _Problem, device):
+    """Mean and SD of the reference embedding as float32 tensors on ``device`` (to standardise encoder outputs)."""
+    import torch
+
+    mu_t = torch.as_tensor(problem.emb_mean, dtype=torch.float32, device=device)
+    sd_t = torch.as_tensor(problem.emb_sd, dtype=torch.float32, device=device)
+    return mu_t, sd_t
+
+
+def _trainable_encoder(problem: _Problem, train_genes: pd.Index, device):
+    """A trainable copy of the fitted SIGEL's encoder and the training genes' rows in the reference images."""
+    import copy
+
+    base = getattr(problem.model, "module_", None)  # the fitted SIGEL's masked autoencoder
+    ref_images = problem.ref_images
+    if base is None or ref_images is None:
+        raise SigelInputError("finetune_encoder=True needs a fitted sigel.SIGEL model (its encoder) and the "
+                              "reference images (`model.images_`, or pass `reference_images=`)")
+    enc = copy.deepcopy(base).to(device).train()
+    for p in enc.parameters():
+        p.requires_grad_(True)
+    return enc, ref_images.gene_index(problem.ref_of.reindex(train_genes).to_numpy())
+
+
+def _discriminator_step(Dn, opt_d, y, fake, z):
+    """One hinge-loss step of the discriminator (real ``y`` vs detached ``fake``, on the detached embedding)."""
+    import torch
+
+    zd = z.detach()
+    d_out = Dn(torch.cat([y, fake.detach()]), torch.cat([zd, zd]))
+    d_loss = torch.relu(1.0 - d_out[: len(y)]).mean() + torch.relu(1.0 + d_out[len(y):]).mean()
+    opt_d.zero_grad(set_to_none=True)
+    d_loss.backward()
+    opt_d.step()
+    return d_loss
+
+
 def _train_gan(problem: _Problem, train_genes: pd.Index, *, n_steps, batch_size, lr, adv_weight, adv_start,
                hidden, n_prototypes, channels, dropout, embed_noise, weight_decay, finetune_encoder, encoder_lr,
                pixel_budget, device, seed, progress):
     """Train generator (+ discriminator); return (generator, encoder-or-None, history DataFrame)."""
-    import copy
-
     import torch
     from tqdm.auto import tqdm
 
@@ -315,18 +351,10 @@ def _train_gan(problem: _Problem, train_genes: pd.Index, *, n_steps, batch_size,
     enc = None
     ref_idx = None
     if finetune_encoder:
-        base = getattr(problem.model, "module_", None)  # the fitted SIGEL's masked autoencoder
+        enc, ref_idx = _trainable_encoder(problem, train_genes, device)
         ref_images = problem.ref_images
-        if base is None or ref_images is None:
-            raise SigelInputError("finetune_encoder=True needs a fitted sigel.SIGEL model (its encoder) and the "
-                                  "reference images (`model.images_`, or pass `reference_images=`)")
-        enc = copy.deepcopy(base).to(device).train()
-        for p in enc.parameters():
-            p.requires_grad_(True)
-        ref_idx = ref_images.gene_index(problem.ref_of.reindex(train_genes).to_numpy())
         params.append({"params": enc.parameters(), "lr": encoder_lr})
-        mu_t = torch.as_tensor(problem.emb_mean, dtype=torch.float32, device=device)
-        sd_t = torch.as_tensor(problem.emb_sd, dtype=torch.float32, device=device)
+        mu_t, sd_t = _embedding_moments(problem, device)
     opt_g = torch.optim.AdamW(params, weight_decay=weight_decay, betas=(0.5, 0.999))
     opt_d = torch.optim.AdamW(Dn.parameters(), lr=lr, weight_decay=0.0, betas=(0.5, 0.999))
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
@@ -357,13 +385,7 @@ def _train_gan(problem: _Problem, train_genes: pd.Index, *, n_steps, batch_size,
         use_adv = adv_weight > 0 and step >= start_adv
         g_adv = torch.zeros((), device=device)
         if use_adv:
-            # discriminator step (hinge loss), conditioned on the (detached) embedding
-            zd = z.detach()
-            d_out = Dn(torch.cat([y, fake.detach()]), torch.cat([zd, zd]))
-            d_loss = torch.relu(1.0 - d_out[: len(b)]).mean() + torch.relu(1.0 + d_out[len(b):]).mean()
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
+            d_loss = _discriminator_step(Dn, opt_d, y, fake, z)
             g_adv = -Dn(fake, z).mean()
             acc["d"] += d_loss.item()
         loss = rec + (adv_weight * g_adv if use_adv else 0.0)
@@ -400,8 +422,7 @@ def _generate(problem: _Problem, G, enc, query_ref: pd.Index, *, batch_size, pix
     if enc is not None:
         ref_images = problem.ref_images
         ridx = ref_images.gene_index(query_ref)
-        mu_t = torch.as_tensor(problem.emb_mean, dtype=torch.float32, device=device)
-        sd_t = torch.as_tensor(problem.emb_sd, dtype=torch.float32, device=device)
+        mu_t, sd_t = _embedding_moments(problem, device)
     Zq = problem.z(ref_names=query_ref)
     with torch.inference_mode():
         for s in range(0, len(query_ref), bs):
@@ -445,6 +466,81 @@ def _check_common(method, n_neighbors, n_steps, batch_size, adv_weight, min_cell
     assert_positive("adv_weight", adv_weight, allow_zero=True)
     assert_positive("min_cells", min_cells, allow_zero=True)
     return methods
+
+
+def _prepare(model, target_adata, *, device, n_threads, seed, **problem_kw):
+    """Resolve the device, set torch threads, fix the seed and build the `_Problem`: (device, seed, problem)."""
+    dev = resolve_device(device)
+    set_threads(n_threads)
+    seed = settings.seed if seed is None else int(seed)
+    return dev, seed, _Problem(model, target_adata, **problem_kw)
+
+
+def _seeded_fit_predict(problem: _Problem, train_genes: pd.Index, query_ref: pd.Index, method: str, *, device,
+                        seed, **kw):
+    """`_fit_predict` with torch's global generator seeded to ``seed`` inside a forked (then restored) RNG state."""
+    import torch
+
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return _fit_predict(problem, train_genes, query_ref, method, device=device, seed=seed, **kw)
+
+
+def _predict_query(problem: _Problem, query_ref: pd.Index, method: str, **kw):
+    """Values, confidence table and GAN history of the query genes, trained on every shared gene."""
+    if len(query_ref):
+        return _seeded_fit_predict(problem, problem.shared, query_ref, method, **kw)
+    vals = np.zeros((0, len(problem.images.spot_pixel)), dtype=np.float32)
+    conf = pd.DataFrame(columns=["confidence", "support", "reference_signal", "nearest_measured",
+                                 "nearest_similarity"])
+    return vals, conf, None
+
+
+def _imputed_anndata(problem: _Problem, target_adata, query_ref: pd.Index, vals: np.ndarray, conf: pd.DataFrame):
+    """Target cells x (imputed genes + every measured gene, untouched), with the per-gene ``var`` columns."""
+    import anndata as ad
+
+    img = problem.images
+    measured_vals = np.asarray(img.spot_values().T.todense(), dtype=np.float32)  # cells x measured genes
+    # measured genes that failed to image (none with min_spots=0) would be missing here
+    X = np.concatenate([vals.T, measured_vals], axis=1) if len(query_ref) else measured_vals
+    names = list(query_ref) + list(img.genes)
+    var = pd.DataFrame(index=pd.Index(names, name=None))
+    var["imputed"] = np.r_[np.ones(len(query_ref), bool), np.zeros(img.n_genes, bool)]
+    var["confidence"] = np.r_[conf["confidence"].to_numpy(np.float64) if len(query_ref) else [],
+                              np.full(img.n_genes, np.nan)]
+    for c in ("support", "reference_signal"):
+        var[c] = np.r_[conf[c].to_numpy(np.float64) if len(query_ref) else [], np.full(img.n_genes, np.nan)]
+    var["nearest_measured"] = list(conf["nearest_measured"].astype(str)) + [""] * img.n_genes
+    ref_of = problem.ref_of
+    var["reference_gene"] = list(query_ref) + list(ref_of.reindex(img.genes).fillna("").astype(str))
+    obs = target_adata.obs.copy()
+    obs.index = pd.Index(img.spot_names)
+    out = ad.AnnData(X=X.astype(np.float32), obs=obs, var=var)
+    for k, v in target_adata.obsm.items():
+        out.obsm[k] = np.asarray(v) if not hasattr(v, "iloc") else v.copy()
+    return out
+
+
+def _run_info(problem: _Problem, query_ref: pd.Index, params: dict, history, seconds: float) -> dict:
+    """The ``uns`` entry of an `impute` run."""
+    info = {
+        "params": params, "n_shared": int(len(problem.shared)), "shared_genes": list(problem.shared),
+        "unmatched": list(problem.unmatched), "n_imputed": int(len(query_ref)), "seconds": float(seconds),
+        "value_scale": "target GeneImages scale: normalised, log1p, / 0.99 in-tissue quantile, clipped to [0, 1]",
+    }
+    if history is not None:
+        info["history"] = history
+    return info
+
+
+def _gene_subset(genes, allowed: pd.Index, what: str) -> pd.Index:
+    """``genes`` as a string Index, all of which must be in ``allowed`` (error: '<n> genes <what>: [...]')."""
+    want = pd.Index([str(g) for g in np.atleast_1d(genes)])
+    bad = want[~want.isin(allowed)]
+    if len(bad):
+        raise SigelInputError(f"{len(bad)} genes {what}: {bad[:10].tolist()}")
+    return want
 
 
 # =========================================================================== public API
@@ -593,71 +689,30 @@ def impute(
     >>> out.var["imputed"].sum()  # doctest: +SKIP
     30
     """
-    import anndata as ad
-
     _check_common(method, n_neighbors, n_steps, batch_size, adv_weight, min_cells)
     if not isinstance(method, str):
         raise SigelInputError(f"`method` must be one of {list(METHODS)}; got {method!r}")
     assert_in_range("adv_start", adv_start, 0.0, 1.0)
     t0 = time.perf_counter()
-    dev = resolve_device(device)
-    set_threads(n_threads)
-    seed = settings.seed if seed is None else int(seed)
-    problem = _Problem(model, target_adata, layer=layer, spatial_key=spatial_key,
-                       library_size_key=library_size_key, geometry=geometry, resolution=resolution,
-                       min_cells=min_cells, reference_images=reference_images, counts=counts)
+    dev, seed, problem = _prepare(model, target_adata, device=device, n_threads=n_threads, seed=seed, layer=layer,
+                                  spatial_key=spatial_key, library_size_key=library_size_key, geometry=geometry,
+                                  resolution=resolution, min_cells=min_cells, reference_images=reference_images,
+                                  counts=counts)
     query_ref, _ = problem.resolve_query(genes)
     gan_kw = dict(n_steps=int(n_steps), batch_size=int(batch_size), lr=float(lr), adv_weight=float(adv_weight),
                   adv_start=float(adv_start), hidden=int(hidden), n_prototypes=int(n_prototypes),
                   channels=int(channels), dropout=float(dropout), embed_noise=float(embed_noise),
                   weight_decay=float(weight_decay), finetune_encoder=bool(finetune_encoder),
                   encoder_lr=float(encoder_lr), pixel_budget=int(pixel_budget))
-    history = None
-    if len(query_ref):
-        import torch
-
-        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-            torch.manual_seed(seed)
-            vals, conf, history = _fit_predict(problem, problem.shared, query_ref, method,
-                                               n_neighbors=n_neighbors, gan_kw=gan_kw, device=dev, seed=seed,
-                                               progress=progress)
-    else:
-        vals = np.zeros((0, len(problem.images.spot_pixel)), dtype=np.float32)
-        conf = pd.DataFrame(columns=["confidence", "support", "reference_signal", "nearest_measured",
-                                     "nearest_similarity"])
-
-    # ---- assemble: imputed genes + every measured gene (untouched) ----
-    img = problem.images
-    measured_vals = np.asarray(img.spot_values().T.todense(), dtype=np.float32)  # cells x measured genes
-    # measured genes that failed to image (none with min_spots=0) would be missing here
-    X = np.concatenate([vals.T, measured_vals], axis=1) if len(query_ref) else measured_vals
-    names = list(query_ref) + list(img.genes)
-    var = pd.DataFrame(index=pd.Index(names, name=None))
-    var["imputed"] = np.r_[np.ones(len(query_ref), bool), np.zeros(img.n_genes, bool)]
-    var["confidence"] = np.r_[conf["confidence"].to_numpy(np.float64) if len(query_ref) else [],
-                              np.full(img.n_genes, np.nan)]
-    for c in ("support", "reference_signal"):
-        var[c] = np.r_[conf[c].to_numpy(np.float64) if len(query_ref) else [], np.full(img.n_genes, np.nan)]
-    var["nearest_measured"] = list(conf["nearest_measured"].astype(str)) + [""] * img.n_genes
-    ref_of = problem.ref_of
-    var["reference_gene"] = list(query_ref) + list(ref_of.reindex(img.genes).fillna("").astype(str))
-    obs = target_adata.obs.copy()
-    obs.index = pd.Index(img.spot_names)
-    out = ad.AnnData(X=X.astype(np.float32), obs=obs, var=var)
-    for k, v in target_adata.obsm.items():
-        out.obsm[k] = np.asarray(v) if not hasattr(v, "iloc") else v.copy()
+    vals, conf, history = _predict_query(problem, query_ref, method, n_neighbors=n_neighbors, gan_kw=gan_kw,
+                                         device=dev, seed=seed, progress=progress)
+    out = _imputed_anndata(problem, target_adata, query_ref, vals, conf)
     seconds = time.perf_counter() - t0
+    img = problem.images
     params = dict(method=method, n_neighbors=int(n_neighbors), min_cells=int(min_cells), seed=seed,
                   device=str(dev), geometry=img.settings.get("geometry"), image_shape=[img.height, img.width],
                   **{k: v for k, v in gan_kw.items()})
-    info = {
-        "params": params, "n_shared": int(len(problem.shared)), "shared_genes": list(problem.shared),
-        "unmatched": list(problem.unmatched), "n_imputed": int(len(query_ref)), "seconds": float(seconds),
-        "value_scale": "target GeneImages scale: normalised, log1p, / 0.99 in-tissue quantile, clipped to [0, 1]",
-    }
-    if history is not None:
-        info["history"] = history
-    out.uns[key_added] = info
+    out.uns[key_added] = _run_info(problem, query_ref, params, history, seconds)
     logger.info(f"impute ({method}): {len(query_ref)} genes imputed from {len(problem.shared)} shared genes on a "
                 f"{img.height}x{img.width} target in {seconds:.1f}s -> AnnData ({out.n_obs} x {out.n_vars})")
     return out
@@ -730,8 +785,6 @@ def impute_cv(
     >>> cv = sigel.tl.impute_cv(model, panel, k=3, method=["knn", "mean"])  # doctest: +SKIP
     >>> sigel.tl.impute_summary(cv)  # doctest: +SKIP
     """
-    import torch
-
     defaults = dict(n_steps=600, batch_size=32, lr=2e-3, adv_weight=0.01, adv_start=0.3, hidden=128,
                     n_prototypes=32, channels=64, dropout=0.1, embed_noise=0.1, weight_decay=1e-4,
                     finetune_encoder=False, encoder_lr=1e-4, pixel_budget=2**22)
@@ -744,12 +797,10 @@ def impute_cv(
     assert_positive("k", k)
     if int(k) < 2:
         raise SigelInputError(f"`k` (folds) must be >= 2; got {k}")
-    dev = resolve_device(device)
-    set_threads(n_threads)
-    seed = settings.seed if seed is None else int(seed)
-    problem = _Problem(model, target_adata, layer=layer, spatial_key=spatial_key,
-                       library_size_key=library_size_key, geometry=geometry, resolution=resolution,
-                       min_cells=min_cells, reference_images=reference_images, counts=counts)
+    dev, seed, problem = _prepare(model, target_adata, device=device, n_threads=n_threads, seed=seed, layer=layer,
+                                  spatial_key=spatial_key, library_size_key=library_size_key, geometry=geometry,
+                                  resolution=resolution, min_cells=min_cells, reference_images=reference_images,
+                                  counts=counts)
     shared = problem.shared
     if int(k) > len(shared):
         raise SigelInputError(f"`k`={k} folds but only {len(shared)} shared genes")
@@ -758,11 +809,7 @@ def impute_cv(
     fold_of[rng.permutation(len(shared))] = np.arange(len(shared)) % int(k)
     evaluate = shared
     if genes is not None:
-        want = pd.Index([str(g) for g in np.atleast_1d(genes)])
-        bad = want[~want.isin(shared)]
-        if len(bad):
-            raise SigelInputError(f"{len(bad)} genes to evaluate are not shared training genes: {bad[:10].tolist()}")
-        evaluate = want
+        evaluate = _gene_subset(genes, shared, "to evaluate are not shared training genes")
     truth_all = problem.images.spot_values(shared)
     frames = []
     for f in range(int(k)):
@@ -776,10 +823,8 @@ def impute_cv(
         q_ref = pd.Index(problem.ref_of.reindex(test).to_numpy())
         for m in methods:
             t0 = time.perf_counter()
-            with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-                torch.manual_seed(seed + f)
-                vals, conf, _ = _fit_predict(problem, train, q_ref, m, n_neighbors=n_neighbors, gan_kw=gan_kw,
-                                             device=dev, seed=seed + f, progress=progress)
+            vals, conf, _ = _seeded_fit_predict(problem, train, q_ref, m, n_neighbors=n_neighbors, gan_kw=gan_kw,
+                                                device=dev, seed=seed + f, progress=progress)
             sec = time.perf_counter() - t0
             met = _metrics_arrays(truth, vals.T)
             met.index = test
@@ -910,11 +955,7 @@ def impute_metrics(truth, imputed, *, genes=None) -> pd.DataFrame:
         P.columns = P.columns.astype(str)
         common = T.columns[T.columns.isin(P.columns)]
         if genes is not None:
-            want = pd.Index([str(g) for g in np.atleast_1d(genes)])
-            bad = want[~want.isin(common)]
-            if len(bad):
-                raise SigelInputError(f"{len(bad)} genes not in both truth and imputed: {bad[:10].tolist()}")
-            common = want
+            common = _gene_subset(genes, common, "not in both truth and imputed")
         if not len(common):
             raise SigelInputError("truth and imputed share no gene names")
         if not isinstance(T.index, pd.RangeIndex) and not isinstance(P.index, pd.RangeIndex):
