@@ -139,92 +139,16 @@ class GeneImages:
         -------
         GeneImages
         """
-        assert_one_of("geometry", geometry, GEOMETRIES)
-        assert_positive("resolution", resolution)
-        assert_positive("patch_size", patch_size)
-        assert_positive("min_spots", min_spots, allow_zero=True)
-        assert_in_range("scale_quantile", scale_quantile, 0.0, 1.0)
-        assert_one_of("scale", scale, ("quantile", None))
-
-        X = _counts_matrix(adata, layer)
+        _check_build_options(geometry, resolution, patch_size, min_spots, scale_quantile, scale)
+        X, gene_names, raw_counts = _checked_matrix(adata, layer, counts, normalize, log1p)
         n_obs, n_var = X.shape
-        if n_obs < 2:
-            raise SigelInputError(f"need at least 2 spots to build images; got {n_obs}")
-        if n_var < 1:
-            raise SigelInputError("the count matrix has no genes")
-        gene_names = pd.Index(adata.var_names.astype(str))
-        assert_unique_names(gene_names, "gene names (adata.var_names)")
-        assert_finite_nonnegative(X.data, "expression values")
-        if not isinstance(counts, (bool, np.bool_)):
-            raise SigelInputError(f"`counts` must be True or False; got {counts!r}")
-        raw_counts = bool(counts)
-        if raw_counts and (normalize or log1p):
-            _check_counts(X, adata, layer)
 
         rows, cols, geom = spot_pixels(adata, geometry=geometry, spatial_key=spatial_key, resolution=resolution)
         fingerprint = _content_hash(X, adata, spatial_key, library_size_key)
-
-        # --- library size (over all genes, before filtering) ---
-        lib = tissue.library_size(adata, layer, library_size_key=library_size_key, X=X)
-        where = ("the count matrix (row sums)" if library_size_key is None
-                 else f"library_size_key: adata.obs[{library_size_key!r}]")
-        if normalize:
-            if not np.any(lib > 0):
-                raise SigelInputError(f"every spot has a library size of 0 in {where}; nothing to normalise")
-            n_empty = int(np.sum(lib <= 0))
-            if n_empty:
-                logger.info("%d of %d spots have a library size of 0 in %s; their values read 0",
-                               n_empty, n_obs, where)
-
-        # --- gene filter ---
-        keep = np.ones(n_var, dtype=bool)
-        if genes is not None:
-            wanted = pd.Index([str(g) for g in np.atleast_1d(genes)])
-            missing = wanted.difference(gene_names)
-            if len(missing):
-                raise SigelInputError(f"{len(missing)} requested genes not in adata.var_names: {missing[:10].tolist()}")
-            keep = gene_names.isin(wanted)
-        if exclude_prefixes:
-            low = gene_names.str.lower()
-            for pre in exclude_prefixes:
-                keep &= ~low.str.startswith(str(pre).lower())
-        if min_spots > 0:
-            n_expr = np.bincount(X.indices[X.data != 0], minlength=n_var)
-            keep &= n_expr >= min_spots
-        if not keep.any():
-            raise SigelInputError(
-                f"no genes left after filtering (min_spots={min_spots}, exclude_prefixes={tuple(exclude_prefixes or ())}); "
-                "lower min_spots or check the input"
-            )
-        X = X[:, np.flatnonzero(keep)]
-
-        # --- normalisation (sparse-preserving) ---
-        Xn = X.astype(np.float32).tocsr(copy=True)
-        if normalize:
-            ts = float(np.median(lib[lib > 0])) if target_sum is None and np.any(lib > 0) else (target_sum or 1.0)
-            factor = np.divide(ts, lib, out=np.zeros_like(lib), where=lib > 0).astype(np.float32)
-            Xn.data *= np.repeat(factor, np.diff(Xn.indptr))  # row scaling in place (= diag(factor) @ Xn)
-            Xn.eliminate_zeros()
-        else:
-            ts = None
-        if log1p:
-            Xn.data = np.log1p(Xn.data)
-
-        # --- scatter spots onto pixels (mean per pixel), padded to patch multiples ---
-        h = int(rows.max()) + 1
-        w = int(cols.max()) + 1
-        H = -(-h // patch_size) * patch_size
-        W = -(-w // patch_size) * patch_size
-        flat = rows.astype(np.int64) * W + cols.astype(np.int64)
-        counts = np.bincount(flat, minlength=H * W)
-        A = sp.csr_matrix(
-            (1.0 / counts[flat], (flat, np.arange(n_obs))), shape=(H * W, n_obs), dtype=np.float32
-        )
-        values = sp.csr_matrix((A @ Xn).T)
-        values.eliminate_zeros()
-        values.sort_indices()
-        mask = (counts > 0).reshape(H, W)
-
+        lib = _library_sizes(adata, layer, library_size_key, X, normalize)  # over all genes, before filtering
+        keep = _gene_filter(X, gene_names, genes, exclude_prefixes, min_spots)
+        Xn, ts = _normalise(X[:, np.flatnonzero(keep)], lib, normalize, target_sum, log1p)
+        values, H, W, mask, flat = _scatter_to_pixels(Xn, rows, cols, patch_size)
         if scale == "quantile":
             values = _robust_scale(values, int(mask.sum()), scale_quantile)
 
@@ -306,6 +230,114 @@ class GeneImages:
         keys = ("geometry", "layer", "spatial_key", "library_size_key", "resolution", "patch_size",
                 "normalize", "log1p", "scale", "scale_quantile", "min_spots", "exclude_prefixes", "counts")
         return {k: settings[k] for k in keys if k in settings}
+
+
+# ---------------------------------------------------------- build steps
+def _check_build_options(geometry, resolution, patch_size, min_spots, scale_quantile, scale) -> None:
+    """Check the scalar options of :meth:`GeneImages.from_anndata`."""
+    assert_one_of("geometry", geometry, GEOMETRIES)
+    assert_positive("resolution", resolution)
+    assert_positive("patch_size", patch_size)
+    assert_positive("min_spots", min_spots, allow_zero=True)
+    assert_in_range("scale_quantile", scale_quantile, 0.0, 1.0)
+    assert_one_of("scale", scale, ("quantile", None))
+
+
+def _checked_matrix(adata, layer, counts, normalize, log1p):
+    """The (spots x genes) CSR matrix, its gene names and whether it must hold raw counts, checked."""
+    X = _counts_matrix(adata, layer)
+    n_obs, n_var = X.shape
+    if n_obs < 2:
+        raise SigelInputError(f"need at least 2 spots to build images; got {n_obs}")
+    if n_var < 1:
+        raise SigelInputError("the count matrix has no genes")
+    gene_names = pd.Index(adata.var_names.astype(str))
+    assert_unique_names(gene_names, "gene names (adata.var_names)")
+    assert_finite_nonnegative(X.data, "expression values")
+    if not isinstance(counts, (bool, np.bool_)):
+        raise SigelInputError(f"`counts` must be True or False; got {counts!r}")
+    raw_counts = bool(counts)
+    if raw_counts and (normalize or log1p):
+        _check_counts(X, adata, layer)
+    return X, gene_names, raw_counts
+
+
+def _library_sizes(adata, layer, library_size_key, X, normalize) -> np.ndarray:
+    """Each spot's library size (over all genes); with ``normalize``, refuses all-zero ones."""
+    lib = tissue.library_size(adata, layer, library_size_key=library_size_key, X=X)
+    where = ("the count matrix (row sums)" if library_size_key is None
+             else f"library_size_key: adata.obs[{library_size_key!r}]")
+    if normalize:
+        if not np.any(lib > 0):
+            raise SigelInputError(f"every spot has a library size of 0 in {where}; nothing to normalise")
+        n_empty = int(np.sum(lib <= 0))
+        if n_empty:
+            logger.info("%d of %d spots have a library size of 0 in %s; their values read 0",
+                           n_empty, X.shape[0], where)
+    return lib
+
+
+def _gene_filter(X, gene_names, genes, exclude_prefixes, min_spots) -> np.ndarray:
+    """Boolean mask of the genes kept: requested, not excluded by prefix, detected in ``min_spots`` spots."""
+    n_var = X.shape[1]
+    keep = np.ones(n_var, dtype=bool)
+    if genes is not None:
+        wanted = pd.Index([str(g) for g in np.atleast_1d(genes)])
+        missing = wanted.difference(gene_names)
+        if len(missing):
+            raise SigelInputError(f"{len(missing)} requested genes not in adata.var_names: {missing[:10].tolist()}")
+        keep = gene_names.isin(wanted)
+    if exclude_prefixes:
+        low = gene_names.str.lower()
+        for pre in exclude_prefixes:
+            keep &= ~low.str.startswith(str(pre).lower())
+    if min_spots > 0:
+        n_expr = np.bincount(X.indices[X.data != 0], minlength=n_var)
+        keep &= n_expr >= min_spots
+    if not keep.any():
+        raise SigelInputError(
+            f"no genes left after filtering (min_spots={min_spots}, exclude_prefixes={tuple(exclude_prefixes or ())}); "
+            "lower min_spots or check the input"
+        )
+    return keep
+
+
+def _normalise(X, lib, normalize, target_sum, log1p):
+    """Library-size normalisation and ``log1p`` (sparse-preserving); returns the matrix and the target sum used."""
+    Xn = X.astype(np.float32).tocsr(copy=True)
+    if normalize:
+        ts = float(np.median(lib[lib > 0])) if target_sum is None and np.any(lib > 0) else (target_sum or 1.0)
+        factor = np.divide(ts, lib, out=np.zeros_like(lib), where=lib > 0).astype(np.float32)
+        Xn.data *= np.repeat(factor, np.diff(Xn.indptr))  # row scaling in place (= diag(factor) @ Xn)
+        Xn.eliminate_zeros()
+    else:
+        ts = None
+    if log1p:
+        Xn.data = np.log1p(Xn.data)
+    return Xn, ts
+
+
+def _scatter_to_pixels(Xn, rows, cols, patch_size: int):
+    """Scatter spots onto pixels (mean per pixel), padded to patch multiples.
+
+    Returns the (genes x pixels) CSR values, the padded height and width, the
+    tissue mask and every spot's flat pixel index.
+    """
+    n_obs = Xn.shape[0]
+    h = int(rows.max()) + 1
+    w = int(cols.max()) + 1
+    H = -(-h // patch_size) * patch_size
+    W = -(-w // patch_size) * patch_size
+    flat = rows.astype(np.int64) * W + cols.astype(np.int64)
+    counts = np.bincount(flat, minlength=H * W)
+    A = sp.csr_matrix(
+        (1.0 / counts[flat], (flat, np.arange(n_obs))), shape=(H * W, n_obs), dtype=np.float32
+    )
+    values = sp.csr_matrix((A @ Xn).T)
+    values.eliminate_zeros()
+    values.sort_indices()
+    mask = (counts > 0).reshape(H, W)
+    return values, H, W, mask, flat
 
 
 # ---------------------------------------------------------------------- helpers
