@@ -64,7 +64,7 @@ def load_or_fit(sigel, adata, path: Path, threads: int, epochs=None, seed: int =
 
 
 def run_three(sigel, model, adata, *, n_null, threads, lib_key=None, genes=None, image_options=None,
-              metrics=("cosine",), null="permutation", seed=0):
+              metrics=("cosine",), null="permutation", seed=0, variance="marginal"):
     """sigel svg (one table per metric), SPARK-X-style (R, via rpy2) and Moran's I on the same genes.
 
     Returns ``({metric: table}, sparkx, moran, seconds)``.
@@ -80,7 +80,7 @@ def run_three(sigel, model, adata, *, n_null, threads, lib_key=None, genes=None,
     for metric in metrics:
         t = time.perf_counter()
         sgs[metric] = sigel.tl.svg(model, adata, genes=genes, n_null=n_null, image_options=image_options,
-                                   seed=seed, metric=metric, null=null, progress=False)
+                                   seed=seed, metric=metric, null=null, variance=variance, progress=False)
         secs[f"sigel_{metric}"] = time.perf_counter() - t
     sg = sgs[metrics[0]]
     g = sg.index
@@ -131,7 +131,7 @@ def mob(args, sigel):
     model, fit_s = load_or_fit(sigel, adata, Path(args.mob_model), args.threads, epochs=args.epochs,
                                seed=args.fit_seed, geometry="grid")
     sgs, sx, mi, secs = run_three(sigel, model, adata, n_null=args.n_null, threads=args.threads,
-                                  metrics=args.metrics, null=args.null)
+                                  metrics=args.metrics, null=args.null, variance=args.variance)
     tab = scores_table(sgs, sx, mi)
     y = truth.reindex(tab.index).fillna(False).to_numpy()
     n_ref = int(y.sum())
@@ -161,7 +161,7 @@ def mob(args, sigel):
         perm = rng.permutation(sh.n_obs)
         sh.X = sh.X[perm]
         sg2, sx2, mi2, secs2 = run_three(sigel, model, sh, n_null=args.n_null, threads=args.threads,
-                                         metrics=args.metrics, null=args.null)
+                                         metrics=args.metrics, null=args.null, variance=args.variance)
         out["shuffled_frac_p05"] = {f"sigel_{m}": round(float((t["pval"] < 0.05).mean()), 4)
                                     for m, t in sg2.items()}
         out["shuffled_frac_p05"].update(sparkx=round(float((sx2["pval"] < 0.05).mean()), 4),
@@ -182,7 +182,7 @@ def dlpfc(args, sigel):
                                library_size_key="sum_umi")
     opts = {"library_size_key": "sum_umi"}
     sgs, sx, mi, secs = run_three(sigel, model, adata, n_null=args.n_null, threads=args.threads,
-                                  lib_key="sum_umi", image_options=opts, metrics=args.metrics, null=args.null)
+                                  lib_key="sum_umi", image_options=opts, metrics=args.metrics, null=args.null, variance=args.variance)
     tab = scores_table(sgs, sx, mi)
     names = [f"sigel_{m}" for m in args.metrics] + ["sparkx", "moran"]
     rho = tab[names].rank().corr()
@@ -253,7 +253,7 @@ def _null_fractions(sigel, args, model, adata, genes, coords, opts, lib_key, see
         for metric in args.metrics:
             t = time.perf_counter()
             sg = sigel.tl.svg(model, adata, genes=genes, n_null=args.n_null, null=null, metric=metric,
-                              image_options=opts, seed=seed, progress=False)
+                              image_options=opts, seed=seed, variance=args.variance, progress=False)
             out[f"sigel_{null}_{metric}"] = dict(_fractions(sg["pval"]), seconds=round(time.perf_counter() - t, 1))
     out["sparkx"] = _fractions(sparkx_r(adata[:, genes].X, coords, genes=genes)["pval"])
     out["moran"] = _fractions(sigel.tl.morans_i(adata, genes=genes, library_size_key=lib_key)["pval"])
@@ -373,6 +373,8 @@ def main(argv=None):
                     help="calibration sections to run (default all)")
     ap.add_argument("--metrics", nargs="+", default=["cosine", "whitened"], help="sigel svg metrics to compare")
     ap.add_argument("--null", default="zinb", help="sigel control model for the AUPRC / timing runs (default: the library default)")
+    ap.add_argument("--variance", default="marginal", choices=["marginal", "local"],
+                    help="variance the ZINB null is fitted to (tl.svg(variance=...))")
     ap.add_argument("--model-dir", default=str(HERE / "out" / "models"),
                     help="where calibration models are loaded from / saved to")
     args = ap.parse_args(argv)

@@ -218,3 +218,27 @@ def test_engines_agree_templates_and_homogeneous(tissue):
     assert np.allclose(hn.mean((0, 2)), hr.mean((0, 2)), rtol=0.06)
     assert np.allclose(hn.var((0, 2)), hr.var((0, 2)), rtol=0.2)
     assert np.allclose((hn == 0).mean((0, 2)), (hr == 0).mean((0, 2)), atol=0.02)
+
+
+def test_local_variance_null_keeps_noise_not_pattern():
+    """fit_zinb(graph=...) fits the spot-to-neighbour variance: a patterned gene's controls get its noise
+    level, not its pattern's spread; for a homogeneous gene the marginal and local fits agree."""
+    import scipy.sparse as sp
+
+    from sigel import tissue
+
+    rng = np.random.default_rng(0)
+    r, c = np.divmod(np.arange(900), 30)
+    coords = np.c_[c, r].astype(float)
+    W = tissue.knn_weights(coords, 6)
+    rate = np.where(c < 15, 20.0, 2.0)                              # two halves, 10-fold apart
+    X = np.c_[rng.poisson(rate), rng.poisson(np.full(900, 8.0))]
+    marg = sigel.sim.fit_zinb(sp.csr_matrix(X))
+    loc = sigel.sim.fit_zinb(sp.csr_matrix(X), graph=W)
+    # patterned gene: marginal fit sees the halves as overdispersion, the local fit (nearly) Poisson noise
+    assert marg["theta"].iloc[0] < 3 and loc["theta"].iloc[0] > 10 * marg["theta"].iloc[0]
+    # homogeneous Poisson gene: both (nearly) Poisson, means equal
+    assert marg["mu"].iloc[1] == pytest.approx(loc["mu"].iloc[1])
+    assert min(marg["theta"].iloc[1], loc["theta"].iloc[1]) > 20
+    with pytest.raises(sigel.SigelInputError, match="graph has shape"):
+        sigel.sim.fit_zinb(sp.csr_matrix(X), graph=W[:10])

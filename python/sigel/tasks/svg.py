@@ -35,6 +35,7 @@ from ._model import check_model, model_image_options, same_grid
 __all__ = ["svg", "svg_scores", "compare_svg", "morans_i", "bh", "control_images"]
 
 METRICS = ("cosine", "euclidean", "whitened")
+VARIANCES = ("marginal", "local")
 
 
 # ====================================================================== helpers
@@ -225,6 +226,7 @@ def svg(
     n_bins: int = 10,
     metric: str = "cosine",
     null: str = "zinb",
+    variance: str = "marginal",
     depth_aware: bool = True,
     batch_genes: int = 256,
     image_options: dict | None = None,
@@ -271,6 +273,15 @@ def svg(
         the mouse olfactory bulb the permutation null called 10 % at p < 0.05,
         the ZINB null 4-5 % (DLPFC 151673: 2-3 % and 3 %; a synthetic tissue
         with a 5-fold depth gradient: 15 % and 4 %; benchmarks/RESULTS.md).
+    variance
+        The variance the ZINB null is fitted to (``null="zinb"`` only):
+        ``"marginal"`` (default) -- the gene's variance over all spots, which
+        for a patterned gene includes the pattern itself, so its controls are
+        as spread as its pattern -- or ``"local"`` -- the variance between
+        each spot and the mean of its 6 nearest neighbours, scaled to what it
+        would be for independent spots (`sigel.sim.nulls.local_variance`):
+        the gene's spot-to-spot noise without its pattern. For a homogeneous
+        gene both agree.
     depth_aware
         Controls keep each spot's library size (default): a value moved from
         spot ``t`` to ``s`` is rescaled by ``sf_s / sf_t`` (permutation), or
@@ -321,6 +332,7 @@ def svg(
     assert_positive("batch_genes", batch_genes)
     assert_one_of("metric", metric, METRICS)
     assert_one_of("null", null, ("zinb", "permutation"))
+    assert_one_of("variance", variance, VARIANCES)
     t0 = time.perf_counter()
     opts = model_image_options(model, image_options)
     if genes is None:
@@ -332,7 +344,7 @@ def svg(
     genes = images.genes
     real = model.embed_images(images)
 
-    draw = _ControlDraws(adata, genes, opts, null=null, depth_aware=depth_aware, seed=seed)
+    draw = _ControlDraws(adata, genes, opts, null=null, depth_aware=depth_aware, seed=seed, variance=variance)
     mean_count = draw.mean_count
 
     n1 = int(n_null) + 1
@@ -349,7 +361,7 @@ def svg(
     tab["mean"] = pd.Series(mean_count, index=genes).reindex(tab.index).to_numpy()
     secs = time.perf_counter() - t0
     _write(adata, tab, key_added, dict(n_null=int(n_null), n_bins=int(n_bins), metric=metric, null=null,
-                                       depth_aware=bool(depth_aware), seed=seed, seconds=secs))
+                                       variance=variance, depth_aware=bool(depth_aware), seed=seed, seconds=secs))
     logger.info("svg: %d genes, %d at q < 0.05, %.1f s", G, int((tab["qval"] < 0.05).sum()), secs)
     return tab
 
@@ -360,11 +372,13 @@ class _ControlDraws:
     ``null='permutation'``: each gene's values shuffled over the spots
     (depth-adjusted when ``depth_aware``); ``'zinb'``: draws from the
     gene's zero-inflated negative binomial with mean proportional to each
-    spot's size factor. One random stream (``seed``) for all draws, gene
+    spot's size factor, fitted to the gene's marginal variance or, with
+    ``variance='local'``, to its spot-to-neighbours variance
+    (`sigel.sim.nulls.local_variance`). One random stream (``seed``) for all draws, gene
     blocks in order.
     """
 
-    def __init__(self, adata, genes, opts: dict, *, null: str, depth_aware: bool, seed):
+    def __init__(self, adata, genes, opts: dict, *, null: str, depth_aware: bool, seed, variance: str = "marginal"):
         from ..sim.images import real_library_size
         from ..sim.nulls import _fit_zinb
 
@@ -373,7 +387,10 @@ class _ControlDraws:
         self.lib = real_library_size(adata, opts)
         self.sf = self.lib / self.lib.mean() if depth_aware else np.ones(adata.n_obs)
         self.X = sp.csc_matrix(X, dtype=np.float64)
-        self.params = _fit_zinb(self.X, self.sf) if null == "zinb" else None
+        graph = None
+        if null == "zinb" and variance == "local":
+            graph = tissue.neighbor_graph(adata, 6, spatial_key=opts.get("spatial_key", tissue.DEFAULT_SPATIAL_KEY))[0]
+        self.params = _fit_zinb(self.X, self.sf, graph=graph) if null == "zinb" else None
         self.mean_count = np.asarray(self.X.mean(axis=0)).ravel()
         self.rng = np.random.default_rng(seed)
 
@@ -392,10 +409,10 @@ class _ControlDraws:
 
 
 def control_images(model, adata, genes, *, null: str = "zinb", depth_aware: bool = True, seed: int | None = 0,
-                   image_options: dict | None = None):
+                   image_options: dict | None = None, variance: str = "marginal"):
     """One spatially homogeneous control per gene, imaged like the model's images (for figures).
 
-    The same draws as `svg` makes (``null``, ``depth_aware``); images are
+    The same draws as `svg` makes (``null``, ``variance``, ``depth_aware``); images are
     named ``<gene> (control)``.
 
     Returns
@@ -403,9 +420,10 @@ def control_images(model, adata, genes, *, null: str = "zinb", depth_aware: bool
     sigel.GeneImages
     """
     assert_one_of("null", null, ("zinb", "permutation"))
+    assert_one_of("variance", variance, VARIANCES)
     opts = model_image_options(model, image_options)
     genes = pd.Index([str(g) for g in np.atleast_1d(genes)])
-    draw = _ControlDraws(adata, genes, opts, null=null, depth_aware=depth_aware, seed=seed)
+    draw = _ControlDraws(adata, genes, opts, null=null, depth_aware=depth_aware, seed=seed, variance=variance)
     import dataclasses
 
     pim = draw.images(0, len(genes), 1)
