@@ -376,6 +376,152 @@ def _read_sample(x, name: str):
     return emb, ctx
 
 
+def _check_align_options(normalize, trim, n_folds, alpha, hidden) -> str:
+    """Validate `align`'s options; return ``normalize`` as a name (booleans: True = 'unit', False = 'none')."""
+    if normalize is True or normalize is False:
+        normalize = "unit" if normalize else "none"
+    assert_one_of("normalize", normalize, ("center", "unit", "none"))
+    assert_in_range("trim", trim, 0.0, 0.5)
+    assert_positive("n_folds", n_folds)
+    assert_positive("alpha", alpha, allow_zero=True)
+    assert_positive("hidden", hidden)
+    return normalize
+
+
+def _prepared_samples(reference, query, normalize: str, min_anchors: int):
+    """Both samples' tables after ``normalize``, their contexts, the shared genes and the offsets removed."""
+    ref, ref_ctx = _read_sample(reference, "reference")
+    qry, qry_ctx = _read_sample(query, "query")
+    if ref.shape[1] < 2 or qry.shape[1] < 2:
+        raise SigelInputError(f"embeddings need at least 2 dimensions; got {ref.shape[1]} and {qry.shape[1]}")
+    ref_cols = [str(c) for c in ref.columns]
+    shared = ref.index[ref.index.isin(qry.index)]
+    offsets = (None, None)
+    if normalize != "none" and len(shared):
+        mr, mq = ref.loc[shared].mean(0).to_numpy(), qry.loc[shared].mean(0).to_numpy()
+        offsets = (mr, mq)
+    ref = pd.DataFrame(_preprocess(ref.to_numpy(), offsets[0], normalize), index=ref.index, columns=ref_cols)
+    qry = pd.DataFrame(_preprocess(qry.to_numpy(), offsets[1], normalize), index=qry.index,
+                       columns=[str(c) for c in qry.columns])
+    if len(shared) < min_anchors:
+        raise SigelInputError(
+            f"only {len(shared)} genes are embedded in both samples; alignment needs at least {min_anchors}. "
+            "Do the two samples use the same gene identifiers (symbols vs Ensembl IDs)?"
+        )
+    return ref, qry, ref_ctx, qry_ctx, shared, offsets
+
+
+def _anchor_genes(anchors, shared: pd.Index, min_anchors: int) -> tuple[pd.Index, int, str]:
+    """The anchors embedded in both samples, how many were requested and where they came from."""
+    if anchors is None:
+        cand, n_req = _match_anchors(housekeeping_genes(), shared)
+        source = "housekeeping (Eisenberg & Levanon 2013)"
+    elif isinstance(anchors, str) and anchors == "shared":
+        cand, n_req, source = shared, len(shared), "all shared genes"
+    else:
+        if isinstance(anchors, str):
+            raise SigelInputError(f"`anchors` must be None, 'shared' or a list of gene names; got {anchors!r}")
+        cand, n_req = _match_anchors(list(np.atleast_1d(np.asarray(anchors, dtype=object))), shared)
+        source = "user list"
+    n_found = len(cand)
+    logger.info(f"align: {n_found} of {n_req} anchors ({source}) embedded in both samples")
+    if n_found < max(int(min_anchors), 3):
+        raise SigelInputError(
+            f"only {n_found} of {n_req} anchor genes ({source}) are embedded in both samples; need at least "
+            f"{max(int(min_anchors), 3)}. Pass `anchors=` (gene names present in both), or anchors='shared'."
+        )
+    return cand, n_req, source
+
+
+def _anchor_folds(n_found: int, n_folds: int, seed: int) -> tuple[int, np.ndarray]:
+    """Number of folds and each anchor's fold (balanced, seeded), the same for every candidate map."""
+    k = int(min(n_folds, n_found))
+    rng = np.random.default_rng([seed, 7])
+    fold = np.empty(n_found, dtype=int)
+    fold[rng.permutation(n_found)] = np.arange(n_found) % k
+    return k, fold
+
+
+def _cross_validated_map(X, Y, fold, k, method, *, trim, **kw):
+    """Held-out predictions of the anchors by k-fold cross-validation: (method, predictions, CV errors).
+
+    ``method='auto'`` cross-validates the orthogonal and the linear map and
+    keeps the one with the smaller held-out MSE.
+    """
+    def _cv(meth):
+        Yh = np.empty_like(Y)
+        for f in range(k):
+            te = fold == f
+            mf, _ = _fit_map(X[~te], Y[~te], meth, trim=trim, **kw)
+            Yh[te] = mf.predict(X[te])
+        return Yh
+
+    if method != "auto":
+        return method, _cv(method), {}
+    cands = {mt: _cv(mt) for mt in ("orthogonal", "linear")}
+    cv_errors = {mt: float(np.mean(np.sum((Y - yh) ** 2, 1))) for mt, yh in cands.items()}
+    method = min(cv_errors, key=cv_errors.get)
+    logger.info(f"align: method='auto' chose {method!r} (held-out MSE "
+                + ", ".join(f"{a} {b:.4g}" for a, b in cv_errors.items()) + ")")
+    return method, cands[method], cv_errors
+
+
+def _half_embeddings(obj, data, name: str, shared: pd.Index, seed: int):
+    """One sample's two half-sample embeddings: given as a pair of tables, or embedded from its counts."""
+    if isinstance(data, (tuple, list)):
+        if len(data) != 2 or not all(isinstance(d, pd.DataFrame) for d in data):
+            raise SigelInputError(f"`{name}_data` given as a sequence must hold two half-sample "
+                                  "embedding DataFrames (see split_half_embeddings)")
+        return [d.set_axis(d.index.astype(str), axis=0) for d in data]
+    if not hasattr(obj, "transform"):
+        raise SigelInputError(f"`{name}_data` (an AnnData) needs `{name}` to be a fitted sigel.SIGEL model")
+    return split_half_embeddings(obj, data, genes=shared, seed=seed)
+
+
+def _split_half_noise(reference, query, reference_data, query_data, *, shared, offsets, normalize, m, seed):
+    """Split-half noise of every shared gene's vector in the reference space (``None`` without the data)."""
+    if (reference_data is None) != (query_data is None):
+        raise SigelInputError("pass both `reference_data` and `query_data` (or neither)")
+    if reference_data is None:
+        return None
+
+    def _prep(E, off):
+        Z = E.reindex(shared).to_numpy(dtype=np.float64)
+        return _preprocess(Z, off, normalize)
+
+    ra, rb = _half_embeddings(reference, reference_data, "reference", shared, seed)
+    qa, qb = _half_embeddings(query, query_data, "query", shared, seed + 1)
+    mr0, mq0 = offsets
+    d_r = np.linalg.norm(_prep(ra, mr0) - _prep(rb, mr0), axis=1)
+    Qa, Qb = _prep(qa, mq0), _prep(qb, mq0)
+    okq = np.isfinite(Qa).all(1) & np.isfinite(Qb).all(1)
+    d_q = np.full(len(shared), np.nan)
+    if okq.any():
+        d_q[okq] = np.linalg.norm(m.predict(Qa[okq]) - m.predict(Qb[okq]), axis=1)
+    n_miss = int((~np.isfinite(d_r) | ~np.isfinite(d_q)).sum())
+    if n_miss:
+        logger.warning(f"align: {n_miss} genes dropped by the image filters in a half sample; "
+                       "their noise is set to the largest observed")
+    d_r = np.where(np.isfinite(d_r), d_r, np.nanmax(d_r))
+    d_q = np.where(np.isfinite(d_q), d_q, np.nanmax(d_q))
+    noise = pd.DataFrame({"reference": d_r, "query": d_q, "total": np.sqrt(d_r**2 + d_q**2)}, index=shared)
+    noise.index.name = "gene"
+    return noise
+
+
+def _fit_diagnostics(Y, Yhat, resid, ho, cv_errors, **counts) -> dict:
+    """``counts`` followed by in-sample and held-out RMSE / relative error and held-out nearest-anchor accuracy."""
+    tot = float(((Y - Y.mean(0)) ** 2).sum(1).mean())
+    return dict(
+        **counts,
+        rmse=float(np.sqrt(np.mean(resid**2))), heldout_rmse=float(np.sqrt(np.mean(ho**2))),
+        relative_error=float(np.mean(resid**2) / tot) if tot > 0 else float("nan"),
+        heldout_relative_error=float(np.mean(ho**2) / tot) if tot > 0 else float("nan"),
+        heldout_nn_accuracy=_self_nn_accuracy(Yhat, Y),
+        method_cv_mse=cv_errors,
+    )
+
+
 def align(reference, query, anchors=None, *, method: str = "auto", normalize: str = "center",
           center: bool = True, scale: bool = True, alpha: float = 1.0, hidden: int = 32, trim: float = 0.0,
           n_folds: int = 5, min_anchors: int = 5, reference_data=None, query_data=None,
@@ -467,50 +613,11 @@ def align(reference, query, anchors=None, *, method: str = "auto", normalize: st
     """
     assert_one_of("method", method, _METHODS + ("auto",))
     method_requested = method
-    if normalize is True or normalize is False:  # accept booleans: True = 'unit', False = 'none'
-        normalize = "unit" if normalize else "none"
-    assert_one_of("normalize", normalize, ("center", "unit", "none"))
-    assert_in_range("trim", trim, 0.0, 0.5)
-    assert_positive("n_folds", n_folds)
-    assert_positive("alpha", alpha, allow_zero=True)
-    assert_positive("hidden", hidden)
+    normalize = _check_align_options(normalize, trim, n_folds, alpha, hidden)
     seed = settings.seed if seed is None else int(seed)
-    ref, ref_ctx = _read_sample(reference, "reference")
-    qry, qry_ctx = _read_sample(query, "query")
-    if ref.shape[1] < 2 or qry.shape[1] < 2:
-        raise SigelInputError(f"embeddings need at least 2 dimensions; got {ref.shape[1]} and {qry.shape[1]}")
-    ref_cols = [str(c) for c in ref.columns]
-    shared = ref.index[ref.index.isin(qry.index)]
-    offsets = (None, None)
-    if normalize != "none" and len(shared):
-        mr, mq = ref.loc[shared].mean(0).to_numpy(), qry.loc[shared].mean(0).to_numpy()
-        offsets = (mr, mq)
-    ref = pd.DataFrame(_preprocess(ref.to_numpy(), offsets[0], normalize), index=ref.index, columns=ref_cols)
-    qry = pd.DataFrame(_preprocess(qry.to_numpy(), offsets[1], normalize), index=qry.index,
-                       columns=[str(c) for c in qry.columns])
-    if len(shared) < min_anchors:
-        raise SigelInputError(
-            f"only {len(shared)} genes are embedded in both samples; alignment needs at least {min_anchors}. "
-            "Do the two samples use the same gene identifiers (symbols vs Ensembl IDs)?"
-        )
-    # ---- anchors
-    if anchors is None:
-        cand, n_req = _match_anchors(housekeeping_genes(), shared)
-        source = "housekeeping (Eisenberg & Levanon 2013)"
-    elif isinstance(anchors, str) and anchors == "shared":
-        cand, n_req, source = shared, len(shared), "all shared genes"
-    else:
-        if isinstance(anchors, str):
-            raise SigelInputError(f"`anchors` must be None, 'shared' or a list of gene names; got {anchors!r}")
-        cand, n_req = _match_anchors(list(np.atleast_1d(np.asarray(anchors, dtype=object))), shared)
-        source = "user list"
+    ref, qry, ref_ctx, qry_ctx, shared, offsets = _prepared_samples(reference, query, normalize, min_anchors)
+    cand, n_req, source = _anchor_genes(anchors, shared, min_anchors)
     n_found = len(cand)
-    logger.info(f"align: {n_found} of {n_req} anchors ({source}) embedded in both samples")
-    if n_found < max(int(min_anchors), 3):
-        raise SigelInputError(
-            f"only {n_found} of {n_req} anchor genes ({source}) are embedded in both samples; need at least "
-            f"{max(int(min_anchors), 3)}. Pass `anchors=` (gene names present in both), or anchors='shared'."
-        )
     D = max(ref.shape[1], qry.shape[1])
     if n_found < 2 * D and method in ("orthogonal", "mlp"):
         logger.warning(f"align: {n_found} anchors for {D} dimensions: the map is poorly determined; "
@@ -518,94 +625,30 @@ def align(reference, query, anchors=None, *, method: str = "auto", normalize: st
     kw = dict(center=center, scale=scale, alpha=alpha, hidden=hidden, seed=seed)
     X = qry.loc[cand].to_numpy()
     Y = ref.loc[cand].to_numpy()
-    # ---- k-fold cross-validation over the anchors (same folds for every candidate map)
-    k = int(min(n_folds, n_found))
-    rng = np.random.default_rng([seed, 7])
-    fold = np.empty(n_found, dtype=int)
-    fold[rng.permutation(n_found)] = np.arange(n_found) % k
-
-    def _cv(meth):
-        Yh = np.empty_like(Y)
-        for f in range(k):
-            te = fold == f
-            mf, _ = _fit_map(X[~te], Y[~te], meth, trim=trim, **kw)
-            Yh[te] = mf.predict(X[te])
-        return Yh
-
-    cv_errors = {}
-    if method == "auto":
-        cands = {mt: _cv(mt) for mt in ("orthogonal", "linear")}
-        cv_errors = {mt: float(np.mean(np.sum((Y - yh) ** 2, 1))) for mt, yh in cands.items()}
-        method = min(cv_errors, key=cv_errors.get)
-        Yhat = cands[method]
-        logger.info(f"align: method='auto' chose {method!r} (held-out MSE "
-                    + ", ".join(f"{a} {b:.4g}" for a, b in cv_errors.items()) + ")")
-    else:
-        Yhat = _cv(method)
+    k, fold = _anchor_folds(n_found, n_folds, seed)
+    method, Yhat, cv_errors = _cross_validated_map(X, Y, fold, k, method, trim=trim, **kw)
     m, keep = _fit_map(X, Y, method, trim=trim, **kw)
     resid = np.linalg.norm(Y - m.predict(X), axis=1)
     ho = np.linalg.norm(Y - Yhat, axis=1)
-    # ---- split-half noise of every shared gene's vector
-    noise = None
-    if (reference_data is None) != (query_data is None):
-        raise SigelInputError("pass both `reference_data` and `query_data` (or neither)")
-    if reference_data is not None:
-        def _halves(obj, data, nm, s):
-            if isinstance(data, (tuple, list)):
-                if len(data) != 2 or not all(isinstance(d, pd.DataFrame) for d in data):
-                    raise SigelInputError(f"`{nm}_data` given as a sequence must hold two half-sample "
-                                          "embedding DataFrames (see split_half_embeddings)")
-                return [d.set_axis(d.index.astype(str), axis=0) for d in data]
-            if not hasattr(obj, "transform"):
-                raise SigelInputError(f"`{nm}_data` (an AnnData) needs `{nm}` to be a fitted sigel.SIGEL model")
-            return split_half_embeddings(obj, data, genes=shared, seed=s)
-
-        def _prep(E, off):
-            Z = E.reindex(shared).to_numpy(dtype=np.float64)
-            return _preprocess(Z, off, normalize)
-
-        ra, rb = _halves(reference, reference_data, "reference", seed)
-        qa, qb = _halves(query, query_data, "query", seed + 1)
-        mr0, mq0 = offsets
-        d_r = np.linalg.norm(_prep(ra, mr0) - _prep(rb, mr0), axis=1)
-        Qa, Qb = _prep(qa, mq0), _prep(qb, mq0)
-        okq = np.isfinite(Qa).all(1) & np.isfinite(Qb).all(1)
-        d_q = np.full(len(shared), np.nan)
-        if okq.any():
-            d_q[okq] = np.linalg.norm(m.predict(Qa[okq]) - m.predict(Qb[okq]), axis=1)
-        n_miss = int((~np.isfinite(d_r) | ~np.isfinite(d_q)).sum())
-        if n_miss:
-            logger.warning(f"align: {n_miss} genes dropped by the image filters in a half sample; "
-                           "their noise is set to the largest observed")
-        d_r = np.where(np.isfinite(d_r), d_r, np.nanmax(d_r))
-        d_q = np.where(np.isfinite(d_q), d_q, np.nanmax(d_q))
-        noise = pd.DataFrame({"reference": d_r, "query": d_q, "total": np.sqrt(d_r**2 + d_q**2)}, index=shared)
-        noise.index.name = "gene"
+    noise = _split_half_noise(reference, query, reference_data, query_data, shared=shared, offsets=offsets,
+                              normalize=normalize, m=m, seed=seed)
     # ---- outputs
-    aligned = pd.DataFrame(m.predict(qry.to_numpy()), index=qry.index, columns=ref_cols)
+    aligned = pd.DataFrame(m.predict(qry.to_numpy()), index=qry.index, columns=ref.columns)
     heldout = aligned.loc[shared].copy()
     heldout.loc[cand] = Yhat
     tab = pd.DataFrame({"residual": resid, "heldout_shift": ho, "used": keep, "fold": fold}, index=cand)
     tab.index.name = "gene"
-    tot = float(((Y - Y.mean(0)) ** 2).sum(1).mean())
-    nn_acc = _self_nn_accuracy(Yhat, Y)
-    diag = dict(
-        method=method, anchor_source=source, n_anchors_requested=int(n_req), n_anchors=int(n_found),
-        n_anchors_used=int(keep.sum()), n_shared=int(len(shared)), n_reference=int(ref.shape[0]),
-        n_query=int(qry.shape[0]), n_folds=k,
-        rmse=float(np.sqrt(np.mean(resid**2))), heldout_rmse=float(np.sqrt(np.mean(ho**2))),
-        relative_error=float(np.mean(resid**2) / tot) if tot > 0 else float("nan"),
-        heldout_relative_error=float(np.mean(ho**2) / tot) if tot > 0 else float("nan"),
-        heldout_nn_accuracy=nn_acc,
-        method_cv_mse=cv_errors,
-    )
+    diag = _fit_diagnostics(Y, Yhat, resid, ho, cv_errors, method=method, anchor_source=source,
+                            n_anchors_requested=int(n_req), n_anchors=int(n_found), n_anchors_used=int(keep.sum()),
+                            n_shared=int(len(shared)), n_reference=int(ref.shape[0]), n_query=int(qry.shape[0]),
+                            n_folds=k)
     params = dict(method=method_requested, normalize=normalize, center=bool(center), scale=bool(scale),
                   alpha=float(alpha), hidden=int(hidden), trim=float(trim), n_folds=int(n_folds),
                   min_anchors=int(min_anchors), seed=seed,
                   anchors=None if anchors is None else ("shared" if isinstance(anchors, str) else "list"))
     logger.info(f"align ({method}): {len(shared):,} shared genes, {n_found} anchors; held-out RMSE "
                 f"{diag['heldout_rmse']:.3f}, relative error {diag['heldout_relative_error']:.3f}, "
-                f"nearest-anchor accuracy {nn_acc:.2f}")
+                f"nearest-anchor accuracy {diag['heldout_nn_accuracy']:.2f}")
     return Alignment(reference=ref, query=qry, aligned=aligned, heldout=heldout, anchors=cand,
                      anchor_table=tab, method=method, params=params, diagnostics=diag,
                      reference_contexts=ref_ctx, query_contexts=qry_ctx, noise=noise, map_=m,
@@ -744,9 +787,7 @@ def shifted_genes(alignment: Alignment, *, metric: str = "euclidean", null: str 
 
         p = norm.sf(z)
     else:
-        nul = np.sort(resid[is_anchor])
-        ge = len(nul) - np.searchsorted(nul, resid, side="left")
-        p = (1.0 + ge) / (1.0 + len(nul))
+        p = _empirical_pvalues(resid[is_anchor], resid)
     q = _bh(p)
     tab = pd.DataFrame({"shift": shift, "cosine": cos, "score": z, "pval": p, "qval": q, "anchor": is_anchor},
                        index=genes)
@@ -768,12 +809,25 @@ def shifted_genes(alignment: Alignment, *, metric: str = "euclidean", null: str 
     return tab
 
 
+def _unit_vectors(alignment: Alignment, genes) -> tuple[np.ndarray, np.ndarray]:
+    """Unit-length reference and held-out aligned query vectors of ``genes``."""
+    R = unit_rows(alignment.reference.loc[genes].to_numpy())
+    Q = unit_rows(alignment.heldout.loc[genes].to_numpy())
+    return R, Q
+
+
+def _empirical_pvalues(null: np.ndarray, stat: np.ndarray) -> np.ndarray:
+    """Fraction (+1 smoothed) of ``null`` values at least as large as each ``stat``."""
+    nul = np.sort(null)
+    ge = len(nul) - np.searchsorted(nul, stat, side="left")
+    return (1.0 + ge) / (1.0 + len(nul))
+
+
 def _pair_null(alignment: Alignment, max_pairs: int, rng):
     """Anchor-anchor pairs (indices into ``alignment.anchors``) and their cosine change
     (held-out aligned anchors)."""
     a = alignment.anchors
-    R = unit_rows(alignment.reference.loc[a].to_numpy())
-    Q = unit_rows(alignment.heldout.loc[a].to_numpy())
+    R, Q = _unit_vectors(alignment, a)
     n = len(a)
     n_all = n * (n - 1) // 2
     if n_all <= max_pairs:
@@ -797,13 +851,13 @@ def _gene_change_scale(alignment: Alignment, genes: pd.Index, n_probe: int, rng)
     shared = alignment.shared
     m = int(min(n_probe, len(shared)))
     probe = shared[np.sort(rng.choice(len(shared), size=m, replace=False))]
-    Rp = unit_rows(alignment.reference.loc[probe].to_numpy())
-    Qp = unit_rows(alignment.heldout.loc[probe].to_numpy())
+    Rp, Qp = _unit_vectors(alignment, probe)
     out = np.empty(len(genes))
     self_pos = pd.Series(np.arange(m), index=probe)
     for s in range(0, len(genes), 2048):
         g = genes[s:s + 2048]
-        D = unit_rows(alignment.heldout.loc[g].to_numpy()) @ Qp.T - unit_rows(alignment.reference.loc[g].to_numpy()) @ Rp.T
+        Rg, Qg = _unit_vectors(alignment, g)
+        D = Qg @ Qp.T - Rg @ Rp.T
         hit = g.isin(probe)
         if hit.any():  # leave out the gene itself
             D[np.nonzero(hit)[0], self_pos.loc[g[hit]].to_numpy()] = np.nan
@@ -811,6 +865,95 @@ def _gene_change_scale(alignment: Alignment, genes: pd.Index, n_probe: int, rng)
         out[s:s + len(g)] = 1.4826 * np.nanmedian(np.abs(D - med), axis=1)
     out = np.where(np.isfinite(out) & (out > 0), out, np.nanmedian(out))
     return pd.Series(out, index=genes)
+
+
+def _gene_names(genes) -> pd.Index:
+    """Gene names given as one name or a list, as a string Index."""
+    return pd.Index([str(g) for g in np.atleast_1d(np.asarray(genes, dtype=object))])
+
+
+def _focus_genes(alignment: Alignment, genes, n_genes) -> pd.Index:
+    """The given genes embedded in both samples plus the ``n_genes`` most shifted ones (shared-gene order)."""
+    shared = alignment.shared
+    focus = []
+    if genes is not None:
+        names = _gene_names(genes)
+        miss = names[~names.isin(shared)]
+        if len(miss) == len(names):
+            raise SigelInputError(f"none of `genes` is embedded in both samples (e.g. {list(miss[:5])})")
+        if len(miss):
+            logger.warning(f"altered_interactions: {len(miss)} of {len(names)} genes not embedded in both "
+                           f"samples, skipped (e.g. {', '.join(miss[:5])})")
+        focus.extend(names[names.isin(shared)])
+    if n_genes is None:
+        n_genes = 50 if genes is None else 0
+    if n_genes > 0:
+        focus.extend(shifted_genes(alignment).index[: int(n_genes)])
+    return shared[shared.isin(pd.unique(np.asarray(focus, dtype=object)))]
+
+
+def _partner_genes(alignment: Alignment, partners) -> pd.Index:
+    """The partner genes embedded in both samples (default: every shared gene)."""
+    shared = alignment.shared
+    if partners is None:
+        return shared
+    part = shared[shared.isin(_gene_names(partners))]
+    if len(part) == 0:
+        raise SigelInputError("none of `partners` is embedded in both samples")
+    return part
+
+
+def _pair_cosines(alignment: Alignment, focus: pd.Index, part: pd.Index):
+    """Focus x partner pairs, each unordered pair once: (focus index, partner index, cos_reference, cos_query)."""
+    Rf, Qf = _unit_vectors(alignment, focus)
+    Rp, Qp = _unit_vectors(alignment, part)
+    cr = Rf @ Rp.T
+    cq = Qf @ Qp.T
+    # keep each unordered pair once: drop self pairs, and for focus-focus pairs keep one order
+    pos = pd.Series(np.arange(len(alignment.shared)), index=alignment.shared)
+    pf = pos.loc[focus].to_numpy()[:, None]
+    pp = pos.loc[part].to_numpy()[None, :]
+    both = np.isin(part, focus)[None, :]
+    valid = (pf != pp) & ~(both & (pp < pf))
+    fi, pj = np.nonzero(valid)
+    return fi, pj, cr[fi, pj], cq[fi, pj]
+
+
+def _standardized_changes(alignment: Alignment, standardize: str, focus, part, fi, pj, delta, ni, nj, dnull, *,
+                          n_probe: int, seed: int):
+    """The tested pairs' and the anchor pairs' cosine changes, scaled as ``standardize`` says."""
+    anc = alignment.anchors
+    if standardize == "genes":
+        need = focus.union(part, sort=False).union(anc, sort=False)
+        sg = _gene_change_scale(alignment, need, n_probe, np.random.default_rng([seed, 17]))
+        t = delta / np.sqrt(sg.loc[focus].to_numpy()[fi] ** 2 + sg.loc[part].to_numpy()[pj] ** 2)
+        sa = sg.loc[anc].to_numpy()
+        return t, dnull / np.sqrt(sa[ni] ** 2 + sa[nj] ** 2)
+    if standardize == "noise":
+        if alignment.noise is None:
+            raise SigelInputError("standardize='noise' needs a noise estimate; call "
+                                  "align(..., reference_data=adata_ref, query_data=adata_query)")
+        nz2 = alignment.noise["total"] ** 2
+        na = nz2.reindex(anc).to_numpy()
+        xnull = na[ni] + na[nj]
+        a_, b_ = _gamma_identity_fit(dnull**2 + 1e-12, xnull)
+        x = nz2.reindex(focus).to_numpy()[fi] + nz2.reindex(part).to_numpy()[pj]
+        return delta / np.sqrt(a_ * x + b_), dnull / np.sqrt(a_ * xnull + b_)
+    return delta, dnull
+
+
+def _ranked_pairs(alignment: Alignment, ga, gb, cr, cq, delta, z, p) -> pd.DataFrame:
+    """The pair table with q-values and contexts, sorted by p (then |score|) and ranked."""
+    tab = pd.DataFrame({"gene_a": ga, "gene_b": gb, "cos_reference": cr, "cos_query": cq, "delta": delta,
+                        "score": z, "pval": p, "qval": _bh(p)})
+    for side, ctx in (("reference", alignment.reference_contexts), ("query", alignment.query_contexts)):
+        if ctx is not None:
+            tab[f"context_{side}_a"] = ctx.reindex(ga).to_numpy()
+            tab[f"context_{side}_b"] = ctx.reindex(gb).to_numpy()
+    order = np.lexsort((-np.abs(z), p))
+    tab = tab.iloc[order].reset_index(drop=True)
+    tab.insert(8, "rank", np.arange(1, len(tab) + 1))
+    return tab
 
 
 def altered_interactions(alignment: Alignment, genes=None, *, n_genes: int | None = None, partners=None,
@@ -896,67 +1039,16 @@ def altered_interactions(alignment: Alignment, genes=None, *, n_genes: int | Non
     assert_positive("max_null_pairs", max_null_pairs)
     assert_positive("n_probe", n_probe)
     seed = settings.seed if seed is None else int(seed)
-    shared = alignment.shared
-    focus = []
-    if genes is not None:
-        names = pd.Index([str(g) for g in np.atleast_1d(np.asarray(genes, dtype=object))])
-        miss = names[~names.isin(shared)]
-        if len(miss) == len(names):
-            raise SigelInputError(f"none of `genes` is embedded in both samples (e.g. {list(miss[:5])})")
-        if len(miss):
-            logger.warning(f"altered_interactions: {len(miss)} of {len(names)} genes not embedded in both "
-                           f"samples, skipped (e.g. {', '.join(miss[:5])})")
-        focus.extend(names[names.isin(shared)])
-    if n_genes is None:
-        n_genes = 50 if genes is None else 0
-    if n_genes > 0:
-        focus.extend(shifted_genes(alignment).index[: int(n_genes)])
-    focus = shared[shared.isin(pd.unique(np.asarray(focus, dtype=object)))]
-    if partners is None:
-        part = shared
-    else:
-        pn = pd.Index([str(g) for g in np.atleast_1d(np.asarray(partners, dtype=object))])
-        part = shared[shared.isin(pn)]
-        if len(part) == 0:
-            raise SigelInputError("none of `partners` is embedded in both samples")
+    focus = _focus_genes(alignment, genes, n_genes)
+    part = _partner_genes(alignment, partners)
     if len(focus) == 0 or (len(part) < 2 and len(focus) < 2):
         raise SigelInputError("need at least one focus gene and one other partner gene")
-    Rf = unit_rows(alignment.reference.loc[focus].to_numpy())
-    Qf = unit_rows(alignment.heldout.loc[focus].to_numpy())
-    Rp = unit_rows(alignment.reference.loc[part].to_numpy())
-    Qp = unit_rows(alignment.heldout.loc[part].to_numpy())
-    cr = Rf @ Rp.T
-    cq = Qf @ Qp.T
-    # keep each unordered pair once: drop self pairs, and for focus-focus pairs keep one order
-    pos = pd.Series(np.arange(len(shared)), index=shared)
-    pf = pos.loc[focus].to_numpy()[:, None]
-    pp = pos.loc[part].to_numpy()[None, :]
-    both = np.isin(part, focus)[None, :]
-    valid = (pf != pp) & ~(both & (pp < pf))
-    fi, pj = np.nonzero(valid)
-    cr, cq = cr[fi, pj], cq[fi, pj]
+    fi, pj, cr, cq = _pair_cosines(alignment, focus, part)
     delta = cq - cr
     rng = np.random.default_rng([seed, 11])
     ni, nj, dnull = _pair_null(alignment, int(max_null_pairs), rng)
-    anc = alignment.anchors
-    if standardize == "genes":
-        need = focus.union(part, sort=False).union(anc, sort=False)
-        sg = _gene_change_scale(alignment, need, int(n_probe), np.random.default_rng([seed, 17]))
-        t = delta / np.sqrt(sg.loc[focus].to_numpy()[fi] ** 2 + sg.loc[part].to_numpy()[pj] ** 2)
-        sa = sg.loc[anc].to_numpy()
-        tnull = dnull / np.sqrt(sa[ni] ** 2 + sa[nj] ** 2)
-    elif standardize == "noise":
-        if alignment.noise is None:
-            raise SigelInputError("standardize='noise' needs a noise estimate; call "
-                                  "align(..., reference_data=adata_ref, query_data=adata_query)")
-        nz2 = alignment.noise["total"] ** 2
-        na = nz2.reindex(anc).to_numpy()
-        xnull = na[ni] + na[nj]
-        a_, b_ = _gamma_identity_fit(dnull**2 + 1e-12, xnull)
-        x = nz2.reindex(focus).to_numpy()[fi] + nz2.reindex(part).to_numpy()[pj]
-        t, tnull = delta / np.sqrt(a_ * x + b_), dnull / np.sqrt(a_ * xnull + b_)
-    else:
-        t, tnull = delta, dnull
+    t, tnull = _standardized_changes(alignment, standardize, focus, part, fi, pj, delta, ni, nj, dnull,
+                                     n_probe=int(n_probe), seed=seed)
     loc, sc = _robust_loc_scale(tnull)
     z = (t - loc) / sc
     if null == "normal":
@@ -964,20 +1056,8 @@ def altered_interactions(alignment: Alignment, genes=None, *, n_genes: int | Non
 
         p = np.minimum(2 * norm.sf(np.abs(z)), 1.0)
     else:
-        an = np.sort(np.abs(tnull - loc))
-        ge = len(an) - np.searchsorted(an, np.abs(t - loc), side="left")
-        p = (1.0 + ge) / (1.0 + len(an))
-    q = _bh(p)
-    ga, gb = focus.to_numpy()[fi], part.to_numpy()[pj]
-    tab = pd.DataFrame({"gene_a": ga, "gene_b": gb, "cos_reference": cr, "cos_query": cq, "delta": delta,
-                        "score": z, "pval": p, "qval": q})
-    for side, ctx in (("reference", alignment.reference_contexts), ("query", alignment.query_contexts)):
-        if ctx is not None:
-            tab[f"context_{side}_a"] = ctx.reindex(ga).to_numpy()
-            tab[f"context_{side}_b"] = ctx.reindex(gb).to_numpy()
-    order = np.lexsort((-np.abs(z), p))
-    tab = tab.iloc[order].reset_index(drop=True)
-    tab.insert(8, "rank", np.arange(1, len(tab) + 1))
+        p = _empirical_pvalues(np.abs(tnull - loc), np.abs(t - loc))
+    tab = _ranked_pairs(alignment, focus.to_numpy()[fi], part.to_numpy()[pj], cr, cq, delta, z, p)
     n_tested = len(tab)
     n_sig = int((tab["qval"] < 0.05).sum())
     if top is not None:
