@@ -43,7 +43,8 @@ def write_outputs(model, out: Path, *, title: str) -> dict:
     mem.index.name = "gene"
     mem.to_csv(out / "memberships.tsv", sep="\t")
     hist = model.history_.reset_index(drop=True)
-    (out / "history.json").write_text(json.dumps(hist.to_dict(orient="records"), indent=1))
+    records = hist.astype(object).where(hist.notna(), None).to_dict(orient="records")  # NaN -> null (strict JSON)
+    (out / "history.json").write_text(json.dumps(records, indent=1, allow_nan=False))
     model.save(out / "model")
     write_report(model, out / "report.html", title=title)
     (out / OUTPUTS_FILE).write_text(json.dumps({"format": "sigel-outputs", "files": list(OUTPUT_NAMES)}, indent=1))

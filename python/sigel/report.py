@@ -103,7 +103,14 @@ def write_report(model, path, *, title: str = "sigel report", n_example_genes: i
         The written file.
     """
     from . import pl
+    from ._validate import SigelInputError
 
+    if getattr(model, "contexts_", None) is None:
+        raise SigelInputError("write_report needs a fitted SIGEL model; call fit() first")
+    if getattr(model, "images_", None) is None:
+        raise SigelInputError(
+            "write_report draws the model's training images, and this model has none (a model loaded from disk "
+            "does not keep them): set model.images_ = model.images_for(adata) with the data it was fitted on")
     path = Path(path)
     ctx = model.contexts_
     sizes = ctx["context"].value_counts()

@@ -51,7 +51,8 @@ def read_tables(out):
     emb = pd.read_csv(out / "embeddings.tsv", sep="\t", index_col="gene")
     ctx = pd.read_csv(out / "contexts.tsv", sep="\t", index_col="gene")
     mem = pd.read_csv(out / "memberships.tsv", sep="\t", index_col="gene")
-    hist = json.loads((out / "history.json").read_text())
+    # strict JSON (no bare NaN): what jq or a browser would accept
+    hist = json.loads((out / "history.json").read_text(), parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))
     return emb, ctx, mem, hist
 
 
@@ -360,3 +361,19 @@ def test_report_shows_every_example_gene_it_can(fitted, tmp_path, monkeypatch):
     n_used = fitted.contexts_["context"].nunique()
     assert len(shown[0]) == n_used and len(set(shown[0])) == n_used
     assert parse_report((tmp_path / "r.html").read_text(encoding="utf-8"))["title"] == "sigel report"
+
+
+def test_report_of_a_loaded_model_says_what_it_needs(fitted, tmp_path):
+    """A model loaded from disk keeps no images: a clear error naming the fix, and the fix works."""
+    from sigel._validate import SigelInputError
+    from sigel.report import write_report
+
+    fitted.save(tmp_path / "m")
+    loaded = SIGEL.load(tmp_path / "m")
+    with pytest.raises(SigelInputError, match="images_for"):
+        write_report(loaded, tmp_path / "r.html")
+    assert not (tmp_path / "r.html").exists()
+    loaded.images_ = fitted.images_
+    assert write_report(loaded, tmp_path / "r.html").read_text().count("<img") >= 4
+    with pytest.raises(SigelInputError, match="fitted"):
+        write_report(SIGEL(), tmp_path / "r2.html")
