@@ -613,106 +613,161 @@ class Trainer:
     # -- loop -------------------------------------------------------------
     def fit(self) -> TrainResult:
         """Train; returns a :class:`TrainResult`."""
-        from tqdm.auto import tqdm
-
-        cfg, model, images, device = self.cfg, self.model, self.images, self.device
+        cfg = self.cfg
         t_start = time.perf_counter()
-        G = images.n_genes
         batch_gen = torch.Generator().manual_seed(self.seed)
-        mask_gen = torch.Generator(device=device).manual_seed(self.seed + 1)
+        mask_gen = torch.Generator(device=self.device).manual_seed(self.seed + 1)
+        graph = self._scaffold_graph()
+        optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay)
+        total_steps, warmup_steps = self._step_budget()
+        loop = _Loop(optimizer=optimizer, batch_gen=batch_gen, mask_gen=mask_gen, graph=graph,
+                     total_steps=total_steps, warmup_steps=warmup_steps)
+        if self.checkpoint is not None:
+            restored = self.checkpoint.restore(self, optimizer, batch_gen, mask_gen)
+            if restored is not None:
+                loop.start, loop.step = restored["epoch"], restored["step"]
+                loop.prev_labels, loop.history = restored["prev_labels"], restored["history"]
+        self._run_epochs(loop)
 
-        graph = None
-        if cfg.refine and cfg.scaffold and cfg.scaffold_weight > 0 and G > 1:
-            t0 = time.perf_counter()
-            graph = self._build_graph()
-            logger.info("scaffold: %d genes x %d neighbours (%.1f s)", G, graph.k, time.perf_counter() - t0)
+        # final embeddings and memberships under the final weights
+        Z = self._embed()
+        self._check_spread(Z, max(loop.epoch, 0))
+        resp = self._fit_mixture(Z, cfg.final_em_iters, loop.prev_labels is None)
+        return TrainResult(
+            embeddings=Z.detach().cpu().numpy().astype(np.float32),
+            memberships=resp.detach().cpu().double().numpy(),
+            history=loop.history,
+            stop_reason=loop.stop_reason,
+            epochs_run=len(loop.history),
+            graph=graph,
+            seconds=time.perf_counter() - t_start,
+        )
 
-        optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    def _scaffold_graph(self):
+        """The scaffold graph when the scaffold term is on (``None`` otherwise), timed in the log."""
+        cfg, G = self.cfg, self.images.n_genes
+        if not (cfg.refine and cfg.scaffold and cfg.scaffold_weight > 0 and G > 1):
+            return None
+        t0 = time.perf_counter()
+        graph = self._build_graph()
+        logger.info("scaffold: %d genes x %d neighbours (%.1f s)", G, graph.k, time.perf_counter() - t0)
+        return graph
+
+    def _step_budget(self) -> tuple[int, int]:
+        """Total gradient steps and warm-up steps of the learning-rate schedule."""
+        cfg = self.cfg
         steps_per_epoch = self._steps_per_epoch()
         total_steps = steps_per_epoch * max(cfg.epochs, 1)
         # warm-up: `warmup_epochs` epochs but at least 50 steps (transformers need it), at most 1/10 of training
         warmup_steps = min(max(steps_per_epoch * cfg.warmup_epochs, 50), max(total_steps // 10, 1))
+        return total_steps, warmup_steps
 
-        history: list = []
-        prev_labels = None
-        stop_reason = "max_epochs"
-        step = 0
-        epoch = start = -1
-        if self.checkpoint is not None:
-            loop = self.checkpoint.restore(self, optimizer, batch_gen, mask_gen)
-            if loop is not None:
-                start, step, prev_labels, history = loop["epoch"], loop["step"], loop["prev_labels"], loop["history"]
-        bar = tqdm(total=cfg.epochs, initial=max(start, 0), disable=not self.progress, desc="sigel", unit="epoch",
-                   leave=True)
+    def _run_epochs(self, loop: _Loop) -> None:
+        """The epochs from ``loop.start`` on, until the epoch limit or convergence, under a progress bar."""
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        bar = tqdm(total=cfg.epochs, initial=max(loop.start, 0), disable=not self.progress, desc="sigel",
+                   unit="epoch", leave=True)
         try:
-            for epoch in range(max(start, 0), cfg.epochs):
-                t0 = time.perf_counter()
-                refining = cfg.refine and epoch >= cfg.pretrain_epochs
-                need_Z = refining or (graph is not None and cfg.scaffold_end > epoch) or cfg.invariance_weight > 0
-                rec = {"epoch": epoch + 1, "phase": "refine" if refining else "pretrain"}
-                resp = selected = None
-                Z = None
-                if need_Z:
-                    Z = self._embed()
-                    self._check_spread(Z, epoch)
-                    rec.update(self._diagnostics(Z))
-                if refining:
-                    first = prev_labels is None
-                    resp = self._fit_mixture(Z, cfg.init_em_iters if first else cfg.em_iters, first)
-                    labels = resp.argmax(1)
-                    change = label_change(prev_labels, labels)
-                    prev_labels = labels
-                    frac = schedule(epoch, cfg.pretrain_epochs, cfg.ramp_epochs, cfg.select_start, cfg.select_end)
-                    rec.update(label_change=change, select_fraction=frac,
-                               n_contexts_used=int(torch.unique(labels).numel()),
-                               mixture_log_posterior=(float(self.mixture.history_[-1]) / G
-                                                      if self.mixture.history_ else math.nan))
-                    if (not first and epoch >= cfg.ramp_end and change < cfg.tol):
-                        stop_reason = "converged"
-                        rec["seconds"] = time.perf_counter() - t0
-                        history.append(rec)
-                        bar.update(1)
-                        bar.set_postfix(change=f"{change:.4f}", s=f"{rec['seconds']:.1f}")
-                        break
-                    selected = select_confident(resp, frac)
-                    rec["n_selected"] = int(selected.sum())
-                if self.callback is not None:
-                    self.callback(epoch, rec, Z, resp)
-                if Z is None:
-                    Z = torch.zeros(G, model.embed_dim, device=device)
-                state = self._state(Z, resp, selected, epoch, graph)
-                rec["scaffold_weight"] = state.weights["scaffold"]
-                batches = self._batches(batch_gen)
-                terms = self._gradient_steps(batches, optimizer, state, step0=step, total_steps=total_steps,
-                                             warmup_steps=warmup_steps, mask_generator=mask_gen, epoch=epoch)
-                step += len(batches)
-                rec["loss"] = terms.pop("total")
-                rec.update(terms)
-                rec["seconds"] = time.perf_counter() - t0
-                history.append(rec)
-                bar.update(1)
-                post = {"loss": f"{rec['loss']:.4f}"}
-                if refining and not math.isnan(rec.get("label_change", math.nan)):
-                    post["change"] = f"{rec['label_change']:.4f}"
-                post["s"] = f"{rec['seconds']:.1f}"
-                bar.set_postfix(post)
-                logger.debug("epoch %d %s", epoch + 1, {k: v for k, v in rec.items()})
-                if self.checkpoint is not None:
-                    self.checkpoint.epoch_end(self, epoch, optimizer, batch_gen, mask_gen, step=step,
-                                              prev_labels=prev_labels, history=history)
+            for epoch in range(max(loop.start, 0), cfg.epochs):
+                loop.epoch = epoch
+                if not self._run_epoch(epoch, loop, bar):
+                    break
         finally:
             bar.close()
 
-        # final embeddings and memberships under the final weights
+    def _run_epoch(self, epoch: int, loop: _Loop, bar) -> bool:
+        """One epoch: embeddings, mixture and selection (when refining), gradient steps; ``False`` once converged."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        refining = cfg.refine and epoch >= cfg.pretrain_epochs
+        rec = {"epoch": epoch + 1, "phase": "refine" if refining else "pretrain"}
+        resp = selected = None
+        Z = self._epoch_embeddings(epoch, refining, loop.graph, rec)
+        if refining:
+            resp, frac, converged = self._refine_labels(Z, epoch, loop, rec)
+            if converged:
+                loop.stop_reason = "converged"
+                rec["seconds"] = time.perf_counter() - t0
+                loop.history.append(rec)
+                bar.update(1)
+                bar.set_postfix(change=f"{rec['label_change']:.4f}", s=f"{rec['seconds']:.1f}")
+                return False
+            selected = select_confident(resp, frac)
+            rec["n_selected"] = int(selected.sum())
+        if self.callback is not None:
+            self.callback(epoch, rec, Z, resp)
+        if Z is None:
+            Z = torch.zeros(self.images.n_genes, self.model.embed_dim, device=self.device)
+        state = self._state(Z, resp, selected, epoch, loop.graph)
+        rec["scaffold_weight"] = state.weights["scaffold"]
+        batches = self._batches(loop.batch_gen)
+        terms = self._gradient_steps(batches, loop.optimizer, state, step0=loop.step, total_steps=loop.total_steps,
+                                     warmup_steps=loop.warmup_steps, mask_generator=loop.mask_gen, epoch=epoch)
+        loop.step += len(batches)
+        rec["loss"] = terms.pop("total")
+        rec.update(terms)
+        rec["seconds"] = time.perf_counter() - t0
+        loop.history.append(rec)
+        self._report_epoch(bar, rec, refining)
+        if self.checkpoint is not None:
+            self.checkpoint.epoch_end(self, epoch, loop.optimizer, loop.batch_gen, loop.mask_gen, step=loop.step,
+                                      prev_labels=loop.prev_labels, history=loop.history)
+        return True
+
+    def _epoch_embeddings(self, epoch: int, refining: bool, graph, rec: dict):
+        """All genes' embeddings when this epoch needs them (checked, diagnostics into ``rec``), else ``None``."""
+        cfg = self.cfg
+        need_Z = refining or (graph is not None and cfg.scaffold_end > epoch) or cfg.invariance_weight > 0
+        if not need_Z:
+            return None
         Z = self._embed()
-        self._check_spread(Z, max(epoch, 0))
-        resp = self._fit_mixture(Z, cfg.final_em_iters, prev_labels is None)
-        return TrainResult(
-            embeddings=Z.detach().cpu().numpy().astype(np.float32),
-            memberships=resp.detach().cpu().double().numpy(),
-            history=history,
-            stop_reason=stop_reason,
-            epochs_run=len(history),
-            graph=graph,
-            seconds=time.perf_counter() - t_start,
-        )
+        self._check_spread(Z, epoch)
+        rec.update(self._diagnostics(Z))
+        return Z
+
+    def _refine_labels(self, Z: torch.Tensor, epoch: int, loop: _Loop, rec: dict):
+        """The epoch's mixture step: memberships, selected fraction and whether the labels have converged."""
+        cfg = self.cfg
+        first = loop.prev_labels is None
+        resp = self._fit_mixture(Z, cfg.init_em_iters if first else cfg.em_iters, first)
+        labels = resp.argmax(1)
+        change = label_change(loop.prev_labels, labels)
+        loop.prev_labels = labels
+        frac = schedule(epoch, cfg.pretrain_epochs, cfg.ramp_epochs, cfg.select_start, cfg.select_end)
+        rec.update(label_change=change, select_fraction=frac,
+                   n_contexts_used=int(torch.unique(labels).numel()),
+                   mixture_log_posterior=(float(self.mixture.history_[-1]) / self.images.n_genes
+                                          if self.mixture.history_ else math.nan))
+        converged = not first and epoch >= cfg.ramp_end and change < cfg.tol
+        return resp, frac, converged
+
+    @staticmethod
+    def _report_epoch(bar, rec: dict, refining: bool) -> None:
+        """Advance the progress bar with the epoch's loss (and label change), and log the record."""
+        bar.update(1)
+        post = {"loss": f"{rec['loss']:.4f}"}
+        if refining and not math.isnan(rec.get("label_change", math.nan)):
+            post["change"] = f"{rec['label_change']:.4f}"
+        post["s"] = f"{rec['seconds']:.1f}"
+        bar.set_postfix(post)
+        logger.debug("epoch %d %s", rec["epoch"], {k: v for k, v in rec.items()})
+
+
+@dataclass
+class _Loop:
+    """The training loop's running state (what a checkpoint keeps besides the weights and the generators)."""
+
+    optimizer: torch.optim.Optimizer
+    batch_gen: torch.Generator
+    mask_gen: torch.Generator
+    graph: object
+    total_steps: int
+    warmup_steps: int
+    history: list = field(default_factory=list)
+    prev_labels: torch.Tensor | None = None
+    stop_reason: str = "max_epochs"
+    step: int = 0
+    start: int = -1
+    epoch: int = -1
