@@ -234,6 +234,123 @@ def _resolve_scores(score, adata, model, genes, *, layer, spatial_key, library_s
 
 
 # ================================================================ prune_genes
+def _is_fraction(keep) -> bool:
+    """True when ``keep`` is a fraction of each group (a non-integral float), False for a count."""
+    return isinstance(keep, (float, np.floating)) and not float(keep).is_integer()
+
+
+def _check_prune_inputs(model, adata, keep, alpha, drop):
+    """Validate `prune_genes`' inputs; return ``(model, adata)`` (also when given as ``(adata, model)``)."""
+    if _is_anndata(model) and not _is_anndata(adata):  # tolerate (adata, model)
+        model, adata = adata, model
+    if not _is_anndata(adata):
+        raise SigelInputError(f"`adata` must be an AnnData; got {type(adata).__name__}")
+    if isinstance(keep, bool) or not isinstance(keep, (int, float, np.integer, np.floating)):
+        raise SigelInputError(f"`keep` must be a fraction in (0, 1] or an integer >= 1; got {keep!r}")
+    if _is_fraction(keep):
+        assert_in_range("keep", float(keep), 1e-12, 1.0)
+    else:
+        assert_positive("keep", keep)
+    if alpha is not None:
+        assert_in_range("alpha", alpha, 0.0, 1.0)
+    assert_one_of("drop", drop, ("groups", "genes"))
+    return model, adata
+
+
+def _fit_defaults(model, adata, layer, library_size_key):
+    """``layer`` and ``library_size_key`` defaulting to those the model was fitted with, when ``adata`` has them."""
+    fit_params = getattr(model, "fit_params_", None) or {}
+    if layer is None and fit_params.get("layer") is not None and fit_params["layer"] in adata.layers:
+        layer = fit_params["layer"]
+    if library_size_key is None and fit_params.get("library_size_key") in adata.obs:
+        library_size_key = fit_params["library_size_key"]
+    return layer, library_size_key
+
+
+def _embedded_genes(emb: pd.DataFrame, adata) -> tuple[pd.Index, pd.Index]:
+    """(all embedded gene names, the embedded genes that are in ``adata``)."""
+    emb_genes = pd.Index(emb.index.astype(str))
+    genes = emb_genes.intersection(pd.Index(adata.var_names.astype(str)), sort=False)
+    if len(genes) == 0:
+        raise SigelInputError("no gene of the model's embeddings is in adata.var_names")
+    if len(genes) < len(emb_genes):
+        logger.info(f"{len(emb_genes) - len(genes)} embedded genes are not in adata; ignored")
+    return emb_genes, genes
+
+
+def _gene_groups(group_by, genes: pd.Index, emb: pd.DataFrame, emb_genes: pd.Index, ctx, *, threshold, linkage,
+                 center) -> tuple[pd.Series, str]:
+    """Group of every gene (given, the model's contexts or a cosine threshold) and how it was obtained."""
+    if isinstance(group_by, pd.Series):
+        grp = group_by.copy()
+        grp.index = grp.index.astype(str)
+        grp = grp.reindex(genes)
+        if grp.isna().any():
+            raise SigelInputError(f"`group_by` has no group for {int(grp.isna().sum())} genes, "
+                                  f"e.g. {list(grp.index[grp.isna()][:5])}")
+        return grp, "given"
+    assert_one_of("group_by", group_by, _GROUP_BY)
+    if group_by == "contexts":
+        if ctx is None:
+            raise SigelInputError("group_by='contexts' needs a fitted sigel.SIGEL model (with contexts_); "
+                                  "use group_by='threshold' for a plain embedding table")
+        c = ctx.copy()
+        c.index = c.index.astype(str)
+        return c.reindex(genes).astype(np.int64), group_by
+    assert_in_range("threshold", threshold, -1.0, 1.0)
+    assert_one_of("linkage", linkage, _LINKAGES)
+    E = emb.set_axis(emb_genes).loc[genes].to_numpy(np.float64)
+    return pd.Series(_threshold_groups(E, float(threshold), linkage, center=bool(center)), index=genes), group_by
+
+
+def _spatial_signal(tab: pd.DataFrame, genes: pd.Index, alpha, min_score, score_method: str):
+    """Per gene: score, q-value (NaN when the score has none) and whether it has spatial signal."""
+    s = pd.to_numeric(tab["score"], errors="coerce").reindex(genes).to_numpy(np.float64)
+    q = (pd.to_numeric(tab["qval"], errors="coerce").reindex(genes).to_numpy(np.float64)
+         if "qval" in tab.columns else np.full(len(genes), np.nan))
+    signal = np.isfinite(s)
+    if alpha is not None and "qval" in tab.columns:
+        signal &= np.nan_to_num(q, nan=1.0) < alpha
+    if min_score is not None:
+        signal &= np.nan_to_num(s, nan=-np.inf) > float(min_score)
+    if not signal.any():
+        warnings.warn(f"no gene has spatial signal ({score_method} q-value < alpha={alpha}"
+                      f"{'' if min_score is None else f', score > {min_score}'}); selecting by score alone",
+                      stacklevel=3)
+        signal = np.isfinite(s)
+    return s, q, signal
+
+
+def _top_per_group(genes: pd.Index, groups: pd.Series, s, q, signal, keep, drop: str):
+    """All genes' table and the selection: the top ``keep`` of each group with signal (vectorised)."""
+    df = pd.DataFrame({"group": groups.to_numpy(), "score": s, "qval": q, "signal": signal}, index=genes)
+    group_signal = df.groupby("group")["signal"].transform("any").to_numpy(bool)
+    size = df.groupby("group")["score"].transform("size").astype(np.int64)
+    df["group_size"] = size
+    if _is_fraction(keep):
+        n_keep = np.ceil(float(keep) * size.to_numpy()).astype(np.int64)
+    else:
+        n_keep = np.full(len(df), int(keep), dtype=np.int64)
+    cand = df[(df["signal"].to_numpy() if drop == "genes" else group_signal & np.isfinite(s))].copy()
+    cand["rank"] = cand.groupby("group")["score"].rank(method="first", ascending=False).astype(np.int64)
+    sel = cand[cand["rank"].to_numpy() <= pd.Series(n_keep, index=df.index).reindex(cand.index).to_numpy()]
+    sel = sel.sort_values(["group", "rank"])[["group", "score", "qval", "rank", "group_size"]]
+    sel.index.name = "gene"
+    return df, sel
+
+
+def _store_selection(adata, key_added: str, df: pd.DataFrame, sel: pd.DataFrame) -> None:
+    """Write the selection (bool), every gene's group and its score to ``adata.var``."""
+    names = pd.Index(adata.var_names.astype(str))
+    _keys.store(adata, "var", key_added, np.asarray(names.isin(sel.index)))
+    gcol = pd.Series(df["group"].reindex(names).to_numpy(), index=adata.var_names)
+    if pd.api.types.is_numeric_dtype(df["group"]):
+        gcol = gcol.astype("Int64")
+    _keys.store(adata, "var", key_added + "_group", gcol)
+    _keys.store(adata, "var", key_added + "_score",
+                pd.Series(df["score"].reindex(names).to_numpy(np.float64), index=adata.var_names))
+
+
 def prune_genes(
     model,
     adata,
@@ -335,58 +452,12 @@ def prune_genes(
     >>> sel = sigel.tl.prune_genes(model, adata, keep=1)  # doctest: +SKIP
     >>> domains = sigel.tl.spatial_domains(adata, sel.index, n_domains=4)  # doctest: +SKIP
     """
-    if _is_anndata(model) and not _is_anndata(adata):  # tolerate (adata, model)
-        model, adata = adata, model
-    if not _is_anndata(adata):
-        raise SigelInputError(f"`adata` must be an AnnData; got {type(adata).__name__}")
-    if isinstance(keep, bool) or not isinstance(keep, (int, float, np.integer, np.floating)):
-        raise SigelInputError(f"`keep` must be a fraction in (0, 1] or an integer >= 1; got {keep!r}")
-    if isinstance(keep, (float, np.floating)) and not float(keep).is_integer():
-        assert_in_range("keep", float(keep), 1e-12, 1.0)
-    else:
-        assert_positive("keep", keep)
-    if alpha is not None:
-        assert_in_range("alpha", alpha, 0.0, 1.0)
-    assert_one_of("drop", drop, ("groups", "genes"))
+    model, adata = _check_prune_inputs(model, adata, keep, alpha, drop)
     emb, ctx = _model_tables(model)
-    fit_params = getattr(model, "fit_params_", None) or {}
-    if layer is None and fit_params.get("layer") is not None and fit_params["layer"] in adata.layers:
-        layer = fit_params["layer"]
-    if library_size_key is None and fit_params.get("library_size_key") in adata.obs:
-        library_size_key = fit_params["library_size_key"]
-    emb_genes = pd.Index(emb.index.astype(str))
-    genes = emb_genes.intersection(pd.Index(adata.var_names.astype(str)), sort=False)
-    if len(genes) == 0:
-        raise SigelInputError("no gene of the model's embeddings is in adata.var_names")
-    if len(genes) < len(emb_genes):
-        logger.info(f"{len(emb_genes) - len(genes)} embedded genes are not in adata; ignored")
-
-    # ---- groups
-    if isinstance(group_by, pd.Series):
-        grp = group_by.copy()
-        grp.index = grp.index.astype(str)
-        grp = grp.reindex(genes)
-        if grp.isna().any():
-            raise SigelInputError(f"`group_by` has no group for {int(grp.isna().sum())} genes, "
-                                  f"e.g. {list(grp.index[grp.isna()][:5])}")
-        groups = grp
-        group_method = "given"
-    else:
-        assert_one_of("group_by", group_by, _GROUP_BY)
-        if group_by == "contexts":
-            if ctx is None:
-                raise SigelInputError("group_by='contexts' needs a fitted sigel.SIGEL model (with contexts_); "
-                                      "use group_by='threshold' for a plain embedding table")
-            c = ctx.copy()
-            c.index = c.index.astype(str)
-            groups = c.reindex(genes).astype(np.int64)
-        else:
-            assert_in_range("threshold", threshold, -1.0, 1.0)
-            assert_one_of("linkage", linkage, _LINKAGES)
-            E = emb.set_axis(emb_genes).loc[genes].to_numpy(np.float64)
-            groups = pd.Series(_threshold_groups(E, float(threshold), linkage, center=bool(center)), index=genes)
-        group_method = group_by
-
+    layer, library_size_key = _fit_defaults(model, adata, layer, library_size_key)
+    emb_genes, genes = _embedded_genes(emb, adata)
+    groups, group_method = _gene_groups(group_by, genes, emb, emb_genes, ctx, threshold=threshold, linkage=linkage,
+                                        center=center)
     # ---- scores
     raw_counts = bool((getattr(model, "image_options_", None) or {}).get("counts", True))
     tab = _resolve_scores(score, adata, model, genes, layer=layer, spatial_key=spatial_key,
@@ -394,48 +465,13 @@ def prune_genes(
     score_method = tab.attrs.get("method", score if isinstance(score, str) else "given")
     if score_method == "auto":
         score_method = "svg"
-    s = pd.to_numeric(tab["score"], errors="coerce").reindex(genes).to_numpy(np.float64)
-    q = (pd.to_numeric(tab["qval"], errors="coerce").reindex(genes).to_numpy(np.float64)
-         if "qval" in tab.columns else np.full(len(genes), np.nan))
-    signal = np.isfinite(s)
-    if alpha is not None and "qval" in tab.columns:
-        signal &= np.nan_to_num(q, nan=1.0) < alpha
-    if min_score is not None:
-        signal &= np.nan_to_num(s, nan=-np.inf) > float(min_score)
-    if not signal.any():
-        warnings.warn(f"no gene has spatial signal ({score_method} q-value < alpha={alpha}"
-                      f"{'' if min_score is None else f', score > {min_score}'}); selecting by score alone",
-                      stacklevel=2)
-        signal = np.isfinite(s)
-
-    # ---- select: top `keep` of each group with signal (vectorised)
-    df = pd.DataFrame({"group": groups.to_numpy(), "score": s, "qval": q, "signal": signal}, index=genes)
-    group_signal = df.groupby("group")["signal"].transform("any").to_numpy(bool)
-    size = df.groupby("group")["score"].transform("size").astype(np.int64)
-    df["group_size"] = size
-    if isinstance(keep, (float, np.floating)) and not float(keep).is_integer():
-        n_keep = np.ceil(float(keep) * size.to_numpy()).astype(np.int64)
-    else:
-        n_keep = np.full(len(df), int(keep), dtype=np.int64)
-    cand = df[(df["signal"].to_numpy() if drop == "genes" else group_signal & np.isfinite(s))].copy()
-    cand["rank"] = cand.groupby("group")["score"].rank(method="first", ascending=False).astype(np.int64)
-    sel = cand[cand["rank"].to_numpy() <= pd.Series(n_keep, index=df.index).reindex(cand.index).to_numpy()]
-    sel = sel.sort_values(["group", "rank"])[["group", "score", "qval", "rank", "group_size"]]
-    sel.index.name = "gene"
+    s, q, signal = _spatial_signal(tab, genes, alpha, min_score, score_method)
+    df, sel = _top_per_group(genes, groups, s, q, signal, keep, drop)
     n_groups = int(df["group"].nunique())
     n_kept = int(sel["group"].nunique())
     sel.attrs.update(n_groups=n_groups, n_groups_kept=n_kept, score_method=str(score_method),
                      group_by=group_method)
-
-    # ---- AnnData writes
-    names = pd.Index(adata.var_names.astype(str))
-    _keys.store(adata, "var", key_added, np.asarray(names.isin(sel.index)))
-    gcol = pd.Series(df["group"].reindex(names).to_numpy(), index=adata.var_names)
-    if pd.api.types.is_numeric_dtype(df["group"]):
-        gcol = gcol.astype("Int64")
-    _keys.store(adata, "var", key_added + "_group", gcol)
-    _keys.store(adata, "var", key_added + "_score",
-                pd.Series(df["score"].reindex(names).to_numpy(np.float64), index=adata.var_names))
+    _store_selection(adata, key_added, df, sel)
     params = dict(keep=float(keep) if isinstance(keep, float) else int(keep), score=str(score_method),
                   group_by=group_method, threshold=float(threshold), linkage=linkage, center=bool(center),
                   alpha=None if alpha is None else float(alpha),
