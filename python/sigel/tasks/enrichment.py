@@ -191,6 +191,90 @@ def _groupings(model, emb_index, groups, resolutions, cluster_method, seed) -> p
     return df
 
 
+def _set_members(sets: dict, universe: pd.Index, mapper: GeneMapper):
+    """(set index, embedded id) pairs of every set member, all distinct members and how many match no gene.
+
+    Members match embedded ids directly, or (with symbols) every id with
+    that symbol, then symbols case-insensitively.
+    """
+    lens = np.array([len(v) for v in sets.values()])
+    long = pd.DataFrame({"set": np.repeat(np.arange(len(sets)), lens),
+                         "member": np.concatenate([np.asarray(v, dtype=object) for v in sets.values()])
+                         if lens.sum() else np.array([], dtype=object)})
+    direct = long[long["member"].isin(universe)].rename(columns={"member": "id"})
+    parts = [direct]
+    if mapper.symbols is not None:
+        sym = mapper.symbols.dropna()
+        sym_tab = pd.DataFrame({"id": sym.index.to_numpy(), "member": sym.to_numpy()})
+        parts.append(long.merge(sym_tab, on="member", how="inner")[["set", "id"]])
+        # case-insensitive fallback for symbols
+        rest = long[~long["member"].isin(universe) & ~long["member"].isin(sym_tab["member"])]
+        if len(rest):
+            up = sym_tab.assign(member=sym_tab["member"].str.upper())
+            parts.append(rest.assign(member=rest["member"].str.upper()).merge(up, on="member")[["set", "id"]])
+    hits = pd.concat(parts, ignore_index=True).drop_duplicates()
+    all_members = pd.Index(pd.unique(long["member"]))
+    is_mapped = all_members.isin(universe)
+    if mapper.symbols is not None and len(all_members):
+        okm = pd.Index(mapper.symbols.dropna().to_numpy())
+        is_mapped |= all_members.isin(okm) | all_members.str.upper().isin(okm.str.upper())
+    return hits, all_members, int((~is_mapped).sum())
+
+
+def _set_matrix(hits: pd.DataFrame, universe: pd.Index, n_sets: int, min_size: int, max_size: int):
+    """Sparse genes x sets membership, set sizes within the universe and the sets of a testable size."""
+    gidx = universe.get_indexer(hits["id"].to_numpy())
+    S = sp.csr_matrix((np.ones(len(hits), dtype=np.float64), (gidx, hits["set"].to_numpy())),
+                      shape=(len(universe), n_sets))
+    set_size = np.asarray(S.sum(0)).ravel()
+    keep_sets = np.flatnonzero((set_size >= min_size) & (set_size <= max_size))
+    return S, set_size, keep_sets
+
+
+def _test_grouping(res: str, lab: pd.Series, universe: pd.Index, S, set_size, set_names, fdr_scope: str,
+                   label_fn):
+    """Hypergeometric tests of every (group, set) pair with an overlap in one grouping: (table, number of groups)."""
+    from scipy.stats import hypergeom
+
+    N = len(universe)
+    ok = lab.notna().to_numpy()
+    if not ok.any():
+        raise SigelInputError(f"grouping {res!r} shares no gene with the embedding")
+    cats = pd.Index(pd.unique(lab[ok].astype(str)))
+    code = np.full(N, -1)
+    code[ok] = cats.get_indexer(lab[ok].astype(str))
+    M = sp.csr_matrix((np.ones(ok.sum()), (np.flatnonzero(ok), code[ok])), shape=(N, len(cats)))
+    group_size = np.asarray(M.sum(0)).ravel()
+    O = (M.T @ S).tocoo()                                   # groups x sets overlaps (sparse)
+    ov = O.data.astype(np.int64)
+    gi, si = O.row, O.col
+    p = hypergeom.sf(ov - 1, N, set_size[si], group_size[gi])
+    p = np.clip(p, 0.0, 1.0)
+    if fdr_scope == "all":
+        q = _bh(p)
+    else:
+        q = np.empty_like(p)
+        for g in np.unique(gi):
+            sel = gi == g
+            q[sel] = _bh(p[sel])
+    expected = group_size[gi] * set_size[si] / N
+    tab = pd.DataFrame({
+        "resolution": res, "context": cats.to_numpy(dtype=object)[gi],
+        "set": set_names[si], "overlap": ov, "set_size": set_size[si].astype(np.int64),
+        "group_size": group_size[gi].astype(np.int64), "expected": expected, "fold": ov / expected,
+        "p": p, "q": q, "_g": gi, "_s": si,
+    })
+    # shared genes: (gene, group) x (gene, set) join, only for tested pairs
+    Sc = S.tocoo()
+    gs = pd.DataFrame({"gene": Sc.row, "_s": Sc.col})
+    gg = pd.DataFrame({"gene": np.flatnonzero(ok), "_g": code[ok]})
+    both = gs.merge(gg, on="gene")
+    both["name"] = label_fn(universe.to_numpy(dtype=object)[both["gene"].to_numpy()])
+    names = both.groupby(["_g", "_s"], sort=False)["name"].agg(lambda x: ",".join(sorted(map(str, x))))
+    tab["genes"] = names.reindex(pd.MultiIndex.from_arrays([tab["_g"], tab["_s"]])).to_numpy()
+    return tab.drop(columns=["_g", "_s"]), int(len(cats))
+
+
 def enrichment(model, gene_sets, groups=None, *, resolutions=None, cluster_method: str = "kmeans",
                gene_symbols=None, adata=None, min_size: int = 5, max_size: int = 500,
                fdr_scope: str = "group", seed: int = 0) -> pd.DataFrame:
@@ -260,8 +344,6 @@ def enrichment(model, gene_sets, groups=None, *, resolutions=None, cluster_metho
     >>> tab.loc[tab["set"].eq("first20") & tab["context"].eq("a"), "q"].iloc[0] < 1e-6
     True
     """
-    from scipy.stats import hypergeom
-
     assert_one_of("fdr_scope", fdr_scope, ("group", "all"))
     assert_one_of("cluster_method", cluster_method, ("kmeans", "mixture"))
     assert_positive("min_size", min_size)
@@ -274,39 +356,12 @@ def enrichment(model, gene_sets, groups=None, *, resolutions=None, cluster_metho
     sets = _as_gene_sets(gene_sets)
     if not sets:
         raise SigelInputError("no gene sets given")
-
-    # ---- long table (set, member) -> embedded ids ----
     set_names = np.array(list(sets), dtype=object)
-    lens = np.array([len(v) for v in sets.values()])
-    long = pd.DataFrame({"set": np.repeat(np.arange(len(set_names)), lens),
-                         "member": np.concatenate([np.asarray(v, dtype=object) for v in sets.values()])
-                         if lens.sum() else np.array([], dtype=object)})
-    direct = long[long["member"].isin(universe)].rename(columns={"member": "id"})
-    parts = [direct]
-    if mapper.symbols is not None:
-        sym = mapper.symbols.dropna()
-        sym_tab = pd.DataFrame({"id": sym.index.to_numpy(), "member": sym.to_numpy()})
-        parts.append(long.merge(sym_tab, on="member", how="inner")[["set", "id"]])
-        # case-insensitive fallback for symbols
-        rest = long[~long["member"].isin(universe) & ~long["member"].isin(sym_tab["member"])]
-        if len(rest):
-            up = sym_tab.assign(member=sym_tab["member"].str.upper())
-            parts.append(rest.assign(member=rest["member"].str.upper()).merge(up, on="member")[["set", "id"]])
-    hits = pd.concat(parts, ignore_index=True).drop_duplicates()
-    all_members = pd.Index(pd.unique(long["member"]))
-    is_mapped = all_members.isin(universe)
-    if mapper.symbols is not None and len(all_members):
-        okm = pd.Index(mapper.symbols.dropna().to_numpy())
-        is_mapped |= all_members.isin(okm) | all_members.str.upper().isin(okm.str.upper())
-    n_set_unmapped = int((~is_mapped).sum())
+    hits, all_members, n_set_unmapped = _set_members(sets, universe, mapper)
     if mapper.symbols is not None and mapper.n_without_symbol:
         logger.warning(f"enrichment: {mapper.n_without_symbol} of {N} embedded genes have no symbol "
                        "(they stay in the universe but can only match sets by id)")
-    gidx = universe.get_indexer(hits["id"].to_numpy())
-    S = sp.csr_matrix((np.ones(len(hits), dtype=np.float64), (gidx, hits["set"].to_numpy())),
-                      shape=(N, len(set_names)))
-    set_size = np.asarray(S.sum(0)).ravel()
-    keep_sets = np.flatnonzero((set_size >= min_size) & (set_size <= max_size))
+    S, set_size, keep_sets = _set_matrix(hits, universe, len(set_names), min_size, max_size)
     if len(keep_sets) == 0:
         raise SigelInputError(
             f"no gene set has between {min_size} and {max_size} genes among the {N} embedded genes "
@@ -319,47 +374,11 @@ def enrichment(model, gene_sets, groups=None, *, resolutions=None, cluster_metho
     report_unmapped("enrichment (gene-set members)", n_set_unmapped, len(all_members))
 
     grouping = _groupings(model, universe, groups, resolutions, cluster_method, seed)
-    label_fn = mapper.label
     tables, n_groups = [], {}
     for res in grouping.columns:
-        lab = grouping[res].reindex(universe)
-        ok = lab.notna().to_numpy()
-        if not ok.any():
-            raise SigelInputError(f"grouping {res!r} shares no gene with the embedding")
-        cats = pd.Index(pd.unique(lab[ok].astype(str)))
-        code = np.full(N, -1)
-        code[ok] = cats.get_indexer(lab[ok].astype(str))
-        M = sp.csr_matrix((np.ones(ok.sum()), (np.flatnonzero(ok), code[ok])), shape=(N, len(cats)))
-        group_size = np.asarray(M.sum(0)).ravel()
-        n_groups[str(res)] = int(len(cats))
-        O = (M.T @ S).tocoo()                                   # groups x sets overlaps (sparse)
-        ov = O.data.astype(np.int64)
-        gi, si = O.row, O.col
-        p = hypergeom.sf(ov - 1, N, set_size[si], group_size[gi])
-        p = np.clip(p, 0.0, 1.0)
-        if fdr_scope == "all":
-            q = _bh(p)
-        else:
-            q = np.empty_like(p)
-            for g in np.unique(gi):
-                sel = gi == g
-                q[sel] = _bh(p[sel])
-        expected = group_size[gi] * set_size[si] / N
-        tab = pd.DataFrame({
-            "resolution": str(res), "context": cats.to_numpy(dtype=object)[gi],
-            "set": set_names_k[si], "overlap": ov, "set_size": set_size[si].astype(np.int64),
-            "group_size": group_size[gi].astype(np.int64), "expected": expected, "fold": ov / expected,
-            "p": p, "q": q, "_g": gi, "_s": si,
-        })
-        # shared genes: (gene, group) x (gene, set) join, only for tested pairs
-        Sc = S.tocoo()
-        gs = pd.DataFrame({"gene": Sc.row, "_s": Sc.col})
-        gg = pd.DataFrame({"gene": np.flatnonzero(ok), "_g": code[ok]})
-        both = gs.merge(gg, on="gene")
-        both["name"] = label_fn(universe.to_numpy(dtype=object)[both["gene"].to_numpy()])
-        names = both.groupby(["_g", "_s"], sort=False)["name"].agg(lambda x: ",".join(sorted(map(str, x))))
-        tab["genes"] = names.reindex(pd.MultiIndex.from_arrays([tab["_g"], tab["_s"]])).to_numpy()
-        tables.append(tab.drop(columns=["_g", "_s"]))
+        tab, n_groups[str(res)] = _test_grouping(str(res), grouping[res].reindex(universe), universe, S,
+                                                 set_size, set_names_k, fdr_scope, mapper.label)
+        tables.append(tab)
     out = pd.concat(tables, ignore_index=True)
     out = out.sort_values(["resolution", "context", "p", "set"], kind="stable").reset_index(drop=True)
     out.attrs.update(universe_size=int(N), n_sets_tested=int(len(keep_sets)),
