@@ -80,6 +80,27 @@ def pair_features(U: np.ndarray, V: np.ndarray, kind: str = "product_absdiff") -
     raise SigelInputError(f"`features` must be one of {FEATURES}; got {kind!r}")
 
 
+def _gene_vectors(X: np.ndarray, normalize: bool) -> np.ndarray:
+    """The gene vectors, scaled to unit length when ``normalize``."""
+    return unit_rows(X) if normalize else X
+
+
+def _features_of(X: np.ndarray, index: pd.Index, ia, ib, kind: str) -> np.ndarray:
+    """Pair features of the genes named ``ia`` and ``ib`` (rows of ``X`` in ``index`` order)."""
+    return pair_features(X[index.get_indexer(ia)], X[index.get_indexer(ib)], kind)
+
+
+def _labelled_pairs(model, pairs, labels, gene_symbols, adata, what: str):
+    """``(emb, mapper, ids_a, ids_b, labels, n_pairs_input, n_genes_unmapped)`` of the usable labelled pairs."""
+    emb = embedding_frame(model)
+    mapper = GeneMapper(emb.index, symbol_series(gene_symbols, emb.index, adata=adata, model=model))
+    a, b, y = _read_pairs(pairs, labels)
+    if y is None:
+        raise SigelInputError("labels are required (a `labels` argument or a 'label' column in `pairs`)")
+    ia, ib, ok, n_unm, _ = _map_pairs(mapper, a, b, what)
+    return emb, mapper, ia[ok], ib[ok], y[ok], len(a), n_unm
+
+
 def _make_classifier(name: str, seed: int, n: int):
     from sklearn.linear_model import LogisticRegression
     from sklearn.neural_network import MLPClassifier
@@ -127,16 +148,14 @@ class InteractionPredictor:
                  normalize: bool, n_pairs: int):
         self._emb, self._mapper, self.estimator = emb, mapper, estimator
         self.classifier, self.features, self.normalize, self.n_pairs = classifier, features, normalize, n_pairs
-        X = emb.to_numpy(np.float64)
-        self._X = unit_rows(X) if normalize else X
+        self._X = _gene_vectors(emb.to_numpy(np.float64), normalize)
 
     def __repr__(self) -> str:
         return (f"InteractionPredictor({self.classifier}, features={self.features!r}, "
                 f"{self._emb.shape[0]} genes x {self._emb.shape[1]} dims, fitted on {self.n_pairs} pairs)")
 
     def _scores(self, ia, ib) -> np.ndarray:
-        idx = self._emb.index
-        F = pair_features(self._X[idx.get_indexer(ia)], self._X[idx.get_indexer(ib)], self.features)
+        F = _features_of(self._X, self._emb.index, ia, ib, self.features)
         with _one_blas_thread():
             return self.estimator.predict_proba(F)[:, 1]
 
@@ -238,18 +257,11 @@ def fit_interactions(model, pairs, labels=None, *, classifier: str = "logistic",
     """
     assert_one_of("classifier", classifier, CLASSIFIERS)
     assert_one_of("features", features, FEATURES)
-    emb = embedding_frame(model)
-    mapper = GeneMapper(emb.index, symbol_series(gene_symbols, emb.index, adata=adata, model=model))
-    a, b, y = _read_pairs(pairs, labels)
-    if y is None:
-        raise SigelInputError("labels are required (a `labels` argument or a 'label' column in `pairs`)")
-    ia, ib, ok, _, _ = _map_pairs(mapper, a, b, "fit_interactions")
-    y = y[ok]
+    emb, mapper, ia, ib, y, _, _ = _labelled_pairs(model, pairs, labels, gene_symbols, adata, "fit_interactions")
     if len(np.unique(y)) < 2:
         raise SigelInputError("the usable pairs must include both labels 0 and 1")
-    X = emb.to_numpy(np.float64)
-    X = unit_rows(X) if normalize else X
-    F = pair_features(X[emb.index.get_indexer(ia[ok])], X[emb.index.get_indexer(ib[ok])], features)
+    X = _gene_vectors(emb.to_numpy(np.float64), normalize)
+    F = _features_of(X, emb.index, ia, ib, features)
     with _one_blas_thread():
         est = _make_classifier(classifier, seed, len(y)).fit(F, y)
     return InteractionPredictor(emb, mapper, est, classifier, features, normalize, int(len(y)))
@@ -331,13 +343,8 @@ def interactions(model, pairs, labels=None, *, classifiers=CLASSIFIERS, features
     assert_one_of("features", features, FEATURES)
     if n_splits not in (0,) and n_splits < 2:
         raise SigelInputError(f"n_splits must be 0 (no cross-validation) or >= 2; got {n_splits}")
-    emb = embedding_frame(model)
-    mapper = GeneMapper(emb.index, symbol_series(gene_symbols, emb.index, adata=adata, model=model))
-    a, b, y = _read_pairs(pairs, labels)
-    if y is None:
-        raise SigelInputError("labels are required (a `labels` argument or a 'label' column in `pairs`)")
-    ia, ib, ok, n_unm, _ = _map_pairs(mapper, a, b, "interactions")
-    ia, ib, y = ia[ok], ib[ok], y[ok]
+    emb, mapper, ia, ib, y, n_input, n_unm = _labelled_pairs(model, pairs, labels, gene_symbols, adata,
+                                                             "interactions")
     if len(np.unique(y)) < 2 or min(np.bincount(y, minlength=2)) < max(n_splits, 1):
         raise SigelInputError(
             f"need both labels among the usable pairs, at least n_splits={n_splits} of each; got "
@@ -362,7 +369,7 @@ def interactions(model, pairs, labels=None, *, classifiers=CLASSIFIERS, features
         rows = _evaluate(jobs, reps, features, normalize, gi_a, gi_b, y, n_splits, seed, test, emb,
                          progress)
     out = pd.DataFrame(rows)
-    out.attrs.update(n_pairs_input=int(len(a)), n_pairs_used=int(len(y)), n_genes_unmapped=n_unm,
+    out.attrs.update(n_pairs_input=int(n_input), n_pairs_used=int(len(y)), n_genes_unmapped=n_unm,
                      n_test_pairs_used=int(len(test[2])) if test is not None else 0)
     logger.info("interactions: " + "; ".join(f"{r.embedding}/{r.classifier}/{r.split} AUROC {r.auroc:.3f}"
                                               for r in out.itertuples()))
@@ -376,7 +383,7 @@ def _evaluate(jobs, reps, features, normalize, gi_a, gi_b, y, n_splits, seed, te
 
     rows = []
     for rep, clf in tqdm(jobs, disable=not settings.show_progress(progress), desc="interactions"):
-        X = unit_rows(reps[rep]) if normalize else reps[rep]
+        X = _gene_vectors(reps[rep], normalize)
         F = pair_features(X[gi_a], X[gi_b], features)
         if n_splits:
             skf = StratifiedKFold(n_splits=int(n_splits), shuffle=True, random_state=int(seed))
@@ -391,7 +398,7 @@ def _evaluate(jobs, reps, features, normalize, gi_a, gi_b, y, n_splits, seed, te
                              auprc_sd=float(np.std(ap, ddof=1)), n_pairs=int(len(y)), n_positive=int(y.sum())))
         if test is not None:
             est = _make_classifier(clf, seed, len(y)).fit(F, y)
-            Ft = pair_features(X[emb.index.get_indexer(test[0])], X[emb.index.get_indexer(test[1])], features)
+            Ft = _features_of(X, emb.index, test[0], test[1], features)
             s = est.predict_proba(Ft)[:, 1]
             rows.append(dict(embedding=rep, classifier=clf, split="test", auroc=float(roc_auc_score(test[2], s)),
                              auprc=float(average_precision_score(test[2], s)), auroc_sd=np.nan, auprc_sd=np.nan,
