@@ -443,11 +443,7 @@ def _anchor_folds(n_found: int, n_folds: int, seed: int) -> tuple[int, np.ndarra
 
 
 def _cross_validated_map(X, Y, fold, k, method, *, trim, **kw):
-    """Held-out predictions of the anchors by k-fold cross-validation: (method, predictions, CV errors).
-
-    ``method='auto'`` cross-validates the orthogonal and the linear map and
-    keeps the one with the smaller held-out MSE.
-    """
+    """k-fold held-out anchor predictions: (method, predictions, CV errors); 'auto' keeps the better of two maps."""
     def _cv(meth):
         Yh = np.empty_like(Y)
         for f in range(k):

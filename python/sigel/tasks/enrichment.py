@@ -192,11 +192,7 @@ def _groupings(model, emb_index, groups, resolutions, cluster_method, seed) -> p
 
 
 def _set_members(sets: dict, universe: pd.Index, mapper: GeneMapper):
-    """(set index, embedded id) pairs of every set member, all distinct members and how many match no gene.
-
-    Members match embedded ids directly, or (with symbols) every id with
-    that symbol, then symbols case-insensitively.
-    """
+    """(set, embedded id) pairs of the members (by id, symbol, then upper-case symbol), all members, n unmapped."""
     lens = np.array([len(v) for v in sets.values()])
     long = pd.DataFrame({"set": np.repeat(np.arange(len(sets)), lens),
                          "member": np.concatenate([np.asarray(v, dtype=object) for v in sets.values()])
