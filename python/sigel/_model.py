@@ -20,6 +20,7 @@ import pandas as pd
 from ._settings import logger, resolve_device, seeded, set_threads, settings, thread_scope
 from ._validate import SigelInputError, as_int, as_real, as_seed, assert_in_range, assert_one_of, assert_positive
 from .data.images import GeneImages
+from .data.setup import DataSetup
 # the saved-model format lives in sigel.io.model_dir; its names stay importable from here
 from .io.model_dir import (  # noqa: F401
     CONFIG_FILE,
@@ -361,8 +362,14 @@ class SIGEL:
         Epochs run (``<= epochs_``).
     epochs_, pretrain_epochs_, patch_size_, n_contexts_ : int
         The values actually used (``None`` defaults resolved at fit time).
+    setup_ : sigel.data.setup.DataSetup
+        What the model was fitted on: the AnnData fields it read, the image
+        options and a fingerprint of the data (saved with the model). Checks
+        new data and gives the image options for :meth:`transform` and the
+        tasks.
     image_options_ : dict
-        Options to rebuild gene images for :meth:`transform`.
+        Options to rebuild gene images for :meth:`transform` (a copy of
+        ``setup_.image_options``).
     is_trained : bool
 
     Notes
@@ -451,11 +458,16 @@ class SIGEL:
         self.patch_size_ = None
         self.epochs_ = None
         self.pretrain_epochs_ = None
-        self.image_options_ = {}
+        self.setup_ = None
         self.fit_params_ = {}
         self.device_ = None
 
     # ------------------------------------------------------------- properties
+    @property
+    def image_options_(self) -> dict:
+        """Options to rebuild gene images for :meth:`transform` (from ``setup_``; empty before fitting)."""
+        return {} if self.setup_ is None else self.setup_.options()
+
     @property
     def is_trained(self) -> bool:
         """Whether the model has been fitted (or loaded)."""
@@ -645,10 +657,7 @@ class SIGEL:
         self.fit_images(images, device=device, seed=seed, progress=progress, n_threads=n_threads,
                         out_file=out_file, views=views, checkpoint_dir=checkpoint_dir,
                         checkpoint_every=checkpoint_every, resume=resume)
-        opts = GeneImages.image_options(images.settings)
-        opts.update(fit_params)
-        opts["geometry"] = requested.get("geometry", "auto")
-        self.image_options_ = _jsonable(opts)
+        self.setup_ = DataSetup.from_images(images, **fit_params, geometry=requested.get("geometry", "auto"))
         self.fit_params_ = _jsonable(fit_params)
         return self
 
@@ -757,7 +766,7 @@ class SIGEL:
         self.epochs_run_ = result.epochs_run
         self.fit_seconds_ = time.perf_counter() - t0
         self.history_ = pd.DataFrame(result.history)
-        self.image_options_ = _jsonable({**GeneImages.image_options(images.settings), "geometry": "auto"})
+        self.setup_ = DataSetup.from_images(images, geometry="auto")
         self.fit_params_ = {}
         self._set_results(images.genes, result.embeddings, result.memberships)
         logger.info("%d epochs (%s), %s genes x %d dims, K=%d contexts, %.1f s", self.epochs_run_,
@@ -861,18 +870,15 @@ class SIGEL:
         """The gene images of new data, built as at fit time (the first step of :meth:`transform`).
 
         An AnnData is imaged with the options saved at fit time (``image_options``
-        override them); a library-size column missing from the new data falls
-        back to the row sums, with a warning. Prebuilt `GeneImages` are used as
+        override them), after ``setup_`` has checked that it has the fields
+        they name; a library-size column missing from the new data falls back
+        to the row sums, with a warning. Prebuilt `GeneImages` are used as
         given (subset to ``genes``).
         """
         if isinstance(adata_or_images, GeneImages):
             return adata_or_images if genes is None else adata_or_images.subset(genes)
-        opts = dict(self.image_options_)
-        opts.update(image_options)
-        lib = opts.get("library_size_key")
-        if lib is not None and lib not in adata_or_images.obs and "library_size_key" not in image_options:
-            logger.warning("library_size_key %r not in the new data; using the row sums", lib)
-            opts["library_size_key"] = None
+        self._require_trained("images_for")
+        opts = self.setup_.for_data(adata_or_images, image_options)
         return GeneImages.from_anndata(adata_or_images, genes=genes, **opts)
 
     def predict_memberships(self, embeddings) -> pd.DataFrame:

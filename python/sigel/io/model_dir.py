@@ -30,6 +30,7 @@ import pandas as pd
 from .._settings import logger, resolve_device
 from .._validate import SigelInputError
 from .._version import __version__
+from ..data.setup import DataSetup
 
 __all__ = ["save_model", "load_model", "write_to_anndata", "jsonable", "FORMAT", "FORMAT_VERSION",
            "CONFIG_FILE", "WEIGHTS_FILE", "MANIFEST_FILE"]
@@ -117,6 +118,8 @@ def _check_config_types(cfg: dict, cfg_file: Path) -> None:
     for key in ("init_params", "resolved", "image_options"):
         if not isinstance(cfg[key], dict):
             fail(f"'{key}'", type(cfg[key]).__name__, "an object")
+    if cfg.get("setup") is not None and not isinstance(cfg["setup"], dict):
+        fail("'setup'", type(cfg["setup"]).__name__, "an object")
     genes = cfg["genes"]
     if not isinstance(genes, list) or not all(isinstance(g, str) for g in genes):
         fail("'genes'", genes if not isinstance(genes, list) else "a list with non-strings", "a list of names")
@@ -212,6 +215,7 @@ def _model_config(model) -> dict:
                      "embed_dim": model.embed_dim, "epochs": model.epochs_,
                      "pretrain_epochs": model.pretrain_epochs_, "mixture_prior_scale": mix.var_prior_scale_},
         "image_options": model.image_options_,
+        "setup": model.setup_.to_dict() if model.setup_ is not None else None,
         "fit_params": model.fit_params_,
         "genes": [str(g) for g in model.embeddings_.index.get_level_values(-1)],
         "history": _history_dict(model.history_),
@@ -454,7 +458,7 @@ def load_model(path, *, model_class, device: str = "cpu"):
     model.n_contexts_ = int(res["n_contexts"])
     model.epochs_ = res.get("epochs")
     model.pretrain_epochs_ = res.get("pretrain_epochs")
-    model.image_options_ = dict(cfg["image_options"])
+    model.setup_ = DataSetup.from_config(cfg)
     model.fit_params_ = dict(cfg.get("fit_params") or {})
     model.history_ = pd.DataFrame(cfg.get("history") or {})
     model.stop_reason_ = cfg.get("stop_reason")

@@ -30,6 +30,7 @@ from .._settings import logger, settings
 from .._stats import bh as _bh
 from .._validate import SigelInputError, assert_in_range, assert_one_of, assert_positive
 from ._genes import embedding_frame, hard_contexts, unit_rows
+from ._model import setup_options
 
 __all__ = [
     "Alignment", "align", "shifted_genes", "altered_interactions", "interaction_modules",
@@ -225,8 +226,7 @@ def split_half_embeddings(model, adata, *, genes=None, seed: int | None = None, 
     if not hasattr(model, "transform"):
         raise SigelInputError("split-half noise needs a fitted sigel.SIGEL model (with `transform`)")
     seed = settings.seed if seed is None else int(seed)
-    opts = dict(getattr(model, "image_options_", {}) or {})
-    opts.update(image_options)
+    opts = setup_options(model, image_options)
     layer, lib_key = opts.get("layer"), opts.get("library_size_key")
     from .. import tissue
 

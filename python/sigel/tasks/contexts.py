@@ -16,8 +16,9 @@ from .._keys import CONTEXT_SCORES, store
 from .._settings import logger
 from .._validate import SigelInputError, assert_in_range, assert_positive
 from ..data import GeneImages
-from ..data.images import content_hash
+from ..data.setup import checked_options
 from ._genes import _is_anndata, membership_frame
+from ._model import setup_options
 
 
 def context_names(contexts) -> list:
@@ -45,23 +46,12 @@ def _model_images(model, images, genes) -> GeneImages:
     if isinstance(images, GeneImages):
         return images
     if _is_anndata(images):
-        opts = dict(getattr(model, "image_options_", None) or {})
         train = getattr(model, "images_", None)
-        recorded = getattr(train, "settings", {}).get("content_hash") if isinstance(train, GeneImages) else None
-        if recorded is not None:
-            # reuse the training images only for the same content (counts, coordinates, names), never by names alone
-            st = train.settings
-            try:
-                same = content_hash(images, layer=st.get("layer"), spatial_key=st.get("spatial_key", "spatial"),
-                                    library_size_key=st.get("library_size_key")) == recorded
-            except SigelInputError:
-                same = False
-            if same:
-                return train
-        lib = opts.get("library_size_key")
-        if lib is not None and lib not in images.obs:
-            logger.warning(f"library_size_key {lib!r} not in the new data; using the row sums")
-            opts["library_size_key"] = None
+        setup = getattr(model, "setup_", None)
+        # reuse the training images only for the same content (counts, coordinates, names), never by names alone
+        if isinstance(train, GeneImages) and setup is not None and setup.same_content(images):
+            return train
+        opts = checked_options(images, setup_options(model))
         keep = pd.Index(images.var_names.astype(str)).intersection(pd.Index(genes))
         if len(keep) == 0:
             raise SigelInputError("none of the model's genes are in adata.var_names")

@@ -38,6 +38,7 @@ from .._validate import (
     assert_positive,
     assert_unique_names,
 )
+from ._model import setup_options
 
 __all__ = ["prune_genes", "spatial_domains", "domain_scores", "morans_i_table"]
 
@@ -459,7 +460,7 @@ def prune_genes(
     groups, group_method = _gene_groups(group_by, genes, emb, emb_genes, ctx, threshold=threshold, linkage=linkage,
                                         center=center)
     # ---- scores
-    raw_counts = bool((getattr(model, "image_options_", None) or {}).get("counts", True))
+    raw_counts = bool(setup_options(model).get("counts", True))
     tab = _resolve_scores(score, adata, model, genes, layer=layer, spatial_key=spatial_key,
                           library_size_key=library_size_key, n_neighbors=n_neighbors, seed=seed, counts=raw_counts)
     score_method = tab.attrs.get("method", score if isinstance(score, str) else "given")

@@ -39,6 +39,7 @@ import scipy.sparse as sp
 from .._settings import logger, resolve_device, set_threads, settings
 from .._validate import SigelInputError, assert_in_range, assert_one_of, assert_positive
 from ..data import GeneImages
+from ._model import setup_options
 
 __all__ = ["impute", "impute_cv", "impute_metrics", "impute_summary"]
 
@@ -99,7 +100,7 @@ class _Problem:
 
         ref_settings = {}
         ref_images = reference_images
-        src = ref_images.settings if ref_images is not None else (getattr(model, "image_options_", None) or {})
+        src = ref_images.settings if ref_images is not None else setup_options(model)
         if isinstance(src, dict):
             ref_settings = {k: src[k] for k in _NORM_KEYS if k in src}
         if not hasattr(target, "var_names") or not hasattr(target, "obs"):

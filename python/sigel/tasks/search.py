@@ -99,7 +99,7 @@ def pattern_search(
 
     check_model(model, "pattern_search")
     assert_positive("n_draws", n_draws)
-    opts = model_image_options(model, image_options)
+    opts = model_image_options(model, image_options, adata)
     from .._validate import assert_unique_names
 
     layer = opts.get("layer")

@@ -280,7 +280,8 @@ def svg(
         as spread as its pattern -- or ``"local"`` -- the variance between
         each spot and the mean of its 6 nearest neighbours, scaled to what it
         would be for independent spots (`sigel.sim.nulls.local_variance`):
-        the gene's spot-to-spot noise without its pattern. For a homogeneous
+        the gene's spot-to-spot noise without its pattern (the zero-inflation
+        is fitted to the observed zero fraction either way). For a homogeneous
         gene both agree.
     depth_aware
         Controls keep each spot's library size (default): a value moved from
@@ -322,8 +323,6 @@ def svg(
     """
     from tqdm.auto import tqdm
 
-    from .. import sim
-
     check_model(model, "svg")
     assert_positive("n_null", n_null)
     if n_null < 2:
@@ -334,7 +333,7 @@ def svg(
     assert_one_of("null", null, ("zinb", "permutation"))
     assert_one_of("variance", variance, VARIANCES)
     t0 = time.perf_counter()
-    opts = model_image_options(model, image_options)
+    opts = model_image_options(model, image_options, adata)
     if genes is None:
         genes = model.embeddings_.index.intersection(adata.var_names, sort=False)
     genes = pd.Index([str(g) for g in np.atleast_1d(genes)])
@@ -421,7 +420,7 @@ def control_images(model, adata, genes, *, null: str = "zinb", depth_aware: bool
     """
     assert_one_of("null", null, ("zinb", "permutation"))
     assert_one_of("variance", variance, VARIANCES)
-    opts = model_image_options(model, image_options)
+    opts = model_image_options(model, image_options, adata)
     genes = pd.Index([str(g) for g in np.atleast_1d(genes)])
     draw = _ControlDraws(adata, genes, opts, null=null, depth_aware=depth_aware, seed=seed, variance=variance)
     import dataclasses
@@ -560,7 +559,7 @@ def compare_svg(
     >>> cmp.attrs["spearman"]["sigel"]["moran"]              # doctest: +SKIP
     """
     check_model(model, "compare_svg")
-    opts = model_image_options(model, image_options)
+    opts = model_image_options(model, image_options, adata)
     secs = {}
     t = time.perf_counter()
     s = svg(model, adata, genes=genes, n_null=n_null, null=null, image_options=image_options, seed=seed,
