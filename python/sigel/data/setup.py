@@ -56,8 +56,8 @@ class DataSetup:
     >>> from sigel.data.setup import DataSetup
     >>> ad = sigel.datasets.synthetic_tissue(12, shape=(8, 8), seed=0)
     >>> setup = DataSetup.from_images(sigel.GeneImages.from_anndata(ad, resolution=8, patch_size=4))
-    >>> setup.options()["resolution"], setup.n_spots
-    (8, 64)
+    >>> setup.options()["resolution"], setup.n_spots == ad.n_obs
+    (8, True)
     >>> DataSetup.from_dict(setup.to_dict()) == setup
     True
     """
