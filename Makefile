@@ -20,7 +20,7 @@ test:
 	bash scripts/test.sh
 
 test-python:
-	$(PY) -m pytest tests/python -q
+	$(PY) -m pytest -q
 
 test-r:
 	SIGEL_PYTHON=$(abspath $(PY)) Rscript -e 'testthat::test_local(".", reporter = "summary", stop_on_failure = TRUE)'

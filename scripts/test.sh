@@ -31,7 +31,7 @@ summary() {
 }
 
 phase "set-up (scripts/setup.sh)" bash scripts/setup.sh || { summary; exit 1; }
-phase "pytest (tests/python)" "$PY" -m pytest tests/python -q
+phase "pytest (tests/python + docstring examples)" "$PY" -m pytest -q
 SUB=$(mktemp)
 SIGEL_PHASE_FILE="$SUB" phase "R CMD build + check (scripts/check-r.sh)" bash scripts/check-r.sh
 cat "$SUB" >>"$PHASES"

@@ -102,7 +102,7 @@ def write_results_h5(path, model, *, chunk_size: int = 16384, overwrite: bool = 
 
     Examples
     --------
-    >>> import sigel                                                  # doctest: +SKIP
+    >>> import sigel
     >>> m = sigel.SIGEL(epochs=3).fit(sigel.datasets.synthetic_tissue(100))   # doctest: +SKIP
     >>> write_results_h5("res.h5", m)                                 # doctest: +SKIP
     """
