@@ -102,6 +102,11 @@
 #'   depth-adjusted, its exact marginal). Only the first stays calibrated
 #'   when depth is itself spatial (most tissues); it is conservative when
 #'   the noise is lighter-tailed than negative binomial.
+#' @param variance `character(1)`: the variance the ZINB null is fitted to:
+#'   `"local"` (default), each spot's difference to the mean of its 6 nearest
+#'   neighbours scaled to independent spots -- the gene's noise without its
+#'   pattern -- or `"marginal"`, the variance over all spots (for a
+#'   patterned gene it includes the pattern, which compresses the score).
 #' @param depth_aware `logical(1)`: controls keep each spot's library size.
 #' @param model `NULL`, or the trained model when `x` carries no results: an
 #'   object returned by [runSIGEL()], a [SigelModel-class] or a saved model
@@ -135,7 +140,8 @@
 #' @export
 sigelSVG <- function(x, n_null = 10L, n_bins = 10L, genes = NULL,
                      metric = c("cosine", "euclidean", "whitened"),
-                     null = c("zinb", "permutation"), depth_aware = TRUE,
+                     null = c("zinb", "permutation"),
+                     variance = c("local", "marginal"), depth_aware = TRUE,
                      model = NULL, coords = NULL, library_size = NULL,
                      seed = 0L, verbose = FALSE) {
     n_null <- .check_number(n_null, "n_null", min = 2, whole = TRUE)
@@ -143,6 +149,7 @@ sigelSVG <- function(x, n_null = 10L, n_bins = 10L, genes = NULL,
     seed <- .check_seed(seed)
     metric <- match.arg(metric)
     null <- match.arg(null)
+    variance <- match.arg(variance)
     if (!is.null(genes) && (!is.character(genes) || !length(genes))) {
         stop("`genes` must be NULL or a non-empty character vector",
              call. = FALSE)
@@ -151,7 +158,7 @@ sigelSVG <- function(x, n_null = 10L, n_bins = 10L, genes = NULL,
     tab <- .py_call(.sigel_py()$tl$svg(
         inp$model, inp$ad, genes = if (is.null(genes)) NULL else as.list(genes),
         n_null = n_null, n_bins = n_bins, metric = metric, null = null,
-        depth_aware = isTRUE(depth_aware), image_options = inp$opts,
+        variance = variance, depth_aware = isTRUE(depth_aware), image_options = inp$opts,
         seed = seed, progress = isTRUE(verbose)), "sigelSVG")
     df <- .py_df(tab)
     .store_gene_table(x, df, c("score", "pval", "qval", "rank"), "sigel_svg",
@@ -316,11 +323,13 @@ sigelPatternSearch <- function(x, template, quantiles = NULL, means = NULL,
 #' @export
 sigelCompareSVG <- function(x, n_null = 10L,
                             null = c("zinb", "permutation"),
+                            variance = c("local", "marginal"),
                             top_k = c(50L, 100L), k = 6L,
                             genes = NULL, model = NULL, coords = NULL,
                             library_size = NULL, seed = 0L, verbose = FALSE) {
     n_null <- .check_number(n_null, "n_null", min = 2, whole = TRUE)
     null <- match.arg(null)
+    variance <- match.arg(variance)
     k <- .check_number(k, "k", min = 1, whole = TRUE)
     seed <- .check_seed(seed)
     if (!is.numeric(top_k) || !length(top_k) || any(top_k < 1)) {
@@ -331,7 +340,8 @@ sigelCompareSVG <- function(x, n_null = 10L,
     t0 <- proc.time()[["elapsed"]]
     tab <- .py_call(.sigel_py()$tl$svg(
         inp$model, inp$ad, genes = if (is.null(genes)) NULL else as.list(genes),
-        n_null = n_null, null = null, image_options = inp$opts, seed = seed,
+        n_null = n_null, null = null, variance = variance,
+        image_options = inp$opts, seed = seed,
         progress = isTRUE(verbose), key_added = "sigel_svg"),
         "sigelCompareSVG")
     sg <- .py_df(tab)

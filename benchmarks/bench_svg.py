@@ -64,10 +64,11 @@ def load_or_fit(sigel, adata, path: Path, threads: int, epochs=None, seed: int =
 
 
 def run_three(sigel, model, adata, *, n_null, threads, lib_key=None, genes=None, image_options=None,
-              metrics=("cosine",), null="permutation", seed=0, variance="marginal"):
-    """sigel svg (one table per metric), SPARK-X-style (R, via rpy2) and Moran's I on the same genes.
+              metrics=("cosine",), null="permutation", seed=0, variances=("marginal",)):
+    """sigel svg (one table per metric and null variance), SPARK-X-style (R, via rpy2) and Moran's I on the same genes.
 
-    Returns ``({metric: table}, sparkx, moran, seconds)``.
+    Returns ``({variant: table}, sparkx, moran, seconds)``; a variant is the metric, suffixed ``_local`` for
+    ``variance='local'``.
     """
     import torch
 
@@ -77,11 +78,13 @@ def run_three(sigel, model, adata, *, n_null, threads, lib_key=None, genes=None,
     torch.set_num_threads(threads)
     secs = {}
     sgs = {}
-    for metric in metrics:
-        t = time.perf_counter()
-        sgs[metric] = sigel.tl.svg(model, adata, genes=genes, n_null=n_null, image_options=image_options,
-                                   seed=seed, metric=metric, null=null, variance=variance, progress=False)
-        secs[f"sigel_{metric}"] = time.perf_counter() - t
+    for variance in variances:
+        for metric in metrics:
+            key = variant_name(metric, variance)
+            t = time.perf_counter()
+            sgs[key] = sigel.tl.svg(model, adata, genes=genes, n_null=n_null, image_options=image_options,
+                                    seed=seed, metric=metric, null=null, variance=variance, progress=False)
+            secs[f"sigel_{key}"] = time.perf_counter() - t
     sg = sgs[metrics[0]]
     g = sg.index
     X = adata[:, g].X
@@ -92,6 +95,11 @@ def run_three(sigel, model, adata, *, n_null, threads, lib_key=None, genes=None,
     mi = sigel.tl.morans_i(adata, genes=g, library_size_key=lib_key)
     secs["moran"] = time.perf_counter() - t
     return {k: v.reindex(g) for k, v in sgs.items()}, sx.reindex(g), mi.reindex(g), secs
+
+
+def variant_name(metric: str, variance: str) -> str:
+    """``metric`` for the marginal-variance null, ``<metric>_local`` for ``variance='local'``."""
+    return metric if variance == "marginal" else f"{metric}_{variance}"
 
 
 def scores_table(sgs, sx, mi):
@@ -131,11 +139,11 @@ def mob(args, sigel):
     model, fit_s = load_or_fit(sigel, adata, Path(args.mob_model), args.threads, epochs=args.epochs,
                                seed=args.fit_seed, geometry="grid")
     sgs, sx, mi, secs = run_three(sigel, model, adata, n_null=args.n_null, threads=args.threads,
-                                  metrics=args.metrics, null=args.null, variance=args.variance)
+                                  metrics=args.metrics, null=args.null, variances=args.variance)
     tab = scores_table(sgs, sx, mi)
     y = truth.reindex(tab.index).fillna(False).to_numpy()
     n_ref = int(y.sum())
-    names = [f"sigel_{m}" for m in args.metrics] + ["sparkx", "moran"]
+    names = [f"sigel_{k}" for k in sgs] + ["sparkx", "moran"]
     out = dict(spots=adata.n_obs, genes=len(tab), reference_svgs=n_ref, fit_seconds=fit_s,
                seconds={k: round(v, 2) for k, v in secs.items()}, methods={})
     for m in names:
@@ -161,7 +169,7 @@ def mob(args, sigel):
         perm = rng.permutation(sh.n_obs)
         sh.X = sh.X[perm]
         sg2, sx2, mi2, secs2 = run_three(sigel, model, sh, n_null=args.n_null, threads=args.threads,
-                                         metrics=args.metrics, null=args.null, variance=args.variance)
+                                         metrics=args.metrics, null=args.null, variances=args.variance)
         out["shuffled_frac_p05"] = {f"sigel_{m}": round(float((t["pval"] < 0.05).mean()), 4)
                                     for m, t in sg2.items()}
         out["shuffled_frac_p05"].update(sparkx=round(float((sx2["pval"] < 0.05).mean()), 4),
@@ -182,9 +190,10 @@ def dlpfc(args, sigel):
                                library_size_key="sum_umi")
     opts = {"library_size_key": "sum_umi"}
     sgs, sx, mi, secs = run_three(sigel, model, adata, n_null=args.n_null, threads=args.threads,
-                                  lib_key="sum_umi", image_options=opts, metrics=args.metrics, null=args.null, variance=args.variance)
+                                  lib_key="sum_umi", image_options=opts, metrics=args.metrics, null=args.null,
+                                  variances=args.variance)
     tab = scores_table(sgs, sx, mi)
-    names = [f"sigel_{m}" for m in args.metrics] + ["sparkx", "moran"]
+    names = [f"sigel_{k}" for k in sgs] + ["sparkx", "moran"]
     rho = tab[names].rank().corr()
     return dict(spots=adata.n_obs, genes=len(tab), fit_seconds=fit_s,
                 seconds={k: round(v, 2) for k, v in secs.items()},
@@ -243,18 +252,24 @@ def _fractions(p: pd.Series) -> dict:
     return dict(p05=round(float((p < 0.05).mean()), 4), q05=round(float((bh(p) < 0.05).mean()), 4), n=len(p))
 
 
+def _sigel_variants(args):
+    """(null, metric, variance) of every sigel run of the calibration (the variance matters for the ZINB null only)."""
+    return [(n, m, v) for n in args.nulls for m in args.metrics for v in args.variance
+            if n == "zinb" or v == "marginal"]
+
+
 def _null_fractions(sigel, args, model, adata, genes, coords, opts, lib_key, seed) -> dict:
     """Fractions called among ``genes`` (all null by construction): sigel per control model and metric
     (with seconds), the SPARK-X-style test and Moran's I."""
     from sigel._rbridge import sparkx_r
 
     out = {}
-    for null in args.nulls:
-        for metric in args.metrics:
-            t = time.perf_counter()
-            sg = sigel.tl.svg(model, adata, genes=genes, n_null=args.n_null, null=null, metric=metric,
-                              image_options=opts, seed=seed, variance=args.variance, progress=False)
-            out[f"sigel_{null}_{metric}"] = dict(_fractions(sg["pval"]), seconds=round(time.perf_counter() - t, 1))
+    for null, metric, variance in _sigel_variants(args):
+        t = time.perf_counter()
+        sg = sigel.tl.svg(model, adata, genes=genes, n_null=args.n_null, null=null, metric=metric,
+                          image_options=opts, seed=seed, variance=variance, progress=False)
+        out[f"sigel_{null}_{variant_name(metric, variance)}"] = dict(_fractions(sg["pval"]),
+                                                                     seconds=round(time.perf_counter() - t, 1))
     out["sparkx"] = _fractions(sparkx_r(adata[:, genes].X, coords, genes=genes)["pval"])
     out["moran"] = _fractions(sigel.tl.morans_i(adata, genes=genes, library_size_key=lib_key)["pval"])
     return out
@@ -308,7 +323,8 @@ def calibration(args, sigel):
 
 
 def calibration_markdown(res) -> str:
-    methods = [f"sigel_{n}_{m}" for n in res["nulls"] for m in res["metrics"]] + ["sparkx", "moran"]
+    methods = [k for k in res["calibration"][next(iter(res["calibration"]))]["rows"][0] if k.startswith("sigel_")]
+    methods += ["sparkx", "moran"]
     lines = ["| section | null genes | seed | " + " | ".join(f"{m} p<0.05 / q<0.05" for m in methods) + " |",
              "|---|---|---|" + "---|" * len(methods)]
     for name, sec in res["calibration"].items():
@@ -373,8 +389,8 @@ def main(argv=None):
                     help="calibration sections to run (default all)")
     ap.add_argument("--metrics", nargs="+", default=["cosine", "whitened"], help="sigel svg metrics to compare")
     ap.add_argument("--null", default="zinb", help="sigel control model for the AUPRC / timing runs (default: the library default)")
-    ap.add_argument("--variance", default="marginal", choices=["marginal", "local"],
-                    help="variance the ZINB null is fitted to (tl.svg(variance=...))")
+    ap.add_argument("--variance", nargs="+", default=["marginal", "local"], choices=["marginal", "local"],
+                    help="variance(s) the ZINB null is fitted to (tl.svg(variance=...)), side by side")
     ap.add_argument("--model-dir", default=str(HERE / "out" / "models"),
                     help="where calibration models are loaded from / saved to")
     args = ap.parse_args(argv)

@@ -83,13 +83,15 @@ def fit_zinb(counts, library_size=None, *, n_iter: int = 60, graph=None) -> pd.D
     graph
         Optional ``(n_spots, n_spots)`` spot neighbour graph (e.g.
         `sigel.tissue.spatial_neighbors`; rows are scaled to sum to 1). When
-        given, the variance the NB is fitted to is the *non-spatial* part of
-        the gene's variance: the mean squared difference between each spot's
-        ``y / sf`` and the mean of its neighbours, divided by its expectation
-        under independence, ``1 + sum_j w_sj**2`` (`local_variance`). A gene
-        whose expression follows a tissue pattern then gets controls with its
-        own spot-to-spot noise, not with the spread of its pattern; for a
-        homogeneous gene both estimates agree. Default: the marginal variance.
+        given, the zero-inflation is fitted as without it (to the observed
+        zero fraction and the marginal moments), and the NB's variance is then
+        the *non-spatial* part of the gene's variance: the mean squared
+        difference between each spot's ``y / sf`` and the mean of its
+        neighbours, divided by its expectation under independence, ``1 +
+        sum_j w_sj**2`` (`local_variance`). A gene whose expression follows a
+        tissue pattern then gets controls with its own spot-to-spot noise, not
+        with the spread of its pattern; for a homogeneous gene both estimates
+        agree. Default: the marginal variance.
 
     Returns
     -------
@@ -122,10 +124,7 @@ def _fit_zinb(X, sf, n_iter=60, graph=None) -> pd.DataFrame:
     n = X.shape[0]
     Y = sp.csr_matrix(sp.diags(1.0 / sf) @ X)
     m = np.asarray(Y.mean(axis=0)).ravel()
-    if graph is None:
-        v = (np.asarray(Y.multiply(Y).mean(axis=0)).ravel() - m ** 2) * n / max(n - 1, 1)
-    else:
-        v = local_variance(Y, _check_graph(graph, len(ok))[ok][:, ok])
+    v = (np.asarray(Y.multiply(Y).mean(axis=0)).ravel() - m ** 2) * n / max(n - 1, 1)
     v = np.maximum(v, 0.0)
     Xc = sp.csc_matrix(X)
     Xc.eliminate_zeros()
@@ -142,6 +141,8 @@ def _fit_zinb(X, sf, n_iter=60, graph=None) -> pd.DataFrame:
             lo = np.where(below, mid, lo)
             hi = np.where(below, hi, mid)
         pi[need] = 0.5 * (lo + hi)
+    if graph is not None:  # zero-inflation from the marginal fit, NB variance from the local one
+        v = np.maximum(local_variance(Y, _check_graph(graph, len(ok))[ok][:, ok]), 0.0)
     mu, inv_theta = _zinb_params(pi, m, v, c)
     mu = np.where(m > 0, mu, 0.0)
     theta = np.full_like(m, np.inf)
