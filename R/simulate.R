@@ -1,7 +1,7 @@
 # Pseudo-gene simulator (the "r" engine of sigel.sim in Python).
 #
-# One recipe, two engines: this file and python/sigel/sim.py implement the
-# same steps (see the details of ?simulatePattern), so the two engines agree
+# One recipe, two engines: this file and python/sigel/sim/ (patterned.py,
+# nulls.py) implement the same steps (see the details of ?simulatePattern), so the two engines agree
 # in distribution; only their random streams differ.
 
 #' Simulate pseudo-genes with a designated spatial pattern
