@@ -1,6 +1,6 @@
 """Quick screen of SIGEL variants on the synthetic tissue: detection-rate read-out, effective rank, family ARI.
 
-The 300-gene synthetic tissue of ``tests/python/test_views.py`` (planted
+The 300-gene synthetic tissue of ``tests/python/data/test_views.py`` (planted
 pattern families, negative binomial counts); each variant is fitted for 24
 epochs on one thread (~10-15 s each) and scored by the 5-fold ridge R² of
 detection rate from the vectors, the effective rank and the adjusted Rand

@@ -37,7 +37,7 @@ So a ``N``-process fit runs the same algorithm as a one-process fit with the
 same seed and hyper-parameters; results differ only by floating-point
 rounding (sums over a batch or over genes are split across ranks, which
 changes the summation order; see ``docs/performance.md`` and
-``tests/python/test_distributed.py`` for the measured agreement).
+``tests/python/train/test_distributed.py`` for the measured agreement).
 ``batch_size`` is the *global* batch: with ``N`` ranks each rank embeds about
 ``batch_size / N`` genes per step; raise it (and ``lr``) to use many GPUs
 fully.
