@@ -234,8 +234,8 @@ sigelSparkX <- function(counts, coords) {
 #' (Cliff & Ord 1981; it includes each gene's kurtosis, which keeps sparse,
 #' skewed counts calibrated), one-sided p-values for positive
 #' autocorrelation, BH q-values. The same statistic as Python's
-#' `sigel.tissue.morans_i()` / `sigel.tl.morans_i()` (tested to agree); this
-#' one runs in R alone.
+#' `sigel.tissue.morans_i()` / `sigel.tl.morans_i()`, which computes it
+#' (through reticulate): one definition of the statistic in both languages.
 #'
 #' @param counts `matrix` or `dgCMatrix` (genes x spots).
 #' @param coords `matrix` (spots x 2).
@@ -244,11 +244,13 @@ sigelSparkX <- function(counts, coords) {
 #' @return A `data.frame` (rownames genes): `I`, `z`, `pval`, `qval`.
 #' @seealso [sigelSparkX()]
 #' @examples
-#' xy <- as.matrix(expand.grid(x = 1:15, y = 1:15))
-#' counts <- matrix(rpois(10 * 225, 5), 10, 225,
-#'                  dimnames = list(paste0("g", 1:10), NULL))
-#' counts[1, ] <- rpois(225, ifelse(xy[, 1] > 7, 12, 2))
-#' head(sigelMoransI(counts, xy), 3)
+#' if (sigelPythonAvailable()) {
+#'     xy <- as.matrix(expand.grid(x = 1:15, y = 1:15))
+#'     counts <- matrix(rpois(10 * 225, 5), 10, 225,
+#'                      dimnames = list(paste0("g", 1:10), NULL))
+#'     counts[1, ] <- rpois(225, ifelse(xy[, 1] > 7, 12, 2))
+#'     head(sigelMoransI(counts, xy), 3)
+#' }
 #' @export
 sigelMoransI <- function(counts, coords, k = 6L, library_size = NULL) {
     X <- .sim_counts(counts, NULL)
@@ -259,58 +261,22 @@ sigelMoransI <- function(counts, coords, k = 6L, library_size = NULL) {
              " spots (columns)", call. = FALSE)
     }
     if (n < 4L) stop("Moran's I needs at least 4 spots; got ", n, call. = FALSE)
-    lib <- if (is.null(library_size)) Matrix::colSums(X) else
-        as.numeric(library_size)
-    ts <- stats::median(lib[lib > 0])
-    f <- ifelse(lib > 0, ts / lib, 0)
-    Y <- X %*% Matrix::Diagonal(x = f)
-    Y@x <- log1p(Y@x)
-    kk <- min(as.integer(k), n - 1L)
-    W <- .knn_graph(coords, kk, symmetric = FALSE) / kk   # row-standardised
-    S0 <- sum(W)
-    S1 <- 0.5 * sum((W + Matrix::t(W))^2)
-    S2 <- sum((Matrix::rowSums(W) + Matrix::colSums(W))^2)
-    EI <- -1 / (n - 1)
-    mu <- Matrix::rowMeans(Y)
-    # sum_ij w_ij z_i z_j with z = y - mu, without densifying Y
-    YW <- as.matrix(Y %*% W)                          # genes x spots
-    num <- Matrix::rowSums(Y * YW) -
-        mu * Matrix::rowSums(YW) - mu * as.vector(Y %*% Matrix::colSums(W)) +
-        mu^2 * S0
-    p1 <- Matrix::rowSums(Y)
-    p2 <- Matrix::rowSums(Y^2)
-    p3 <- Matrix::rowSums(Y^3)
-    p4 <- Matrix::rowSums(Y^4)
-    m2 <- p2 - n * mu^2                               # sum z^2
-    m4 <- p4 - 4 * mu * p3 + 6 * mu^2 * p2 - 4 * mu^3 * p1 + n * mu^4
-    b2 <- n * m4 / m2^2                               # kurtosis
-    I <- n / S0 * num / m2
-    VI <- (n * ((n^2 - 3 * n + 3) * S1 - n * S2 + 3 * S0^2) -
-           b2 * ((n^2 - n) * S1 - 2 * n * S2 + 6 * S0^2)) /
-        ((n - 1) * (n - 2) * (n - 3) * S0^2) - EI^2
-    z <- (I - EI) / sqrt(ifelse(VI > 0, VI, NA))
-    p <- stats::pnorm(z, lower.tail = FALSE)
-    data.frame(I = I, z = z, pval = p, qval = stats::p.adjust(p, "BH"),
-               row.names = rownames(X))
+    k <- .check_number(k, "k", min = 1, whole = TRUE)
+    if (!is.null(library_size) && length(library_size) != n) {
+        stop("`library_size` has ", length(library_size), " values for ", n,
+             " spots", call. = FALSE)
+    }
+    genes <- rownames(X)
+    if (is.null(genes)) rownames(X) <- as.character(seq_len(nrow(X)))
+    # one statistic in both languages: Python's sigel.tissue.morans_i
+    a <- .anndata_from_parts(X, list(obs = NULL, obsm = unname(coords)),
+                             library_size)
+    tab <- .py_call(.sigel_py()$tissue$morans_i(
+        a, n_neighbors = as.integer(min(k, n - 1L)), counts = FALSE,
+        library_size_key = if (is.null(library_size)) NULL else
+            "sigel_library_size"), "sigelMoransI")
+    df <- .py_df(tab)[rownames(X), c("I", "z", "pval", "qval")]
+    rownames(df) <- genes
+    df
 }
 
-# k-nearest-neighbour graph of the spots (a spot is never its own
-# neighbour): binary, symmetrised (i ~ j when either is among the other's k
-# nearest) or, with `symmetric = FALSE`, directed (row i = spot i's k nearest).
-.knn_graph <- function(coords, k, chunk = 1024L, symmetric = TRUE) {
-    n <- nrow(coords)
-    from <- integer(0)
-    to <- integer(0)
-    for (s in seq(1L, n, by = chunk)) {
-        i <- s:min(n, s + chunk - 1L)
-        D <- .sqdist(coords[i, , drop = FALSE], coords)
-        D[cbind(seq_along(i), i)] <- Inf
-        nn <- t(apply(D, 1L, function(d) order(d)[seq_len(k)]))
-        if (k == 1L) nn <- matrix(nn, ncol = 1L)
-        from <- c(from, rep(i, times = k))
-        to <- c(to, as.vector(nn))
-    }
-    W <- Matrix::sparseMatrix(i = from, j = to, x = 1, dims = c(n, n))
-    if (symmetric) W <- ((W + Matrix::t(W)) > 0) * 1
-    methods::as(W, "generalMatrix")
-}

@@ -151,21 +151,26 @@ test_that("sigelSparkX is calibrated on flat genes and finds patterns", {
 })
 
 test_that("sigelMoransI matches the dense formula", {
+    skip_if_no_sigel_python()
     set.seed(5)
-    g <- .grid(12)
+    # a lattice, jittered so that every spot's k nearest neighbours are unique
+    g <- .grid(12) + matrix(runif(288, -0.01, 0.01), ncol = 2)
     n <- nrow(g)
     counts <- matrix(rpois(10 * n, 5), 10, n,
                      dimnames = list(paste0("g", 1:10), NULL))
     counts[1, ] <- rpois(n, ifelse(g[, 1] > 6, 15, 2))
     counts[2, ] <- rbinom(n, 1, 0.05) * rpois(n, 3)       # sparse, skewed
     res <- sigelMoransI(counts, g, k = 4)
-    W <- as.matrix(sigel:::.knn_graph(g, 4L, symmetric = FALSE)) / 4
+    D <- as.matrix(dist(g))
+    diag(D) <- Inf
+    W <- t(apply(D, 1, function(d) as.numeric(seq_along(d) %in% order(d)[1:4]))) / 4
     expect_equal(unname(rowSums(W)), rep(1, n))
     lib <- colSums(counts)
     Z <- log1p(sweep(counts, 2, median(lib) / lib, "*"))
     Z <- Z - rowMeans(Z)
     I <- n / sum(W) * rowSums((Z %*% W) * Z) / rowSums(Z^2)
-    expect_equal(res$I, unname(I), tolerance = 1e-10)
+    # Python computes it on float32 normalised values: agreement to float32 precision
+    expect_equal(res$I, unname(I), tolerance = 1e-6)
     # randomisation variance (Cliff & Ord 1981), with each gene's kurtosis
     S0 <- sum(W); S1 <- 0.5 * sum((W + t(W))^2)
     S2 <- sum((rowSums(W) + colSums(W))^2)
@@ -174,7 +179,7 @@ test_that("sigelMoransI matches the dense formula", {
     VI <- (n * ((n^2 - 3 * n + 3) * S1 - n * S2 + 3 * S0^2) -
            b2 * ((n^2 - n) * S1 - 2 * n * S2 + 6 * S0^2)) /
         ((n - 1) * (n - 2) * (n - 3) * S0^2) - EI^2
-    expect_equal(res$z, unname((I - EI) / sqrt(VI)), tolerance = 1e-8)
+    expect_equal(res$z, unname((I - EI) / sqrt(VI)), tolerance = 1e-6)
     expect_gt(res["g1", "I"], 0.5)
     expect_lt(res["g1", "pval"], 1e-10)
 })
