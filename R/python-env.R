@@ -93,6 +93,7 @@ sigelPythonAvailable <- function() {
     if (!is.null(.sigel_env$mod)) return(.sync_threads(.sigel_env$mod))
     # idle OpenMP threads sleep instead of spinning (read when torch loads)
     if (!nzchar(Sys.getenv("OMP_WAIT_POLICY"))) Sys.setenv(OMP_WAIT_POLICY = "PASSIVE")
+    if (!nzchar(Sys.getenv("GOMP_SPINCOUNT"))) Sys.setenv(GOMP_SPINCOUNT = "10000")
     py <- sigelPythonPath()
     if (is.na(py) && !reticulate::py_available(initialize = FALSE)) {
         stop(.no_backend_message(), call. = FALSE)

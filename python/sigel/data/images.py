@@ -161,7 +161,7 @@ class GeneImages:
             n_spots_sharing_pixel=int(n_obs - mask.sum()),
         )
         return cls(
-            values=values.astype(np.float32), height=H, width=W, mask=mask, spot_pixel=flat,
+            values=values.astype(np.float32, copy=False), height=H, width=W, mask=mask, spot_pixel=flat,
             genes=gene_names[keep], spot_names=pd.Index(adata.obs_names.astype(str)), settings=settings,
         )
 
@@ -304,7 +304,8 @@ def _gene_filter(X, gene_names, genes, exclude_prefixes, min_spots) -> np.ndarra
 
 def _normalise(X, lib, normalize, target_sum, log1p):
     """Library-size normalisation and ``log1p`` (sparse-preserving); returns the matrix and the target sum used."""
-    Xn = X.astype(np.float32).tocsr(copy=True)
+    # X is a fresh column subset (never the caller's matrix): one float32 copy at most, changed in place
+    Xn = sp.csr_matrix(X, dtype=np.float32)
     if normalize:
         ts = float(np.median(lib[lib > 0])) if target_sum is None and np.any(lib > 0) else (target_sum or 1.0)
         factor = np.divide(ts, lib, out=np.zeros_like(lib), where=lib > 0).astype(np.float32)
@@ -313,7 +314,7 @@ def _normalise(X, lib, normalize, target_sum, log1p):
     else:
         ts = None
     if log1p:
-        Xn.data = np.log1p(Xn.data)
+        np.log1p(Xn.data, out=Xn.data)
     return Xn, ts
 
 
@@ -539,8 +540,10 @@ def _warn_shared_free(xy, rows, cols, resolution, span):
 
 
 def _robust_scale(values: sp.csr_matrix, n_tissue: int, q: float) -> sp.csr_matrix:
-    """Divide each row by its q-quantile over ``n_tissue`` in-tissue pixels (zeros included); clip at 1."""
-    values = values.copy()
+    """Divide each row by its q-quantile over ``n_tissue`` in-tissue pixels (zeros included); clip at 1.
+
+    Returns a new matrix sharing ``values``' index arrays (float32 data).
+    """
     n_g = values.shape[0]
     nnz = np.diff(values.indptr)
     row_of = np.repeat(np.arange(n_g), nnz)
@@ -556,8 +559,10 @@ def _robust_scale(values: sp.csr_matrix, n_tissue: int, q: float) -> sp.csr_matr
     if sorted_data.size:
         scale[has] = sorted_data[values.indptr[:-1][has] + pos[has]]
     scale[scale <= 0] = 1.0
-    values.data = np.minimum(values.data / scale[row_of], 1.0).astype(np.float32)
-    return values
+    # float32 division of float32 values by float32-exact scales: the same numbers as in float64, rounded
+    data = np.asarray(values.data, dtype=np.float32) / scale.astype(np.float32)[row_of]
+    np.minimum(data, 1.0, out=data)
+    return sp.csr_matrix((data, values.indices, values.indptr), shape=values.shape)
 
 
 def _sort_within_rows(data: np.ndarray, row_of: np.ndarray) -> np.ndarray:

@@ -264,3 +264,15 @@ def test_import_sets_passive_openmp_wait_unless_given():
     env["OMP_WAIT_POLICY"] = "ACTIVE"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "ACTIVE", out.stderr[-2000:]
+
+
+def test_import_sets_a_short_openmp_spin_unless_given():
+    """Threads spin briefly (10,000 times) before sleeping: a pure sleep made idle fits 2x slower."""
+    code = "import os, sigel, torch; print(os.environ.get('GOMP_SPINCOUNT'))"
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(sigel.__file__)), env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "10000", out.stderr[-2000:]
+    env["GOMP_SPINCOUNT"] = "5"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "5", out.stderr[-2000:]
