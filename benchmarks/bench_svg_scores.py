@@ -24,7 +24,7 @@ SpatialDE calls (AUPRC; random = the fraction of reference genes):
 * baselines: the mean count alone, and Moran's I (`sigel.tl.morans_i`).
 
     .venv/bin/python benchmarks/bench_svg_scores.py --data ../shared/data \
-        --model benchmarks/out/models/svg_mob_rep11 [--null zinb] [--out FILE.json]
+        --model benchmarks/out/models/svg_mob_rep11 [--null zinb] [--variance local] [--out FILE.json]
 
 The model directory is fitted by ``benchmarks/bench_svg.py`` (default
 `SIGEL()` on MOB replicate 11) and must exist.
@@ -42,7 +42,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 
 
-def embed_real_and_controls(sigel, model, adata, *, n_null: int, null: str, seed: int, pixels: bool):
+def embed_real_and_controls(sigel, model, adata, *, n_null: int, null: str, seed: int, pixels: bool,
+                            variance: str = "local"):
     """Real vectors ``(G, D)``, control vectors ``(G, n_null + 1, D)``, log mean count, genes; optionally the
     encoder-input pixels of both (``(G, P)`` and ``(G, n_null + 1, P)``)."""
     import torch
@@ -54,7 +55,7 @@ def embed_real_and_controls(sigel, model, adata, *, n_null: int, null: str, seed
     images = svg_task.real_images(model, adata, adata.var_names, opts)
     genes = images.genes
     R = model.embed_images(images)
-    draws = svg_task._ControlDraws(adata, genes, opts, null=null, depth_aware=True, seed=seed)
+    draws = svg_task._ControlDraws(adata, genes, opts, null=null, depth_aware=True, seed=seed, variance=variance)
     n1 = n_null + 1
     C = np.empty((len(genes), n1, R.shape[1]), np.float32)
     mask = images.mask.ravel()
@@ -122,6 +123,8 @@ def main(argv=None):
     ap.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data"))
     ap.add_argument("--model", default=str(HERE / "out" / "models" / "svg_mob_rep11"))
     ap.add_argument("--null", default="zinb", choices=["zinb", "permutation"])
+    ap.add_argument("--variance", default="local", choices=["local", "marginal"],
+                    help="variance the ZINB controls are fitted to (tl.svg(variance=...))")
     ap.add_argument("--n-null", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
@@ -144,7 +147,8 @@ def main(argv=None):
     adata, truth = load_mob(Path(args.data))
     model = sigel.SIGEL.load(args.model)
     R, C, level, genes, XR, XC = embed_real_and_controls(sigel, model, adata, n_null=args.n_null, null=args.null,
-                                                         seed=args.seed, pixels=not args.no_pixels)
+                                                         seed=args.seed, pixels=not args.no_pixels,
+                                                         variance=args.variance)
     y = truth.reindex(genes).fillna(False).to_numpy().astype(int)
     R64, C64 = R.astype(np.float64), C.astype(np.float64)
     bins = expression_bins(level)
@@ -174,7 +178,7 @@ def main(argv=None):
     rows["mean count alone"] = dict(auprc_score=auprc(level))
     mi = sigel.tl.morans_i(adata, genes=genes)
     rows["Moran's I"] = dict(auprc_score=auprc(mi["I"].reindex(genes).to_numpy()))
-    res = dict(model=args.model, null=args.null, n_null=args.n_null, genes=len(genes), reference=int(y.sum()),
+    res = dict(model=args.model, null=args.null, variance=args.variance, n_null=args.n_null, genes=len(genes), reference=int(y.sum()),
                random_auprc=round(float(y.mean()), 4), seconds=round(time.perf_counter() - t0, 1), scores=rows)
     print(json.dumps(res, indent=1))
     lines = ["| score | AUPRC (by score) | AUPRC (by -log10 p) | genes at q < 0.05 |", "|---|---|---|---|"]
