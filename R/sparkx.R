@@ -273,6 +273,7 @@ sigelMoransI <- function(counts, coords, k = 6L, library_size = NULL) {
                              library_size)
     tab <- .py_call(.sigel_py()$tissue$morans_i(
         a, n_neighbors = as.integer(min(k, n - 1L)), counts = FALSE,
+        dtype = "float64",
         library_size_key = if (is.null(library_size)) NULL else
             "sigel_library_size"), "sigelMoransI")
     df <- .py_df(tab)[rownames(X), c("I", "z", "pval", "qval")]

@@ -221,8 +221,9 @@ def library_size(adata, layer: str | None = None, *, library_size_key: str | Non
 
 
 def log_normalize(adata, genes=None, *, layer: str | None = None, library_size_key: str | None = None,
-                  target_sum: float | None = None, format: str = "csr", counts: bool = True) -> sp.spmatrix:
-    """Counts / library size * ``target_sum``, then ``log1p`` (spots x genes, sparse float32).
+                  target_sum: float | None = None, format: str = "csr", counts: bool = True,
+                  dtype=np.float32) -> sp.spmatrix:
+    """Counts / library size * ``target_sum``, then ``log1p`` (spots x genes, sparse, float32 by default).
 
     The library size is taken over all genes of ``adata`` (or from
     ``obs[library_size_key]``) before ``genes`` are selected; ``target_sum``
@@ -246,6 +247,9 @@ def log_normalize(adata, genes=None, *, layer: str | None = None, library_size_k
         ``True`` (default): the matrix must hold raw counts (whole numbers);
         normalised or log-transformed values raise a `sigel.SigelInputError`
         naming ``layer=``. ``False``: use the values as they are.
+    dtype
+        Float type of the result: float32 (default; half the memory at
+        scale) or float64 (exact comparisons, e.g. with R).
 
     Returns
     -------
@@ -267,14 +271,14 @@ def log_normalize(adata, genes=None, *, layer: str | None = None, library_size_k
         X = X[:, gene_indices(adata, genes)]
     if target_sum is None:
         target_sum = float(np.median(lib[pos]))
-    scale = np.where(pos, target_sum / np.where(pos, lib, 1.0), 0.0).astype(np.float32)
+    scale = np.where(pos, target_sum / np.where(pos, lib, 1.0), 0.0).astype(dtype)
     if format == "csc":  # one copy of the counts, scaled and logged in place
-        X = X.tocsc().astype(np.float32, copy=False)
+        X = X.tocsc().astype(dtype, copy=False)
         step = 1 << 22
         for a in range(0, X.nnz, step):  # row scaling without an nnz-sized temporary
             X.data[a:a + step] *= scale[X.indices[a:a + step]]
     elif format == "csr":
-        X = X.astype(np.float32, copy=True)
+        X = X.astype(dtype, copy=True)
         X.data *= np.repeat(scale, np.diff(X.indptr))
     else:
         raise SigelInputError(f"`format` must be 'csr' or 'csc'; got {format!r}")
@@ -581,7 +585,8 @@ def morans_i_values(X: sp.spmatrix, W: sp.spmatrix, *, block: int = 128) -> pd.D
 
 
 def morans_i(adata, genes=None, *, layer: str | None = None, spatial_key: str | None = DEFAULT_SPATIAL_KEY,
-             library_size_key: str | None = None, n_neighbors: int = 6, counts: bool = True) -> pd.DataFrame:
+             library_size_key: str | None = None, n_neighbors: int = 6, counts: bool = True,
+             dtype=np.float32) -> pd.DataFrame:
     """Moran's I of every gene on the spot kNN graph (sparse; memory linear in spots).
 
     Values are library-size normalised and ``log1p``-transformed
@@ -610,6 +615,9 @@ def morans_i(adata, genes=None, *, layer: str | None = None, spatial_key: str | 
     counts
         Require raw (whole-number) counts (default); ``False`` uses the
         values as they are.
+    dtype
+        Float type of the normalised values (`log_normalize`): float32
+        (default) or float64 (R's ``sigelMoransI`` uses it).
 
     Returns
     -------
@@ -632,7 +640,8 @@ def morans_i(adata, genes=None, *, layer: str | None = None, spatial_key: str | 
     names = pd.Index(adata.var_names.astype(str)) if genes is None else \
         pd.Index([str(g) for g in np.atleast_1d(genes)])
     assert_unique_names(adata.var_names.astype(str), "gene names (adata.var_names)")
-    X = log_normalize(adata, genes, layer=layer, library_size_key=library_size_key, format="csc", counts=counts)
+    X = log_normalize(adata, genes, layer=layer, library_size_key=library_size_key, format="csc", counts=counts,
+                      dtype=dtype)
     conn, _ = neighbor_graph(adata, int(n_neighbors), spatial_key=spatial_key)
     out = morans_i_values(X, row_standardize(conn))
     out.index = pd.Index(names, name="gene")

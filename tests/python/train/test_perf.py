@@ -255,24 +255,16 @@ def test_fit_and_transform_use_the_setting_and_restore(clean_threads):
     assert inside == [2] and torch.get_num_threads() == 1
 
 
-def test_import_sets_passive_openmp_wait_unless_given():
-    code = "import os, sigel, torch; print(os.environ.get('OMP_WAIT_POLICY'))"
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(sigel.__file__)), env.get("PYTHONPATH", "")])
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert out.stdout.strip() == "PASSIVE", out.stderr[-2000:]
-    env["OMP_WAIT_POLICY"] = "ACTIVE"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert out.stdout.strip() == "ACTIVE", out.stderr[-2000:]
-
-
-def test_import_sets_a_short_openmp_spin_unless_given():
-    """Threads spin briefly (10,000 times) before sleeping: a pure sleep made idle fits 2x slower."""
-    code = "import os, sigel, torch; print(os.environ.get('GOMP_SPINCOUNT'))"
+@pytest.mark.parametrize("var, default, given", [("OMP_WAIT_POLICY", "PASSIVE", "ACTIVE"),
+                                                  ("GOMP_SPINCOUNT", "10000", "5")])
+def test_import_sets_openmp_waiting_unless_given(var, default, given):
+    """Idle threads spin briefly (10,000 times), then sleep (a pure sleep made idle fits 2x slower);
+    a value the user set wins."""
+    code = f"import os, sigel, torch; print(os.environ.get({var!r}))"
     env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(sigel.__file__)), env.get("PYTHONPATH", "")])
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert out.stdout.strip() == "10000", out.stderr[-2000:]
-    env["GOMP_SPINCOUNT"] = "5"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert out.stdout.strip() == "5", out.stderr[-2000:]
+    for value, want in ((None, default), (given, given)):
+        if value is not None:
+            env[var] = value
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert out.stdout.strip() == want, out.stderr[-2000:]
