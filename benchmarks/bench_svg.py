@@ -85,7 +85,7 @@ def run_three(sigel, model, adata, *, n_null, threads, lib_key=None, genes=None,
             sgs[key] = sigel.tl.svg(model, adata, genes=genes, n_null=n_null, image_options=image_options,
                                     seed=seed, metric=metric, null=null, variance=variance, progress=False)
             secs[f"sigel_{key}"] = time.perf_counter() - t
-    sg = sgs[metrics[0]]
+    sg = next(iter(sgs.values()))
     g = sg.index
     X = adata[:, g].X
     t = time.perf_counter()
