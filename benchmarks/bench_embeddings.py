@@ -179,6 +179,18 @@ def score_all(name, E, ctx) -> dict:
     return rec
 
 
+def residualize(E: np.ndarray, ctx) -> np.ndarray:
+    """``E`` minus its least-squares fit on each gene's detection rate and log mean level (with intercept).
+
+    Removes what a linear read-out finds of the two sampling-depth covariates,
+    so its ``r2_detection`` / ``r2_mean`` are ~0 by construction; the other
+    measures say what the vectors carry beyond them.
+    """
+    F = np.c_[np.ones(len(E)), ctx["detection"], ctx["mean"]]
+    B, *_ = np.linalg.lstsq(F, E, rcond=None)
+    return E - F[:, 1:] @ B[1:]
+
+
 # ------------------------------------------------------------------ baselines
 def image_pca(images, D: int, sigma: float, seed: int = 0) -> np.ndarray:
     """PCA-D of the gene images, z-scored per gene over tissue, optionally after masked Gaussian smoothing."""
@@ -260,6 +272,9 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--save-embeddings", default=None, help="folder: write each variant's embeddings as CSV")
     ap.add_argument("--out", default=None, help="append the JSON records to this file")
+    ap.add_argument("--residualize", action="store_true",
+                    help="also score every representation with detection rate and log mean regressed out "
+                         "(rows '<name>_resid')")
     args = ap.parse_args(argv)
 
     import torch
@@ -292,13 +307,19 @@ def main(argv=None):
     D = 32
     records = _Records(args.out)
     base = dict(dataset=args.dataset, n_genes=len(genes), seed=args.seed)
+
+    def scored(name, E, **extra):
+        records.append({**base, **score_all(name, E, ctx), **extra})
+        if args.residualize:
+            records.append({**base, **score_all(f"{name}_resid", residualize(E, ctx), ctx)})
+
     if not args.no_baselines:
         reps = expression_baselines(Xlog, D, args.seed)
         reps["random"] = np.random.default_rng(args.seed).normal(size=(len(genes), D))
         reps["img_pca"] = image_pca(images, D, 0.0, args.seed)
         reps["img_pca_s2"] = image_pca(images, D, 2.0, args.seed)
         for name, E in reps.items():
-            records.append({**base, **score_all(name, E, ctx)})
+            scored(name, E)
     for spec in args.embedding:
         name, _, path = spec.partition("=")
         E = pd.read_csv(path, index_col=0)
@@ -307,7 +328,7 @@ def main(argv=None):
         if len(missing):
             log(f"{name}: {len(missing)} genes missing; scored on the genes it has is not comparable, skipping")
             continue
-        records.append({**base, **score_all(name, E.loc[genes].to_numpy(np.float64), ctx)})
+        scored(name, E.loc[genes].to_numpy(np.float64))
     for spec in args.variant:
         name, kw = parse_variant(spec)
         model = sigel.SIGEL(**kw)
@@ -320,13 +341,12 @@ def main(argv=None):
         if args.save_embeddings:
             Path(args.save_embeddings).mkdir(parents=True, exist_ok=True)
             E.to_csv(Path(args.save_embeddings) / f"{args.dataset}_{name}_seed{args.seed}.csv")
-        rec = {**base, **score_all(name, E.to_numpy(np.float64), ctx), "fit_s": fit_s, "peak_gb": peak_rss_gb(),
-               "epochs_run": int(model.epochs_run_), "params": kw}
+        extra = {"fit_s": fit_s, "peak_gb": peak_rss_gb(), "epochs_run": int(model.epochs_run_), "params": kw}
         h = model.history_
         for col in ("erank", "r2_detection"):
             if col in h:
-                rec[f"history_{col}"] = [round(float(v), 4) for v in h[col]]
-        records.append(rec)
+                extra[f"history_{col}"] = [round(float(v), 4) for v in h[col]]
+        scored(name, E.to_numpy(np.float64), **extra)
     df = pd.DataFrame(list(records))
     cols = ["representation", "family", "family_shuffled", "path_k20", "path_k50", "path_k100", "r2_detection",
             "r2_mean", "r2_moran", "erank", "mean_cos", "fit_s", "peak_gb"]
