@@ -62,13 +62,16 @@ def size_factors(counts=None, library_size=None, n_spots: int | None = None) -> 
     return sf
 
 
+_size_factors = size_factors  # for functions whose `size_factors` argument hides it
+
+
 def _gamma_poisson(rng, mu, theta):
     """Negative binomial (mean ``mu``, size ``theta``) as a gamma-Poisson mixture (faster than numpy's NB)."""
     return rng.poisson(rng.standard_gamma(theta) * (mu / theta))
 
 
 # ============================================================== homogeneous mode
-def fit_zinb(counts, library_size=None, *, n_iter: int = 60, graph=None) -> pd.DataFrame:
+def fit_zinb(counts, library_size=None, *, size_factors=None, n_iter: int = 60, graph=None) -> pd.DataFrame:
     """Zero-inflated negative binomial per gene by the method of moments (vectorised).
 
     Parameters
@@ -78,6 +81,9 @@ def fit_zinb(counts, library_size=None, *, n_iter: int = 60, graph=None) -> pd.D
     library_size
         Optional per-spot library sizes: fit the marginal of ``y / sf``
         (default: raw counts, ``sf = 1``).
+    size_factors
+        Per-spot size factors used as they are (instead of
+        ``library_size``; e.g. the ones the controls will be drawn with).
     n_iter
         Bisection steps for the zero-inflation.
     graph
@@ -111,7 +117,14 @@ def fit_zinb(counts, library_size=None, *, n_iter: int = 60, graph=None) -> pd.D
     index = counts.columns if isinstance(counts, pd.DataFrame) else None
     X = sp.csr_matrix(np.asarray(counts, dtype=np.float64)) if not sp.issparse(counts) else \
         sp.csr_matrix(counts, dtype=np.float64)
-    sf = size_factors(None, library_size, X.shape[0])
+    if size_factors is not None and library_size is not None:
+        raise SigelInputError("give `library_size` or `size_factors`, not both")
+    if size_factors is None:
+        sf = _size_factors(None, library_size, X.shape[0])
+    else:
+        sf = np.asarray(size_factors).ravel()  # as given (the draws use the same array)
+        if len(sf) != X.shape[0]:
+            raise SigelInputError(f"size_factors has {len(sf)} values for {X.shape[0]} spots")
     out = _fit_zinb(X, sf, n_iter, graph=graph)
     if index is not None:
         out.index = index
@@ -214,8 +227,12 @@ def _zinb_zero_prob(pi, m, v, c):
     return pi + (1.0 - pi) * nb0
 
 
-def _draw_zinb(rng, params: pd.DataFrame, sf: np.ndarray, n_draws: int) -> sp.csr_matrix:
-    """Controls for every gene of ``params``: sparse (spots x genes*n_draws), gene-major columns."""
+def draw_zinb(rng, params: pd.DataFrame, sf: np.ndarray, n_draws: int) -> sp.csr_matrix:
+    """``n_draws`` homogeneous controls of every gene of ``params`` (`fit_zinb` output) at size factors ``sf``.
+
+    Returns a sparse ``(spots, genes * n_draws)`` matrix, gene-major columns
+    (the draws of gene 0, then of gene 1, ...), from the numpy generator ``rng``.
+    """
     G = len(params)
     n = len(sf)
     mu = np.repeat(params["mu"].to_numpy(), n_draws)            # (G*n_draws,)
@@ -289,12 +306,16 @@ def homogeneous(
     sf = size_factors(None, library_size, X.shape[0])
     if params is None:
         params = _fit_zinb(X, sf)
-    Y = _draw_zinb(_rng(seed), params, sf, int(n_draws)).toarray()
+    Y = draw_zinb(_rng(seed), params, sf, int(n_draws)).toarray()
     return Y.reshape(X.shape[0], X.shape[1], int(n_draws)).astype(np.int64)
 
 
-def _draw_permuted(rng, X, sf, n_draws: int) -> sp.csr_matrix:
-    """Shuffled copies of every column of X (spots x genes, dense), gene-major columns, depth-adjusted by sf."""
+def draw_permuted(rng, X, sf, n_draws: int) -> sp.csr_matrix:
+    """``n_draws`` shuffled copies of every column of dense ``X`` (spots x genes), gene-major columns.
+
+    With size factors ``sf`` a value moved from spot ``t`` to ``s`` is scaled
+    by ``sf_s / sf_t`` (depth-adjusted); ``None``: a pure shuffle.
+    """
     n, G = X.shape
     X = np.repeat(np.asarray(X, dtype=np.float64), n_draws, axis=1)          # gene-major copies
     perm = np.argsort(rng.random((n, G * n_draws)), axis=0)
@@ -342,5 +363,5 @@ def permuted(counts, n_draws: int = 1, *, library_size=None, seed: int | None = 
     assert_positive("n_draws", n_draws)
     X = counts.toarray() if sp.issparse(counts) else np.asarray(counts, dtype=np.float64)
     sf = None if library_size is None else size_factors(None, library_size, X.shape[0])
-    Y = _draw_permuted(_rng(seed), X, sf, int(n_draws)).toarray().astype(np.float64)
+    Y = draw_permuted(_rng(seed), X, sf, int(n_draws)).toarray().astype(np.float64)
     return Y.reshape(X.shape[0], X.shape[1], int(n_draws))

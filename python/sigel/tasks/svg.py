@@ -385,7 +385,7 @@ class _ControlDraws:
 
     def __init__(self, adata, genes, opts: dict, *, null: str, depth_aware: bool, seed, variance: str = "local"):
         from ..sim.images import real_library_size
-        from ..sim.nulls import _fit_zinb
+        from ..sim.nulls import fit_zinb
 
         self.adata, self.opts, self.null, self.depth_aware = adata, opts, null, depth_aware
         X = tissue.counts(adata, opts.get("layer"))[:, tissue.gene_indices(adata, genes)]
@@ -395,19 +395,19 @@ class _ControlDraws:
         graph = None
         if null == "zinb" and variance == "local":
             graph = tissue.neighbor_graph(adata, 6, spatial_key=opts.get("spatial_key", tissue.DEFAULT_SPATIAL_KEY))[0]
-        self.params = _fit_zinb(self.X, self.sf, graph=graph) if null == "zinb" else None
+        self.params = fit_zinb(self.X, size_factors=self.sf, graph=graph) if null == "zinb" else None
         self.mean_count = np.asarray(self.X.mean(axis=0)).ravel()
         self.rng = np.random.default_rng(seed)
 
     def images(self, start: int, end: int, n_draws: int):
         """`GeneImages` of ``n_draws`` controls of genes ``start..end`` (gene-major order)."""
         from ..sim.images import pseudo_images
-        from ..sim.nulls import _draw_permuted, _draw_zinb
+        from ..sim.nulls import draw_permuted, draw_zinb
 
         if self.null == "zinb":
-            Y = _draw_zinb(self.rng, self.params.iloc[start:end], self.sf, n_draws)
+            Y = draw_zinb(self.rng, self.params.iloc[start:end], self.sf, n_draws)
         else:
-            Y = _draw_permuted(self.rng, self.X[:, start:end].toarray(), self.sf if self.depth_aware else None,
+            Y = draw_permuted(self.rng, self.X[:, start:end].toarray(), self.sf if self.depth_aware else None,
                                n_draws)
         names = [f"__ctrl{i}" for i in range(Y.shape[1])]
         return pseudo_images(self.adata, Y, names, {**self.opts}, library_size=self.lib)

@@ -242,3 +242,15 @@ def test_local_variance_null_keeps_noise_not_pattern():
     assert min(marg["theta"].iloc[1], loc["theta"].iloc[1]) > 20
     with pytest.raises(sigel.SigelInputError, match="graph has shape"):
         sigel.sim.fit_zinb(sp.csr_matrix(X), graph=W[:10])
+
+
+def test_fit_zinb_takes_size_factors_or_library_sizes():
+    ad = sigel.datasets.synthetic_tissue(15, seed=1)
+    lib = np.asarray(ad.X.sum(axis=1)).ravel().astype(np.float64) + 1.0
+    a = sigel.sim.fit_zinb(ad.X, library_size=lib)
+    b = sigel.sim.nulls.fit_zinb(ad.X, size_factors=lib / lib.mean())
+    pd.testing.assert_frame_equal(a, b)
+    with pytest.raises(SigelInputError, match="not both"):
+        sigel.sim.fit_zinb(ad.X, library_size=lib, size_factors=lib / lib.mean())
+    with pytest.raises(SigelInputError, match="size_factors has 3 values"):
+        sigel.sim.nulls.fit_zinb(ad.X, size_factors=[1.0, 1.0, 1.0])
