@@ -1,6 +1,8 @@
-"""Small named validators: each error names the parameter, the value and what was expected."""
+"""Small named validators: each error names the parameter, the value and what was expected;
+and the coercion of values to plain Python / JSON types."""
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import numpy as np
@@ -117,3 +119,33 @@ def as_seed(name: str, value, *, allow_none: bool = True):
     if not 0 <= s < SEED_LIMIT:
         raise SigelInputError(f"`{name}` must be in [0, 2**32); got {s}")
     return s
+
+
+def jsonable(obj):
+    """Convert numpy scalars/arrays, NaN and tuples into plain JSON values (NaN -> null).
+
+    Parameters
+    ----------
+    obj
+        A value, or a dict / list / tuple of values (converted recursively;
+        dict keys become strings).
+
+    Returns
+    -------
+    object
+        The same structure made of plain Python values.
+    """
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        f = float(obj)
+        return None if not math.isfinite(f) else f
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    return obj

@@ -30,6 +30,7 @@ def write_outputs(model, out: Path, *, title: str) -> dict:
     import matplotlib
 
     matplotlib.use("Agg")
+    from ._validate import jsonable
     from .report import write_report
 
     out.mkdir(parents=True, exist_ok=True)
@@ -43,7 +44,7 @@ def write_outputs(model, out: Path, *, title: str) -> dict:
     mem.index.name = "gene"
     mem.to_csv(out / "memberships.tsv", sep="\t")
     hist = model.history_.reset_index(drop=True)
-    records = hist.astype(object).where(hist.notna(), None).to_dict(orient="records")  # NaN -> null (strict JSON)
+    records = jsonable(hist.to_dict(orient="records"))  # NaN -> null: strict JSON
     (out / "history.json").write_text(json.dumps(records, indent=1, allow_nan=False))
     model.save(out / "model")
     write_report(model, out / "report.html", title=title)

@@ -11,23 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from .._settings import logger
-from .._validate import SigelInputError
+from .._validate import SigelInputError, jsonable
 
 __all__ = ["DataSetup", "checked_options"]
-
-
-def _plain(v):
-    """A JSON-ready copy of an option value (numpy scalars -> Python, tuples -> lists)."""
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
 
 
 @dataclass(frozen=True)
@@ -76,7 +63,7 @@ class DataSetup:
         st = images.settings
         opts = {**GeneImages.image_options(st), **fields}
         n_spots, n_genes = st.get("n_spots"), st.get("n_genes_input")
-        return cls(_plain(opts), st.get("content_hash"), None if n_spots is None else int(n_spots),
+        return cls(jsonable(opts), st.get("content_hash"), None if n_spots is None else int(n_spots),
                    None if n_genes is None else int(n_genes))
 
     @classmethod
@@ -94,7 +81,7 @@ class DataSetup:
 
     def to_dict(self) -> dict:
         """Plain, JSON-ready dict."""
-        return _plain({"image_options": self.image_options, "content_hash": self.content_hash,
+        return jsonable({"image_options": self.image_options, "content_hash": self.content_hash,
                        "n_spots": self.n_spots, "n_genes_input": self.n_genes_input})
 
     # ------------------------------------------------------------- using it

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
 import os
 import platform
 from pathlib import Path
@@ -28,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from .._settings import logger, resolve_device
-from .._validate import SigelInputError
+from .._validate import SigelInputError, jsonable
 from .._version import __version__
 from ..data.setup import DataSetup
 
@@ -44,36 +43,6 @@ MANIFEST_FORMAT = "sigel-model-files"
 
 
 # ------------------------------------------------------------------ helpers
-def jsonable(obj):
-    """Convert numpy scalars/arrays, NaN and tuples into plain JSON values (NaN -> null).
-
-    Parameters
-    ----------
-    obj
-        A value, or a dict / list / tuple of values (converted recursively;
-        dict keys become strings).
-
-    Returns
-    -------
-    object
-        The same structure made of plain Python values.
-    """
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        f = float(obj)
-        return None if not math.isfinite(f) else f
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    return obj
-
-
 def _sha256(file: Path) -> str:
     import hashlib
 
@@ -508,20 +477,13 @@ def _uns_entry(model, K: int, n_genes: int) -> dict:
 def write_to_anndata(model, adata, *, key_added: str = "sigel", sample: str | None = None):
     """Store a trained model's results in ``adata`` (the work behind :meth:`sigel.SIGEL.write_to`).
 
-    Genes are matched by name. Genes of ``adata`` that were not embedded
-    (filtered out or not requested) get NaN rows / missing values.
-
     Parameters
     ----------
     model
         A trained :class:`sigel.SIGEL`.
-    adata
-        AnnData whose ``var_names`` include the embedded genes.
-    key_added
-        Prefix of the keys written.
-    sample
-        For a multi-sample model (required there): the name of the sample
-        ``adata`` holds. Must be ``None`` for a single-sample model.
+    adata, key_added, sample
+        As in :meth:`sigel.SIGEL.write_to` (genes matched by name; genes not
+        embedded get NaN rows / missing values).
 
     Returns
     -------
