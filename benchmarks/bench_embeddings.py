@@ -219,6 +219,39 @@ def expression_baselines(Xlog: np.ndarray, D: int, seed: int = 0) -> dict:
             "expr_svd": TruncatedSVD(n_components=D, random_state=seed).fit_transform(Xlog.T)}
 
 
+def build_context(data: Path, dataset: str):
+    """Load a data set and everything the measures need.
+
+    Returns ``(adata, fit_kw, images, ctx)``: the AnnData, the fit keyword
+    arguments, the default gene images and the scoring context (genes,
+    symbols, families, detection rate, log mean, Moran's I, gene sets).
+    """
+    import sigel
+
+    adata, fit_kw, human, fam_symbols, coords = load_dataset(data, dataset)
+    log(f"{dataset}: {adata.n_obs} spots x {adata.n_vars} genes; load avg {os.getloadavg()}")
+    images = sigel.GeneImages.from_anndata(adata, **fit_kw)
+    genes = pd.Index(images.genes)
+    X = sp.csc_matrix(adata[:, genes].X, dtype=np.float32)
+    lib = (adata.obs[fit_kw["library_size_key"]].to_numpy(np.float64) if "library_size_key" in fit_kw
+           else np.asarray(adata.X.sum(1)).ravel())
+    Xlog = np.log1p((sp.diags((np.median(lib) / lib).astype(np.float32)) @ X).toarray())
+    counts = X.toarray()
+    ctx = {
+        "genes": genes, "symbols": human.reindex(genes), "families": families(fam_symbols.reindex(genes)),
+        "detection": (counts > 0).mean(0), "mean": np.log1p(counts.mean(0)), "moran": morans_i(Xlog, coords),
+        "Xlog": Xlog,
+    }
+    del counts
+    gs = read_gmt(data / "reference" / "gene_sets" / "human_GO_BP_propagated_10-500_symbols.gmt.gz")
+    gs.update(read_gmt(data / "reference" / "gene_sets" / "h.all.v7.5.1.symbols.cleaned.gmt"))
+    ctx["gene_sets"] = gs
+    nfam = ctx["families"].nunique()
+    log(f"{len(genes)} genes, {nfam} families (>= 5 members, {int(ctx['families'].notna().sum())} genes), "
+        f"{len(gs)} gene sets")
+    return adata, fit_kw, images, ctx
+
+
 # ------------------------------------------------------------------ main
 def markdown_table(df: pd.DataFrame) -> str:
     """A pipe table with 3 decimals (no extra dependency)."""
@@ -283,27 +316,8 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     sigel.settings.verbosity = 1
-    data = Path(args.data)
-    adata, fit_kw, human, fam_symbols, coords = load_dataset(data, args.dataset)
-    log(f"{args.dataset}: {adata.n_obs} spots x {adata.n_vars} genes; load avg {os.getloadavg()}")
-    images = sigel.GeneImages.from_anndata(adata, **fit_kw)
-    genes = pd.Index(images.genes)
-    X = sp.csc_matrix(adata[:, genes].X, dtype=np.float32)
-    lib = (adata.obs[fit_kw["library_size_key"]].to_numpy(np.float64) if "library_size_key" in fit_kw
-           else np.asarray(adata.X.sum(1)).ravel())
-    Xlog = np.log1p((sp.diags((np.median(lib) / lib).astype(np.float32)) @ X).toarray())
-    counts = X.toarray()
-    ctx = {
-        "genes": genes, "symbols": human.reindex(genes), "families": families(fam_symbols.reindex(genes)),
-        "detection": (counts > 0).mean(0), "mean": np.log1p(counts.mean(0)), "moran": morans_i(Xlog, coords),
-    }
-    del counts
-    gs = read_gmt(data / "reference" / "gene_sets" / "human_GO_BP_propagated_10-500_symbols.gmt.gz")
-    gs.update(read_gmt(data / "reference" / "gene_sets" / "h.all.v7.5.1.symbols.cleaned.gmt"))
-    ctx["gene_sets"] = gs
-    nfam = ctx["families"].nunique()
-    log(f"{len(genes)} genes, {nfam} families (>= 5 members, {int(ctx['families'].notna().sum())} genes), "
-        f"{len(gs)} gene sets")
+    adata, fit_kw, images, ctx = build_context(Path(args.data), args.dataset)
+    genes = ctx["genes"]
     D = 32
     records = _Records(args.out)
     base = dict(dataset=args.dataset, n_genes=len(genes), seed=args.seed)
@@ -314,7 +328,7 @@ def main(argv=None):
             records.append({**base, **score_all(f"{name}_resid", residualize(E, ctx), ctx)})
 
     if not args.no_baselines:
-        reps = expression_baselines(Xlog, D, args.seed)
+        reps = expression_baselines(ctx["Xlog"], D, args.seed)
         reps["random"] = np.random.default_rng(args.seed).normal(size=(len(genes), D))
         reps["img_pca"] = image_pca(images, D, 0.0, args.seed)
         reps["img_pca_s2"] = image_pca(images, D, 2.0, args.seed)

@@ -84,7 +84,7 @@ def _check_types(p: dict) -> dict:
     for k in _REAL_PARAMS:
         if k in p:
             p[k] = as_real(k, p[k])
-    for k in ("mixture", "input_norm", "recon_loss"):
+    for k in ("mixture", "input_norm", "recon_loss", "scaffold_graph"):
         if k in p and p[k] is not None and not isinstance(p[k], str):
             raise SigelInputError(f"`{k}` must be a string; got {p[k]!r} ({type(p[k]).__name__})")
     return p
@@ -116,6 +116,7 @@ def _validate_params(p: dict) -> None:
     assert_one_of("input_norm", p["input_norm"], (None, "none", "standardize", "smooth", "gaussian", "rank"))
     assert_positive("smooth_sigma", p["smooth_sigma"])
     assert_one_of("recon_loss", p.get("recon_loss", "mse"), ("mse", "pearson"))
+    assert_one_of("scaffold_graph", p.get("scaffold_graph", "box"), ("box", "pca"))
     if p["dirichlet_alpha"] < 1:
         raise SigelInputError(f"`dirichlet_alpha` must be >= 1; got {p['dirichlet_alpha']!r}")
     if p["patch_size"] is not None:
@@ -279,6 +280,12 @@ class SIGEL:
         Neighbours per gene in the scaffold (kNN graph of the correlation of
         smoothed images) and the initial weight of its contrastive smoothness
         term, which decays linearly to 0 at the last epoch.
+    scaffold_graph
+        How the scaffold finds each gene's neighbours: ``'box'``, Pearson
+        correlation of the images after a 3x3 masked box filter; ``'pca'``,
+        cosine on the 50 leading principal axes of the images after the
+        masked Gaussian of ``smooth_sigma`` pixels (the input filter), which
+        drops pixel noise that no other gene shares.
     mixture
         ``'student_t'`` (default) or ``'gaussian'`` (ablation).
     dirichlet_alpha
@@ -419,6 +426,7 @@ class SIGEL:
         scaffold: bool = True,
         scaffold_k: int = 10,
         scaffold_weight: float = 1.0,
+        scaffold_graph: str = "box",
         mixture: str = "student_t",
         dirichlet_alpha: float = 2.0,
         contrastive_weight: float = 1.0,
@@ -544,7 +552,8 @@ class SIGEL:
             embed_batch_size=p["embed_batch_size"], lr=p["lr"], min_lr=p["lr"] / 20.0,
             weight_decay=p["weight_decay"], warmup_epochs=p["warmup_epochs"], mask_ratio=p["mask_ratio"],
             refine=bool(p["refine"]), scaffold=bool(p["scaffold"]), scaffold_k=p["scaffold_k"],
-            scaffold_weight=p["scaffold_weight"], contrastive_weight=p["contrastive_weight"],
+            scaffold_weight=p["scaffold_weight"], scaffold_graph=p.get("scaffold_graph", "box"),
+            scaffold_sigma=p["smooth_sigma"], contrastive_weight=p["contrastive_weight"],
             mixture_weight=p["mixture_weight"], temperature=p["temperature"], select_start=p["select_start"],
             select_end=p["select_end"], em_iters=p["em_iters"], tol=p["tol"], amp=bool(p["amp"]),
             invariance_weight=p["invariance_weight"], view_temperature=p["view_temperature"],

@@ -483,6 +483,7 @@ def test_interrupted_save_is_refused_on_load(model, tmp_path, monkeypatch):
     (lambda c: c["resolved"].update(patch_size="8"), r"resolved.patch_size must be a positive integer"),
     (lambda c: c["init_params"].update(epochs="ten"), r"invalid hyper-parameters.*`epochs`"),
     (lambda c: c["init_params"].update(embed_dim=3.5), r"invalid hyper-parameters.*`embed_dim`"),
+    (lambda c: c["init_params"].update(scaffold_graph="knn"), r"invalid hyper-parameters.*`scaffold_graph`"),
     (lambda c: c.update(genes="ABC"), r"'genes' must be a list"),
     (lambda c: c.update(image_options=[1]), r"'image_options' must be an object"),
     (lambda c: c.update(epochs_run="3"), r"'epochs_run' must be a non-negative integer"),
@@ -492,6 +493,14 @@ def test_inconsistent_or_mistyped_config_is_refused(model, tmp_path, edit, patte
     _rewrite(d, edit_config=edit)
     with pytest.raises(SigelInputError, match=pattern):
         SIGEL.load(d)
+
+
+def test_model_saved_before_the_scaffold_graph_option_loads_with_the_box_graph(model, tmp_path):
+    d = model.save(tmp_path / "m")
+    _rewrite(d, edit_config=lambda c: c["init_params"].pop("scaffold_graph"))
+    loaded = SIGEL.load(d)
+    assert loaded.init_params_["scaffold_graph"] == "box"
+    pd.testing.assert_frame_equal(loaded.embeddings_, model.embeddings_)
 
 
 @pytest.mark.parametrize("key", ["mae.patch_embed.weight", "mixture.mu", "results.embeddings"])

@@ -234,10 +234,12 @@ def test_contrastive_terms_prefer_the_right_structure():
     assert good < bad
 
 
-def test_scaffold_links_genes_of_the_same_family():
+@pytest.mark.parametrize("opts", [{}, {"smooth": "gaussian", "sigma": 2.0, "n_components": 10}],
+                         ids=["box", "pca"])
+def test_scaffold_links_genes_of_the_same_family(opts):
     ad = sigel.datasets.synthetic_tissue(80, n_families=4, frac_pattern_free=0.0, shape=(20, 20), seed=1)
     im = sigel.GeneImages.from_anndata(ad)
-    g = image_knn_graph(im, k=5, chunk_size=16)  # several chunks
+    g = image_knn_graph(im, k=5, chunk_size=16, **opts)  # several chunks
     fam = ad.var["family"].astype(str).to_numpy()[im.gene_index(im.genes)]
     nb = g.indices.numpy()
     assert nb.shape == (im.n_genes, 5)
@@ -245,6 +247,18 @@ def test_scaffold_links_genes_of_the_same_family():
     assert (fam[nb] == fam[:, None]).mean() > 0.9
     assert (g.weights >= 0).all()
     assert g.to_scipy().shape == (im.n_genes, im.n_genes)
+
+
+def test_principal_scores_are_deterministic_unit_rows():
+    from sigel.model.scaffold import principal_scores
+
+    f = torch.nn.functional.normalize(torch.randn(40, 30, generator=torch.Generator().manual_seed(0)), dim=1)
+    a, b = principal_scores(f, 5), principal_scores(f.clone(), 5)
+    assert a.shape == (40, 5) and torch.equal(a, b)
+    assert torch.allclose(a.norm(dim=1), torch.ones(40), atol=1e-5)
+    assert principal_scores(f, None) is f and principal_scores(f, 30) is f  # nothing to drop
+    with pytest.raises(ValueError, match="smooth"):
+        image_knn_graph(sigel.GeneImages.from_anndata(sigel.datasets.synthetic_tissue(20, seed=0)), smooth="median")
 
 
 def test_schedule_helpers():

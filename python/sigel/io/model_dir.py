@@ -327,6 +327,8 @@ def _new_model(model_class, cfg: dict, cfg_file: Path):
     params = {k: v for k, v in cfg["init_params"].items() if k in known}
     # models saved before per-image input standardisation existed were trained on raw values
     params.setdefault("input_norm", None)
+    # models saved before the scaffold graph was an option used the box-filter correlation graph
+    params.setdefault("scaffold_graph", "box")
     try:
         return model_class(**params)
     except (TypeError, SigelInputError) as e:

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-__all__ = ["GeneGraph", "smoothed_image_features", "image_knn_graph"]
+__all__ = ["GeneGraph", "smoothed_image_features", "principal_scores", "image_knn_graph"]
 
 
 @dataclass
@@ -64,21 +66,39 @@ class GeneGraph:
         )
 
 
-def _box_kernel(radius: int, device, dtype):
-    size = 2 * radius + 1
-    return torch.ones(1, 1, size, size, device=device, dtype=dtype)
+def _smoothing_kernel(smooth: str, smooth_radius: int, sigma: float, device):
+    """2-d kernel of the masked filter: a ``(2r+1)^2`` box or a Gaussian truncated at 3 sigma (``None``: no filter)."""
+    if smooth == "box":
+        if smooth_radius <= 0:
+            return None, 0
+        size = 2 * smooth_radius + 1
+        return torch.ones(1, 1, size, size, device=device, dtype=torch.float32), smooth_radius
+    if smooth == "gaussian":
+        if sigma <= 0:
+            return None, 0
+        r = max(int(math.ceil(3.0 * sigma)), 1)
+        t = torch.arange(-r, r + 1, device=device, dtype=torch.float32)
+        g = torch.exp(-0.5 * (t / sigma) ** 2)
+        return (g[:, None] * g[None, :])[None, None], r
+    raise ValueError(f"smooth must be 'box' or 'gaussian', got {smooth!r}")
 
 
-def smoothed_image_features(images, *, smooth_radius: int = 1, max_pixels: int = 1024, batch_size: int = 512,
-                            device=None) -> torch.Tensor:
+def smoothed_image_features(images, *, smooth: str = "box", smooth_radius: int = 1, sigma: float = 2.0,
+                            max_pixels: int = 1024, batch_size: int = 512, device=None) -> torch.Tensor:
     """Unit-length, centred, smoothed in-tissue pixel vectors of every gene.
 
     Parameters
     ----------
     images
         :class:`sigel.GeneImages`.
+    smooth
+        ``'box'`` (a ``(2 * smooth_radius + 1)``-pixel square) or
+        ``'gaussian'`` (``sigma`` pixels, truncated at 3 sigma): the masked
+        filter applied inside the tissue before anything else.
     smooth_radius
-        Radius of the masked box filter (pixels); 0 = no smoothing.
+        Radius of the box filter (pixels); 0 = no smoothing.
+    sigma
+        Width of the Gaussian filter (pixels); 0 = no smoothing.
     max_pixels
         When the image has more pixels than this, average-pool (inside the
         tissue) by the smallest integer factor that brings it below.
@@ -98,11 +118,11 @@ def smoothed_image_features(images, *, smooth_radius: int = 1, max_pixels: int =
     factor = 1
     while (-(-H // factor)) * (-(-W // factor)) > max_pixels:
         factor += 1
-    ker = _box_kernel(smooth_radius, device, torch.float32) if smooth_radius > 0 else None
+    ker, pad = _smoothing_kernel(smooth, smooth_radius, sigma, device)
 
     def _filter(t):
         if ker is not None:
-            t = F.conv2d(t, ker, padding=smooth_radius)
+            t = F.conv2d(t, ker, padding=pad)
         if factor > 1:
             t = F.avg_pool2d(t, factor, stride=factor, ceil_mode=True)
         return t
@@ -123,7 +143,41 @@ def smoothed_image_features(images, *, smooth_radius: int = 1, max_pixels: int =
     return torch.cat(out, 0)
 
 
-def image_knn_graph(images, k: int = 10, *, smooth_radius: int = 1, max_pixels: int = 1024, chunk_size: int = 1024,
+def principal_scores(feats: torch.Tensor, n_components: int | None) -> torch.Tensor:
+    """Project gene feature rows onto their leading principal axes (denoising before the kNN search).
+
+    The pixels are centred over genes and the ``(P x P)`` covariance is
+    eigen-decomposed in float64 (deterministic, no random projections); the
+    ``(G x n_components)`` scores are returned with unit-length rows, so their
+    dot products are cosines. Dropping the trailing axes removes pixel noise
+    that no other gene shares, which is what makes sparse genes' raw
+    correlations unreliable neighbours.
+
+    Parameters
+    ----------
+    feats
+        ``(G, P)`` features (e.g. :func:`smoothed_image_features`).
+    n_components
+        Number of axes kept; ``None`` or ``>= min(G, P)``: ``feats`` unchanged.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(G, c)`` float32 with unit-length rows.
+    """
+    G, P = feats.shape
+    if n_components is None or n_components >= min(G, P):
+        return feats
+    f = feats.double()
+    f = f - f.mean(0, keepdim=True)
+    evals, evecs = torch.linalg.eigh(f.T @ f)
+    axes = evecs[:, -int(n_components):].flip(1)
+    axes = axes * torch.where(axes.sum(0) < 0, -1.0, 1.0).to(axes.dtype)  # fixed sign per axis
+    return F.normalize((f @ axes).float(), dim=1)
+
+
+def image_knn_graph(images, k: int = 10, *, smooth: str = "box", smooth_radius: int = 1, sigma: float = 2.0,
+                    n_components: int | None = None, max_pixels: int = 1024, chunk_size: int = 1024,
                     device=None) -> GeneGraph:
     """k-nearest-neighbour gene graph from the correlation of smoothed images.
 
@@ -133,8 +187,12 @@ def image_knn_graph(images, k: int = 10, *, smooth_radius: int = 1, max_pixels: 
         :class:`sigel.GeneImages`.
     k
         Neighbours per gene (capped at ``G - 1``).
-    smooth_radius, max_pixels
+    smooth, smooth_radius, sigma, max_pixels
         See :func:`smoothed_image_features`.
+    n_components
+        When set, neighbours are found on the leading ``n_components``
+        principal axes of the smoothed images (:func:`principal_scores`)
+        instead of on all pixels.
     chunk_size
         Genes per ``(chunk x G)`` similarity block.
     device
@@ -143,10 +201,21 @@ def image_knn_graph(images, k: int = 10, *, smooth_radius: int = 1, max_pixels: 
     Returns
     -------
     GeneGraph
-        Neighbour indices, weights (correlation clipped at 0) and raw
-        correlations.
+        Neighbour indices, weights (similarity clipped at 0) and raw
+        similarities.
+
+    Examples
+    --------
+    >>> import sigel
+    >>> adata = sigel.datasets.synthetic_tissue(n_genes=60, seed=0)
+    >>> images = sigel.GeneImages.from_anndata(adata)
+    >>> g = image_knn_graph(images, k=5, smooth="gaussian", n_components=10)
+    >>> tuple(g.indices.shape)
+    (60, 5)
     """
-    feats = smoothed_image_features(images, smooth_radius=smooth_radius, max_pixels=max_pixels, device=device)
+    feats = smoothed_image_features(images, smooth=smooth, smooth_radius=smooth_radius, sigma=sigma,
+                                    max_pixels=max_pixels, device=device)
+    feats = principal_scores(feats, n_components)
     G = feats.shape[0]
     k = int(max(min(k, G - 1), 1)) if G > 1 else 1
     idx_out, sim_out = [], []

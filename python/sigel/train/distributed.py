@@ -71,9 +71,9 @@ from .._settings import logger
 from ..data.multisample import SampleImages
 from ..model.mixture_stats import fit_sharded
 from ..model.refine import RefineState, refinement_losses
-from ..model.scaffold import GeneGraph, smoothed_image_features
-from .trainer import (Trainer, _autocast, draw_views, embed_all, fit_mixture, lr_at, n_views, training_views,
-                      uses_full_view)
+from ..model.scaffold import GeneGraph, principal_scores, smoothed_image_features
+from .trainer import (Trainer, _autocast, draw_views, embed_all, fit_mixture, lr_at, n_views, scaffold_graph_options,
+                      training_views, uses_full_view)
 
 __all__ = [
     "Comm",
@@ -331,7 +331,8 @@ class _RowView:
         return self._im.dense(np.asarray(idx, dtype=np.int64) + self._a)
 
 
-def sharded_knn_graph(images, k: int = 10, *, comm: Comm | None = None, device=None, smooth_radius: int = 1,
+def sharded_knn_graph(images, k: int = 10, *, comm: Comm | None = None, device=None, smooth: str = "box",
+                      smooth_radius: int = 1, sigma: float = 2.0, n_components: int | None = None,
                       max_pixels: int = 1024, feature_batch: int = 512, chunk_size: int = 1024) -> GeneGraph:
     """:func:`sigel.model.scaffold.image_knn_graph`, computed shard-wise.
 
@@ -348,8 +349,9 @@ def sharded_knn_graph(images, k: int = 10, *, comm: Comm | None = None, device=N
         Neighbours per gene.
     comm
         Communicator (``None``: one process).
-    device, smooth_radius, max_pixels, feature_batch, chunk_size
-        As in :func:`~sigel.model.scaffold.image_knn_graph`.
+    device, smooth, smooth_radius, sigma, n_components, max_pixels, feature_batch, chunk_size
+        As in :func:`~sigel.model.scaffold.image_knn_graph` (the principal
+        axes are taken on the gathered features, identically on every rank).
 
     Returns
     -------
@@ -360,14 +362,15 @@ def sharded_knn_graph(images, k: int = 10, *, comm: Comm | None = None, device=N
     G = images.n_genes
     r, n = comm.rank, comm.world_size
     blocks = [(a, min(a + feature_batch, G)) for a in range(0, G, feature_batch)][r::n]
-    opts = dict(smooth_radius=smooth_radius, max_pixels=max_pixels, batch_size=feature_batch, device=device)
+    opts = dict(smooth=smooth, smooth_radius=smooth_radius, sigma=sigma, max_pixels=max_pixels,
+                batch_size=feature_batch, device=device)
     if blocks:
         feats = torch.cat([smoothed_image_features(_RowView(images, a, b), **opts) for a, b in blocks])
         rows = torch.cat([torch.arange(a, b) for a, b in blocks])
     else:  # fewer blocks than ranks: contribute nothing (the width comes from a 1-gene dummy)
         feats = smoothed_image_features(_RowView(images, 0, 1), **opts)[:0]
         rows = torch.zeros(0, dtype=torch.long)
-    feats = comm.gather_rows(feats, rows, G)
+    feats = principal_scores(comm.gather_rows(feats, rows, G), n_components)
     k = int(max(min(k, G - 1), 1)) if G > 1 else 1
     chunks = [(s, min(s + chunk_size, G)) for s in range(0, G, chunk_size)][r::n]
     ind_l, val_l, row_l = [], [], []
@@ -600,7 +603,8 @@ class DistributedTrainer(Trainer):
     # -- hooks --------------------------------------------------------------
     def _build_graph(self):
         cfg, im = self.cfg, self.images
-        graphs = [sharded_knn_graph(s, k=cfg.scaffold_k, comm=self.comm, device=self.device) for s in im.samples]
+        graphs = [sharded_knn_graph(s, k=cfg.scaffold_k, comm=self.comm, device=self.device,
+                                     **scaffold_graph_options(cfg)) for s in im.samples]
         self.sample_graphs = graphs
         return graphs[0] if im.n_samples == 1 else _concat_graphs(graphs, im.offsets[:-1])
 

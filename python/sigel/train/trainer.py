@@ -90,6 +90,11 @@ class TrainConfig:
         Image kNN scaffold: on/off, neighbours per gene, initial weight, and
         the epoch by which the weight has decayed linearly to 0 (``None``:
         the last epoch).
+    scaffold_graph, scaffold_sigma
+        How the scaffold's neighbours are found (:func:`scaffold_graph_options`):
+        ``'box'``, correlation of 3x3-box-smoothed images; ``'pca'``, cosine
+        on the 50 leading principal axes of images smoothed by a Gaussian of
+        ``scaffold_sigma`` pixels.
     contrastive_weight, mixture_weight, temperature
         Weights of the pseudo-contrastive and mixture-likelihood terms; the
         contrastive softmax temperature.
@@ -136,6 +141,8 @@ class TrainConfig:
     scaffold_k: int = 10
     scaffold_weight: float = 1.0
     scaffold_epochs: int | None = None
+    scaffold_graph: str = "box"
+    scaffold_sigma: float = 2.0
     contrastive_weight: float = 1.0
     mixture_weight: float = 0.1
     temperature: float = 0.2
@@ -249,6 +256,22 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: flo
 
 
 @torch.no_grad()
+def scaffold_graph_options(cfg: TrainConfig) -> dict:
+    """Keyword arguments of :func:`~sigel.model.scaffold.image_knn_graph` for ``cfg.scaffold_graph``.
+
+    ``'box'``: Pearson correlation of the images after a 3x3 masked box
+    filter, on all (pooled) tissue pixels. ``'pca'``: the images after a
+    masked Gaussian of ``cfg.scaffold_sigma`` pixels (the encoder's own input
+    filter), compared by cosine on their 50 leading principal axes, which
+    drops the pixel noise no other gene shares.
+    """
+    if cfg.scaffold_graph == "box":
+        return {"smooth": "box", "smooth_radius": 1}
+    if cfg.scaffold_graph == "pca":
+        return {"smooth": "gaussian", "sigma": float(cfg.scaffold_sigma), "n_components": 50}
+    raise ValueError(f"scaffold_graph must be 'box' or 'pca'; got {cfg.scaffold_graph!r}")
+
+
 def embed_all(model, images, *, batch_size: int = 256, device=None, amp: bool = False,
               rows: np.ndarray | None = None) -> torch.Tensor:
     """Embed every gene (or ``rows``) without gradients.
@@ -584,7 +607,8 @@ class Trainer:
     # -- hooks (overridden by sigel.train.distributed.DistributedTrainer) ---
     def _build_graph(self):
         """The image kNN scaffold of the training genes (:func:`~sigel.model.scaffold.image_knn_graph`)."""
-        return image_knn_graph(self.images, k=self.cfg.scaffold_k, device=self.device)
+        return image_knn_graph(self.images, k=self.cfg.scaffold_k, device=self.device,
+                               **scaffold_graph_options(self.cfg))
 
     def _steps_per_epoch(self) -> int:
         """Gradient steps per epoch: ``ceil(G / batch_size)`` (at least 1)."""

@@ -135,10 +135,11 @@ def test_sample_images_bucket_batches_per_sample():
         SampleImages([a, b], ["A", "A"])
 
 
-def test_sharded_graph_equals_one_process_graph():
+@pytest.mark.parametrize("opts", [{}, {"smooth": "gaussian", "n_components": 8}], ids=["box", "pca"])
+def test_sharded_graph_equals_one_process_graph(opts):
     im = sigel.GeneImages.from_anndata(_tissue(0))
-    ref = image_knn_graph(im, k=5)
-    got = sharded_knn_graph(im, k=5, comm=Comm.single(), feature_batch=512, chunk_size=1024)
+    ref = image_knn_graph(im, k=5, **opts)
+    got = sharded_knn_graph(im, k=5, comm=Comm.single(), feature_batch=512, chunk_size=1024, **opts)
     assert torch.equal(got.indices, ref.indices) and torch.equal(got.weights, ref.weights)
 
 
