@@ -13,7 +13,8 @@
                          pretrain_epochs = NULL, batch_size = 32L, lr = 3e-3,
                          weight_decay = 0.05, warmup_epochs = 2L,
                          refine = TRUE, scaffold = TRUE, scaffold_k = 10L,
-                         scaffold_weight = 1, mixture = "student_t",
+                         scaffold_weight = 1, scaffold_graph = "box",
+                         mixture = "student_t",
                          dirichlet_alpha = 2, contrastive_weight = 1,
                          mixture_weight = 0.1, temperature = 0.2,
                          select_start = 0.3, select_end = 1, em_iters = 5L,
@@ -532,6 +533,9 @@
 #' @param scaffold `logical(1)`: use the image kNN similarity scaffold.
 #' @param scaffold_k,scaffold_weight neighbours per gene in the scaffold and
 #'   the initial weight of its term.
+#' @param scaffold_graph `character(1)`: how the scaffold finds neighbours:
+#'   `"box"`, correlation of the images after a 3x3 box filter; `"pca"`,
+#'   cosine on the 50 leading principal axes of the unfiltered images.
 #' @param mixture `character(1)`: `"student_t"` or `"gaussian"`.
 #' @param dirichlet_alpha `numeric(1)`: Dirichlet prior on the mixture
 #'   weights (>= 1).

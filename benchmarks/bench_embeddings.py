@@ -19,7 +19,8 @@ Measures (vectors are centred first; "cosine" = cosine of centred vectors):
   immunoglobulins / LINC / LOC / ORFs excluded, >= 5 members): the
   fraction of a gene's 10 nearest neighbours in its own family, macro mean
   over families; ``family_shuffled`` the same with shuffled family labels.
-* ``path_k20/50/100``: cosine k-means clusters; the fraction of clusters with
+* ``path_k20/50/100``: cosine k-means clusters (``--kmeans-seeds N``: mean
+  over N k-means random states); the fraction of clusters with
   >= 5 genes enriched for a GO BP (propagated, 10-500 genes) or Hallmark set
   at BH FDR < 0.05 (hypergeometric, BH within cluster; universe = the genes
   with a human symbol). Mouse genes are mapped by 1:1 homologs.
@@ -40,7 +41,6 @@ Data sets (``--dataset``): ``dlpfc151673``, ``dlpfc151674``, ``dlpfc151675``
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import re
@@ -140,15 +140,18 @@ def family_coherence(E: np.ndarray, fam: pd.Series, k: int = 10, seed: int = 0) 
 
 
 def pathway_coherence(E: np.ndarray, genes: pd.Index, symbols: pd.Series, gene_sets: dict, ks=(20, 50, 100),
-                      seed: int = 0) -> dict:
+                      seed: int = 0, n_seeds: int = 1) -> dict:
+    """Fraction of enriched k-means clusters at each k, averaged over ``n_seeds`` k-means random states."""
     from sklearn.cluster import KMeans
 
     U = _centred_unit(E)
     out = {}
     for k in ks:
-        lab = KMeans(k, n_init=4, random_state=seed).fit_predict(U)
-        r = context_enrichment(pd.Series(lab, index=genes), symbols, gene_sets)
-        out[f"path_k{k}"] = r["fraction_enriched"]
+        fr = []
+        for s in range(seed, seed + n_seeds):
+            lab = KMeans(k, n_init=4, random_state=s).fit_predict(U)
+            fr.append(context_enrichment(pd.Series(lab, index=genes), symbols, gene_sets)["fraction_enriched"])
+        out[f"path_k{k}"] = float(np.mean(fr))
     return out
 
 
@@ -171,7 +174,8 @@ def score_all(name, E, ctx) -> dict:
     t0 = time.perf_counter()
     fam, fam_sh = family_coherence(E, ctx["families"])
     rec = {"representation": name, "family": fam, "family_shuffled": fam_sh}
-    rec.update(pathway_coherence(E, ctx["genes"], ctx["symbols"], ctx["gene_sets"]))
+    rec.update(pathway_coherence(E, ctx["genes"], ctx["symbols"], ctx["gene_sets"],
+                                 n_seeds=ctx.get("kmeans_seeds", 1)))
     rec.update(r2_detection=cv_r2(E, ctx["detection"]), r2_mean=cv_r2(E, ctx["mean"]),
                r2_moran=cv_r2(E, ctx["moran"]), erank=effective_rank(E), mean_cos=mean_raw_cosine(E))
     log(f"scored {name} in {time.perf_counter() - t0:.1f} s: " +
@@ -305,6 +309,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--save-embeddings", default=None, help="folder: write each variant's embeddings as CSV")
     ap.add_argument("--out", default=None, help="append the JSON records to this file")
+    ap.add_argument("--kmeans-seeds", type=int, default=1,
+                    help="average the pathway measures over this many k-means random states (less noise)")
     ap.add_argument("--residualize", action="store_true",
                     help="also score every representation with detection rate and log mean regressed out "
                          "(rows '<name>_resid')")
@@ -317,6 +323,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     sigel.settings.verbosity = 1
     adata, fit_kw, images, ctx = build_context(Path(args.data), args.dataset)
+    ctx["kmeans_seeds"] = args.kmeans_seeds
     genes = ctx["genes"]
     D = 32
     records = _Records(args.out)

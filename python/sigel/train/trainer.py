@@ -90,11 +90,10 @@ class TrainConfig:
         Image kNN scaffold: on/off, neighbours per gene, initial weight, and
         the epoch by which the weight has decayed linearly to 0 (``None``:
         the last epoch).
-    scaffold_graph, scaffold_sigma
+    scaffold_graph
         How the scaffold's neighbours are found (:func:`scaffold_graph_options`):
         ``'box'``, correlation of 3x3-box-smoothed images; ``'pca'``, cosine
-        on the 50 leading principal axes of images smoothed by a Gaussian of
-        ``scaffold_sigma`` pixels.
+        on the 50 leading principal axes of the images.
     contrastive_weight, mixture_weight, temperature
         Weights of the pseudo-contrastive and mixture-likelihood terms; the
         contrastive softmax temperature.
@@ -142,7 +141,6 @@ class TrainConfig:
     scaffold_weight: float = 1.0
     scaffold_epochs: int | None = None
     scaffold_graph: str = "box"
-    scaffold_sigma: float = 2.0
     contrastive_weight: float = 1.0
     mixture_weight: float = 0.1
     temperature: float = 0.2
@@ -260,15 +258,15 @@ def scaffold_graph_options(cfg: TrainConfig) -> dict:
     """Keyword arguments of :func:`~sigel.model.scaffold.image_knn_graph` for ``cfg.scaffold_graph``.
 
     ``'box'``: Pearson correlation of the images after a 3x3 masked box
-    filter, on all (pooled) tissue pixels. ``'pca'``: the images after a
-    masked Gaussian of ``cfg.scaffold_sigma`` pixels (the encoder's own input
-    filter), compared by cosine on their 50 leading principal axes, which
-    drops the pixel noise no other gene shares.
+    filter, on all (pooled) tissue pixels. ``'pca'``: the unfiltered images,
+    centred and scaled per gene, compared by cosine on their 50 leading
+    principal axes; the truncation drops the pixel noise that no other gene
+    shares, without blurring structures one spot wide.
     """
     if cfg.scaffold_graph == "box":
         return {"smooth": "box", "smooth_radius": 1}
     if cfg.scaffold_graph == "pca":
-        return {"smooth": "gaussian", "sigma": float(cfg.scaffold_sigma), "n_components": 50}
+        return {"smooth": "box", "smooth_radius": 0, "n_components": 50}
     raise ValueError(f"scaffold_graph must be 'box' or 'pca'; got {cfg.scaffold_graph!r}")
 
 
