@@ -535,7 +535,8 @@
 #'   the initial weight of its term.
 #' @param scaffold_graph `character(1)`: how the scaffold finds neighbours:
 #'   `"box"`, correlation of the images after a 3x3 box filter; `"pca"`,
-#'   cosine on the 50 leading principal axes of the unfiltered images.
+#'   cosine on the 50 leading principal axes of the images after the
+#'   input filter (`input_norm`, `smooth_sigma`).
 #' @param mixture `character(1)`: `"student_t"` or `"gaussian"`.
 #' @param dirichlet_alpha `numeric(1)`: Dirichlet prior on the mixture
 #'   weights (>= 1).

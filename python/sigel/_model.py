@@ -283,9 +283,11 @@ class SIGEL:
     scaffold_graph
         How the scaffold finds each gene's neighbours: ``'box'``, Pearson
         correlation of the images after a 3x3 masked box filter; ``'pca'``,
-        cosine on the 50 leading principal axes of the unfiltered images
-        (centred and scaled per gene), which drops the pixel noise that no
-        other gene shares without blurring structures one spot wide.
+        cosine on the 50 leading principal axes of the images after the
+        encoder's input filter (``input_norm``, ``smooth_sigma``), centred
+        and scaled per gene: the truncation drops the pixel noise that no
+        other gene shares. With ``'pca'``, lower ``smooth_sigma`` (e.g. 0.5)
+        on tissues whose structures are one spot wide.
     mixture
         ``'student_t'`` (default) or ``'gaussian'`` (ablation).
     dirichlet_alpha
@@ -553,7 +555,8 @@ class SIGEL:
             weight_decay=p["weight_decay"], warmup_epochs=p["warmup_epochs"], mask_ratio=p["mask_ratio"],
             refine=bool(p["refine"]), scaffold=bool(p["scaffold"]), scaffold_k=p["scaffold_k"],
             scaffold_weight=p["scaffold_weight"], scaffold_graph=p.get("scaffold_graph", "box"),
-            contrastive_weight=p["contrastive_weight"],
+            scaffold_filter={"gaussian": "gaussian", "rank": "gaussian", "smooth": "box"}.get(p["input_norm"], "none"),
+            scaffold_sigma=p["smooth_sigma"], contrastive_weight=p["contrastive_weight"],
             mixture_weight=p["mixture_weight"], temperature=p["temperature"], select_start=p["select_start"],
             select_end=p["select_end"], em_iters=p["em_iters"], tol=p["tol"], amp=bool(p["amp"]),
             invariance_weight=p["invariance_weight"], view_temperature=p["view_temperature"],

@@ -90,10 +90,12 @@ class TrainConfig:
         Image kNN scaffold: on/off, neighbours per gene, initial weight, and
         the epoch by which the weight has decayed linearly to 0 (``None``:
         the last epoch).
-    scaffold_graph
+    scaffold_graph, scaffold_filter, scaffold_sigma
         How the scaffold's neighbours are found (:func:`scaffold_graph_options`):
         ``'box'``, correlation of 3x3-box-smoothed images; ``'pca'``, cosine
-        on the 50 leading principal axes of the images.
+        on the 50 leading principal axes of the images after the encoder's
+        input filter (``scaffold_filter``: ``'none'``, ``'box'`` or
+        ``'gaussian'`` of ``scaffold_sigma`` pixels).
     contrastive_weight, mixture_weight, temperature
         Weights of the pseudo-contrastive and mixture-likelihood terms; the
         contrastive softmax temperature.
@@ -141,6 +143,8 @@ class TrainConfig:
     scaffold_weight: float = 1.0
     scaffold_epochs: int | None = None
     scaffold_graph: str = "box"
+    scaffold_filter: str = "none"
+    scaffold_sigma: float = 2.0
     contrastive_weight: float = 1.0
     mixture_weight: float = 0.1
     temperature: float = 0.2
@@ -258,16 +262,19 @@ def scaffold_graph_options(cfg: TrainConfig) -> dict:
     """Keyword arguments of :func:`~sigel.model.scaffold.image_knn_graph` for ``cfg.scaffold_graph``.
 
     ``'box'``: Pearson correlation of the images after a 3x3 masked box
-    filter, on all (pooled) tissue pixels. ``'pca'``: the unfiltered images,
-    centred and scaled per gene, compared by cosine on their 50 leading
-    principal axes; the truncation drops the pixel noise that no other gene
-    shares, without blurring structures one spot wide.
+    filter, on all (pooled) tissue pixels. ``'pca'``: the images after the
+    encoder's own input filter (``cfg.scaffold_filter``), centred and scaled
+    per gene, compared by cosine on their 50 leading principal axes; the
+    truncation drops the pixel noise that no other gene shares, and the
+    scaffold sees the images at the scale the encoder sees them.
     """
     if cfg.scaffold_graph == "box":
         return {"smooth": "box", "smooth_radius": 1}
-    if cfg.scaffold_graph == "pca":
-        return {"smooth": "box", "smooth_radius": 0, "n_components": 50}
-    raise ValueError(f"scaffold_graph must be 'box' or 'pca'; got {cfg.scaffold_graph!r}")
+    if cfg.scaffold_graph != "pca":
+        raise ValueError(f"scaffold_graph must be 'box' or 'pca'; got {cfg.scaffold_graph!r}")
+    if cfg.scaffold_filter == "gaussian":
+        return {"smooth": "gaussian", "sigma": float(cfg.scaffold_sigma), "n_components": 50}
+    return {"smooth": "box", "smooth_radius": 1 if cfg.scaffold_filter == "box" else 0, "n_components": 50}
 
 
 def embed_all(model, images, *, batch_size: int = 256, device=None, amp: bool = False,
