@@ -107,7 +107,7 @@ def main(argv=None):
     Fs = smoothed_features(images, args.sigma)
     P = PCA(n_components=max(args.npc, 32), random_state=0).fit_transform(Fs)
     del Fs
-    reps["img_pca_s2"] = P[:, :32]
+    reps[f"img_pca_s{args.sigma:g}"] = P[:, :32]
     ind, sim = knn(P[:, :args.npc], args.k)
     log(f"features + graph {time.perf_counter() - t0:.1f} s")
     if not args.no_spectral:  # ARPACK can take many minutes on a graph with many components

@@ -286,8 +286,7 @@ class SIGEL:
         cosine on the 50 leading principal axes of the images after the
         encoder's input filter (``input_norm``, ``smooth_sigma``), centred
         and scaled per gene: the truncation drops the pixel noise that no
-        other gene shares. With ``'pca'``, lower ``smooth_sigma`` (e.g. 0.5)
-        on tissues whose structures are one spot wide.
+        other gene shares.
     mixture
         ``'student_t'`` (default) or ``'gaussian'`` (ablation).
     dirichlet_alpha
