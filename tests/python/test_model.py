@@ -249,6 +249,18 @@ def test_scaffold_links_genes_of_the_same_family(opts):
     assert g.to_scipy().shape == (im.n_genes, im.n_genes)
 
 
+@pytest.mark.parametrize("input_norm,opts", [
+    ("gaussian", {"smooth": "gaussian", "sigma": 1.5}),
+    ("standardize", {"smooth": "box", "smooth_radius": 0}),
+])
+def test_pca_scaffold_uses_the_encoders_input_filter(adata, input_norm, opts):
+    m = SIGEL(**FAST, scaffold_graph="pca", input_norm=input_norm, smooth_sigma=1.5).fit(adata, **FIT)
+    want = image_knn_graph(m.images_, k=10, n_components=50, **opts)
+    assert torch.equal(m.graph_.indices, want.indices) and torch.equal(m.graph_.weights, want.weights)
+    box = image_knn_graph(m.images_, k=10)
+    assert not torch.equal(m.graph_.indices, box.indices)  # not the default graph under another name
+
+
 def test_principal_scores_are_deterministic_unit_rows():
     from sigel.model.scaffold import principal_scores
 

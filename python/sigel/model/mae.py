@@ -167,6 +167,18 @@ def _normal_scores(v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return torch.where(tis, z, torch.zeros_like(z)).reshape(v.shape).to(v.dtype)
 
 
+
+def gaussian_taps(sigma: float, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Unnormalised 1-d Gaussian of ``sigma`` pixels truncated at 3 sigma (at least 3 taps).
+
+    The one Gaussian of the package's masked image filters (the encoder's
+    input filter and the scaffold's); masked filters divide by the filtered
+    mask, so the taps need not sum to one.
+    """
+    r = max(int(math.ceil(3.0 * sigma)), 1)
+    t = torch.arange(-r, r + 1, device=device, dtype=dtype)
+    return torch.exp(-0.5 * (t / sigma) ** 2)
+
 class MaskedAutoencoder(nn.Module):
     """Masked autoencoder with a transformer encoder and a convolutional decoder.
 
@@ -368,14 +380,22 @@ class MaskedAutoencoder(nn.Module):
             self._pos_cache[key] = bands
         return bands[0] @ v @ bands[1]
 
+    @property
+    def input_filter(self) -> tuple | None:
+        """The masked filter :meth:`normalize_input` applies: ``('box', 1)`` (a 3x3 box, ``'smooth'``),
+        ``('gaussian', smooth_sigma)`` (``'gaussian'`` and ``'rank'``) or ``None`` (no filter)."""
+        if self.input_norm == "smooth":
+            return ("box", 1)
+        if self.input_norm in ("gaussian", "rank"):
+            return ("gaussian", self.smooth_sigma)
+        return None
+
     def _smoothing_kernel(self, device, dtype) -> torch.Tensor:
         """1-d factor of the separable filter: a 3-tap box (``'smooth'``, a 3x3 box in 2-d) or a
         Gaussian of ``smooth_sigma`` pixels truncated at 3 sigma (``'gaussian'``)."""
         if self.input_norm == "smooth":
             return torch.ones(3, device=device, dtype=dtype)
-        r = max(int(math.ceil(3.0 * self.smooth_sigma)), 1)
-        t = torch.arange(-r, r + 1, device=device, dtype=dtype)
-        return torch.exp(-0.5 * (t / self.smooth_sigma) ** 2)
+        return gaussian_taps(self.smooth_sigma, device, dtype)
 
     # -------------------------------------------------------------- patchify
     def pad(self, x: torch.Tensor) -> torch.Tensor:

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import math
-
 import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
+
+from .mae import gaussian_taps
 
 __all__ = ["GeneGraph", "smoothed_image_features", "principal_scores", "image_knn_graph"]
 
@@ -76,10 +76,8 @@ def _smoothing_kernel(smooth: str, smooth_radius: int, sigma: float, device):
     if smooth == "gaussian":
         if sigma <= 0:
             return None, 0
-        r = max(int(math.ceil(3.0 * sigma)), 1)
-        t = torch.arange(-r, r + 1, device=device, dtype=torch.float32)
-        g = torch.exp(-0.5 * (t / sigma) ** 2)
-        return (g[:, None] * g[None, :])[None, None], r
+        g = gaussian_taps(sigma, device, torch.float32)
+        return (g[:, None] * g[None, :])[None, None], len(g) // 2
     raise ValueError(f"smooth must be 'box' or 'gaussian', got {smooth!r}")
 
 

@@ -604,7 +604,7 @@ class DistributedTrainer(Trainer):
     def _build_graph(self):
         cfg, im = self.cfg, self.images
         graphs = [sharded_knn_graph(s, k=cfg.scaffold_k, comm=self.comm, device=self.device,
-                                     **scaffold_graph_options(cfg)) for s in im.samples]
+                                     **scaffold_graph_options(cfg.scaffold_graph, self.model)) for s in im.samples]
         self.sample_graphs = graphs
         return graphs[0] if im.n_samples == 1 else _concat_graphs(graphs, im.offsets[:-1])
 

@@ -90,12 +90,11 @@ class TrainConfig:
         Image kNN scaffold: on/off, neighbours per gene, initial weight, and
         the epoch by which the weight has decayed linearly to 0 (``None``:
         the last epoch).
-    scaffold_graph, scaffold_filter, scaffold_sigma
+    scaffold_graph
         How the scaffold's neighbours are found (:func:`scaffold_graph_options`):
         ``'box'``, correlation of 3x3-box-smoothed images; ``'pca'``, cosine
         on the 50 leading principal axes of the images after the encoder's
-        input filter (``scaffold_filter``: ``'none'``, ``'box'`` or
-        ``'gaussian'`` of ``scaffold_sigma`` pixels).
+        input filter.
     contrastive_weight, mixture_weight, temperature
         Weights of the pseudo-contrastive and mixture-likelihood terms; the
         contrastive softmax temperature.
@@ -143,8 +142,6 @@ class TrainConfig:
     scaffold_weight: float = 1.0
     scaffold_epochs: int | None = None
     scaffold_graph: str = "box"
-    scaffold_filter: str = "none"
-    scaffold_sigma: float = 2.0
     contrastive_weight: float = 1.0
     mixture_weight: float = 0.1
     temperature: float = 0.2
@@ -257,26 +254,27 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: flo
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
-@torch.no_grad()
-def scaffold_graph_options(cfg: TrainConfig) -> dict:
-    """Keyword arguments of :func:`~sigel.model.scaffold.image_knn_graph` for ``cfg.scaffold_graph``.
+def scaffold_graph_options(graph: str, model) -> dict:
+    """Keyword arguments of :func:`~sigel.model.scaffold.image_knn_graph` for the scaffold ``graph``.
 
     ``'box'``: Pearson correlation of the images after a 3x3 masked box
     filter, on all (pooled) tissue pixels. ``'pca'``: the images after the
-    encoder's own input filter (``cfg.scaffold_filter``), centred and scaled
+    encoder's own input filter (``model.input_filter``), centred and scaled
     per gene, compared by cosine on their 50 leading principal axes; the
     truncation drops the pixel noise that no other gene shares, and the
     scaffold sees the images at the scale the encoder sees them.
     """
-    if cfg.scaffold_graph == "box":
+    if graph == "box":
         return {"smooth": "box", "smooth_radius": 1}
-    if cfg.scaffold_graph != "pca":
-        raise ValueError(f"scaffold_graph must be 'box' or 'pca'; got {cfg.scaffold_graph!r}")
-    if cfg.scaffold_filter == "gaussian":
-        return {"smooth": "gaussian", "sigma": float(cfg.scaffold_sigma), "n_components": 50}
-    return {"smooth": "box", "smooth_radius": 1 if cfg.scaffold_filter == "box" else 0, "n_components": 50}
+    if graph != "pca":
+        raise ValueError(f"scaffold_graph must be 'box' or 'pca'; got {graph!r}")
+    kind, size = model.input_filter or ("box", 0)
+    if kind == "gaussian":
+        return {"smooth": "gaussian", "sigma": float(size), "n_components": 50}
+    return {"smooth": "box", "smooth_radius": int(size), "n_components": 50}
 
 
+@torch.no_grad()
 def embed_all(model, images, *, batch_size: int = 256, device=None, amp: bool = False,
               rows: np.ndarray | None = None) -> torch.Tensor:
     """Embed every gene (or ``rows``) without gradients.
@@ -613,7 +611,7 @@ class Trainer:
     def _build_graph(self):
         """The image kNN scaffold of the training genes (:func:`~sigel.model.scaffold.image_knn_graph`)."""
         return image_knn_graph(self.images, k=self.cfg.scaffold_k, device=self.device,
-                               **scaffold_graph_options(self.cfg))
+                               **scaffold_graph_options(self.cfg.scaffold_graph, self.model))
 
     def _steps_per_epoch(self) -> int:
         """Gradient steps per epoch: ``ceil(G / batch_size)`` (at least 1)."""
