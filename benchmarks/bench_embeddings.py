@@ -196,10 +196,9 @@ def residualize(E: np.ndarray, ctx) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ baselines
-def image_pca(images, D: int, sigma: float, seed: int = 0) -> np.ndarray:
-    """PCA-D of the gene images, z-scored per gene over tissue, optionally after masked Gaussian smoothing."""
+def image_features(images, sigma: float) -> np.ndarray:
+    """Genes x tissue pixels: each image z-scored over the tissue, after a masked Gaussian of ``sigma`` px (0: none)."""
     from scipy.ndimage import gaussian_filter
-    from sklearn.decomposition import PCA
 
     m = images.mask.astype(np.float32)
     tis = images.mask.ravel()
@@ -212,7 +211,14 @@ def image_pca(images, D: int, sigma: float, seed: int = 0) -> np.ndarray:
         F = V.reshape(len(V), -1)[:, tis]
         F = (F - F.mean(1, keepdims=True)) / (F.std(1, keepdims=True) + 1e-8)
         out[s:s + len(V)] = F
-    return PCA(n_components=D, random_state=seed).fit_transform(out)
+    return out
+
+
+def image_pca(images, D: int, sigma: float, seed: int = 0) -> np.ndarray:
+    """PCA-D of the gene images, z-scored per gene over tissue, optionally after masked Gaussian smoothing."""
+    from sklearn.decomposition import PCA
+
+    return PCA(n_components=D, random_state=seed).fit_transform(image_features(images, sigma))
 
 
 def expression_baselines(Xlog: np.ndarray, D: int, seed: int = 0) -> dict:

@@ -25,23 +25,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "python"))
 sys.path.insert(0, str(HERE))
 
-from bench_embeddings import build_context, expression_baselines, log, markdown_table, score_all  # noqa: E402
-
-
-def smoothed_features(images, sigma: float) -> np.ndarray:
-    from scipy.ndimage import gaussian_filter
-
-    m = images.mask.astype(np.float32)
-    tis = images.mask.ravel()
-    out = np.empty((images.n_genes, int(tis.sum())), dtype=np.float32)
-    den = gaussian_filter(m, sigma) if sigma > 0 else None
-    for s in range(0, images.n_genes, 512):
-        V = images.dense(np.arange(s, min(s + 512, images.n_genes))).astype(np.float32)
-        if sigma > 0:
-            V = gaussian_filter(V * m, (0, sigma, sigma)) / np.maximum(den, 1e-6)
-        F = V.reshape(len(V), -1)[:, tis]
-        out[s:s + len(V)] = (F - F.mean(1, keepdims=True)) / (F.std(1, keepdims=True) + 1e-8)
-    return out
+from bench_embeddings import (build_context, expression_baselines, image_features, log, markdown_table,  # noqa: E402
+                             score_all)
 
 
 def knn(P: np.ndarray, k: int):
@@ -104,7 +89,7 @@ def main(argv=None):
     recs = []
     reps = {"expr_pca": expression_baselines(ctx["Xlog"], 32)["expr_pca"]}
     t0 = time.perf_counter()
-    Fs = smoothed_features(images, args.sigma)
+    Fs = image_features(images, args.sigma)
     P = PCA(n_components=max(args.npc, 32), random_state=0).fit_transform(Fs)
     del Fs
     reps[f"img_pca_s{args.sigma:g}"] = P[:, :32]
