@@ -45,7 +45,11 @@
             .sigel_stop("`", nm, "` must be a single non-missing value")
         }
         d <- defs[[nm]]
-        if (nm %in% int_like) {
+        if (nm == "denoise") {
+            if (!(is.logical(v) || identical(v, "split"))) {
+                .sigel_stop("`denoise` must be TRUE, FALSE or \"split\"; got ", format(v))
+            }
+        } else if (nm %in% int_like) {
             if (!is.numeric(v) || abs(v - round(v)) > 1e-8) {
                 .sigel_stop("`", nm, "` must be a whole number; got ", format(v))
             }
@@ -560,9 +564,13 @@
 #'   counts (each count kept with a probability drawn from `[thin_min, 1]`)
 #'   must give the same vector, against all other genes (InfoNCE at
 #'   `view_temperature`); weight 0 switches it off.
-#' @param denoise `logical(1)`: the masked autoencoder reconstructs each
-#'   gene's image from a binomially thinned copy of its counts (a shallower
-#'   measurement of the same pattern) instead of from the image itself.
+#' @param denoise `TRUE`, `FALSE` or `"split"`: what the masked autoencoder
+#'   reconstructs. `TRUE`: each gene's image from a binomially thinned copy
+#'   of its counts (a shallower measurement of the same pattern) instead of
+#'   from the image itself. `"split"` (noise2noise): the counts are split at
+#'   random into two disjoint halves and the image of one half is
+#'   reconstructed from the image of the other; their sampling noise is
+#'   independent, so only the expression pattern can be predicted.
 #' @param spread_weight `numeric(1)`: weight of the anti-collapse term
 #'   (variance and covariance of each batch's vectors, as in VICReg) that
 #'   keeps the gene space from folding onto a few directions; 0 (default)

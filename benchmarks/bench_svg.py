@@ -48,11 +48,14 @@ def log(msg):
     print(f"[bench_svg {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def load_or_fit(sigel, adata, path: Path, threads: int, epochs=None, seed: int = 0, **fit_kw):
+def load_or_fit(sigel, adata, path: Path, threads: int, epochs=None, seed: int = 0, hyper=None, **fit_kw):
+    """The model saved at ``path``, or a fit (``SIGEL(**hyper)``, default settings otherwise) saved there."""
     if (path / "config.json").exists():
         log(f"loading model {path}")
         return sigel.SIGEL.load(str(path)), None
-    hyper = {} if epochs is None else dict(epochs=epochs, pretrain_epochs=max(1, epochs // 4))
+    hyper = dict(hyper or {})
+    if epochs is not None:
+        hyper.update(epochs=epochs, pretrain_epochs=max(1, epochs // 4))
     log(f"fitting a SIGEL model {hyper or '(default settings)'} on {adata.n_obs} spots x {adata.n_vars} genes "
         f"(saved to {path})")
     t = time.perf_counter()
@@ -137,7 +140,7 @@ def mob(args, sigel):
     log(f"MOB: {adata.n_obs} spots x {adata.n_vars} genes (SpatialDE-tested); {int(truth.sum())} SpatialDE SVGs")
     # legacy ST: integer array positions with small offsets -> the grid geometry
     model, fit_s = load_or_fit(sigel, adata, Path(args.mob_model), args.threads, epochs=args.epochs,
-                               seed=args.fit_seed, geometry="grid")
+                               seed=args.fit_seed, hyper=args.hyper, geometry="grid")
     sgs, sx, mi, secs = run_three(sigel, model, adata, n_null=args.n_null, threads=args.threads,
                                   metrics=args.metrics, null=args.null, variances=args.variance)
     tab = scores_table(sgs, sx, mi)
@@ -187,7 +190,7 @@ def dlpfc(args, sigel):
     adata = ad.read_h5ad(Path(args.data) / "dlpfc" / "dlpfc_151673_counts.h5ad")
     log(f"DLPFC 151673: {adata.n_obs} spots x {adata.n_vars} genes")
     model, fit_s = load_or_fit(sigel, adata, Path(args.model), args.threads, epochs=args.epochs,
-                               library_size_key="sum_umi")
+                               hyper=args.hyper, library_size_key="sum_umi")
     opts = {"library_size_key": "sum_umi"}
     sgs, sx, mi, secs = run_three(sigel, model, adata, n_null=args.n_null, threads=args.threads,
                                   lib_key="sum_umi", image_options=opts, metrics=args.metrics, null=args.null,
@@ -289,7 +292,8 @@ def calibration(args, sigel):
         lib = tissue.library_size(adata, library_size_key=lib_key)
         cv = float(lib.std() / lib.mean())
         log(f"{name}: {adata.n_obs} spots x {adata.n_vars} genes; library size CV {cv:.2f}")
-        model, fit_s = load_or_fit(sigel, adata, model_dir, args.threads, epochs=args.epochs, **fit_kw)
+        model, fit_s = load_or_fit(sigel, adata, model_dir, args.threads, epochs=args.epochs, hyper=args.hyper,
+                                  **fit_kw)
         opts = {"library_size_key": lib_key} if lib_key else None
         coords = tissue.coordinates(adata, log=False)
         rows = []
@@ -384,6 +388,8 @@ def main(argv=None):
     ap.add_argument("--nulls", nargs="+", default=["permutation", "zinb"], help="sigel control models to compare")
     ap.add_argument("--n-planted", type=int, default=300, help="null genes planted per section (calibration)")
     ap.add_argument("--fit-seed", type=int, default=0, help="seed of a model that has to be fitted")
+    ap.add_argument("--hyper", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="SIGEL settings of a model that has to be fitted (e.g. denoise=split)")
     ap.add_argument("--save-scores", default=None, help="MOB: write the per-gene score table (CSV) here")
     ap.add_argument("--sections", nargs="*", default=[], choices=["mob", "dlpfc151673", "prostate_cancer"],
                     help="calibration sections to run (default all)")
@@ -396,6 +402,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
     sys.path.insert(0, str(HERE.parent / "python"))
     import sigel
+    from bench_embeddings import parse_variant
+
+    args.hyper = parse_variant("fit:" + ",".join(args.hyper))[1]
 
     res = dict(machine=f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
                n_null=args.n_null, threads=args.threads)

@@ -90,6 +90,11 @@ def _check_types(p: dict) -> dict:
     return p
 
 
+def _denoise(value) -> bool | str:
+    """The ``denoise`` setting as the trainer takes it: ``'split'`` or a plain bool."""
+    return "split" if value == "split" else bool(value)
+
+
 def _validate_params(p: dict) -> None:
     """Check the ranges of the hyper-parameters and the relations between them, naming the culprit."""
     if p["n_contexts"] is not None:
@@ -129,9 +134,11 @@ def _validate_params(p: dict) -> None:
         )
     if p["decoder_width"] % 4:
         raise SigelInputError(f"`decoder_width` must be divisible by 4; got {p['decoder_width']}")
-    for k in ("refine", "scaffold", "amp", "denoise"):
+    for k in ("refine", "scaffold", "amp"):
         if k in p and not isinstance(p[k], (bool, np.bool_)):
             raise SigelInputError(f"`{k}` must be True or False; got {p[k]!r}")
+    if "denoise" in p and not (isinstance(p["denoise"], (bool, np.bool_)) or p["denoise"] == "split"):
+        raise SigelInputError(f"`denoise` must be True, False or 'split'; got {p['denoise']!r}")
 
 
 # ------------------------------------------------------------ fit steps
@@ -332,12 +339,17 @@ class SIGEL:
         SVG AUPRC against the SpatialDE calls from 0.15-0.18 to 0.04-0.05
         (``benchmarks/RESULTS.md``, "Representation"), so it stays opt-in.
     denoise
-        Module I's denoising variant: the masked autoencoder reconstructs each
-        gene's image from a count view (its raw counts binomially thinned,
-        keep probability from ``[thin_min, 1]``) instead of from the image
-        itself, so the vector has to carry the pattern that survives a
-        shallower measurement rather than the speckle of this one. Needs raw
-        counts (falls back to the plain reconstruction otherwise).
+        Module I's denoising variants. ``True``: the masked autoencoder
+        reconstructs each gene's image from a count view (its raw counts
+        binomially thinned, keep probability from ``[thin_min, 1]``) instead
+        of from the image itself, so the vector has to carry the pattern that
+        survives a shallower measurement rather than the speckle of this one.
+        ``'split'`` (noise2noise): each gene's counts are split at random into
+        two disjoint halves (share from ``[thin_min, 1 - thin_min]``) and the
+        image of one half is reconstructed from the image of the other; the
+        two have independent sampling noise, so only the expression pattern
+        is predictable. Both need raw counts (they fall back to the plain
+        reconstruction otherwise).
 
     Attributes
     ----------
@@ -558,7 +570,7 @@ class SIGEL:
             mixture_weight=p["mixture_weight"], temperature=p["temperature"], select_start=p["select_start"],
             select_end=p["select_end"], em_iters=p["em_iters"], tol=p["tol"], amp=bool(p["amp"]),
             invariance_weight=p["invariance_weight"], view_temperature=p["view_temperature"],
-            thin_min=p["thin_min"], spread_weight=p["spread_weight"], denoise=bool(p.get("denoise", False)),
+            thin_min=p["thin_min"], spread_weight=p["spread_weight"], denoise=_denoise(p.get("denoise", False)),
         )
 
     # --------------------------------------------------------------------- fit

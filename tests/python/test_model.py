@@ -192,6 +192,12 @@ def test_denoising_pass_reconstructs_the_image_from_its_count_view():
     assert torch.allclose(out["loss"], ref["loss"]) and torch.allclose(z, ref["z"])
     plain = m(view, mask_ratio=0.5, generator=torch.Generator().manual_seed(1))
     assert not torch.allclose(out["loss"], plain["loss"])  # the target is x, not the view
+    # noise2noise: the first half of the split is the input, the second the target
+    half = _batch([mask, mask], seed=10)
+    out, z, _ = training_views(m, x, TrainConfig(denoise="split", mask_ratio=0.5), torch.Generator().manual_seed(1),
+                               False, drawn=[view, half])
+    ref = m(view, mask_ratio=0.5, generator=torch.Generator().manual_seed(1), target=half)
+    assert torch.allclose(out["loss"], ref["loss"]) and torch.allclose(z, ref["z"])
 
 
 def test_embed_works_on_another_grid():

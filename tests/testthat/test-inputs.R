@@ -127,6 +127,7 @@ test_that("library size, genes, hyper-parameters and unknown arguments", {
     expect_error(runSIGEL(s, genes = c("g1", "nope")), "not in the data: nope")
     expect_error(runSIGEL(s, embed_dim = 7.5), "`embed_dim` must be a whole number")
     expect_error(runSIGEL(s, refine = "yes"), "`refine` must be TRUE or FALSE")
+    expect_error(runSIGEL(s, denoise = "yes"), "`denoise` must be TRUE, FALSE or \"split\"")
     expect_error(runSIGEL(s, embed_dim = NULL), "`embed_dim` must not be NULL")
     expect_error(runSIGEL(s, epoch = 3), "unknown argument\\(s\\).*epoch")
     expect_error(runSIGEL(s, device = "gpu"), "`device` must be")

@@ -64,6 +64,7 @@ class CountViews:
         per_pixel = np.bincount(self.spot_pixel, minlength=self.height * self.width).astype(np.float32)
         self.inv_per_pixel = np.divide(1.0, per_pixel, out=np.zeros_like(per_pixel), where=per_pixel > 0)
         self.log1p = bool(images.settings.get("log1p", True))
+        self.clip = images.settings.get("scale") == "quantile"  # the robust scaling clips at 1; no scaling does not
         self._device_cache: dict = {}  # torch copies of the arrays above, per device
         self.divisor = self._divisors(images)
 
@@ -158,6 +159,54 @@ class CountViews:
 
         idx = np.asarray(idx)
         dev = torch.device(device) if device is not None else torch.device("cpu")
+        keep = torch.as_tensor(keep, dtype=torch.float32, device=dev).reshape(-1, 1)
+        C = self._counts(idx, dev)
+        thinned = torch.where(keep < 1.0, torch.binomial(C, keep.expand_as(C), generator=generator), C)
+        return self._render(thinned, keep, idx, dev)
+
+    def split(self, idx, keep, *, generator=None, device=None):
+        """Two images of genes ``idx`` from disjoint halves of their counts (noise2noise pairs).
+
+        Every count goes to the first view with probability ``keep`` and to
+        the second otherwise, so the two views have independent sampling
+        noise (for Poisson counts exactly) and depths ``keep`` and
+        ``1 - keep``; each is normalised to the training image's level.
+
+        Parameters
+        ----------
+        idx
+            Gene rows.
+        keep
+            ``(B,)`` tensor of probabilities in ``(0, 1)``.
+        generator
+            Torch generator for the binomial draws (on ``device``).
+        device
+            Torch device (default CPU).
+
+        Returns
+        -------
+        tuple of torch.Tensor
+            Two ``(B, 2, H, W)`` tensors like :meth:`batch`.
+        """
+        import torch
+
+        idx = np.asarray(idx)
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        keep = torch.as_tensor(keep, dtype=torch.float32, device=dev).reshape(-1, 1).clamp(1e-3, 1 - 1e-3)
+        C = self._counts(idx, dev)
+        first = torch.binomial(C, keep.expand_as(C), generator=generator)
+        return self._render(first, keep, idx, dev), self._render(C - first, 1.0 - keep, idx, dev)
+
+    def _counts(self, idx: np.ndarray, dev):
+        """Dense ``(B, S)`` counts of genes ``idx`` on ``dev``."""
+        import torch
+
+        return torch.from_numpy(self.counts[idx].toarray()).to(dev)
+
+    def _render(self, counts, keep, idx: np.ndarray, dev):
+        """Images of ``(B, S)`` counts taken at depth ``keep`` (``(B, 1)``), processed like the training images."""
+        import torch
+
         cache = self._device_cache.setdefault(str(dev), {})
         if not cache:
             cache["factor"] = torch.from_numpy(self.spot_factor).to(dev)
@@ -165,17 +214,15 @@ class CountViews:
             cache["inv"] = torch.from_numpy(self.inv_per_pixel).to(dev)
             cache["mask"] = torch.from_numpy(self.mask.astype(np.float32)).to(dev)
             cache["divisor"] = torch.from_numpy(self.divisor).to(dev)
-        keep = torch.as_tensor(keep, dtype=torch.float32, device=dev).reshape(-1, 1)
-        C = torch.from_numpy(self.counts[idx].toarray()).to(dev)
-        thinned = torch.where(keep < 1.0, torch.binomial(C, keep.expand_as(C), generator=generator), C)
-        vals = thinned * (cache["factor"][None, :] / keep)
+        vals = counts * (cache["factor"][None, :] / keep)
         if self.log1p:
             vals = torch.log1p(vals)
         out = torch.zeros(len(idx), self.height * self.width, device=dev, dtype=torch.float32)
         out.index_add_(1, cache["pixel"], vals)
         out = out * cache["inv"][None, :]
-        out = torch.minimum(out / cache["divisor"][torch.as_tensor(idx, device=dev)][:, None],
-                            torch.ones((), device=dev))
+        out = out / cache["divisor"][torch.as_tensor(idx, device=dev)][:, None]
+        if self.clip:
+            out = torch.minimum(out, torch.ones((), device=dev))
         v = out.reshape(len(idx), self.height, self.width)
         m = cache["mask"].expand_as(v)
         return torch.stack([v, m], dim=1)

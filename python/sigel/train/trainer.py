@@ -118,9 +118,15 @@ class TrainConfig:
         makes its two views (each view keeps every count with a probability
         drawn uniformly from ``[thin_min, 1]``).
     denoise
-        Module I reconstructs each gene's full-depth image from a count view
-        (a binomially thinned copy of its counts) instead of from the image
-        itself: the vector must carry what survives a shallower measurement.
+        Module I's reconstruction target. ``False``: the image itself.
+        ``True``: each gene's full-depth image, reconstructed from a count
+        view (a binomially thinned copy of its counts), so the vector must
+        carry what survives a shallower measurement. ``'split'``
+        (noise2noise): the counts are split at random into two disjoint
+        halves (share from ``[thin_min, 1 - thin_min]``) and the image of one
+        is reconstructed from the image of the other; the two have
+        independent sampling noise, so only the expression pattern can be
+        predicted and the input's speckle is of no use to the vector.
     """
 
     epochs: int = 40
@@ -158,7 +164,7 @@ class TrainConfig:
     view_temperature: float = 0.1
     spread_weight: float = 0.0
     thin_min: float = 0.2
-    denoise: bool = False
+    denoise: bool | str = False
 
     @property
     def refine_epochs(self) -> int:
@@ -388,17 +394,22 @@ def draw_views(cfg: TrainConfig, generator: torch.Generator | None, *, views=Non
     """
     if views is None or idx is None:
         return []
+    split = cfg.denoise == "split"
     out = []
-    for _ in range(n):
+    for _ in range(n - 2 if split else n):
         keep = cfg.thin_min + (1.0 - cfg.thin_min) * torch.rand(len(idx), device=device, generator=generator)
         out.append(views.batch(idx, keep, generator=generator, device=device).to(dtype))
+    if split:
+        lo = min(cfg.thin_min, 0.5)
+        keep = lo + (1.0 - 2.0 * lo) * torch.rand(len(idx), device=device, generator=generator)
+        out.extend(v.to(dtype) for v in views.split(idx, keep, generator=generator, device=device))
     return out
 
 
 def n_views(cfg: TrainConfig, full_view: bool, second: bool) -> int:
     """How many count views one training step draws (:func:`draw_views`): the refinement's full
-    view(s), then the denoising input."""
-    return (2 if second else 1) * bool(full_view) + bool(cfg.denoise)
+    view(s), then the denoising input (and, for ``denoise='split'``, its target)."""
+    return (2 if second else 1) * bool(full_view) + (2 if cfg.denoise == "split" else bool(cfg.denoise))
 
 
 def training_views(model, x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator | None, full_view: bool,
@@ -418,7 +429,9 @@ def training_views(model, x: torch.Tensor, cfg: TrainConfig, generator: torch.Ge
     n = n_views(cfg, full_view, second)
     if n and drawn is None:
         drawn = draw_views(cfg, generator, views=views, idx=idx, n=n, device=x.device, dtype=x.dtype)
-    if cfg.denoise and drawn:
+    if cfg.denoise == "split" and drawn:
+        out = model(drawn[-2], mask_ratio=cfg.mask_ratio, generator=generator, target=drawn[-1])
+    elif cfg.denoise and drawn:
         out = model(drawn[-1], mask_ratio=cfg.mask_ratio, generator=generator, target=x)
     else:
         out = model(x, mask_ratio=cfg.mask_ratio, generator=generator)

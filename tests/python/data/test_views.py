@@ -32,6 +32,40 @@ def test_full_keep_reproduces_training_images_and_thinning_keeps_level():
     assert not torch.equal(x5, x5b)
 
 
+def test_split_views_partition_the_counts():
+    # noise2noise pairs: every count goes to exactly one of the two views. Without log1p and
+    # scaling a view's pixel is count * factor / depth, so keep * A + (1 - keep) * B is the full image.
+    adata = sigel.datasets.synthetic_tissue(40, seed=2, depth=300.0)
+    images = sigel.GeneImages.from_anndata(adata, log1p=False, scale=None)
+    views = CountViews.from_anndata(adata, images)
+    idx = np.arange(images.n_genes)
+    keep = torch.linspace(0.2, 0.8, len(idx))
+    a, b = views.split(idx, keep, generator=torch.Generator().manual_seed(0))
+    full = views.batch(idx, torch.ones(len(idx)))
+    torch.testing.assert_close(full, images.to_tensor(idx), atol=1e-4, rtol=1e-5)  # unscaled images: no clip
+    k = keep[:, None, None]
+    torch.testing.assert_close(k * a[:, 0] + (1 - k) * b[:, 0], full[:, 0], atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(a[:, 1], full[:, 1])
+    # both halves are real resamples: neither is the full image nor the other half
+    assert not torch.allclose(a[:, 0], full[:, 0]) and not torch.allclose(a[:, 0], b[:, 0])
+    # and the same generator state gives the same split
+    a2, b2 = views.split(idx, keep, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, a2) and torch.equal(b, b2)
+
+
+def test_split_denoise_trains_and_is_refused_when_misspelt():
+    adata = sigel.datasets.synthetic_tissue(40, seed=0)
+    kw = dict(epochs=2, pretrain_epochs=1, embed_dim=8, width=16, depth=1, batch_size=16)
+    with pytest.raises(sigel.SigelInputError, match="denoise"):
+        sigel.SIGEL(denoise="noise2noise", **kw)
+    z1 = sigel.SIGEL(denoise="split", **kw).fit(adata, seed=0).embeddings_
+    z2 = sigel.SIGEL(denoise="split", **kw).fit(adata, seed=0).embeddings_
+    z0 = sigel.SIGEL(denoise=False, **kw).fit(adata, seed=0).embeddings_
+    assert np.isfinite(z1.to_numpy()).all()
+    pd.testing.assert_frame_equal(z1, z2)
+    assert not np.allclose(z1.to_numpy(), z0.to_numpy())
+
+
 def test_views_refuse_non_counts_and_other_spots():
     adata = sigel.datasets.synthetic_tissue(30, seed=1)
     images = sigel.GeneImages.from_anndata(adata)

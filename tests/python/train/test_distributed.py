@@ -168,7 +168,9 @@ RUNS = {"full": HYPER, "encoder": ENCODER_ONLY, "multi": HYPER,
         # count-thinned views (drawn for the whole batch) and a whole-batch spread term
         "spread": dict(ENCODER_ONLY, spread_weight=1.0),
         # the denoising pass: the reconstruction's input is a count view drawn for the whole batch
-        "denoise": dict(ENCODER_ONLY, denoise=True)}
+        "denoise": dict(ENCODER_ONLY, denoise=True),
+        # noise2noise: both halves of the count split are drawn for the whole batch
+        "split": dict(ENCODER_ONLY, denoise="split")}
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +186,7 @@ def two_process_fit(tmp_path_factory):
 @pytest.fixture(scope="module")
 def one_process_fit():
     return {name: sigel.SIGEL(**RUNS[name]).fit(_tissue(0), seed=0, progress=False, n_threads=1, device="cpu")
-            for name in ("full", "encoder", "spread", "denoise")}
+            for name in ("full", "encoder", "spread", "denoise", "split")}
 
 
 @pytest.fixture(scope="module")
@@ -234,9 +236,10 @@ def test_two_process_spread_views_match_one_process(two_process_fit, one_process
     np.testing.assert_allclose(r0["loss"], one.history_["loss"].to_numpy(), rtol=1e-5)
 
 
-def test_two_process_denoising_views_match_one_process(two_process_fit, one_process_fit):
+@pytest.mark.parametrize("name", ["denoise", "split"])
+def test_two_process_denoising_views_match_one_process(two_process_fit, one_process_fit, name):
     _, runs = two_process_fit
-    r0, one, plain = runs["denoise"][0], one_process_fit["denoise"], one_process_fit["encoder"]
+    r0, one, plain = runs[name][0], one_process_fit[name], one_process_fit["encoder"]
     assert not np.allclose(one.history_["loss"].to_numpy(), plain.history_["loss"].to_numpy())
     np.testing.assert_allclose(r0["emb"], one.embeddings_.to_numpy(), atol=ATOL_ENCODER, rtol=0)
     np.testing.assert_allclose(r0["loss"], one.history_["loss"].to_numpy(), rtol=1e-5)
