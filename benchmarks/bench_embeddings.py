@@ -56,7 +56,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "python"))
 sys.path.insert(0, str(HERE))
 
-from bench_fit_dlpfc import context_enrichment, cv_r2, morans_i, peak_rss_gb, read_gmt  # noqa: E402
+from bench_fit_dlpfc import context_enrichment, cv_r2, morans_i, parse_settings, peak_rss_gb, read_gmt  # noqa: E402
 
 
 def log(msg):
@@ -291,15 +291,9 @@ class _Records(list):
 
 
 def parse_variant(text: str):
+    """``NAME:KEY=VALUE,...`` -> (name, settings)."""
     name, _, rest = text.partition(":")
-    kw = {}
-    for kv in filter(None, rest.split(",")):
-        k, _, v = kv.partition("=")
-        try:
-            kw[k] = json.loads(v)
-        except json.JSONDecodeError:
-            kw[k] = v
-    return name, kw
+    return name, parse_settings(filter(None, rest.split(",")))
 
 
 def main(argv=None):

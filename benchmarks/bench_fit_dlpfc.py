@@ -135,6 +135,18 @@ def morans_i(Xn: np.ndarray, coords: np.ndarray, k: int = 6) -> np.ndarray:
 
 
 # --------------------------------------------------------------------- main
+def parse_settings(pairs) -> dict:
+    """``["key=value", ...]`` -> dict; values read as JSON where they parse (numbers, true/false), else strings."""
+    out = {}
+    for kv in pairs:
+        k, _, v = kv.partition("=")
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="../shared/data", help="shared data folder")
@@ -172,12 +184,7 @@ def main(argv=None):
     rss_loaded = peak_rss_gb()
 
     hyper = {} if args.epochs is None else {"epochs": args.epochs}
-    for kv in args.hyper:
-        k, _, v = kv.partition("=")
-        try:
-            hyper[k] = json.loads(v)
-        except json.JSONDecodeError:
-            hyper[k] = v
+    hyper.update(parse_settings(args.hyper))
     if args.model:
         model, fit_s, fit_cpu, args.speed_only = sigel.SIGEL.load(args.model), None, None, True
         model.images_ = model.images_for(adata)

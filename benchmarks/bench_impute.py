@@ -184,14 +184,16 @@ def dlpfc(args, results):
     truth = truth_frame(tgt, evalg, norm, "sum_umi")
 
     preds, secs, confs = {}, {}, {}
-    for meth in ("gan", "knn", "mean"):
+    runs = [(m, m, {}) for m in ("gan", "knn", "mean")] + [("gan_" + n, "gan", kw) for n, kw in args.gan_variant]
+    for name, meth, kw in runs:
         t = time.perf_counter()
         out = impute(model, tgt_panel, genes=list(evalg), method=meth, library_size_key="sum_umi", seed=0,
-                     n_threads=args.threads, reference_images=ref_images, n_steps=args.n_steps, progress=False)
-        secs[meth] = time.perf_counter() - t
-        preds[meth] = frame_of(out, evalg)
-        confs[meth] = out.var.loc[list(evalg), "confidence"]
-        log(f"{meth}: {secs[meth]:.1f}s")
+                     n_threads=args.threads, reference_images=ref_images, n_steps=args.n_steps, progress=False,
+                     **kw)
+        secs[name] = time.perf_counter() - t
+        preds[name] = frame_of(out, evalg)
+        confs[name] = out.var.loc[list(evalg), "confidence"]
+        log(f"{name}: {secs[name]:.1f}s")
     if not args.skip_tangram:
         try:
             t = time.perf_counter()
@@ -301,7 +303,12 @@ def main(argv=None):
     p.add_argument("--skip-dlpfc", action="store_true")
     p.add_argument("--skip-fish", action="store_true")
     p.add_argument("--json", default=None)
+    p.add_argument("--gan-variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                   help="another GAN run on the DLPFC panel, scored as gan_NAME (e.g. prior:neighbour_prior=true)")
     args = p.parse_args(argv)
+    from bench_embeddings import parse_variant
+
+    args.gan_variant = [parse_variant(v) for v in args.gan_variant]
     import torch
 
     torch.set_num_threads(args.threads)

@@ -402,9 +402,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
     sys.path.insert(0, str(HERE.parent / "python"))
     import sigel
-    from bench_embeddings import parse_variant
+    from bench_fit_dlpfc import parse_settings
 
-    args.hyper = parse_variant("fit:" + ",".join(args.hyper))[1]
+    args.hyper = parse_settings(args.hyper)
 
     res = dict(machine=f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
                n_null=args.n_null, threads=args.threads)

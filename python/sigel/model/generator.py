@@ -26,7 +26,10 @@ Design (see ``docs/design.md`` §7, "Imputation for targeted panels"):
   images' scale ``[0, 1]`` (see :class:`sigel.GeneImages`, ``scale='quantile'``).
   Off-tissue pixels are set to 0. The output is cropped to the target
   ``(H, W)``; parameters grow with the seed size ``(H W / 4**s)``, not with
-  the number of genes.
+  the number of genes. Built with ``prior=True`` it refines a given prior
+  image (in imputation: the kNN read-out of the measured genes nearest in
+  embedding space): the prior is one more input of the last read-out, whose
+  output is added to ``logit(prior)`` before the sigmoid and starts at 0.
 - :class:`ProjectionDiscriminator` -- a conditional critic in the style of
   Miyato & Koyama (2018): spectral-normalised strided convolutions over
   (image, tissue mask) -> global mean pooling over tissue -> feature ``phi``;
@@ -105,11 +108,17 @@ class ImageGenerator(nn.Module):
         Dropout on the hidden code while training.
     min_seed
         Short side of the seed image in pixels.
+    prior
+        The generator refines a given prior image (``forward(z, prior=...)``):
+        the prior enters the last 1x1 read-out as a channel and the output is
+        ``sigmoid(logit(prior) + read-out)``; the read-out starts at 0, so an
+        untrained generator returns the prior.
     """
 
     def __init__(self, embed_dim: int, mask, *, hidden: int = 128, n_prototypes: int = 32, channels: int = 64,
-                 dropout: float = 0.1, min_seed: int = 4):
+                 dropout: float = 0.1, min_seed: int = 4, prior: bool = False):
         super().__init__()
+        self.prior = bool(prior)
         mask = torch.as_tensor(mask, dtype=torch.float32)
         H, W = mask.shape
         self.out_hw = (int(H), int(W))
@@ -140,7 +149,10 @@ class ImageGenerator(nn.Module):
         # also sees the full-resolution coordinates and mask (full-resolution 3x3 convolutions cost ~5x more)
         c_last = 8
         self.last_up = nn.ConvTranspose2d(c, c_last, kernel_size=2, stride=2) if self.n_stages > 0 else None
-        self.out = nn.Conv2d((c_last if self.n_stages > 0 else c) + 3, 1, 1)
+        self.out = nn.Conv2d((c_last if self.n_stages > 0 else c) + 3 + int(self.prior), 1, 1)
+        if self.prior:
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
         self._coords: dict = {}
 
     def _coord(self, h, w):
@@ -159,8 +171,14 @@ class ImageGenerator(nn.Module):
             h, att = self.bank(h)
         return self.drop(h), att
 
-    def forward(self, z: torch.Tensor, return_attention: bool = False):
-        """Images ``(B, H, W)`` in [0, 1] (0 off tissue) for embeddings ``z`` ``(B, D)``."""
+    def forward(self, z: torch.Tensor, return_attention: bool = False, prior: torch.Tensor | None = None):
+        """Images ``(B, H, W)`` in [0, 1] (0 off tissue) for embeddings ``z`` ``(B, D)``.
+
+        ``prior``: ``(B, H, W)`` or ``(B, H * W)`` images in [0, 1], required
+        by (and only by) a generator built with ``prior=True``.
+        """
+        if self.prior != (prior is not None):
+            raise ValueError("this generator " + ("needs" if self.prior else "takes no") + " prior images")
         h, att = self.code(z)
         B = z.shape[0]
         sh, sw = self.seed_hw
@@ -174,8 +192,15 @@ class ImageGenerator(nn.Module):
         if self.last_up is not None:
             x = F.gelu(self.last_up(x))
         hh, ww = x.shape[-2:]
-        x = self.out(torch.cat([x, self._coord(hh, ww).expand(B, -1, -1, -1)], 1))[:, 0]
+        feats = [x, self._coord(hh, ww).expand(B, -1, -1, -1)]
+        if self.prior:
+            H, W = self.out_hw
+            p = prior.reshape(B, 1, H, W).to(x.dtype).clamp(1e-4, 1 - 1e-4)
+            feats.append(F.pad(p, (0, ww - W, 0, hh - H)))
+        x = self.out(torch.cat(feats, 1))[:, 0]
         x = x[:, : self.out_hw[0], : self.out_hw[1]]
+        if self.prior:
+            x = x + torch.logit(p[:, 0])
         img = torch.sigmoid(x) * self.mask
         return (img, att) if return_attention else img
 

@@ -203,6 +203,25 @@ def _neighbour_weights(idx: np.ndarray, sim: np.ndarray, n_train: int) -> sp.csr
     return sp.csr_matrix((w.ravel(), (np.repeat(np.arange(q), kk), idx.ravel())), shape=(q, n_train))
 
 
+def _knn_weights(Zq: np.ndarray, Zt: np.ndarray, k: int) -> sp.csr_matrix:
+    """Sparse (queries x training genes) kNN weights: the ``k`` nearest training genes by cosine (`_neighbour_weights`)."""
+    idx, sim = _neighbours(Zq, Zt, k)
+    return _neighbour_weights(idx, sim, Zt.shape[0])
+
+
+def _loo_knn_weights(Zt: np.ndarray, k: int) -> sp.csr_matrix | None:
+    """Leave-one-out kNN weights of the training genes among themselves (``None`` with fewer than 2 genes)."""
+    n = Zt.shape[0]
+    kk = int(min(k, n - 1))
+    if kk < 1:
+        return None
+    idx, sim = _neighbours(Zt, Zt, kk + 1)
+    # drop each gene itself (normally the first neighbour; ties handled by position)
+    keep = idx != np.arange(n)[:, None]
+    first = np.argsort(~keep, axis=1, kind="stable")[:, :kk]
+    return _neighbour_weights(np.take_along_axis(idx, first, 1), np.take_along_axis(sim, first, 1), n)
+
+
 def _loo_knn_pcc(Zt: np.ndarray, train_values: sp.csr_matrix, k: int, chunk: int = 256) -> np.ndarray:
     """Leave-one-out kNN accuracy of every training gene: PCC of its kNN prediction from the other ones.
 
@@ -210,15 +229,9 @@ def _loo_knn_pcc(Zt: np.ndarray, train_values: sp.csr_matrix, k: int, chunk: int
     predictions are scored chunk by chunk (memory bounded by chunk x cells).
     """
     n = Zt.shape[0]
-    kk = int(min(k, n - 1))
-    if kk < 1:
+    W = _loo_knn_weights(Zt, k)
+    if W is None:
         return np.zeros(n)
-    idx, sim = _neighbours(Zt, Zt, kk + 1)
-    # drop each gene itself (normally the first neighbour; ties handled by position)
-    keep = idx != np.arange(n)[:, None]
-    first = np.argsort(~keep, axis=1, kind="stable")[:, :kk]
-    idx = np.take_along_axis(idx, first, 1)
-    W = _neighbour_weights(idx, np.take_along_axis(sim, first, 1), n)
     out = np.empty(n)
     for s in range(0, n, chunk):
         pred = np.asarray((W[s:s + chunk] @ train_values).todense())
@@ -279,9 +292,7 @@ def _confidence(Zq: np.ndarray, Zt: np.ndarray, train_names, train_values: sp.cs
 
 def _predict_knn(Zq, Zt, train_values: sp.csr_matrix, k: int) -> np.ndarray:
     """Similarity-weighted mean of the k nearest training genes' values -> (queries, cells)."""
-    idx, sim = _neighbours(Zq, Zt, k)
-    W = _neighbour_weights(idx, sim, Zt.shape[0])
-    return np.asarray((W @ train_values).todense(), dtype=np.float32)
+    return np.asarray((_knn_weights(Zq, Zt, k) @ train_values).todense(), dtype=np.float32)
 
 
 def _predict_mean(n_query: int, train_values: sp.csr_matrix) -> np.ndarray:
@@ -326,10 +337,24 @@ def _discriminator_step(Dn, opt_d, y, fake, z):
     return d_loss
 
 
+def _prior_images(W: sp.csr_matrix | None, rows: np.ndarray, train_pixels: sp.csr_matrix, device):
+    """Neighbour read-outs ``W[rows] @ train_pixels`` as a ``(B, H*W)`` float32 tensor (``None`` without ``W``)."""
+    import torch
+
+    if W is None:
+        return None
+    return torch.from_numpy(np.asarray((W[rows] @ train_pixels).todense(), dtype=np.float32)).to(device)
+
+
 def _train_gan(problem: _Problem, train_genes: pd.Index, *, n_steps, batch_size, lr, adv_weight, adv_start,
                hidden, n_prototypes, channels, dropout, embed_noise, weight_decay, finetune_encoder, encoder_lr,
-               pixel_budget, device, seed, progress):
-    """Train generator (+ discriminator); return (generator, encoder-or-None, history DataFrame)."""
+               pixel_budget, neighbour_prior, n_neighbors, device, seed, progress):
+    """Train generator (+ discriminator); return (generator, encoder-or-None, history DataFrame).
+
+    With ``neighbour_prior`` every training gene's prior image is the
+    leave-one-out kNN read-out of the *other* training genes' images (the
+    situation of a query gene, whose prior comes from all of them).
+    """
     import torch
     from tqdm.auto import tqdm
 
@@ -345,8 +370,10 @@ def _train_gan(problem: _Problem, train_genes: pd.Index, *, n_steps, batch_size,
     mask = torch.from_numpy(img.mask.astype(np.float32)).to(device)
     n_tis = float(mask.sum().clamp(min=1.0))
 
+    W_prior = _loo_knn_weights(Zt.cpu().numpy(), n_neighbors) if neighbour_prior else None
+    train_pixels = img.values[tidx] if W_prior is not None else None
     G = ImageGenerator(D, mask, hidden=hidden, n_prototypes=n_prototypes, channels=channels,
-                       dropout=dropout).to(device)
+                       dropout=dropout, prior=W_prior is not None).to(device)
     Dn = ProjectionDiscriminator(D, mask).to(device)
     params = [{"params": G.parameters(), "lr": lr}]
     enc = None
@@ -381,7 +408,8 @@ def _train_gan(problem: _Problem, train_genes: pd.Index, *, n_steps, batch_size,
             z = Zt[b]
         if embed_noise > 0:
             z = z + embed_noise * torch.randn(z.shape, generator=gen).to(device)
-        fake = G(z)
+        prior = _prior_images(W_prior, b, train_pixels, device)
+        fake = G(z, prior=prior)
         rec = (((fake - y) ** 2) * mask).sum() / (n_tis * len(b))
         use_adv = adv_weight > 0 and step >= start_adv
         g_adv = torch.zeros((), device=device)
@@ -411,8 +439,13 @@ def _train_gan(problem: _Problem, train_genes: pd.Index, *, n_steps, batch_size,
     return G, enc, pd.DataFrame(rows)
 
 
-def _generate(problem: _Problem, G, enc, query_ref: pd.Index, *, batch_size, pixel_budget, device):
-    """Generated images of the query genes read back at every target cell -> (queries, cells) float32."""
+def _generate(problem: _Problem, G, enc, query_ref: pd.Index, train_genes: pd.Index, *, batch_size, pixel_budget,
+              n_neighbors, device):
+    """Generated images of the query genes read back at every target cell -> (queries, cells) float32.
+
+    A generator with a neighbour prior reads it from the kNN weights of each
+    query gene among ``train_genes`` (the baseline ``method='knn'``'s weights).
+    """
     import torch
 
     img = problem.images
@@ -425,13 +458,18 @@ def _generate(problem: _Problem, G, enc, query_ref: pd.Index, *, batch_size, pix
         ridx = ref_images.gene_index(query_ref)
         mu_t, sd_t = _embedding_moments(problem, device)
     Zq = problem.z(ref_names=query_ref)
+    W_prior = train_pixels = None
+    if G.prior:
+        W_prior = _knn_weights(Zq, problem.z(target_names=train_genes), n_neighbors)
+        train_pixels = img.values[img.gene_index(train_genes)]
     with torch.inference_mode():
         for s in range(0, len(query_ref), bs):
             if enc is not None:
                 z = (enc.embed(ref_images.to_tensor(ridx[s:s + bs], device=device)) - mu_t) / sd_t
             else:
                 z = torch.from_numpy(Zq[s:s + bs]).to(device)
-            g = G(z).reshape(z.shape[0], -1)
+            prior = _prior_images(W_prior, np.arange(s, min(s + bs, len(query_ref))), train_pixels, device)
+            g = G(z, prior=prior).reshape(z.shape[0], -1)
             out[s:s + bs] = g[:, pix].float().cpu().numpy()
     return out
 
@@ -451,9 +489,10 @@ def _fit_predict(problem: _Problem, train_genes: pd.Index, query_ref: pd.Index, 
     elif method == "knn":
         vals = _predict_knn(Zq, Zt, train_values, n_neighbors)
     else:
-        G, enc, history = _train_gan(problem, train_genes, device=device, seed=seed, progress=progress, **gan_kw)
-        vals = _generate(problem, G, enc, query_ref, batch_size=gan_kw["batch_size"],
-                         pixel_budget=gan_kw["pixel_budget"], device=device)
+        G, enc, history = _train_gan(problem, train_genes, n_neighbors=n_neighbors, device=device, seed=seed,
+                                     progress=progress, **gan_kw)
+        vals = _generate(problem, G, enc, query_ref, train_genes, batch_size=gan_kw["batch_size"],
+                         pixel_budget=gan_kw["pixel_budget"], n_neighbors=n_neighbors, device=device)
     return vals, conf, history
 
 
@@ -573,6 +612,7 @@ def impute(
     finetune_encoder: bool = False,
     encoder_lr: float = 1e-4,
     pixel_budget: int = 2**22,
+    neighbour_prior: bool = False,
     device: str = "auto",
     seed: int | None = None,
     progress: bool | None = None,
@@ -646,6 +686,14 @@ def impute(
     pixel_budget
         Upper bound on genes x target pixels held densely at once (caps the
         batch size, so memory is bounded for large targets).
+    neighbour_prior
+        The generator refines a prior image instead of drawing from scratch:
+        the similarity-weighted mean of the measured images of the gene's
+        ``n_neighbors`` nearest measured genes in embedding space (what
+        ``method='knn'`` returns; leave-one-out for the training genes, so
+        they see the prior a query gene gets). The generator's output is
+        ``sigmoid(logit(prior) + residual)``, with the residual's last layer
+        starting at 0, so training starts from the kNN read-out.
     device
         ``'auto'`` (CUDA, then MPS, then CPU), ``'cpu'``, ``'cuda'``, ...
     seed
@@ -704,7 +752,8 @@ def impute(
                   adv_start=float(adv_start), hidden=int(hidden), n_prototypes=int(n_prototypes),
                   channels=int(channels), dropout=float(dropout), embed_noise=float(embed_noise),
                   weight_decay=float(weight_decay), finetune_encoder=bool(finetune_encoder),
-                  encoder_lr=float(encoder_lr), pixel_budget=int(pixel_budget))
+                  encoder_lr=float(encoder_lr), pixel_budget=int(pixel_budget),
+                  neighbour_prior=bool(neighbour_prior))
     vals, conf, history = _predict_query(problem, query_ref, method, n_neighbors=n_neighbors, gan_kw=gan_kw,
                                          device=dev, seed=seed, progress=progress)
     out = _imputed_anndata(problem, target_adata, query_ref, vals, conf)
@@ -767,7 +816,7 @@ def impute_cv(
         Passed to the GAN (``n_steps``, ``batch_size``, ``lr``, ``adv_weight``,
         ``adv_start``, ``hidden``, ``n_prototypes``, ``channels``,
         ``dropout``, ``embed_noise``, ``weight_decay``, ``finetune_encoder``,
-        ``encoder_lr``, ``pixel_budget``).
+        ``encoder_lr``, ``pixel_budget``, ``neighbour_prior``).
 
     Returns
     -------
@@ -788,7 +837,7 @@ def impute_cv(
     """
     defaults = dict(n_steps=600, batch_size=32, lr=2e-3, adv_weight=0.01, adv_start=0.3, hidden=128,
                     n_prototypes=32, channels=64, dropout=0.1, embed_noise=0.1, weight_decay=1e-4,
-                    finetune_encoder=False, encoder_lr=1e-4, pixel_budget=2**22)
+                    finetune_encoder=False, encoder_lr=1e-4, pixel_budget=2**22, neighbour_prior=False)
     unknown = set(gan_options) - set(defaults)
     if unknown:
         raise SigelInputError(f"unknown options for impute_cv: {sorted(unknown)}; GAN options are {sorted(defaults)}")

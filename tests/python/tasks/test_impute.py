@@ -118,6 +118,29 @@ def test_generator_and_discriminator_shapes():
     assert out.shape == (3, 16) and a.shape == (3, 4)
 
 
+def test_generator_with_prior_starts_at_the_prior():
+    mask = np.zeros((20, 28), bool)
+    mask[2:18, 3:25] = True
+    g = ImageGenerator(8, mask, hidden=32, n_prototypes=6, channels=16, prior=True)
+    prior = torch.rand(5, 20, 28) * torch.from_numpy(mask)
+    out = g(torch.randn(5, 8), prior=prior)
+    torch.testing.assert_close(out, prior.clamp(1e-4, 1 - 1e-4) * torch.from_numpy(mask), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="needs"):
+        g(torch.randn(5, 8))
+    with pytest.raises(ValueError, match="takes no"):
+        ImageGenerator(8, mask, hidden=32, channels=16)(torch.randn(5, 8), prior=prior)
+
+
+def test_neighbour_prior_gan_starts_from_the_knn_readout(scenario):
+    """With (almost) no training the prior-refining generator returns what method='knn' returns."""
+    s = scenario
+    kw = dict(genes=list(s["held"]), library_size_key="total", seed=0, n_threads=1, progress=False)
+    knn = _frame(impute(s["model"], s["panel"], method="knn", **kw), s["held"])
+    gan = _frame(impute(s["model"], s["panel"], method="gan", neighbour_prior=True, n_steps=1, lr=1e-12,
+                        **SMALL_GAN, **kw), s["held"])
+    np.testing.assert_allclose(gan.to_numpy(), knn.to_numpy(), atol=2e-4)
+
+
 # ------------------------------------------------------------------------- impute
 def test_gan_beats_knn_and_mean_on_held_out_panel_genes(scenario):
     """Acceptance: held-out panel genes, fixed seed; GAN > kNN and > mean image on median PCC."""
