@@ -28,7 +28,7 @@
 .impute_gan_options <- function(dots) {
     ok <- c("batch_size", "lr", "adv_start", "hidden", "n_prototypes",
             "channels", "dropout", "embed_noise", "weight_decay",
-            "encoder_lr", "pixel_budget")
+            "encoder_lr", "pixel_budget", "neighbour_prior")
     if (length(dots) && (is.null(names(dots)) || any(!nzchar(names(dots))))) {
         stop("extra arguments must be named GAN options: ",
              paste(ok, collapse = ", "), call. = FALSE)
@@ -42,6 +42,10 @@
               "pixel_budget")
     for (nm in names(dots)) {
         v <- dots[[nm]]
+        if (nm == "neighbour_prior") {
+            dots[[nm]] <- .check_flag(v, nm)
+            next
+        }
         if (!is.numeric(v) || length(v) != 1L || is.na(v) || v < 0) {
             stop("`", nm, "` must be one non-negative number", call. = FALSE)
         }
@@ -122,8 +126,10 @@
 #' @param verbose `logical(1)`: progress bar and log messages.
 #' @param ... further GAN options: `batch_size`, `lr`, `adv_start`,
 #'   `hidden`, `n_prototypes`, `channels`, `dropout`, `embed_noise`,
-#'   `weight_decay`, `encoder_lr`, `pixel_budget` (see the Python
-#'   `sigel.tl.impute`).
+#'   `weight_decay`, `encoder_lr`, `pixel_budget` (numbers) and
+#'   `neighbour_prior` (`TRUE`/`FALSE`: the generator refines the `"knn"`
+#'   read-out instead of drawing from scratch), see the Python
+#'   `sigel.tl.impute`.
 #' @return
 #' * `SingleCellExperiment` target: the target with an `altExp(target,
 #'   name)`: a `SingleCellExperiment` (imputed + measured genes x cells) with

@@ -184,8 +184,7 @@ def dlpfc(args, results):
     truth = truth_frame(tgt, evalg, norm, "sum_umi")
 
     preds, secs, confs = {}, {}, {}
-    runs = [(m, m, {}) for m in ("gan", "knn", "mean")] + [("gan_" + n, "gan", kw) for n, kw in args.gan_variant]
-    for name, meth, kw in runs:
+    for name, meth, kw in gan_runs(args):
         t = time.perf_counter()
         out = impute(model, tgt_panel, genes=list(evalg), method=meth, library_size_key="sum_umi", seed=0,
                      n_threads=args.threads, reference_images=ref_images, n_steps=args.n_steps, progress=False,
@@ -228,6 +227,11 @@ def dlpfc(args, results):
     return "\n".join(md)
 
 
+def gan_runs(args):
+    """(name, method, options) of every run: the three methods, then each ``--gan-variant`` as ``gan_NAME``."""
+    return [(m, m, {}) for m in ("gan", "knn", "mean")] + [("gan_" + n, "gan", kw) for n, kw in args.gan_variant]
+
+
 # ---------------------------------------------------------------- scenario 2
 def fish(args, results):
     import anndata as ad
@@ -254,12 +258,12 @@ def fish(args, results):
                                        patch_size=1, min_spots=0, exclude_prefixes=(), **norm)
     truth = pd.DataFrame(im.spot_values(list(evalg)).T.toarray(), index=im.spot_names, columns=list(evalg))
     preds, secs = {}, {}
-    for meth in ("gan", "knn", "mean"):
+    for name, meth, kw in gan_runs(args):
         t = time.perf_counter()
         out = impute(model, b1p, genes=list(evalg), method=meth, library_size_key="total", geometry="free",
-                     seed=0, n_threads=args.threads, n_steps=args.n_steps, progress=False)
-        secs[meth] = time.perf_counter() - t
-        preds[meth] = frame_of(out, evalg)
+                     seed=0, n_threads=args.threads, n_steps=args.n_steps, progress=False, **kw)
+        secs[name] = time.perf_counter() - t
+        preds[name] = frame_of(out, evalg)
     shape = out.uns["sigel_impute"]["params"]["image_shape"]
     summ = impute_summary(impute_metrics(truth, preds))
     # osmFISH as a target of the same model: cross-validation over the shared genes
@@ -269,6 +273,10 @@ def fish(args, results):
     t = time.perf_counter()
     cv = impute_cv(model, osm, k=5, method=["gan", "knn", "mean"], geometry="free", seed=0, n_threads=args.threads,
                    progress=False, n_steps=args.fish_steps, min_cells=3)
+    for name, _, kw in gan_runs(args)[3:]:
+        extra = impute_cv(model, osm, k=5, method="gan", geometry="free", seed=0, n_threads=args.threads,
+                          progress=False, n_steps=args.fish_steps, min_cells=3, **kw)
+        cv = pd.concat([cv, extra.assign(method=name)])
     osm_s = time.perf_counter() - t
     osum = impute_summary(cv)
     osm_secs = cv.reset_index().drop_duplicates(["method", "fold"]).groupby("method")["seconds"].sum().to_dict()

@@ -78,6 +78,8 @@ test_that("sigelImpute checks its inputs in R", {
     expect_error(sigelImpute(ref, panel, method = "nope"), "should be one of")
     expect_error(sigelImpute(ref, panel, n_steps = 0), "n_steps")
     expect_error(sigelImpute(ref, panel, foo = 1), "unknown argument")
+    expect_error(sigelImpute(ref, panel, neighbour_prior = "yes"),
+                 "`neighbour_prior` must be TRUE or FALSE")
     expect_error(sigelImpute(ref, list()), "target")
     expect_error(sigelImpute(ref, panel, genes = "no_such_gene",
                              method = "knn"), "cannot be imputed")

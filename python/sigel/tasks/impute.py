@@ -693,7 +693,13 @@ def impute(
         ``method='knn'`` returns; leave-one-out for the training genes, so
         they see the prior a query gene gets). The generator's output is
         ``sigmoid(logit(prior) + residual)``, with the residual's last layer
-        starting at 0, so training starts from the kNN read-out.
+        starting at 0, so training starts from the kNN read-out. Off by
+        default. With panels of 50-150 genes it raised the GAN's median PCC
+        from 0.055 to 0.107 (DLPFC, 150 genes) and from 0.310 to 0.375
+        (Molecular Cartography, 50 genes, above kNN's 0.348); with ~9
+        training genes (osmFISH folds) the prior is nearly the mean image
+        and it lowered the PCC (0.264 to 0.197) (benchmarks/RESULTS.md,
+        "Imputation"). Use it for panels of 50 or more genes.
     device
         ``'auto'`` (CUDA, then MPS, then CPU), ``'cpu'``, ``'cuda'``, ...
     seed

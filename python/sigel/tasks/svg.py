@@ -251,7 +251,12 @@ def svg(
     Parameters
     ----------
     model
-        A trained `sigel.SIGEL`.
+        A trained `sigel.SIGEL`. Its input blur matters: on the olfactory
+        bulb (260 legacy-ST spots, layers one or two spots wide) a model
+        fitted with ``smooth_sigma=1`` instead of the default 2 raised the
+        AUPRC against the published SpatialDE calls from 0.17-0.22 to
+        0.23-0.38 (two refits) with calibration kept; for tissues of a few
+        hundred spots fit with ``smooth_sigma=1`` (benchmarks/RESULTS.md).
     adata
         The AnnData the model was trained on (same spots; counts as at fit).
     genes
