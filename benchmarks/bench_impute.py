@@ -273,10 +273,10 @@ def fish(args, results):
     t = time.perf_counter()
     cv = impute_cv(model, osm, k=5, method=["gan", "knn", "mean"], geometry="free", seed=0, n_threads=args.threads,
                    progress=False, n_steps=args.fish_steps, min_cells=3)
-    for name, _, kw in gan_runs(args)[3:]:
+    for name, kw in args.gan_variant:
         extra = impute_cv(model, osm, k=5, method="gan", geometry="free", seed=0, n_threads=args.threads,
                           progress=False, n_steps=args.fish_steps, min_cells=3, **kw)
-        cv = pd.concat([cv, extra.assign(method=name)])
+        cv = pd.concat([cv, extra.assign(method="gan_" + name)])
     osm_s = time.perf_counter() - t
     osum = impute_summary(cv)
     osm_secs = cv.reset_index().drop_duplicates(["method", "fold"]).groupby("method")["seconds"].sum().to_dict()
@@ -312,7 +312,7 @@ def main(argv=None):
     p.add_argument("--skip-fish", action="store_true")
     p.add_argument("--json", default=None)
     p.add_argument("--gan-variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
-                   help="another GAN run on the DLPFC panel, scored as gan_NAME (e.g. prior:neighbour_prior=true)")
+                   help="another GAN run (every scenario), scored as gan_NAME (e.g. prior:neighbour_prior=true)")
     args = p.parse_args(argv)
     from bench_embeddings import parse_variant
 

@@ -167,7 +167,6 @@ def _normal_scores(v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return torch.where(tis, z, torch.zeros_like(z)).reshape(v.shape).to(v.dtype)
 
 
-
 def gaussian_taps(sigma: float, device=None, dtype=torch.float32) -> torch.Tensor:
     """Unnormalised 1-d Gaussian of ``sigma`` pixels truncated at 3 sigma (at least 3 taps).
 
@@ -178,6 +177,7 @@ def gaussian_taps(sigma: float, device=None, dtype=torch.float32) -> torch.Tenso
     r = max(int(math.ceil(3.0 * sigma)), 1)
     t = torch.arange(-r, r + 1, device=device, dtype=dtype)
     return torch.exp(-0.5 * (t / sigma) ** 2)
+
 
 class MaskedAutoencoder(nn.Module):
     """Masked autoencoder with a transformer encoder and a convolutional decoder.

@@ -365,12 +365,13 @@ def _train_gan(problem: _Problem, train_genes: pd.Index, *, n_steps, batch_size,
     n_pix = H * W
     bs = int(max(1, min(batch_size, len(train_genes), pixel_budget // max(n_pix, 1))))
     tidx = img.gene_index(train_genes)
-    Zt = torch.from_numpy(problem.z(target_names=train_genes)).to(device)
+    Zt_np = problem.z(target_names=train_genes)
+    Zt = torch.from_numpy(Zt_np).to(device)
     D = Zt.shape[1]
     mask = torch.from_numpy(img.mask.astype(np.float32)).to(device)
     n_tis = float(mask.sum().clamp(min=1.0))
 
-    W_prior = _loo_knn_weights(Zt.cpu().numpy(), n_neighbors) if neighbour_prior else None
+    W_prior = _loo_knn_weights(Zt_np, n_neighbors) if neighbour_prior else None
     train_pixels = img.values[tidx] if W_prior is not None else None
     G = ImageGenerator(D, mask, hidden=hidden, n_prototypes=n_prototypes, channels=channels,
                        dropout=dropout, prior=W_prior is not None).to(device)
