@@ -203,12 +203,6 @@ def _neighbour_weights(idx: np.ndarray, sim: np.ndarray, n_train: int) -> sp.csr
     return sp.csr_matrix((w.ravel(), (np.repeat(np.arange(q), kk), idx.ravel())), shape=(q, n_train))
 
 
-def _knn_weights(Zq: np.ndarray, Zt: np.ndarray, k: int) -> sp.csr_matrix:
-    """Sparse (queries x training genes) kNN weights: the ``k`` nearest training genes by cosine (`_neighbour_weights`)."""
-    idx, sim = _neighbours(Zq, Zt, k)
-    return _neighbour_weights(idx, sim, Zt.shape[0])
-
-
 def _loo_knn_weights(Zt: np.ndarray, k: int) -> sp.csr_matrix | None:
     """Leave-one-out kNN weights of the training genes among themselves (``None`` with fewer than 2 genes)."""
     n = Zt.shape[0]
@@ -267,8 +261,8 @@ def _reference_signal(ref_images, genes, batch: int = 256) -> np.ndarray:
     return np.clip(out, 0.0, 1.0)
 
 
-def _confidence(Zq: np.ndarray, Zt: np.ndarray, train_names, train_values: sp.csr_matrix, k: int,
-                ref_signal: np.ndarray) -> pd.DataFrame:
+def _confidence(idx: np.ndarray, sim: np.ndarray, Zt: np.ndarray, train_names, train_values: sp.csr_matrix,
+                k: int, ref_signal: np.ndarray) -> pd.DataFrame:
     """Per query gene: how trustworthy its imputation is expected to be.
 
     ``support`` = similarity-weighted mean, over the gene's ``k`` nearest
@@ -278,10 +272,10 @@ def _confidence(Zq: np.ndarray, Zt: np.ndarray, train_names, train_values: sp.cs
     measured gene, or near unpredictable ones, get low support.
     ``reference_signal`` = the gene's spatial signal in the reference
     (`_reference_signal`). ``confidence`` = the geometric mean of the two
-    (``support`` alone when the model has no reference images).
+    (``support`` alone when the model has no reference images). ``idx``,
+    ``sim``: the query genes' ``k`` nearest training genes (`_neighbours`).
     """
     loo = _loo_knn_pcc(Zt, train_values, k)
-    idx, sim = _neighbours(Zq, Zt, k)
     w = np.clip(sim, 0.0, None)
     support = (w * np.clip(loo[idx], 0.0, None)).sum(1) / np.maximum(w.sum(1), 1e-12)
     support = np.clip(support * np.clip(sim[:, 0], 0.0, 1.0), 0.0, 1.0)
@@ -290,9 +284,9 @@ def _confidence(Zq: np.ndarray, Zt: np.ndarray, train_names, train_values: sp.cs
                          "nearest_measured": np.asarray(train_names)[idx[:, 0]], "nearest_similarity": sim[:, 0]})
 
 
-def _predict_knn(Zq, Zt, train_values: sp.csr_matrix, k: int) -> np.ndarray:
-    """Similarity-weighted mean of the k nearest training genes' values -> (queries, cells)."""
-    return np.asarray((_knn_weights(Zq, Zt, k) @ train_values).todense(), dtype=np.float32)
+def _predict_knn(W: sp.csr_matrix, train_values: sp.csr_matrix) -> np.ndarray:
+    """Similarity-weighted mean of the k nearest training genes' values (weights ``W``) -> (queries, cells)."""
+    return np.asarray((W @ train_values).todense(), dtype=np.float32)
 
 
 def _predict_mean(n_query: int, train_values: sp.csr_matrix) -> np.ndarray:
@@ -441,11 +435,12 @@ def _train_gan(problem: _Problem, train_genes: pd.Index, *, n_steps, batch_size,
 
 
 def _generate(problem: _Problem, G, enc, query_ref: pd.Index, train_genes: pd.Index, *, batch_size, pixel_budget,
-              n_neighbors, device):
+              knn_weights: sp.csr_matrix, device):
     """Generated images of the query genes read back at every target cell -> (queries, cells) float32.
 
-    A generator with a neighbour prior reads it from the kNN weights of each
-    query gene among ``train_genes`` (the baseline ``method='knn'``'s weights).
+    A generator with a neighbour prior reads it from ``knn_weights``, the kNN
+    weights of each query gene among ``train_genes`` (the baseline
+    ``method='knn'``'s weights).
     """
     import torch
 
@@ -461,7 +456,7 @@ def _generate(problem: _Problem, G, enc, query_ref: pd.Index, train_genes: pd.In
     Zq = problem.z(ref_names=query_ref)
     W_prior = train_pixels = None
     if G.prior:
-        W_prior = _knn_weights(Zq, problem.z(target_names=train_genes), n_neighbors)
+        W_prior = knn_weights
         train_pixels = img.values[img.gene_index(train_genes)]
     with torch.inference_mode():
         for s in range(0, len(query_ref), bs):
@@ -481,19 +476,21 @@ def _fit_predict(problem: _Problem, train_genes: pd.Index, query_ref: pd.Index, 
     Zt = problem.z(target_names=train_genes)
     Zq = problem.z(ref_names=query_ref)
     train_values = problem.images.spot_values(train_genes)
-    conf = _confidence(Zq, Zt, train_genes, train_values, n_neighbors,
+    idx, sim = _neighbours(Zq, Zt, n_neighbors)  # searched once: the confidence, kNN and the GAN's prior use them
+    W = _neighbour_weights(idx, sim, Zt.shape[0])
+    conf = _confidence(idx, sim, Zt, train_genes, train_values, n_neighbors,
                        _reference_signal(problem.ref_images, query_ref))
     conf.index = query_ref
     history = None
     if method == "mean":
         vals = _predict_mean(len(query_ref), train_values)
     elif method == "knn":
-        vals = _predict_knn(Zq, Zt, train_values, n_neighbors)
+        vals = _predict_knn(W, train_values)
     else:
         G, enc, history = _train_gan(problem, train_genes, n_neighbors=n_neighbors, device=device, seed=seed,
                                      progress=progress, **gan_kw)
         vals = _generate(problem, G, enc, query_ref, train_genes, batch_size=gan_kw["batch_size"],
-                         pixel_budget=gan_kw["pixel_budget"], n_neighbors=n_neighbors, device=device)
+                         pixel_budget=gan_kw["pixel_budget"], knn_weights=W, device=device)
     return vals, conf, history
 
 
