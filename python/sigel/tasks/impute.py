@@ -216,14 +216,14 @@ def _loo_knn_weights(Zt: np.ndarray, k: int) -> sp.csr_matrix | None:
     return _neighbour_weights(np.take_along_axis(idx, first, 1), np.take_along_axis(sim, first, 1), n)
 
 
-def _loo_knn_pcc(Zt: np.ndarray, train_values: sp.csr_matrix, k: int, chunk: int = 256) -> np.ndarray:
+def _loo_knn_pcc(W: sp.csr_matrix | None, train_values: sp.csr_matrix, chunk: int = 256) -> np.ndarray:
     """Leave-one-out kNN accuracy of every training gene: PCC of its kNN prediction from the other ones.
 
-    Neighbours are found in chunks (no dense genes x genes matrix) and the
-    predictions are scored chunk by chunk (memory bounded by chunk x cells).
+    ``W``: the training genes' leave-one-out kNN weights (`_loo_knn_weights`;
+    ``None``, too few genes, gives zeros). The predictions are scored chunk by
+    chunk (memory bounded by chunk x cells).
     """
-    n = Zt.shape[0]
-    W = _loo_knn_weights(Zt, k)
+    n = train_values.shape[0]
     if W is None:
         return np.zeros(n)
     out = np.empty(n)
@@ -261,8 +261,8 @@ def _reference_signal(ref_images, genes, batch: int = 256) -> np.ndarray:
     return np.clip(out, 0.0, 1.0)
 
 
-def _confidence(idx: np.ndarray, sim: np.ndarray, Zt: np.ndarray, train_names, train_values: sp.csr_matrix,
-                k: int, ref_signal: np.ndarray) -> pd.DataFrame:
+def _confidence(idx: np.ndarray, sim: np.ndarray, loo_weights: sp.csr_matrix | None, train_names,
+                train_values: sp.csr_matrix, ref_signal: np.ndarray) -> pd.DataFrame:
     """Per query gene: how trustworthy its imputation is expected to be.
 
     ``support`` = similarity-weighted mean, over the gene's ``k`` nearest
@@ -273,9 +273,10 @@ def _confidence(idx: np.ndarray, sim: np.ndarray, Zt: np.ndarray, train_names, t
     ``reference_signal`` = the gene's spatial signal in the reference
     (`_reference_signal`). ``confidence`` = the geometric mean of the two
     (``support`` alone when the model has no reference images). ``idx``,
-    ``sim``: the query genes' ``k`` nearest training genes (`_neighbours`).
+    ``sim``: the query genes' ``k`` nearest training genes (`_neighbours`);
+    ``loo_weights``: the training genes' leave-one-out kNN weights.
     """
-    loo = _loo_knn_pcc(Zt, train_values, k)
+    loo = _loo_knn_pcc(loo_weights, train_values)
     w = np.clip(sim, 0.0, None)
     support = (w * np.clip(loo[idx], 0.0, None)).sum(1) / np.maximum(w.sum(1), 1e-12)
     support = np.clip(support * np.clip(sim[:, 0], 0.0, 1.0), 0.0, 1.0)
@@ -342,12 +343,13 @@ def _prior_images(W: sp.csr_matrix | None, rows: np.ndarray, train_pixels: sp.cs
 
 def _train_gan(problem: _Problem, train_genes: pd.Index, *, n_steps, batch_size, lr, adv_weight, adv_start,
                hidden, n_prototypes, channels, dropout, embed_noise, weight_decay, finetune_encoder, encoder_lr,
-               pixel_budget, neighbour_prior, n_neighbors, device, seed, progress):
+               pixel_budget, neighbour_prior, loo_weights, device, seed, progress):
     """Train generator (+ discriminator); return (generator, encoder-or-None, history DataFrame).
 
     With ``neighbour_prior`` every training gene's prior image is the
-    leave-one-out kNN read-out of the *other* training genes' images (the
-    situation of a query gene, whose prior comes from all of them).
+    leave-one-out kNN read-out of the *other* training genes' images
+    (``loo_weights``, `_loo_knn_weights`; the situation of a query gene,
+    whose prior comes from all of them).
     """
     import torch
     from tqdm.auto import tqdm
@@ -359,13 +361,12 @@ def _train_gan(problem: _Problem, train_genes: pd.Index, *, n_steps, batch_size,
     n_pix = H * W
     bs = int(max(1, min(batch_size, len(train_genes), pixel_budget // max(n_pix, 1))))
     tidx = img.gene_index(train_genes)
-    Zt_np = problem.z(target_names=train_genes)
-    Zt = torch.from_numpy(Zt_np).to(device)
+    Zt = torch.from_numpy(problem.z(target_names=train_genes)).to(device)
     D = Zt.shape[1]
     mask = torch.from_numpy(img.mask.astype(np.float32)).to(device)
     n_tis = float(mask.sum().clamp(min=1.0))
 
-    W_prior = _loo_knn_weights(Zt_np, n_neighbors) if neighbour_prior else None
+    W_prior = loo_weights if neighbour_prior else None
     train_pixels = img.values[tidx] if W_prior is not None else None
     G = ImageGenerator(D, mask, hidden=hidden, n_prototypes=n_prototypes, channels=channels,
                        dropout=dropout, prior=W_prior is not None).to(device)
@@ -454,10 +455,8 @@ def _generate(problem: _Problem, G, enc, query_ref: pd.Index, train_genes: pd.In
         ridx = ref_images.gene_index(query_ref)
         mu_t, sd_t = _embedding_moments(problem, device)
     Zq = problem.z(ref_names=query_ref)
-    W_prior = train_pixels = None
-    if G.prior:
-        W_prior = knn_weights
-        train_pixels = img.values[img.gene_index(train_genes)]
+    W_prior = knn_weights if G.prior else None
+    train_pixels = img.values[img.gene_index(train_genes)] if G.prior else None
     with torch.inference_mode():
         for s in range(0, len(query_ref), bs):
             if enc is not None:
@@ -476,10 +475,11 @@ def _fit_predict(problem: _Problem, train_genes: pd.Index, query_ref: pd.Index, 
     Zt = problem.z(target_names=train_genes)
     Zq = problem.z(ref_names=query_ref)
     train_values = problem.images.spot_values(train_genes)
-    idx, sim = _neighbours(Zq, Zt, n_neighbors)  # searched once: the confidence, kNN and the GAN's prior use them
+    # each neighbour search once per fit: the confidence, kNN and the GAN's priors share them
+    idx, sim = _neighbours(Zq, Zt, n_neighbors)
     W = _neighbour_weights(idx, sim, Zt.shape[0])
-    conf = _confidence(idx, sim, Zt, train_genes, train_values, n_neighbors,
-                       _reference_signal(problem.ref_images, query_ref))
+    W_loo = _loo_knn_weights(Zt, n_neighbors)
+    conf = _confidence(idx, sim, W_loo, train_genes, train_values, _reference_signal(problem.ref_images, query_ref))
     conf.index = query_ref
     history = None
     if method == "mean":
@@ -487,7 +487,7 @@ def _fit_predict(problem: _Problem, train_genes: pd.Index, query_ref: pd.Index, 
     elif method == "knn":
         vals = _predict_knn(W, train_values)
     else:
-        G, enc, history = _train_gan(problem, train_genes, n_neighbors=n_neighbors, device=device, seed=seed,
+        G, enc, history = _train_gan(problem, train_genes, loo_weights=W_loo, device=device, seed=seed,
                                      progress=progress, **gan_kw)
         vals = _generate(problem, G, enc, query_ref, train_genes, batch_size=gan_kw["batch_size"],
                          pixel_budget=gan_kw["pixel_budget"], knn_weights=W, device=device)
