@@ -21,7 +21,8 @@
                          tol = 1e-3, amp = FALSE, embed_batch_size = 256L,
                          invariance_weight = 0, view_temperature = 0.1,
                          thin_min = 0.2, spread_weight = 0,
-                         denoise = FALSE) NULL
+                         denoise = FALSE, rarefy = NULL,
+                         rarefy_draws = 4L) NULL
 
 .hyper_names <- function() names(formals(.sigel_hyper))
 
@@ -49,6 +50,8 @@
             if (!(is.logical(v) || identical(v, "split"))) {
                 .sigel_stop("`denoise` must be TRUE, FALSE or \"split\"; got ", format(v))
             }
+        } else if (nm == "rarefy" && identical(v, "auto")) {
+            # the median total count of the training genes, resolved in Python
         } else if (nm %in% int_like) {
             if (!is.numeric(v) || abs(v - round(v)) > 1e-8) {
                 .sigel_stop("`", nm, "` must be a whole number; got ", format(v))
@@ -571,6 +574,13 @@
 #'   random into two disjoint halves and the image of one half is
 #'   reconstructed from the image of the other; their sampling noise is
 #'   independent, so only the expression pattern can be predicted.
+#' @param rarefy `NULL` (default), `"auto"` or a whole number: depth-matched
+#'   images. The encoder reads every gene as a fresh rarefied draw, its
+#'   counts binomially thinned to at most this many in total (`"auto"`: the
+#'   median total count of the training genes), so that how sparse a gene is
+#'   no longer tells genes apart. Needs raw counts; one sample per fit.
+#' @param rarefy_draws `integer(1)`: with `rarefy`, how many draws the final
+#'   and transformed vectors average over.
 #' @param spread_weight `numeric(1)`: weight of the anti-collapse term
 #'   (variance and covariance of each batch's vectors, as in VICReg) that
 #'   keeps the gene space from folding onto a few directions; 0 (default)

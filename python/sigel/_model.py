@@ -68,7 +68,7 @@ def _gene_index(genes) -> pd.Index:
 # ------------------------------------------------------------ hyper-parameters
 _INT_PARAMS = ("n_contexts", "embed_dim", "patch_size", "max_tokens", "width", "depth", "n_heads",
                "decoder_width", "epochs", "pretrain_epochs", "batch_size", "warmup_epochs", "scaffold_k",
-               "em_iters", "embed_batch_size")
+               "em_iters", "embed_batch_size", "rarefy_draws")
 _OPTIONAL = ("n_contexts", "patch_size", "epochs", "pretrain_epochs")
 _REAL_PARAMS = ("mlp_ratio", "mask_ratio", "lr", "weight_decay", "scaffold_weight", "dirichlet_alpha",
                 "contrastive_weight", "mixture_weight", "temperature", "select_start", "select_end", "tol",
@@ -88,6 +88,14 @@ def _check_types(p: dict) -> dict:
         if k in p and p[k] is not None and not isinstance(p[k], str):
             raise SigelInputError(f"`{k}` must be a string; got {p[k]!r} ({type(p[k]).__name__})")
     return p
+
+
+def _check_rarefy(value) -> None:
+    """``rarefy`` must be ``None``, ``'auto'`` or a positive whole number."""
+    ok = value is None or value == "auto" or (
+        isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and value >= 1)
+    if not ok:
+        raise SigelInputError(f"`rarefy` must be None, 'auto' or a positive whole number; got {value!r}")
 
 
 def _denoise(value) -> bool | str:
@@ -134,6 +142,8 @@ def _validate_params(p: dict) -> None:
         )
     if p["decoder_width"] % 4:
         raise SigelInputError(f"`decoder_width` must be divisible by 4; got {p['decoder_width']}")
+    _check_rarefy(p.get("rarefy"))
+    assert_positive("rarefy_draws", p.get("rarefy_draws", 4))
     for k in ("refine", "scaffold", "amp"):
         if k in p and not isinstance(p[k], (bool, np.bool_)):
             raise SigelInputError(f"`{k}` must be True or False; got {p[k]!r}")
@@ -194,6 +204,17 @@ def _patch_size_for(images, p: dict) -> int:
     if p["patch_size"] is not None:
         return int(p["patch_size"])
     return _auto_patch_size(images.height, images.width, int(p["max_tokens"]), minimum=min(min_patch, 4))
+
+
+def _check_rarefied_fit(images, comm) -> None:
+    """Depth-matched draws (``rarefy``) are for single-sample, single-process fits."""
+    from .data.multisample import SampleImages
+
+    several = isinstance(images, SampleImages) and any(im.settings.get("rarefy") is not None
+                                                        for im in images.samples)
+    if several or (comm is not None and isinstance(images, GeneImages) and images.settings.get("rarefy") is not None):
+        raise SigelInputError("`rarefy` (depth-matched draws) is for single-sample fits in one process; "
+                              "fit several samples or a torchrun job with rarefy=None")
 
 
 def _write_out_file(model, out_file, comm) -> None:
@@ -350,6 +371,23 @@ class SIGEL:
         two have independent sampling noise, so only the expression pattern
         is predictable. Both need raw counts (they fall back to the plain
         reconstruction otherwise).
+    rarefy
+        Depth-matched images (an input transform of Module I). ``None``
+        (default): the encoder reads each gene's full image. A number, or
+        ``'auto'`` (the median total count of the training genes): every time
+        the encoder reads a gene, in training and when embedding, it reads a
+        fresh *rarefied* draw, the gene's counts binomially thinned to at most
+        that many in total (genes with fewer counts are read whole). Genes
+        then reach the encoder at a common sampling depth, so how sparse a
+        gene is stops being something the vector can tell genes apart by.
+        Needs raw counts; single-sample, single-process fits only. The
+        resolved number is an image option (``image_options_['rarefy']``),
+        reused by :meth:`transform` and the tasks, so a new sample is read at
+        the same depth.
+    rarefy_draws
+        With ``rarefy``: how many draws the final and transformed vectors
+        average over (draws seeded 0, 1, ...; more draws, less noise, that
+        many times the embedding time).
 
     Attributes
     ----------
@@ -456,6 +494,8 @@ class SIGEL:
         thin_min: float = 0.2,
         spread_weight: float = 0.0,
         denoise: bool = False,
+        rarefy: int | str | None = None,
+        rarefy_draws: int = 4,
     ):
         frame = inspect.currentframe()
         args, _, _, values = inspect.getargvalues(frame)
@@ -571,6 +611,7 @@ class SIGEL:
             select_end=p["select_end"], em_iters=p["em_iters"], tol=p["tol"], amp=bool(p["amp"]),
             invariance_weight=p["invariance_weight"], view_temperature=p["view_temperature"],
             thin_min=p["thin_min"], spread_weight=p["spread_weight"], denoise=_denoise(p.get("denoise", False)),
+            rarefy_draws=p.get("rarefy_draws", 4),
         )
 
     # --------------------------------------------------------------------- fit
@@ -663,6 +704,8 @@ class SIGEL:
         resolve_device(device)
         opts = dict(layer=layer, genes=genes, spatial_key=spatial_key, library_size_key=library_size_key,
                     **image_options)
+        if self.init_params_.get("rarefy") is not None:
+            opts.setdefault("rarefy", self.init_params_["rarefy"])
         if isinstance(adata, (list, tuple, dict)):
             from .data.multisample import SampleImages, normalize_samples
 
@@ -759,9 +802,12 @@ class SIGEL:
         from .train.distributed import DistributedTrainer
         from .train.trainer import Trainer
 
+        from .data.views import rarefied
+
         G = images.n_genes
         cb = getattr(self, "_callback", None)
-        train_images = images
+        train_images = rarefied(images, seed + 3)  # depth-matched draws when built with `rarefy`
+        _check_rarefied_fit(images, comm)
         if isinstance(images, SampleImages) and images.n_samples == 1 and comm is None:
             train_images = images.samples[0]  # one sample, one process: exactly the plain fit
         if comm is not None or isinstance(train_images, SampleImages):
@@ -841,17 +887,25 @@ class SIGEL:
         """
         import torch
 
-        from .train.trainer import embed_all
+        from .data.views import rarefied
+        from .train.trainer import embed_draws
 
         self._require_trained("embed_images")
         if not isinstance(images, GeneImages):
             raise SigelInputError(f"`images` must be a sigel.GeneImages; got {type(images).__name__}")
+        if self.image_options_.get("rarefy") is not None and images.counts is None:
+            raise SigelInputError(
+                "this model reads depth-matched draws of the counts (rarefy="
+                f"{self.image_options_['rarefy']}); build the images with the model's options "
+                "(`model.images_for(adata)`), which keep the counts")
+        images = rarefied(images)
         dev = torch.device(device) if device is not None else next(self.module_.parameters()).device
         if dev != next(self.module_.parameters()).device:
             self.module_.to(dev)
         bs = int(batch_size or self.init_params_["embed_batch_size"])
         with thread_scope():
-            Z = embed_all(self.module_, images, batch_size=bs, device=dev, amp=bool(self.init_params_["amp"]))
+            Z = embed_draws(self.module_, images, self.init_params_.get("rarefy_draws", 4), batch_size=bs,
+                            device=dev, amp=bool(self.init_params_["amp"]))
         return Z.cpu().numpy().astype(np.float32)
 
     def transform(self, adata_or_images, *, genes=None, batch_size: int | None = None, device=None,

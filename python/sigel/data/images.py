@@ -50,6 +50,13 @@ class GeneImages:
         Spot/cell names (``pd.Index``).
     settings
         The options used to build the images (geometry, normalisation, ...).
+    counts
+        Only for images built with ``rarefy``: the imaged genes' raw counts
+        (``scipy.sparse.csr_matrix``, genes x spots, float32), from which
+        depth-matched draws are taken (:class:`sigel.data.views.RarefiedImages`).
+    spot_factor
+        Only with ``counts``: each spot's normalisation factor (target sum /
+        library size; 1 without normalisation).
     """
 
     values: sp.csr_matrix
@@ -60,6 +67,8 @@ class GeneImages:
     genes: pd.Index
     spot_names: pd.Index
     settings: dict = field(default_factory=dict)
+    counts: sp.csr_matrix | None = None
+    spot_factor: np.ndarray | None = None
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -82,6 +91,7 @@ class GeneImages:
         min_spots: int = 3,
         exclude_prefixes=DEFAULT_EXCLUDE,
         counts: bool = True,
+        rarefy: int | str | None = None,
     ) -> "GeneImages":
         """Build gene images from an AnnData (spots/cells x genes).
 
@@ -134,6 +144,14 @@ class GeneImages:
             numbers) whenever ``normalize`` or ``log1p`` is on; non-integer
             values (e.g. log-normalised ``X``) raise a `SigelInputError`
             naming ``layer=``. ``False``: use the values as they are.
+        rarefy
+            Depth matching: keep the imaged genes' counts with the images so
+            that a model can read them as *rarefied* draws, each gene's counts
+            binomially thinned to at most ``rarefy`` in total (genes with
+            fewer are kept whole). ``'auto'``: the median total count of the
+            imaged genes. The resolved number is recorded in ``settings``.
+            The images themselves (``values``) are not thinned. ``None``
+            (default): no counts are kept.
 
         Returns
         -------
@@ -152,6 +170,8 @@ class GeneImages:
         if scale == "quantile":
             values = _robust_scale(values, int(mask.sum()), scale_quantile)
 
+        kept = np.flatnonzero(keep)
+        counts_kept, spot_factor, rarefy = _rarefy_counts(X, kept, lib, ts, normalize, rarefy)
         settings = dict(
             geometry=geom, layer=layer, spatial_key=spatial_key, library_size_key=library_size_key,
             resolution=int(resolution), patch_size=int(patch_size), normalize=bool(normalize),
@@ -160,9 +180,12 @@ class GeneImages:
             content_hash=fingerprint, n_genes_input=int(n_var), n_spots=int(n_obs),
             n_spots_sharing_pixel=int(n_obs - mask.sum()),
         )
+        if rarefy is not None:
+            settings["rarefy"] = rarefy
         return cls(
             values=values.astype(np.float32, copy=False), height=H, width=W, mask=mask, spot_pixel=flat,
             genes=gene_names[keep], spot_names=pd.Index(adata.obs_names.astype(str)), settings=settings,
+            counts=counts_kept, spot_factor=spot_factor,
         )
 
     # ---------------------------------------------------------------- access
@@ -221,14 +244,16 @@ class GeneImages:
         return GeneImages(
             values=self.values[idx], height=self.height, width=self.width, mask=self.mask,
             spot_pixel=self.spot_pixel, genes=self.genes[idx], spot_names=self.spot_names,
-            settings=dict(self.settings),
+            settings=dict(self.settings), counts=None if self.counts is None else self.counts[idx],
+            spot_factor=self.spot_factor,
         )
 
     @staticmethod
     def image_options(settings: dict) -> dict:
         """The `from_anndata` keyword arguments that rebuild images with ``settings``."""
         keys = ("geometry", "layer", "spatial_key", "library_size_key", "resolution", "patch_size",
-                "normalize", "log1p", "scale", "scale_quantile", "min_spots", "exclude_prefixes", "counts")
+                "normalize", "log1p", "scale", "scale_quantile", "min_spots", "exclude_prefixes", "counts",
+                "rarefy")
         return {k: settings[k] for k in keys if k in settings}
 
 
@@ -300,6 +325,29 @@ def _gene_filter(X, gene_names, genes, exclude_prefixes, min_spots) -> np.ndarra
             "lower min_spots or check the input"
         )
     return keep
+
+
+def _rarefy_counts(X, kept, lib, target_sum, normalize, rarefy):
+    """``(counts, spot_factor, rarefy)`` kept for depth-matched draws (``rarefy`` resolved; all ``None`` when off).
+
+    Counts are the genes' values as whole numbers (simulated values that are
+    not, e.g. depth-scaled permutations, are rounded).
+    """
+    if rarefy is None:
+        return None, None, None
+    C = sp.csr_matrix(X[:, kept].T, dtype=np.float32)
+    np.rint(C.data, out=C.data)
+    C.eliminate_zeros()
+    if isinstance(rarefy, str):
+        if rarefy != "auto":
+            raise SigelInputError(f"`rarefy` must be a positive whole number, 'auto' or None; got {rarefy!r}")
+        totals = np.asarray(C.sum(1)).ravel()
+        rarefy = max(int(np.median(totals)), 1) if len(totals) else 1
+    elif isinstance(rarefy, (bool, np.bool_)) or not isinstance(rarefy, (int, np.integer)) or rarefy < 1:
+        raise SigelInputError(f"`rarefy` must be a positive whole number, 'auto' or None; got {rarefy!r}")
+    factor = np.divide(target_sum, lib, out=np.zeros_like(lib), where=lib > 0) if normalize and target_sum \
+        else np.ones_like(lib)
+    return C, factor.astype(np.float32), int(rarefy)
 
 
 def _normalise(X, lib, normalize, target_sum, log1p):

@@ -28,7 +28,7 @@ from .. import tissue
 from .._validate import SigelInputError
 from .images import GeneImages
 
-__all__ = ["CountViews"]
+__all__ = ["CountViews", "RarefiedImages", "rarefied"]
 
 
 class CountViews:
@@ -140,7 +140,7 @@ class CountViews:
         """Number of genes."""
         return self.counts.shape[0]
 
-    def batch(self, idx, keep, *, generator=None, device=None):
+    def batch(self, idx, keep, *, generator=None, device=None, level: bool = True):
         """Thinned images of genes ``idx``: a ``(B, 2, H, W)`` tensor like :meth:`GeneImages.to_tensor`.
 
         Parameters
@@ -154,6 +154,11 @@ class CountViews:
             Torch generator for the binomial draws (on ``device``).
         device
             Torch device (default CPU).
+        level
+            ``True``: normalise the thinned counts back to the full-depth
+            level (library sizes times ``keep``); ``False``: image them as a
+            shallower measurement would be (a rarefied draw: each kept count
+            weighs what it did in the full image).
         """
         import torch
 
@@ -162,7 +167,7 @@ class CountViews:
         keep = torch.as_tensor(keep, dtype=torch.float32, device=dev).reshape(-1, 1)
         C = self._counts(idx, dev)
         thinned = torch.where(keep < 1.0, torch.binomial(C, keep.expand_as(C), generator=generator), C)
-        return self._render(thinned, keep, idx, dev)
+        return self._render(thinned, keep if level else torch.ones_like(keep), idx, dev)
 
     def split(self, idx, keep, *, generator=None, device=None):
         """Two images of genes ``idx`` from disjoint halves of their counts (noise2noise pairs).
@@ -226,3 +231,59 @@ class CountViews:
         v = out.reshape(len(idx), self.height, self.width)
         m = cache["mask"].expand_as(v)
         return torch.stack([v, m], dim=1)
+
+
+class RarefiedImages(GeneImages):
+    """Gene images read as depth-matched draws: every read rarefies each gene's counts afresh.
+
+    Each gene's counts are binomially thinned to at most ``images.settings
+    ['rarefy']`` in total (keep probability ``min(1, rarefy / total)``) and
+    imaged like the full images (:meth:`CountViews.batch` with ``level=False``).
+    A gene detected in many spots and one detected in few then reach the
+    encoder with the same sampling depth, so the speckle of a shallow gene is
+    no longer something that tells genes apart.
+
+    :meth:`to_tensor` and :meth:`dense` draw from the object's own generator
+    (seeded at construction), so a sequence of reads is reproducible. The
+    ``values`` are the full images (for detection rates and plots); readers
+    that go straight to ``values`` for speed must not be used (``draws`` is
+    ``True``).
+    """
+
+    draws = True
+
+    def __init__(self, images: GeneImages, seed: int = 0):  # noqa: D107 (documented on the class)
+        if images.counts is None or images.settings.get("rarefy") is None:
+            raise SigelInputError("depth-matched draws need images built with `rarefy` (they keep the counts)")
+        self.__dict__.update(images.__dict__)
+        import torch
+
+        self._views = CountViews(images.counts, images.spot_factor, images)
+        totals = np.asarray(images.counts.sum(1), dtype=np.float64).ravel()
+        keep = np.minimum(1.0, float(images.settings["rarefy"]) / np.maximum(totals, 1.0))
+        self._keep = torch.from_numpy(keep.astype(np.float32))
+        self._generator = torch.Generator().manual_seed(int(seed))
+
+    def reseed(self, seed: int) -> None:
+        """Restart the draws from ``seed``."""
+        self._generator.manual_seed(int(seed))
+
+    def to_tensor(self, idx, device=None, dtype=None):
+        """A fresh rarefied draw of genes ``idx``: ``(B, 2, H, W)`` like :meth:`GeneImages.to_tensor`."""
+        import torch
+
+        idx = np.asarray(idx, dtype=np.int64)
+        x = self._views.batch(idx, self._keep[idx], generator=self._generator, level=False)
+        return x.to(device=device, dtype=dtype or torch.float32)
+
+    def dense(self, idx) -> np.ndarray:
+        """A fresh rarefied draw of genes ``idx`` as a ``(B, H, W)`` array."""
+        return self.to_tensor(idx)[:, 0].numpy()
+
+
+def rarefied(images, seed: int = 0):
+    """``images`` as :class:`RarefiedImages` when they were built with ``rarefy``; else ``images`` itself."""
+    if isinstance(images, GeneImages) and not isinstance(images, RarefiedImages) \
+            and images.settings.get("rarefy") is not None and images.counts is not None:
+        return RarefiedImages(images, seed)
+    return images

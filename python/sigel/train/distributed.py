@@ -614,7 +614,7 @@ class DistributedTrainer(Trainer):
     def _batches(self, generator):
         return self.images.batches(self.cfg.batch_size, generator)
 
-    def _embed(self) -> torch.Tensor:
+    def _embed(self, final: bool = False) -> torch.Tensor:  # depth-matched draws are refused before this
         cfg, im, comm = self.cfg, self.images, self.comm
         mine = im.chunks(cfg.embed_batch_size)[comm.rank::comm.world_size]
         parts, rows = [], []

@@ -93,7 +93,8 @@ def token_layout(model, images) -> TokenLayout | None:
     if not isinstance(pe, torch.nn.Conv2d) or pe.kernel_size != pe.stride or pe.padding != (0, 0) \
             or pe.kernel_size[0] != pe.kernel_size[1] or pe.kernel_size[0] != getattr(model, "patch_size", None):
         return None
-    if not hasattr(images, "values") or not hasattr(images, "mask") or images.values.format != "csr":
+    if not hasattr(images, "values") or not hasattr(images, "mask") or images.values.format != "csr" \
+            or getattr(images, "draws", False):  # depth-matched draws are not the stored values
         return None
     return TokenLayout(images.mask, model.patch_size)
 

@@ -127,6 +127,9 @@ class TrainConfig:
         is reconstructed from the image of the other; the two have
         independent sampling noise, so only the expression pattern can be
         predicted and the input's speckle is of no use to the vector.
+    rarefy_draws
+        With depth-matched images (:class:`sigel.data.views.RarefiedImages`):
+        how many rarefied draws the final vectors average over.
     """
 
     epochs: int = 40
@@ -165,6 +168,7 @@ class TrainConfig:
     spread_weight: float = 0.0
     thin_min: float = 0.2
     denoise: bool | str = False
+    rarefy_draws: int = 4
 
     @property
     def refine_epochs(self) -> int:
@@ -324,6 +328,23 @@ def embed_all(model, images, *, batch_size: int = 256, device=None, amp: bool = 
     finally:
         model.train(was_training)
     return out.clone()  # a normal tensor (inference tensors cannot enter autograd)
+
+
+def embed_draws(model, images, n_draws: int, **kwargs) -> torch.Tensor:
+    """:func:`embed_all`, averaged over ``n_draws`` depth-matched draws when ``images`` make them.
+
+    For :class:`sigel.data.views.RarefiedImages` the draws are seeded
+    ``0 .. n_draws - 1`` (the same draws for the same genes in the same order,
+    whatever was read before); other images are embedded once.
+    """
+    if not getattr(images, "draws", False):
+        return embed_all(model, images, **kwargs)
+    Z = None
+    for r in range(max(int(n_draws), 1)):
+        images.reseed(r)
+        z = embed_all(model, images, **kwargs)
+        Z = z if Z is None else Z + z
+    return Z / max(int(n_draws), 1)
 
 
 def fit_mixture(mixture, Z: torch.Tensor, n_iter: int, *, init: bool = False, n_init: int = 10,
@@ -634,10 +655,14 @@ class Trainer:
         """One epoch's shuffled gene batches (:func:`gene_batches`)."""
         return gene_batches(self.images.n_genes, self.cfg.batch_size, generator)
 
-    def _embed(self) -> torch.Tensor:
-        """``(G, D)`` embeddings of every training gene (:func:`embed_all`)."""
+    def _embed(self, final: bool = False) -> torch.Tensor:
+        """``(G, D)`` embeddings of every training gene (:func:`embed_all`; the final ones average
+        ``rarefy_draws`` depth-matched draws when the images make them, :func:`embed_draws`)."""
         cfg = self.cfg
-        return embed_all(self.model, self.images, batch_size=cfg.embed_batch_size, device=self.device, amp=cfg.amp)
+        kw = dict(batch_size=cfg.embed_batch_size, device=self.device, amp=cfg.amp)
+        if final:
+            return embed_draws(self.model, self.images, cfg.rarefy_draws, **kw)
+        return embed_all(self.model, self.images, **kw)
 
     def _fit_mixture(self, Z: torch.Tensor, n_iter: int, init: bool) -> torch.Tensor:
         """MAP-EM on ``Z`` (:func:`fit_mixture`); returns the ``(G, K)`` memberships."""
@@ -670,7 +695,7 @@ class Trainer:
         self._run_epochs(loop)
 
         # final embeddings and memberships under the final weights
-        Z = self._embed()
+        Z = self._embed(final=True)
         self._check_spread(Z, max(loop.epoch, 0))
         resp = self._fit_mixture(Z, cfg.final_em_iters, loop.prev_labels is None)
         return TrainResult(

@@ -155,3 +155,75 @@ def test_detection_rate_not_readable(fitted):
     det = pd.Series(detection_rate(model.images_), index=model.images_.genes)
     r2 = ridge_cv_r2(model.embeddings_.loc[det.index].to_numpy(), det.to_numpy())
     assert r2 < 0.3
+
+
+# ---------------------------------------------------------------- depth-matched (rarefied) images
+def test_rarefy_keeps_counts_and_resolves_auto_to_the_median_total():
+    adata = sigel.datasets.synthetic_tissue(50, seed=4, depth=300.0)
+    plain = sigel.GeneImages.from_anndata(adata)
+    assert plain.counts is None and "rarefy" not in plain.settings
+    images = sigel.GeneImages.from_anndata(adata, rarefy="auto")
+    totals = np.asarray(images.counts.sum(1)).ravel()
+    assert images.counts.shape == (images.n_genes, adata.n_obs)
+    assert images.settings["rarefy"] == int(np.median(totals))
+    # the stored images are not thinned, and the option travels with the image options
+    assert (images.values != plain.values).nnz == 0
+    assert sigel.GeneImages.image_options(images.settings)["rarefy"] == images.settings["rarefy"]
+    sub = images.subset(images.genes[[3, 1]])
+    assert (sub.counts != images.counts[[3, 1]]).nnz == 0
+    for bad in (0, -3, 2.5, "median", True):
+        with pytest.raises(sigel.SigelInputError, match="rarefy"):
+            sigel.GeneImages.from_anndata(adata, rarefy=bad)
+
+
+def test_rarefied_draws_cap_depth_and_leave_shallow_genes_whole():
+    from sigel.data.views import RarefiedImages
+
+    adata = sigel.datasets.synthetic_tissue(50, seed=5, depth=300.0)
+    images = sigel.GeneImages.from_anndata(adata, rarefy="auto")
+    T = images.settings["rarefy"]
+    totals = np.asarray(images.counts.sum(1)).ravel()
+    shallow, deep = np.flatnonzero(totals <= T), np.flatnonzero(totals > 2 * T)
+    assert len(shallow) and len(deep)
+    r = RarefiedImages(images, seed=0)
+    # a gene with at most T counts is read whole: its draw is its image
+    torch.testing.assert_close(r.to_tensor(shallow), images.to_tensor(shallow), atol=1e-5, rtol=0)
+    # a deep gene is read at depth ~T: fewer detected pixels than its image, a fresh draw each read
+    a, b = r.to_tensor(deep), r.to_tensor(deep)
+    assert int((a[:, 0] > 0).sum()) < int((images.to_tensor(deep)[:, 0] > 0).sum())
+    assert not torch.equal(a, b)
+    # the thinned counts total about T (binomial: mean T, sd < sqrt(T)); checked on the counts themselves
+    g = torch.Generator().manual_seed(1)
+    C = torch.from_numpy(images.counts[deep].toarray())
+    drawn = torch.binomial(C, r._keep[deep][:, None].expand_as(C), generator=g).sum(1)
+    assert float((drawn - T).abs().max()) < 5 * np.sqrt(T)
+    # reseeding restarts the draws
+    r.reseed(7)
+    c = r.to_tensor(deep)
+    r.reseed(7)
+    assert torch.equal(c, r.to_tensor(deep))
+    with pytest.raises(sigel.SigelInputError, match="rarefy"):
+        RarefiedImages(sigel.GeneImages.from_anndata(adata))
+
+
+def test_rarefied_model_transform_matches_fit_and_refuses_images_without_counts(tmp_path):
+    adata = sigel.datasets.synthetic_tissue(80, seed=6)
+    kw = dict(epochs=2, n_contexts=3, embed_dim=8, rarefy="auto", rarefy_draws=2)
+    m = sigel.SIGEL(**kw).fit(adata, n_threads=1, progress=False)
+    T = m.image_options_["rarefy"]
+    assert isinstance(T, int) and T >= 1
+    E = m.transform(adata)
+    np.testing.assert_array_equal(E.to_numpy(), m.embeddings_.to_numpy())
+    m.save(tmp_path / "m")
+    back = sigel.SIGEL.load(tmp_path / "m")
+    assert back.image_options_["rarefy"] == T
+    np.testing.assert_array_equal(back.transform(adata).to_numpy(), E.to_numpy())
+    # same seed, same vectors; the averaged draws differ from the full-depth read of a plain model
+    again = sigel.SIGEL(**kw).fit(adata, n_threads=1, progress=False)
+    np.testing.assert_array_equal(again.embeddings_.to_numpy(), m.embeddings_.to_numpy())
+    with pytest.raises(sigel.SigelInputError, match="rarefy"):
+        m.embed_images(sigel.GeneImages.from_anndata(adata))
+    with pytest.raises(sigel.SigelInputError, match="rarefy"):
+        sigel.SIGEL(rarefy=0)
+    with pytest.raises(sigel.SigelInputError, match="rarefy"):
+        sigel.SIGEL(**kw).fit([adata, adata], n_threads=1, progress=False)
