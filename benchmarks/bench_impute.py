@@ -44,9 +44,11 @@ import scipy.sparse as sp
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "python"))
+sys.path.insert(0, str(HERE))
 
 import sigel  # noqa: E402
 from sigel.tasks.impute import impute, impute_cv, impute_metrics, impute_summary  # noqa: E402
+from bench_fit_dlpfc import parse_settings  # noqa: E402
 
 
 def log(msg):
@@ -151,8 +153,9 @@ def dlpfc(args, results):
         common = ref.var_names.isin(tgt.var_names)
         order = np.argsort(-(det * common))
         genes = ref.var_names[order[: args.n_genes]]
-        model = sigel.SIGEL(epochs=args.epochs)
-        log(f"fitting SIGEL on {len(genes)} genes of 151673 ({args.epochs} epochs)")
+        hyper = parse_settings(args.hyper)
+        model = sigel.SIGEL(epochs=args.epochs, **hyper)
+        log(f"fitting SIGEL on {len(genes)} genes of 151673 ({args.epochs} epochs; {hyper or 'defaults'})")
         model.fit(ref, genes=genes, library_size_key="sum_umi", seed=0, n_threads=args.threads, progress=False)
         fit_s = time.perf_counter() - t0
         log(f"fitted in {fit_s:.0f}s: {model}")
@@ -307,6 +310,8 @@ def main(argv=None):
     p.add_argument("--n-steps", type=int, default=600, help="GAN training steps")
     p.add_argument("--fish-steps", type=int, default=300, help="GAN steps per fold of the osmFISH CV")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--hyper", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="SIGEL hyper-parameters of the fitted DLPFC model other than the defaults (e.g. rarefy=auto)")
     p.add_argument("--skip-tangram", action="store_true")
     p.add_argument("--skip-dlpfc", action="store_true")
     p.add_argument("--skip-fish", action="store_true")
