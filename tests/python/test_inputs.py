@@ -526,7 +526,7 @@ class _Killed(Exception):
     pass
 
 
-def _fit_killed_after(ad, directory, kill_epoch, every, monkeypatch):
+def _fit_killed_after(ad, directory, kill_epoch, every, monkeypatch, params=CKPT):
     """Fit with checkpoints, interrupted right after 0-based epoch ``kill_epoch`` (as a kill would)."""
     import sigel.train.checkpoint as C
 
@@ -539,7 +539,7 @@ def _fit_killed_after(ad, directory, kill_epoch, every, monkeypatch):
 
     monkeypatch.setattr(C.Checkpointer, "epoch_end", epoch_end)
     with pytest.raises(_Killed):
-        SIGEL(**CKPT).fit(ad, checkpoint_dir=directory, checkpoint_every=every, **FIT)
+        SIGEL(**params).fit(ad, checkpoint_dir=directory, checkpoint_every=every, **FIT)
     monkeypatch.undo()
 
 
@@ -558,6 +558,17 @@ def test_resume_is_bitwise_identical_to_an_uninterrupted_fit(tmp_path, monkeypat
     assert np.array_equal(got.memberships_.to_numpy(), ref.memberships_.to_numpy())
     cols = [c for c in ref.history_.columns if c != "seconds"]
     pd.testing.assert_frame_equal(got.history_[cols], ref.history_[cols], check_dtype=False)
+
+
+def test_resume_with_depth_matched_draws_is_bitwise_identical(tmp_path, monkeypatch):
+    # the rarefied draws' generator is part of the checkpoint: a resumed fit reads the same draws
+    ad = tissue()
+    params = dict(CKPT, rarefy="auto")
+    ref = SIGEL(**params).fit(ad, **FIT)
+    d = tmp_path / "ckpt"
+    _fit_killed_after(ad, d, 3, 1, monkeypatch, params)
+    got = SIGEL(**params).fit(ad, checkpoint_dir=d, resume=True, **FIT)
+    assert np.array_equal(got.embeddings_.to_numpy(), ref.embeddings_.to_numpy())
 
 
 def test_resume_refuses_a_checkpoint_of_other_data_or_seed(tmp_path, monkeypatch):

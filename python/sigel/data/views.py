@@ -243,8 +243,9 @@ class RarefiedImages(GeneImages):
     encoder with the same sampling depth, so the speckle of a shallow gene is
     no longer something that tells genes apart.
 
-    :meth:`to_tensor` and :meth:`dense` draw from the object's own generator
-    (seeded at construction), so a sequence of reads is reproducible. The
+    :meth:`to_tensor` and :meth:`dense` draw from the object's own
+    ``generator`` (a ``torch.Generator`` seeded at construction; checkpoints
+    save its state), so a sequence of reads is reproducible. The
     ``values`` are the full images (for detection rates and plots); readers
     that go straight to ``values`` for speed must not be used (``draws`` is
     ``True``).
@@ -262,18 +263,18 @@ class RarefiedImages(GeneImages):
         totals = np.asarray(images.counts.sum(1), dtype=np.float64).ravel()
         keep = np.minimum(1.0, float(images.settings["rarefy"]) / np.maximum(totals, 1.0))
         self._keep = torch.from_numpy(keep.astype(np.float32))
-        self._generator = torch.Generator().manual_seed(int(seed))
+        self.generator = torch.Generator().manual_seed(int(seed))
 
     def reseed(self, seed: int) -> None:
         """Restart the draws from ``seed``."""
-        self._generator.manual_seed(int(seed))
+        self.generator.manual_seed(int(seed))
 
     def to_tensor(self, idx, device=None, dtype=None):
         """A fresh rarefied draw of genes ``idx``: ``(B, 2, H, W)`` like :meth:`GeneImages.to_tensor`."""
         import torch
 
         idx = np.asarray(idx, dtype=np.int64)
-        x = self._views.batch(idx, self._keep[idx], generator=self._generator, level=False)
+        x = self._views.batch(idx, self._keep[idx], generator=self.generator, level=False)
         return x.to(device=device, dtype=dtype or torch.float32)
 
     def dense(self, idx) -> np.ndarray:

@@ -149,6 +149,8 @@ class Checkpointer:
         np.random.set_state((np_state[0], np_state[1].numpy().astype(np.uint32), *np_state[2:]))
         py = st["rng"]["python"]
         random.setstate((py[0], tuple(py[1]), py[2]))
+        if getattr(trainer.images, "draws", False) and "draws" in st["rng"]:
+            trainer.images.generator.set_state(st["rng"]["draws"])  # depth-matched draws go on where they were
         loop = st["loop"]
         prev = loop["prev_labels"]
         logger.info("resumed from %s after epoch %d", self.file, loop["epoch"])
@@ -179,6 +181,8 @@ class Checkpointer:
                      "history": [{k: v.item() if isinstance(v, np.generic) else v for k, v in r.items()}
                                  for r in history]},
         }
+        if getattr(trainer.images, "draws", False):
+            st["rng"]["draws"] = trainer.images.generator.get_state()
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / (CHECKPOINT_FILE + ".tmp")
         torch.save(st, tmp)
