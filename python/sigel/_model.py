@@ -19,7 +19,7 @@ import pandas as pd
 
 from ._settings import logger, resolve_device, seeded, set_threads, settings, thread_scope
 from ._validate import SigelInputError, as_int, as_real, as_seed, assert_in_range, assert_one_of, assert_positive
-from .data.images import GeneImages
+from .data.images import GeneImages, check_rarefy
 from .data.setup import DataSetup
 # the saved-model format lives in sigel.io.model_dir; its names stay importable from here
 from .io.model_dir import (  # noqa: F401
@@ -90,14 +90,6 @@ def _check_types(p: dict) -> dict:
     return p
 
 
-def _check_rarefy(value) -> None:
-    """``rarefy`` must be ``None``, ``'auto'`` or a positive whole number."""
-    ok = value is None or value == "auto" or (
-        isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and value >= 1)
-    if not ok:
-        raise SigelInputError(f"`rarefy` must be None, 'auto' or a positive whole number; got {value!r}")
-
-
 def _denoise(value) -> bool | str:
     """The ``denoise`` setting as the trainer takes it: ``'split'`` or a plain bool."""
     return "split" if value == "split" else bool(value)
@@ -142,7 +134,7 @@ def _validate_params(p: dict) -> None:
         )
     if p["decoder_width"] % 4:
         raise SigelInputError(f"`decoder_width` must be divisible by 4; got {p['decoder_width']}")
-    _check_rarefy(p.get("rarefy"))
+    check_rarefy(p.get("rarefy"))
     assert_positive("rarefy_draws", p.get("rarefy_draws", 4))
     for k in ("refine", "scaffold", "amp"):
         if k in p and not isinstance(p[k], (bool, np.bool_)):
@@ -799,15 +791,14 @@ class SIGEL:
     def _make_trainer(self, module, mixture, images, *, device, seed, progress, comm, checkpoint, views):
         """The fit's trainer: data-parallel under torchrun or for several samples, else the plain one."""
         from .data.multisample import SampleImages
+        from .data.views import rarefied
         from .train.distributed import DistributedTrainer
         from .train.trainer import Trainer
 
-        from .data.views import rarefied
-
+        _check_rarefied_fit(images, comm)
         G = images.n_genes
         cb = getattr(self, "_callback", None)
         train_images = rarefied(images, seed + 3)  # depth-matched draws when built with `rarefy`
-        _check_rarefied_fit(images, comm)
         if isinstance(images, SampleImages) and images.n_samples == 1 and comm is None:
             train_images = images.samples[0]  # one sample, one process: exactly the plain fit
         if comm is not None or isinstance(train_images, SampleImages):

@@ -327,6 +327,14 @@ def _gene_filter(X, gene_names, genes, exclude_prefixes, min_spots) -> np.ndarra
     return keep
 
 
+def check_rarefy(value) -> None:
+    """``rarefy`` must be ``None``, ``'auto'`` or a positive whole number (raises `SigelInputError`)."""
+    ok = value is None or (isinstance(value, str) and value == "auto") or (
+        isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and value >= 1)
+    if not ok:
+        raise SigelInputError(f"`rarefy` must be None, 'auto' or a positive whole number; got {value!r}")
+
+
 def _rarefy_counts(X, kept, lib, target_sum, normalize, rarefy):
     """``(counts, spot_factor, rarefy)`` kept for depth-matched draws (``rarefy`` resolved; all ``None`` when off).
 
@@ -338,13 +346,10 @@ def _rarefy_counts(X, kept, lib, target_sum, normalize, rarefy):
     C = sp.csr_matrix(X[:, kept].T, dtype=np.float32)
     np.rint(C.data, out=C.data)
     C.eliminate_zeros()
-    if isinstance(rarefy, str):
-        if rarefy != "auto":
-            raise SigelInputError(f"`rarefy` must be a positive whole number, 'auto' or None; got {rarefy!r}")
+    check_rarefy(rarefy)
+    if rarefy == "auto":
         totals = np.asarray(C.sum(1)).ravel()
         rarefy = max(int(np.median(totals)), 1) if len(totals) else 1
-    elif isinstance(rarefy, (bool, np.bool_)) or not isinstance(rarefy, (int, np.integer)) or rarefy < 1:
-        raise SigelInputError(f"`rarefy` must be a positive whole number, 'auto' or None; got {rarefy!r}")
     factor = np.divide(target_sum, lib, out=np.zeros_like(lib), where=lib > 0) if normalize and target_sum \
         else np.ones_like(lib)
     return C, factor.astype(np.float32), int(rarefy)
