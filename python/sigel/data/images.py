@@ -350,9 +350,16 @@ def _rarefy_counts(X, kept, lib, target_sum, normalize, rarefy):
     if rarefy == "auto":
         totals = np.asarray(C.sum(1)).ravel()
         rarefy = max(int(np.median(totals)), 1) if len(totals) else 1
-    factor = np.divide(target_sum, lib, out=np.zeros_like(lib), where=lib > 0) if normalize and target_sum \
-        else np.ones_like(lib)
-    return C, factor.astype(np.float32), int(rarefy)
+    return C, spot_factors(lib, normalize, target_sum), int(rarefy)
+
+
+def spot_factors(lib: np.ndarray, normalize: bool, target_sum: float | None) -> np.ndarray:
+    """Each spot's normalisation factor (float32): ``target_sum / library size`` (0 for an empty spot;
+    ``target_sum`` ``None`` counts as 1), or 1 everywhere without normalisation."""
+    lib = np.asarray(lib)
+    if not normalize:
+        return np.ones(lib.shape, dtype=np.float32)
+    return np.divide(target_sum or 1.0, lib, out=np.zeros_like(lib), where=lib > 0).astype(np.float32)
 
 
 def _normalise(X, lib, normalize, target_sum, log1p):
@@ -361,7 +368,7 @@ def _normalise(X, lib, normalize, target_sum, log1p):
     Xn = sp.csr_matrix(X, dtype=np.float32)
     if normalize:
         ts = float(np.median(lib[lib > 0])) if target_sum is None and np.any(lib > 0) else (target_sum or 1.0)
-        factor = np.divide(ts, lib, out=np.zeros_like(lib), where=lib > 0).astype(np.float32)
+        factor = spot_factors(lib, True, ts)
         Xn.data *= np.repeat(factor, np.diff(Xn.indptr))  # row scaling in place (= diag(factor) @ Xn)
         Xn.eliminate_zeros()
     else:

@@ -26,7 +26,7 @@ import scipy.sparse as sp
 
 from .. import tissue
 from .._validate import SigelInputError
-from .images import GeneImages
+from .images import GeneImages, spot_factors
 
 __all__ = ["CountViews", "RarefiedImages", "rarefied"]
 
@@ -94,12 +94,7 @@ class CountViews:
         if np.any(cols < 0):
             raise SigelInputError("CountViews: some image genes are not in `adata.var_names`")
         C = sp.csr_matrix(X[:, cols].T, dtype=np.float32)
-        if st.get("normalize", True):
-            ts = st.get("target_sum") or 1.0
-            factor = np.divide(ts, lib, out=np.zeros_like(lib), where=lib > 0)
-        else:
-            factor = np.ones_like(lib)
-        return cls(C, factor, images)
+        return cls(C, spot_factors(lib, st.get("normalize", True), st.get("target_sum")), images)
 
     def _divisors(self, images: GeneImages) -> np.ndarray:
         """Each gene's robust divisor, read off the training images (p = 1 view over processed image).
