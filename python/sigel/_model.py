@@ -198,9 +198,13 @@ def _patch_size_for(images, p: dict) -> int:
     return _auto_patch_size(images.height, images.width, int(p["max_tokens"]), minimum=min(min_patch, 4))
 
 
-def _check_rarefied_fit(images, comm) -> None:
-    """Depth-matched draws (``rarefy``) are for single-sample, single-process fits."""
+def _check_rarefied_fit(images, comm, rarefy) -> None:
+    """Depth-matched draws (``rarefy``) are for single-sample, single-process fits, on images that keep counts."""
     from .data.multisample import SampleImages
+
+    if rarefy is not None and isinstance(images, GeneImages) and images.counts is None:
+        raise SigelInputError(f"SIGEL(rarefy={rarefy!r}) reads depth-matched draws of the counts; build the images "
+                              "with `GeneImages.from_anndata(..., rarefy=...)`, which keeps them, or use `fit`")
 
     several = isinstance(images, SampleImages) and any(im.settings.get("rarefy") is not None
                                                         for im in images.samples)
@@ -795,7 +799,7 @@ class SIGEL:
         from .train.distributed import DistributedTrainer
         from .train.trainer import Trainer
 
-        _check_rarefied_fit(images, comm)
+        _check_rarefied_fit(images, comm, self.init_params_.get("rarefy"))
         G = images.n_genes
         cb = getattr(self, "_callback", None)
         train_images = rarefied(images, seed + 3)  # depth-matched draws when built with `rarefy`
@@ -884,12 +888,13 @@ class SIGEL:
         self._require_trained("embed_images")
         if not isinstance(images, GeneImages):
             raise SigelInputError(f"`images` must be a sigel.GeneImages; got {type(images).__name__}")
-        if self.image_options_.get("rarefy") is not None and images.counts is None:
-            raise SigelInputError(
-                "this model reads depth-matched draws of the counts (rarefy="
-                f"{self.image_options_['rarefy']}); build the images with the model's options "
-                "(`model.images_for(adata)`), which keep the counts")
-        images = rarefied(images)
+        if self.image_options_.get("rarefy") is not None:  # the model, not the images, says how to read them
+            if images.counts is None:
+                raise SigelInputError(
+                    "this model reads depth-matched draws of the counts (rarefy="
+                    f"{self.image_options_['rarefy']}); build the images with the model's options "
+                    "(`model.images_for(adata)`), which keep the counts")
+            images = rarefied(images)
         dev = torch.device(device) if device is not None else next(self.module_.parameters()).device
         if dev != next(self.module_.parameters()).device:
             self.module_.to(dev)

@@ -218,11 +218,18 @@ def test_rarefied_model_transform_matches_fit_and_refuses_images_without_counts(
     back = sigel.SIGEL.load(tmp_path / "m")
     assert back.image_options_["rarefy"] == T
     np.testing.assert_array_equal(back.transform(adata).to_numpy(), E.to_numpy())
-    # same seed, same vectors; the averaged draws differ from the full-depth read of a plain model
+    # same seed, same vectors
     again = sigel.SIGEL(**kw).fit(adata, n_threads=1, progress=False)
     np.testing.assert_array_equal(again.embeddings_.to_numpy(), m.embeddings_.to_numpy())
     with pytest.raises(sigel.SigelInputError, match="rarefy"):
         m.embed_images(sigel.GeneImages.from_anndata(adata))
+    # the model decides how images are read: a plain model reads images that keep counts whole
+    plain = sigel.SIGEL(**{**kw, "rarefy": None}).fit(adata, n_threads=1, progress=False)
+    counted = sigel.GeneImages.from_anndata(adata, rarefy="auto")
+    np.testing.assert_array_equal(plain.embed_images(counted), plain.embeddings_.to_numpy())
+    # and SIGEL(rarefy=...) is not silently dropped on prebuilt images without counts
+    with pytest.raises(sigel.SigelInputError, match="rarefy"):
+        sigel.SIGEL(**kw).fit_images(sigel.GeneImages.from_anndata(adata), n_threads=1, progress=False)
     with pytest.raises(sigel.SigelInputError, match="rarefy"):
         sigel.SIGEL(rarefy=0)
     with pytest.raises(sigel.SigelInputError, match="rarefy"):
