@@ -135,7 +135,7 @@ class CountViews:
         """Number of genes."""
         return self.counts.shape[0]
 
-    def batch(self, idx, keep, *, generator=None, device=None, level: bool = True):
+    def batch(self, idx, keep, *, generator=None, device=None):
         """Thinned images of genes ``idx``: a ``(B, 2, H, W)`` tensor like :meth:`GeneImages.to_tensor`.
 
         Parameters
@@ -149,11 +149,6 @@ class CountViews:
             Torch generator for the binomial draws (on ``device``).
         device
             Torch device (default CPU).
-        level
-            ``True``: normalise the thinned counts back to the full-depth
-            level (library sizes times ``keep``); ``False``: image them as a
-            shallower measurement would be (a rarefied draw: each kept count
-            weighs what it did in the full image).
         """
         import torch
 
@@ -162,7 +157,38 @@ class CountViews:
         keep = torch.as_tensor(keep, dtype=torch.float32, device=dev).reshape(-1, 1)
         C = self._counts(idx, dev)
         thinned = torch.where(keep < 1.0, torch.binomial(C, keep.expand_as(C), generator=generator), C)
-        return self._render(thinned, keep if level else torch.ones_like(keep), idx, dev)
+        return self._render(thinned, keep, idx, dev)
+
+    def rarefied(self, idx, keep, *, generator=None) -> np.ndarray:
+        """Rarefied draws of genes ``idx``: a ``(B, H * W)`` float32 array of image values (CPU).
+
+        Each count is kept with probability ``keep`` (``(B,)`` tensor; 1 =
+        the whole image) and the draw is imaged as a shallower measurement
+        would be: every kept count weighs what it did in the full image
+        (library-size factor, ``log1p``, mean per pixel, the gene's divisor,
+        clipped at 1), unlike :meth:`batch`, which brings the level back to
+        full depth. Only the non-zero counts are drawn, so a draw costs what
+        the gene's detected spots cost plus one pass over the output.
+        """
+        import torch
+
+        idx = np.asarray(idx, dtype=np.int64)
+        sub = self.counts[idx]
+        per_row = np.diff(sub.indptr)
+        p = torch.as_tensor(keep, dtype=torch.float32).reshape(-1).repeat_interleave(torch.from_numpy(per_row))
+        c = torch.from_numpy(sub.data)
+        vals = torch.where(p < 1.0, torch.binomial(c, p, generator=generator), c).numpy() \
+            * self.spot_factor[sub.indices]
+        if self.log1p:
+            vals = np.log1p(vals)
+        row = np.repeat(np.arange(len(idx)), per_row)
+        pixel = self.spot_pixel[sub.indices]
+        vals = vals * self.inv_per_pixel[pixel] / self.divisor[idx][row]  # mean per pixel, robust divisor
+        HW = self.height * self.width
+        out = np.bincount(row * HW + pixel, weights=vals, minlength=len(idx) * HW).astype(np.float32)
+        if self.clip:
+            np.minimum(out, 1.0, out=out)
+        return out.reshape(len(idx), HW)
 
     def split(self, idx, keep, *, generator=None, device=None):
         """Two images of genes ``idx`` from disjoint halves of their counts (noise2noise pairs).
@@ -233,17 +259,17 @@ class RarefiedImages(GeneImages):
 
     Each gene's counts are binomially thinned to at most ``images.settings
     ['rarefy']`` in total (keep probability ``min(1, rarefy / total)``) and
-    imaged like the full images (:meth:`CountViews.batch` with ``level=False``).
+    imaged as a shallower measurement would be (:meth:`CountViews.rarefied`).
     A gene detected in many spots and one detected in few then reach the
     encoder with the same sampling depth, so the speckle of a shallow gene is
     no longer something that tells genes apart.
 
-    :meth:`to_tensor` and :meth:`dense` draw from the object's own
+    :meth:`dense` and :meth:`to_tensor` draw from the object's own
     ``generator`` (a ``torch.Generator`` seeded at construction; checkpoints
     save its state), so a sequence of reads is reproducible. The
     ``values`` are the full images (for detection rates and plots); readers
-    that go straight to ``values`` for speed must not be used (``draws`` is
-    ``True``).
+    that go to the sparse rows for speed read :meth:`dense` instead when
+    ``draws`` is ``True`` (the encoder's sparse token route does).
     """
 
     draws = True
@@ -255,26 +281,24 @@ class RarefiedImages(GeneImages):
         import torch
 
         self._views = CountViews(images.counts, images.spot_factor, images)
+        self.whole_images = images  # the stored images, for genes that every draw reads whole
         totals = np.asarray(images.counts.sum(1), dtype=np.float64).ravel()
         keep = np.minimum(1.0, float(images.settings["rarefy"]) / np.maximum(totals, 1.0))
         self._keep = torch.from_numpy(keep.astype(np.float32))
+        #: genes whose total is at most the common depth: every draw is the whole image
+        self.read_whole = keep >= 1.0
         self.generator = torch.Generator().manual_seed(int(seed))
 
     def reseed(self, seed: int) -> None:
         """Restart the draws from ``seed``."""
         self.generator.manual_seed(int(seed))
 
-    def to_tensor(self, idx, device=None, dtype=None):
-        """A fresh rarefied draw of genes ``idx``: ``(B, 2, H, W)`` like :meth:`GeneImages.to_tensor`."""
-        import torch
-
-        idx = np.asarray(idx, dtype=np.int64)
-        x = self._views.batch(idx, self._keep[idx], generator=self.generator, level=False)
-        return x.to(device=device, dtype=dtype or torch.float32)
-
     def dense(self, idx) -> np.ndarray:
-        """A fresh rarefied draw of genes ``idx`` as a ``(B, H, W)`` array."""
-        return self.to_tensor(idx)[:, 0].numpy()
+        """A fresh rarefied draw of genes ``idx`` as a ``(B, H, W)`` array (:meth:`CountViews.rarefied`;
+        what :meth:`to_tensor` reads)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        return self._views.rarefied(idx, self._keep[idx], generator=self.generator).reshape(
+            len(idx), self.height, self.width)
 
 
 def rarefied(images, seed: int = 0):

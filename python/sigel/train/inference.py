@@ -28,6 +28,7 @@ cover (``input_norm='rank'``, other input channels) use the generic one.
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
@@ -93,8 +94,7 @@ def token_layout(model, images) -> TokenLayout | None:
     if not isinstance(pe, torch.nn.Conv2d) or pe.kernel_size != pe.stride or pe.padding != (0, 0) \
             or pe.kernel_size[0] != pe.kernel_size[1] or pe.kernel_size[0] != getattr(model, "patch_size", None):
         return None
-    if not hasattr(images, "values") or not hasattr(images, "mask") or images.values.format != "csr" \
-            or getattr(images, "draws", False):  # depth-matched draws are not the stored values
+    if not hasattr(images, "values") or not hasattr(images, "mask") or images.values.format != "csr":
         return None
     return TokenLayout(images.mask, model.patch_size)
 
@@ -109,6 +109,26 @@ def _rows(values, idx: np.ndarray):
     return sub.indptr, sub.indices, sub.data
 
 
+def _image_rows(images, idx: np.ndarray):
+    """indptr, indices, data of the image rows ``idx``: the stored values, or a fresh draw
+    (:class:`sigel.data.views.RarefiedImages`) for depth-matched images."""
+    if getattr(images, "draws", False):
+        d = sp.csr_matrix(images.dense(idx).reshape(len(idx), -1))
+        return d.indptr, d.indices, d.data
+    return _rows(images.values, idx)
+
+
+def _dense_rows(images, idx: np.ndarray) -> np.ndarray:
+    """``(B, H * W)`` float32 values of the image rows ``idx`` (a fresh draw for depth-matched images)."""
+    B = len(idx)
+    if getattr(images, "draws", False):
+        return images.dense(idx).reshape(B, -1)
+    indptr, indices, data = _rows(images.values, idx)
+    dense = np.zeros((B, images.height * images.width), dtype=np.float32)
+    dense[np.repeat(np.arange(B), np.diff(indptr)), indices] = data
+    return dense
+
+
 def patch_values(images, idx: np.ndarray, layout: TokenLayout, standardize: bool,
                  n_slots: int | None = None) -> np.ndarray:
     """Value channel of genes ``idx`` in token layout ``(B, L, p * p)`` float32.
@@ -121,7 +141,7 @@ def patch_values(images, idx: np.ndarray, layout: TokenLayout, standardize: bool
     B = len(idx)
     L = len(layout.token_ids) if n_slots is None else int(n_slots)
     pp = layout.patch * layout.patch
-    indptr, indices, data = _rows(images.values, idx)
+    indptr, indices, data = _image_rows(images, idx)
     nnz = np.diff(indptr)
     row = np.repeat(np.arange(B), nnz)
     slot = layout.slot[indices]
@@ -177,9 +197,7 @@ class _Smoother:
         """
         H, W = self.shape
         B = len(idx)
-        indptr, indices, data = _rows(images.values, idx)
-        dense = np.zeros((B, H * W), dtype=np.float32)
-        dense[np.repeat(np.arange(B), np.diff(indptr)), indices] = data
+        dense = _dense_rows(images, idx)
         v = self._filter(torch.from_numpy(dense).reshape(B, H, W).to(self.device)) * self.inv_den
         v = v.reshape(B, H * W)
         mean = v.sum(1, keepdim=True) / self.n                     # v is 0 outside the tissue

@@ -330,21 +330,37 @@ def embed_all(model, images, *, batch_size: int = 256, device=None, amp: bool = 
     return out.clone()  # a normal tensor (inference tensors cannot enter autograd)
 
 
-def embed_draws(model, images, n_draws: int, **kwargs) -> torch.Tensor:
+def embed_draws(model, images, n_draws: int, *, rows: np.ndarray | None = None, **kwargs) -> torch.Tensor:
     """:func:`embed_all`, averaged over ``n_draws`` depth-matched draws when ``images`` make them.
 
     For :class:`sigel.data.views.RarefiedImages` the draws are seeded
     ``0 .. n_draws - 1`` (the same draws for the same genes in the same order,
-    whatever was read before); other images are embedded once.
+    whatever was read before); other images are embedded once. Genes whose
+    total is at most the common depth are the same image in every draw: they
+    are embedded once, from the stored images (the sparse token route), and
+    only the deeper genes are drawn ``n_draws`` times.
     """
     if not getattr(images, "draws", False):
-        return embed_all(model, images, **kwargs)
-    Z = None
-    for r in range(max(int(n_draws), 1)):
-        images.reseed(r)
-        z = embed_all(model, images, **kwargs)
-        Z = z if Z is None else Z + z
-    return Z / max(int(n_draws), 1)
+        return embed_all(model, images, rows=rows, **kwargs)
+    rows = np.arange(images.n_genes) if rows is None else np.asarray(rows, dtype=np.int64)
+    whole = images.read_whole[rows]
+    if not len(rows):
+        return embed_all(model, images.whole_images, rows=rows, **kwargs)
+    parts = []
+    if whole.any():
+        parts.append((whole, embed_all(model, images.whole_images, rows=rows[whole], **kwargs)))
+    if not whole.all():
+        n = max(int(n_draws), 1)
+        Z = None
+        for r in range(n):
+            images.reseed(r)
+            z = embed_all(model, images, rows=rows[~whole], **kwargs)
+            Z = z if Z is None else Z + z
+        parts.append((~whole, Z / n))
+    out = torch.empty(len(rows), parts[0][1].shape[1], dtype=parts[0][1].dtype, device=parts[0][1].device)
+    for sel, z in parts:
+        out[torch.from_numpy(np.flatnonzero(sel)).to(out.device)] = z
+    return out
 
 
 def fit_mixture(mixture, Z: torch.Tensor, n_iter: int, *, init: bool = False, n_init: int = 10,

@@ -214,6 +214,24 @@ def test_rarefied_model_transform_matches_fit_and_refuses_images_without_counts(
     assert isinstance(T, int) and T >= 1
     E = m.transform(adata)
     np.testing.assert_array_equal(E.to_numpy(), m.embeddings_.to_numpy())
+    # genes at most T deep are the same image in every draw: embedded once (from the stored images),
+    # and that vector is what any single draw gives them
+    from sigel.data.views import rarefied
+    from sigel.train.trainer import embed_all
+    imgs = rarefied(m.images_for(adata), seed=3)
+    whole = imgs.read_whole
+    assert whole.any() and not whole.all()
+    one_draw = embed_all(m.module_, imgs).numpy()
+    np.testing.assert_allclose(E.loc[np.asarray(imgs.genes)[whole]].to_numpy(), one_draw[whole], atol=1e-4)
+    assert not np.allclose(E.loc[np.asarray(imgs.genes)[~whole]].to_numpy(), one_draw[~whole], atol=1e-4)
+    # the sparse token route reads the same draw as the dense images
+    imgs.reseed(4)
+    routed = embed_all(m.module_, imgs).numpy()
+    imgs.reseed(4)
+    m.module_.eval()
+    with torch.no_grad():
+        dense = m.module_.embed(imgs.to_tensor(np.arange(imgs.n_genes))).numpy()
+    np.testing.assert_allclose(routed, dense, atol=1e-4)
     m.save(tmp_path / "m")
     back = sigel.SIGEL.load(tmp_path / "m")
     assert back.image_options_["rarefy"] == T
