@@ -19,7 +19,7 @@ import pandas as pd
 
 from ._settings import logger, resolve_device, seeded, set_threads, settings, thread_scope
 from ._validate import SigelInputError, as_int, as_real, as_seed, assert_in_range, assert_one_of, assert_positive
-from .data.images import GeneImages, check_rarefy
+from .data.images import GeneImages, check_rarefy, rarefy_off
 from .data.setup import DataSetup
 # the saved-model format lives in sigel.io.model_dir; its names stay importable from here
 from .io.model_dir import (  # noqa: F401
@@ -202,12 +202,17 @@ def _check_rarefied_fit(images, comm, rarefy) -> None:
     """Depth-matched draws (``rarefy``) are for single-sample, single-process fits, on images that keep counts."""
     from .data.multisample import SampleImages
 
-    if rarefy is not None and isinstance(images, GeneImages) and images.counts is None:
+    if rarefy == "auto" and isinstance(images, GeneImages) and images.counts is None:
+        if images.settings.get("rarefy_off"):
+            return  # the image builder turned it off and said why
+        rarefy_off("these prebuilt images keep no counts (build them with `GeneImages.from_anndata(..., "
+                   "rarefy='auto')`, or use `fit`)", stacklevel=5)
+    elif rarefy is not None and isinstance(images, GeneImages) and images.counts is None:
         raise SigelInputError(f"SIGEL(rarefy={rarefy!r}) reads depth-matched draws of the counts; build the images "
                               "with `GeneImages.from_anndata(..., rarefy=...)`, which keeps them, or use `fit`")
 
-    several = isinstance(images, SampleImages) and any(im.settings.get("rarefy") is not None
-                                                        for im in images.samples)
+    several = isinstance(images, SampleImages) and images.n_samples > 1 and any(
+        im.settings.get("rarefy") is not None for im in images.samples)
     if several or (comm is not None and isinstance(images, GeneImages) and images.settings.get("rarefy") is not None):
         raise SigelInputError("`rarefy` (depth-matched draws) is for single-sample fits in one process; "
                               "fit several samples or a torchrun job with rarefy=None")
@@ -700,8 +705,16 @@ class SIGEL:
         resolve_device(device)
         opts = dict(layer=layer, genes=genes, spatial_key=spatial_key, library_size_key=library_size_key,
                     **image_options)
-        if self.init_params_.get("rarefy") is not None:
-            opts.setdefault("rarefy", self.init_params_["rarefy"])
+        from .train.distributed import distributed_requested
+
+        rarefy = self.init_params_.get("rarefy")
+        several = isinstance(adata, (list, tuple, dict)) and len(adata) > 1
+        if rarefy == "auto" and "rarefy" not in opts and (several or distributed_requested()):
+            rarefy_off("depth-matched draws are for single-sample fits in one process"
+                       + (" (this fit has several samples)" if several else " (this is a torchrun job)"), stacklevel=3)
+            rarefy = None
+        if rarefy is not None:
+            opts.setdefault("rarefy", rarefy)
         if isinstance(adata, (list, tuple, dict)):
             from .data.multisample import SampleImages, normalize_samples
 
@@ -802,9 +815,10 @@ class SIGEL:
         _check_rarefied_fit(images, comm, self.init_params_.get("rarefy"))
         G = images.n_genes
         cb = getattr(self, "_callback", None)
-        train_images = rarefied(images, seed + 3)  # depth-matched draws when built with `rarefy`
+        train_images = images
         if isinstance(images, SampleImages) and images.n_samples == 1 and comm is None:
             train_images = images.samples[0]  # one sample, one process: exactly the plain fit
+        train_images = rarefied(train_images, seed + 3)  # depth-matched draws when built with `rarefy`
         if comm is not None or isinstance(train_images, SampleImages):
             from .train.distributed import Comm
 

@@ -171,7 +171,8 @@ class GeneImages:
             values = _robust_scale(values, int(mask.sum()), scale_quantile)
 
         kept = np.flatnonzero(keep)
-        counts_kept, spot_factor, rarefy = _rarefy_counts(X, kept, lib, ts, normalize, rarefy)
+        asked = rarefy
+        counts_kept, spot_factor, rarefy = _rarefy_counts(X, kept, lib, ts, normalize, rarefy, raw_counts)
         settings = dict(
             geometry=geom, layer=layer, spatial_key=spatial_key, library_size_key=library_size_key,
             resolution=int(resolution), patch_size=int(patch_size), normalize=bool(normalize),
@@ -182,6 +183,8 @@ class GeneImages:
         )
         if rarefy is not None:
             settings["rarefy"] = rarefy
+        elif asked is not None:  # 'auto' turned itself off (and warned): say so in the settings
+            settings["rarefy_off"] = "the values are not raw counts"
         return cls(
             values=values.astype(np.float32, copy=False), height=H, width=W, mask=mask, spot_pixel=flat,
             genes=gene_names[keep], spot_names=pd.Index(adata.obs_names.astype(str)), settings=settings,
@@ -335,18 +338,30 @@ def check_rarefy(value) -> None:
         raise SigelInputError(f"`rarefy` must be None, 'auto' or a positive whole number; got {value!r}")
 
 
-def _rarefy_counts(X, kept, lib, target_sum, normalize, rarefy):
+def rarefy_off(reason: str, stacklevel: int = 4) -> None:
+    """Warn that ``rarefy='auto'`` reads the images whole here (depth matching is off), and why."""
+    warnings.warn(f"rarefy='auto': {reason}; the encoder reads the full images (as with rarefy=None). "
+                  "Pass rarefy=None to silence this.", UserWarning, stacklevel=stacklevel)
+
+
+def _rarefy_counts(X, kept, lib, target_sum, normalize, rarefy, raw_counts=True):
     """``(counts, spot_factor, rarefy)`` kept for depth-matched draws (``rarefy`` resolved; all ``None`` when off).
 
     Counts are the genes' values as whole numbers (simulated values that are
-    not, e.g. depth-scaled permutations, are rounded).
+    not, e.g. depth-scaled permutations read at a model's resolved depth, are
+    rounded). ``'auto'`` asks for depth matching where the data allow it: on
+    values that are not raw counts (``counts=False``, or non-integer values)
+    it warns and turns it off.
     """
     if rarefy is None:
         return None, None, None
+    check_rarefy(rarefy)
     C = sp.csr_matrix(X[:, kept].T, dtype=np.float32)
+    if rarefy == "auto" and (not raw_counts or not np.array_equal(C.data, np.rint(C.data))):
+        rarefy_off("the values are not raw counts, so there are no counts to draw from")
+        return None, None, None
     np.rint(C.data, out=C.data)
     C.eliminate_zeros()
-    check_rarefy(rarefy)
     if rarefy == "auto":
         totals = np.asarray(C.sum(1)).ravel()
         rarefy = max(int(np.median(totals)), 1) if len(totals) else 1

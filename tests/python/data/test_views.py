@@ -245,10 +245,36 @@ def test_rarefied_model_transform_matches_fit_and_refuses_images_without_counts(
     plain = sigel.SIGEL(**{**kw, "rarefy": None}).fit(adata, n_threads=1, progress=False)
     counted = sigel.GeneImages.from_anndata(adata, rarefy="auto")
     np.testing.assert_array_equal(plain.embed_images(counted), plain.embeddings_.to_numpy())
-    # and SIGEL(rarefy=...) is not silently dropped on prebuilt images without counts
+    # SIGEL(rarefy=<number>) is not silently dropped where there are no counts to draw from: it raises
+    fixed = {**kw, "rarefy": 20}
     with pytest.raises(sigel.SigelInputError, match="rarefy"):
-        sigel.SIGEL(**kw).fit_images(sigel.GeneImages.from_anndata(adata), n_threads=1, progress=False)
+        sigel.SIGEL(**fixed).fit_images(sigel.GeneImages.from_anndata(adata), n_threads=1, progress=False)
+    with pytest.raises(sigel.SigelInputError, match="rarefy"):
+        sigel.SIGEL(**fixed).fit([adata, adata], sample_names=["a", "b"], n_threads=1, progress=False)
     with pytest.raises(sigel.SigelInputError, match="rarefy"):
         sigel.SIGEL(rarefy=0)
-    with pytest.raises(sigel.SigelInputError, match="rarefy"):
-        sigel.SIGEL(**kw).fit([adata, adata], n_threads=1, progress=False)
+
+
+def test_rarefy_auto_turns_itself_off_with_a_warning_where_it_cannot_draw():
+    """'auto' means depth matching where the data allow it: elsewhere a warning says it is off, and the
+    model reads (and transforms) the full images, exactly like rarefy=None."""
+    adata = sigel.datasets.synthetic_tissue(60, seed=7)
+    kw = dict(epochs=1, n_contexts=3, embed_dim=8, rarefy="auto")
+    plain_kw = {**kw, "rarefy": None}
+    # prebuilt images without counts
+    images = sigel.GeneImages.from_anndata(adata)
+    with pytest.warns(UserWarning, match="rarefy='auto'.*keep no counts"):
+        m = sigel.SIGEL(**kw).fit_images(images, n_threads=1, progress=False)
+    assert "rarefy" not in m.image_options_
+    ref = sigel.SIGEL(**plain_kw).fit_images(images, n_threads=1, progress=False)
+    np.testing.assert_array_equal(m.embeddings_.to_numpy(), ref.embeddings_.to_numpy())
+    # values that are not counts (counts=False): nothing to draw from
+    lognorm = adata.copy()
+    lognorm.X = np.log1p(lognorm.X.astype(np.float64))
+    with pytest.warns(UserWarning, match="rarefy='auto'.*not raw counts"):
+        m = sigel.SIGEL(**kw).fit(lognorm, counts=False, normalize=False, log1p=False, n_threads=1, progress=False)
+    assert "rarefy" not in m.image_options_
+    # several samples
+    with pytest.warns(UserWarning, match="rarefy='auto'.*several samples"):
+        m = sigel.SIGEL(**kw).fit([adata, adata], sample_names=["a", "b"], n_threads=1, progress=False)
+    assert "rarefy" not in m.image_options_
