@@ -381,7 +381,11 @@ class SIGEL:
         that many in total (genes with fewer counts are read whole). Genes
         then reach the encoder at a common sampling depth, so how sparse a
         gene is stops being something the vector can tell genes apart by.
-        Needs raw counts; single-sample, single-process fits only. The
+        Needs raw counts; single-sample, single-process fits only: a number
+        raises elsewhere, ``'auto'`` warns and reads the full images (values
+        that are not counts, prebuilt images without counts, several
+        samples, ``torchrun``; the images' ``settings['rarefy_off']`` says
+        why when the image builder turned it off). The
         resolved number is an image option (``image_options_['rarefy']``),
         reused by :meth:`transform` and the tasks, so a new sample is read at
         the same depth.
