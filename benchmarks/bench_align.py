@@ -34,6 +34,8 @@ import pandas as pd
 import sigel
 from sigel.tasks.align import shifted_genes
 
+from bench_fit_dlpfc import parse_settings  # noqa: E402 (benchmarks/ is on sys.path when run as a script)
+
 
 def _log(msg):
     print(f"[bench_align {time.strftime('%H:%M:%S')}] {msg}", flush=True)
@@ -282,6 +284,8 @@ def main():
     p.add_argument("--embed-dim", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hyper", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="model hyper-parameters other than the defaults, e.g. rarefy=auto")
     args = p.parse_args()
     if (args.model_ref or args.model_query) and args.task == "all":
         p.error("--model-ref/--model-query need a single --task")
@@ -289,7 +293,8 @@ def main():
     import torch
 
     torch.set_num_threads(args.threads)
-    hyper = dict(epochs=args.epochs, pretrain_epochs=max(1, args.epochs // 4), embed_dim=args.embed_dim)
+    hyper = dict(epochs=args.epochs, pretrain_epochs=max(1, args.epochs // 4), embed_dim=args.embed_dim,
+                 **parse_settings(args.hyper))
     t0 = time.perf_counter()
     out = dict(machine=f"{platform.machine()}, {os.cpu_count()} cores, torch threads {args.threads}",
                hyper=hyper, sigel=sigel.__version__)
