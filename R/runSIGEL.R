@@ -21,7 +21,7 @@
                          tol = 1e-3, amp = FALSE, embed_batch_size = 256L,
                          invariance_weight = 0, view_temperature = 0.1,
                          thin_min = 0.2, spread_weight = 0,
-                         denoise = FALSE, rarefy = NULL,
+                         denoise = FALSE, rarefy = "auto",
                          rarefy_draws = 4L) NULL
 
 .hyper_names <- function() names(formals(.sigel_hyper))
@@ -31,6 +31,7 @@
     defs <- formals(.sigel_hyper)
     # NULL defaults ("automatic" in Python) are all integer parameters
     nullable <- names(defs)[vapply(defs, is.null, logical(1))]
+    nullable <- union(nullable, "rarefy") # rarefy = NULL: full images (a whole number otherwise)
     int_like <- c(nullable, names(defs)[vapply(defs, is.integer, logical(1))])
     out <- list()
     for (nm in names(hyper)) {
@@ -574,11 +575,13 @@
 #'   random into two disjoint halves and the image of one half is
 #'   reconstructed from the image of the other; their sampling noise is
 #'   independent, so only the expression pattern can be predicted.
-#' @param rarefy `NULL` (default), `"auto"` or a whole number: depth-matched
+#' @param rarefy `"auto"` (default), a whole number or `NULL`: depth-matched
 #'   images. The encoder reads every gene as a fresh rarefied draw, its
 #'   counts binomially thinned to at most this many in total (`"auto"`: the
 #'   median total count of the training genes), so that how sparse a gene is
-#'   no longer tells genes apart. Needs raw counts; one sample per fit.
+#'   no longer tells genes apart. Needs raw counts and one sample per fit:
+#'   elsewhere `"auto"` warns and reads the full images, a number stops.
+#'   `NULL`: the full images (the earlier default; faster embedding).
 #' @param rarefy_draws `integer(1)`: with `rarefy`, how many draws the final
 #'   and transformed vectors average over.
 #' @param spread_weight `numeric(1)`: weight of the anti-collapse term

@@ -373,9 +373,9 @@ class SIGEL:
         is predictable. Both need raw counts (they fall back to the plain
         reconstruction otherwise).
     rarefy
-        Depth-matched images (an input transform of Module I). ``None``
-        (default): the encoder reads each gene's full image. A number, or
-        ``'auto'`` (the median total count of the training genes): every time
+        Depth-matched images (an input transform of Module I). ``'auto'``
+        (default; the median total count of the training genes) or a number:
+        every time
         the encoder reads a gene, in training and when embedding, it reads a
         fresh *rarefied* draw, the gene's counts binomially thinned to at most
         that many in total (genes with fewer counts are read whole). Genes
@@ -388,7 +388,9 @@ class SIGEL:
         why when the image builder turned it off). The
         resolved number is an image option (``image_options_['rarefy']``),
         reused by :meth:`transform` and the tasks, so a new sample is read at
-        the same depth.
+        the same depth. ``None``: the encoder reads each gene's full image
+        (the earlier default; a faster :meth:`transform`, and vectors
+        that read detection rate far more).
     rarefy_draws
         With ``rarefy``: how many draws the final and transformed vectors
         average over (draws seeded 0, 1, ...; more draws, less noise, that
@@ -499,7 +501,7 @@ class SIGEL:
         thin_min: float = 0.2,
         spread_weight: float = 0.0,
         denoise: bool = False,
-        rarefy: int | str | None = None,
+        rarefy: int | str | None = "auto",
         rarefy_draws: int = 4,
     ):
         frame = inspect.currentframe()

@@ -260,7 +260,8 @@ def test_scaffold_links_genes_of_the_same_family(opts):
     ("standardize", {"smooth": "box", "smooth_radius": 0}),
 ])
 def test_pca_scaffold_uses_the_encoders_input_filter(adata, input_norm, opts):
-    m = SIGEL(**FAST, scaffold_graph="pca", input_norm=input_norm, smooth_sigma=1.5).fit(adata, **FIT)
+    # full images (rarefy=None): with depth-matched draws the graph is built from a draw, not from m.images_
+    m = SIGEL(**FAST, scaffold_graph="pca", input_norm=input_norm, smooth_sigma=1.5, rarefy=None).fit(adata, **FIT)
     want = image_knn_graph(m.images_, k=10, n_components=50, **opts)
     assert torch.equal(m.graph_.indices, want.indices) and torch.equal(m.graph_.weights, want.weights)
     box = image_knn_graph(m.images_, k=10)

@@ -50,8 +50,10 @@ from sigel.model.scaffold import image_knn_graph
 from sigel.train.distributed import Comm, launch, sharded_knn_graph
 from sigel.train.trainer import gene_batches
 
+# rarefy=None: the data-parallel path reads full images (rarefy='auto' turns itself off under torchrun and
+# for several samples), so the one-process reference must read them too
 HYPER = dict(epochs=4, pretrain_epochs=2, embed_dim=8, width=16, depth=1, n_heads=2, decoder_width=8,
-             batch_size=16, embed_batch_size=16, n_contexts=3)
+             batch_size=16, embed_batch_size=16, n_contexts=3, rarefy=None)
 ENCODER_ONLY = dict(HYPER, epochs=3, refine=False)  # Module I + DDP only: no discrete choices during training
 ATOL_ENCODER = 1e-4  # observed ~1e-6: gradient summation order only
 ATOL_FULL = 5e-2  # observed 1e-5 .. 2.5e-2 (see the module docstring); coordinates reach ~2-3

@@ -103,7 +103,7 @@ def test_models_outside_the_sparse_route_use_the_plain_one():
 
 def test_transform_of_the_training_data_matches_the_fit():
     adata = sigel.datasets.synthetic_tissue(80, shape=(20, 20), seed=3)
-    m = sigel.SIGEL(epochs=2, pretrain_epochs=1, n_contexts=3, width=16, depth=1, decoder_width=8).fit(
+    m = sigel.SIGEL(epochs=2, pretrain_epochs=1, n_contexts=3, width=16, depth=1, decoder_width=8, rarefy=None).fit(
         adata, seed=0, progress=False, n_threads=1)
     again = m.transform(adata)
     imgs = m.images_
@@ -236,7 +236,8 @@ def test_fit_and_transform_use_the_setting_and_restore(clean_threads):
     seen = []
     torch.set_num_threads(1)
     sigel.settings.n_threads = 2
-    m = sigel.SIGEL(epochs=1, pretrain_epochs=1, n_contexts=2, width=8, depth=1, n_heads=2, decoder_width=8)
+    m = sigel.SIGEL(epochs=1, pretrain_epochs=1, n_contexts=2, width=8, depth=1, n_heads=2, decoder_width=8,
+                    rarefy=None)  # one embedding pass (depth-matched draws make one per draw)
     m._callback = lambda *a, **k: seen.append(torch.get_num_threads())
     m.fit(adata, seed=0, progress=False)
     assert seen and set(seen) == {2}
