@@ -5,6 +5,9 @@ test_that("plotContexts shows the 12 largest contexts, without warnings", {
     sce <- sigel_tiny_sce(150L)
     h <- sigel_tiny_hyper()
     h$n_contexts <- 16L
+    # full images (rarefy = NULL): this fit must occupy more than 12 contexts,
+    # which the depth-matched default does not do on 150 tiny genes
+    h["rarefy"] <- list(NULL)
     fit <- do.call(runSIGEL, c(list(sce), h, list(seed = 2L, verbose = FALSE,
                                                   n_threads = 1L)))
     sizes <- table(sigelContexts(fit)$context)
