@@ -184,7 +184,7 @@ class GeneImages:
         if rarefy is not None:
             settings["rarefy"] = rarefy
         elif asked is not None:  # 'auto' turned itself off (and warned): say so in the settings
-            settings["rarefy_off"] = "the values are not raw counts"
+            settings["rarefy_off"] = NOT_COUNTS
         return cls(
             values=values.astype(np.float32, copy=False), height=H, width=W, mask=mask, spot_pixel=flat,
             genes=gene_names[keep], spot_names=pd.Index(adata.obs_names.astype(str)), settings=settings,
@@ -338,6 +338,10 @@ def check_rarefy(value) -> None:
         raise SigelInputError(f"`rarefy` must be None, 'auto' or a positive whole number; got {value!r}")
 
 
+#: Why ``rarefy='auto'`` turns itself off on values that are not counts (the warning and ``settings['rarefy_off']``).
+NOT_COUNTS = "the values are not raw counts"
+
+
 def rarefy_off(reason: str, stacklevel: int = 4) -> None:
     """Warn that ``rarefy='auto'`` reads the images whole here (depth matching is off), and why."""
     warnings.warn(f"rarefy='auto': {reason}; the encoder reads the full images (as with rarefy=None). "
@@ -358,7 +362,7 @@ def _rarefy_counts(X, kept, lib, target_sum, normalize, rarefy, raw_counts=True)
     check_rarefy(rarefy)
     C = sp.csr_matrix(X[:, kept].T, dtype=np.float32)
     if rarefy == "auto" and (not raw_counts or not np.array_equal(C.data, np.rint(C.data))):
-        rarefy_off("the values are not raw counts, so there are no counts to draw from")
+        rarefy_off(f"{NOT_COUNTS}, so there are no counts to draw from")
         return None, None, None
     np.rint(C.data, out=C.data)
     C.eliminate_zeros()

@@ -344,22 +344,16 @@ def embed_draws(model, images, n_draws: int, *, rows: np.ndarray | None = None, 
         return embed_all(model, images, rows=rows, **kwargs)
     rows = np.arange(images.n_genes) if rows is None else np.asarray(rows, dtype=np.int64)
     whole = images.read_whole[rows]
-    if not len(rows):
-        return embed_all(model, images.whole_images, rows=rows, **kwargs)
-    parts = []
-    if whole.any():
-        parts.append((whole, embed_all(model, images.whole_images, rows=rows[whole], **kwargs)))
+    Z = embed_all(model, images.whole_images, rows=rows[whole], **kwargs)
+    out = Z.new_empty(len(rows), Z.shape[1])
+    out[torch.from_numpy(whole).to(out.device)] = Z
     if not whole.all():
         n = max(int(n_draws), 1)
-        Z = None
-        for r in range(n):
+        acc = 0
+        for r in range(n):  # a sequential sum: the same result however the genes are batched
             images.reseed(r)
-            z = embed_all(model, images, rows=rows[~whole], **kwargs)
-            Z = z if Z is None else Z + z
-        parts.append((~whole, Z / n))
-    out = torch.empty(len(rows), parts[0][1].shape[1], dtype=parts[0][1].dtype, device=parts[0][1].device)
-    for sel, z in parts:
-        out[torch.from_numpy(np.flatnonzero(sel)).to(out.device)] = z
+            acc = acc + embed_all(model, images, rows=rows[~whole], **kwargs)
+        out[torch.from_numpy(~whole).to(out.device)] = acc / n
     return out
 
 
