@@ -67,7 +67,7 @@ def load_or_fit(sigel, adata, path: Path, threads: int, epochs=None, seed: int =
 
 
 def run_three(sigel, model, adata, *, n_null, threads, lib_key=None, genes=None, image_options=None,
-              metrics=("cosine",), null="permutation", seed=0, variances=("marginal",)):
+              metrics=("cosine",), null="permutation", seed=0, variances=("marginal",), draws=None):
     """sigel svg (one table per metric and null variance), SPARK-X-style (R, via rpy2) and Moran's I on the same genes.
 
     Returns ``({variant: table}, sparkx, moran, seconds)``; a variant is the metric, suffixed ``_local`` for
@@ -86,7 +86,8 @@ def run_three(sigel, model, adata, *, n_null, threads, lib_key=None, genes=None,
             key = variant_name(metric, variance)
             t = time.perf_counter()
             sgs[key] = sigel.tl.svg(model, adata, genes=genes, n_null=n_null, image_options=image_options,
-                                    seed=seed, metric=metric, null=null, variance=variance, progress=False)
+                                    seed=seed, metric=metric, null=null, variance=variance, draws=draws,
+                                    progress=False)
             secs[f"sigel_{key}"] = time.perf_counter() - t
     sg = next(iter(sgs.values()))
     g = sg.index
@@ -142,7 +143,7 @@ def mob(args, sigel):
     model, fit_s = load_or_fit(sigel, adata, Path(args.mob_model), args.threads, epochs=args.epochs,
                                seed=args.fit_seed, hyper=args.hyper, geometry="grid")
     sgs, sx, mi, secs = run_three(sigel, model, adata, n_null=args.n_null, threads=args.threads,
-                                  metrics=args.metrics, null=args.null, variances=args.variance)
+                                  metrics=args.metrics, null=args.null, variances=args.variance, draws=args.draws)
     tab = scores_table(sgs, sx, mi)
     y = truth.reindex(tab.index).fillna(False).to_numpy()
     n_ref = int(y.sum())
@@ -172,7 +173,8 @@ def mob(args, sigel):
         perm = rng.permutation(sh.n_obs)
         sh.X = sh.X[perm]
         sg2, sx2, mi2, secs2 = run_three(sigel, model, sh, n_null=args.n_null, threads=args.threads,
-                                         metrics=args.metrics, null=args.null, variances=args.variance)
+                                         metrics=args.metrics, null=args.null, variances=args.variance,
+                                         draws=args.draws)
         out["shuffled_frac_p05"] = {f"sigel_{m}": round(float((t["pval"] < 0.05).mean()), 4)
                                     for m, t in sg2.items()}
         out["shuffled_frac_p05"].update(sparkx=round(float((sx2["pval"] < 0.05).mean()), 4),
@@ -194,7 +196,7 @@ def dlpfc(args, sigel):
     opts = {"library_size_key": "sum_umi"}
     sgs, sx, mi, secs = run_three(sigel, model, adata, n_null=args.n_null, threads=args.threads,
                                   lib_key="sum_umi", image_options=opts, metrics=args.metrics, null=args.null,
-                                  variances=args.variance)
+                                  variances=args.variance, draws=args.draws)
     tab = scores_table(sgs, sx, mi)
     names = [f"sigel_{k}" for k in sgs] + ["sparkx", "moran"]
     rho = tab[names].rank().corr()
@@ -270,7 +272,7 @@ def _null_fractions(sigel, args, model, adata, genes, coords, opts, lib_key, see
     for null, metric, variance in _sigel_variants(args):
         t = time.perf_counter()
         sg = sigel.tl.svg(model, adata, genes=genes, n_null=args.n_null, null=null, metric=metric,
-                          image_options=opts, seed=seed, variance=variance, progress=False)
+                          image_options=opts, seed=seed, variance=variance, draws=args.draws, progress=False)
         out[f"sigel_{null}_{variant_name(metric, variance)}"] = dict(_fractions(sg["pval"]),
                                                                      seconds=round(time.perf_counter() - t, 1))
     out["sparkx"] = _fractions(sparkx_r(adata[:, genes].X, coords, genes=genes)["pval"])
@@ -375,6 +377,8 @@ def main(argv=None):
                     help="DLPFC 151673 model directory (loaded if it exists, else fitted and saved)")
     ap.add_argument("--mob-model", default=str(HERE / "out" / "models" / "svg_mob_rep11"))
     ap.add_argument("--n-null", type=int, default=10)
+    ap.add_argument("--draws", type=int, default=None,
+                    help="depth-matched draws per vector for sigel svg (default: the library default)")
     ap.add_argument("--epochs", type=int, default=None,
                     help="epochs when a model must be fitted (default: the SIGEL defaults)")
     ap.add_argument("--threads", type=int, default=2)
@@ -407,7 +411,7 @@ def main(argv=None):
     args.hyper = parse_settings(args.hyper)
 
     res = dict(machine=f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-               n_null=args.n_null, threads=args.threads)
+               n_null=args.n_null, draws=args.draws, threads=args.threads)
     if args.calibration:
         res.update(nulls=args.nulls, metrics=args.metrics, calibration=calibration(args, sigel))
         print(json.dumps(res, indent=1))

@@ -883,7 +883,8 @@ class SIGEL:
                             index=memberships.index)
 
     # --------------------------------------------------------------- inference
-    def embed_images(self, images: GeneImages, *, batch_size: int | None = None, device=None) -> np.ndarray:
+    def embed_images(self, images: GeneImages, *, batch_size: int | None = None, device=None,
+                     draws: int | None = None) -> np.ndarray:
         """Embed the genes of prebuilt images with the trained encoder (no decoder, no grad).
 
         Parameters
@@ -894,6 +895,12 @@ class SIGEL:
             Genes per forward pass (default ``embed_batch_size``).
         device
             Torch device (default: where the model is).
+        draws
+            For a model that reads depth-matched draws (``rarefy``): how many
+            draws to average per gene (default ``rarefy_draws``). More draws
+            give vectors with less sampling noise and cost one encoder pass
+            each for genes deeper than the common depth. Ignored by a model
+            that reads whole images.
 
         Returns
         -------
@@ -919,10 +926,24 @@ class SIGEL:
         if dev != next(self.module_.parameters()).device:
             self.module_.to(dev)
         bs = int(batch_size or self.init_params_["embed_batch_size"])
+        n_draws = self.draws_per_gene(draws) or 1
         with thread_scope():
-            Z = embed_draws(self.module_, images, self.init_params_.get("rarefy_draws", 4), batch_size=bs,
+            Z = embed_draws(self.module_, images, n_draws, batch_size=bs,
                             device=dev, amp=bool(self.init_params_["amp"]))
         return Z.cpu().numpy().astype(np.float32)
+
+    def draws_per_gene(self, draws: int | None = None) -> int | None:
+        """How many depth-matched draws :meth:`embed_images` averages per gene.
+
+        ``draws`` (a positive whole number) when given, else ``rarefy_draws``;
+        ``None`` for a model that reads whole images (``rarefy=None``).
+        """
+        n = as_int("draws", draws, allow_none=True)
+        if n is not None:
+            assert_positive("draws", n)
+        if self.image_options_.get("rarefy") is None:
+            return None
+        return int(self.init_params_.get("rarefy_draws", 4)) if n is None else n
 
     def transform(self, adata_or_images, *, genes=None, batch_size: int | None = None, device=None,
                   **image_options) -> pd.DataFrame:

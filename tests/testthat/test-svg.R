@@ -19,6 +19,8 @@ test_that("input errors are raised in R", {
     skip_if_no_sigel_python()
     sce <- .svg_fixture()
     expect_error(sigelSVG(sce, n_null = 1), "n_null")
+    expect_error(sigelSVG(sce, draws = 0), "draws")
+    expect_error(sigelCompareSVG(sce, draws = 1.5), "draws")
     expect_error(sigelSVG(sce, metric = "manhattan"), "arg")
     expect_error(sigelSVG(sigelExampleData()), "runSIGEL")
     expect_error(sigelPatternSearch(sce, rep(TRUE, 3)), "3 values")
@@ -47,6 +49,11 @@ test_that("sigelSVG writes scores to rowData", {
     # same seed, same scores
     again <- S4Vectors::metadata(sigelSVG(sce, n_null = 4, seed = 2))$sigel_svg
     expect_equal(again$score, tab$score)
+    # more depth-matched draws per vector: a different (less noisy) reading of the same genes
+    more <- S4Vectors::metadata(sigelSVG(sce, n_null = 4, seed = 2,
+                                         draws = 8))$sigel_svg
+    expect_setequal(rownames(more), rownames(tab))
+    expect_false(isTRUE(all.equal(more[rownames(tab), "score"], tab$score)))
     # a count matrix with the model
     m <- as.matrix(SummarizedExperiment::assay(sce))
     cd <- SummarizedExperiment::colData(sce)

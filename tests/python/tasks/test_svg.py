@@ -315,3 +315,29 @@ def test_local_variance_null_calibrated_and_keeps_power(model, tissue, svg_table
     assert auc["local"] > 0.6 and auc["local"] >= auc["marginal"] - 0.02, auc
     with pytest.raises(SigelInputError, match="variance"):
         sigel.tl.svg(model, tissue, variance="spatial")
+
+
+def test_svg_draws_average_depth_matched_reads(model, tissue):
+    # the default model reads depth-matched draws; `draws` sets how many are averaged into each vector
+    assert model.image_options_.get("rarefy") is not None
+    ad = tissue.copy()
+    images = model.images_for(ad, genes=ad.var_names[:120])
+    from sigel.data.views import rarefied
+
+    deep = ~rarefied(images).read_whole
+    assert deep.any() and (~deep).any()
+    z_default = model.embed_images(images)
+    np.testing.assert_array_equal(z_default, model.embed_images(images, draws=model.init_params_["rarefy_draws"]))
+    z1, z8 = model.embed_images(images, draws=1), model.embed_images(images, draws=8)
+    np.testing.assert_array_equal(z1[~deep], z8[~deep])  # genes at or below the common depth: one whole read
+    assert not np.allclose(z1[deep], z8[deep])
+    with pytest.raises(SigelInputError, match="draws"):
+        model.embed_images(images, draws=0)
+    sub = ad.var_names[:60]
+    a = sigel.tl.svg(model, ad, genes=sub, n_null=4, draws=2, seed=3)
+    assert ad.uns["sigel_svg"]["params"]["draws"] == 2
+    pd.testing.assert_frame_equal(a, sigel.tl.svg(model, tissue.copy(), genes=sub, n_null=4, draws=2.0, seed=3))
+    assert not np.allclose(a["score"], sigel.tl.svg(model, tissue.copy(), genes=sub, n_null=4, draws=1,
+                                                     seed=3)["score"].reindex(a.index))
+    with pytest.raises(SigelInputError, match="draws"):
+        sigel.tl.svg(model, tissue.copy(), genes=sub, draws=2.5)
