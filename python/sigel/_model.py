@@ -198,8 +198,9 @@ def _patch_size_for(images, p: dict) -> int:
     return _auto_patch_size(images.height, images.width, int(p["max_tokens"]), minimum=min(min_patch, 4))
 
 
-def _check_rarefied_fit(images, comm, rarefy) -> None:
-    """Depth-matched draws (``rarefy``) are for single-sample, single-process fits, on images that keep counts."""
+def _check_rarefied_fit(images, rarefy) -> None:
+    """Depth-matched draws (``rarefy``) are for single-sample fits (one process or ``torchrun``), on images that
+    keep counts."""
     from .data.multisample import SampleImages
 
     if rarefy == "auto" and isinstance(images, GeneImages) and images.counts is None:
@@ -213,9 +214,9 @@ def _check_rarefied_fit(images, comm, rarefy) -> None:
 
     several = isinstance(images, SampleImages) and images.n_samples > 1 and any(
         im.settings.get("rarefy") is not None for im in images.samples)
-    if several or (comm is not None and isinstance(images, GeneImages) and images.settings.get("rarefy") is not None):
-        raise SigelInputError("`rarefy` (depth-matched draws) is for single-sample fits in one process; "
-                              "fit several samples or a torchrun job with rarefy=None")
+    if several:
+        raise SigelInputError("`rarefy` (depth-matched draws) is for single-sample fits; "
+                              "fit several samples with rarefy=None")
 
 
 def _write_out_file(model, out_file, comm) -> None:
@@ -381,11 +382,12 @@ class SIGEL:
         that many in total (genes with fewer counts are read whole). Genes
         then reach the encoder at a common sampling depth, so how sparse a
         gene is stops being something the vector can tell genes apart by.
-        Needs raw counts; single-sample, single-process fits only: a number
+        Needs raw counts; single-sample fits only (one process or
+        ``torchrun``, which draws exactly what one process draws): a number
         raises elsewhere, ``'auto'`` warns and reads the full images (values
         that are not counts, prebuilt images without counts, several
-        samples, ``torchrun``; the images' ``settings['rarefy_off']`` says
-        why when the image builder turned it off). The
+        samples; the images' ``settings['rarefy_off']`` says why when the
+        image builder turned it off). The
         resolved number is an image option (``image_options_['rarefy']``),
         reused by :meth:`transform` and the tasks, so a new sample is read at
         the same depth. ``None``: the encoder reads each gene's full image
@@ -711,13 +713,10 @@ class SIGEL:
         resolve_device(device)
         opts = dict(layer=layer, genes=genes, spatial_key=spatial_key, library_size_key=library_size_key,
                     **image_options)
-        from .train.distributed import distributed_requested
-
         rarefy = self.init_params_.get("rarefy")
         several = isinstance(adata, (list, tuple, dict)) and len(adata) > 1
-        if rarefy == "auto" and "rarefy" not in opts and (several or distributed_requested()):
-            rarefy_off("depth-matched draws are for single-sample fits in one process"
-                       + (" (this fit has several samples)" if several else " (this is a torchrun job)"), stacklevel=3)
+        if rarefy == "auto" and "rarefy" not in opts and several:
+            rarefy_off("depth-matched draws are for single-sample fits (this fit has several samples)", stacklevel=3)
             rarefy = None
         if rarefy is not None:
             opts.setdefault("rarefy", rarefy)
@@ -818,7 +817,7 @@ class SIGEL:
         from .train.distributed import DistributedTrainer
         from .train.trainer import Trainer
 
-        _check_rarefied_fit(images, comm, self.init_params_.get("rarefy"))
+        _check_rarefied_fit(images, self.init_params_.get("rarefy"))
         G = images.n_genes
         cb = getattr(self, "_callback", None)
         train_images = images

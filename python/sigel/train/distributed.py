@@ -33,6 +33,12 @@ Every process (rank) runs the same script; :func:`setup_distributed` sees
    blocks, then the kNN rows of each rank's genes against all genes, then
    all-gathered.
 
+Depth-matched draws (:class:`sigel.data.views.RarefiedImages`, the default
+``rarefy='auto'``) come from one sequential generator, and binomial draws
+cannot be skipped: every rank draws each step's whole batch, every embedding
+chunk and every scaffold block as one process does, and keeps its own share
+(:func:`_skip_draws`), so the ranks read the draws a one-process fit reads.
+
 So a ``N``-process fit runs the same algorithm as a one-process fit with the
 same seed and hyper-parameters; results differ only by floating-point
 rounding (sums over a batch or over genes are split across ranks, which
@@ -331,6 +337,19 @@ class _RowView:
         return self._im.dense(np.asarray(idx, dtype=np.int64) + self._a)
 
 
+def _skip_draws(images, a: int, b: int) -> None:
+    """Draw rows ``a:b`` of depth-matched images and discard them (nothing for other images).
+
+    :class:`~sigel.data.views.RarefiedImages` draw from one sequential
+    generator, and binomial draws cannot be skipped; a rank that leaves a
+    block of rows to another rank draws them anyway, with the same call a
+    single process makes, so its next own draws are the ones a single
+    process would make.
+    """
+    if getattr(images, "draws", False) and b > a:
+        images.dense(np.arange(a, b))
+
+
 def sharded_knn_graph(images, k: int = 10, *, comm: Comm | None = None, device=None, smooth: str = "box",
                       smooth_radius: int = 1, sigma: float = 2.0, n_components: int | None = None,
                       max_pixels: int = 1024, feature_batch: int = 512, chunk_size: int = 1024) -> GeneGraph:
@@ -361,14 +380,21 @@ def sharded_knn_graph(images, k: int = 10, *, comm: Comm | None = None, device=N
     comm = comm or Comm.single()
     G = images.n_genes
     r, n = comm.rank, comm.world_size
-    blocks = [(a, min(a + feature_batch, G)) for a in range(0, G, feature_batch)][r::n]
+    every = [(a, min(a + feature_batch, G)) for a in range(0, G, feature_batch)]
+    blocks = every[r::n]
     opts = dict(smooth=smooth, smooth_radius=smooth_radius, sigma=sigma, max_pixels=max_pixels,
                 batch_size=feature_batch, device=device)
+    feats = []
+    for j, (a, b) in enumerate(every):
+        if j % n == r:
+            feats.append(smoothed_image_features(_RowView(images, a, b), **opts))
+        else:
+            _skip_draws(images, a, b)
     if blocks:
-        feats = torch.cat([smoothed_image_features(_RowView(images, a, b), **opts) for a, b in blocks])
+        feats = torch.cat(feats)
         rows = torch.cat([torch.arange(a, b) for a, b in blocks])
-    else:  # fewer blocks than ranks: contribute nothing (the width comes from a 1-gene dummy)
-        feats = smoothed_image_features(_RowView(images, 0, 1), **opts)[:0]
+    else:  # fewer blocks than ranks: contribute nothing (the width comes from a 1-gene dummy, read whole)
+        feats = smoothed_image_features(_RowView(getattr(images, "whole_images", images), 0, 1), **opts)[:0]
         rows = torch.zeros(0, dtype=torch.long)
     feats = principal_scores(comm.gather_rows(feats, rows, G), n_components)
     k = int(max(min(k, G - 1), 1)) if G > 1 else 1
@@ -614,12 +640,16 @@ class DistributedTrainer(Trainer):
     def _batches(self, generator):
         return self.images.batches(self.cfg.batch_size, generator)
 
-    def _embed(self, final: bool = False) -> torch.Tensor:  # depth-matched draws are refused before this
+    def _embed(self, final: bool = False) -> torch.Tensor:
         cfg, im, comm = self.cfg, self.images, self.comm
-        mine = im.chunks(cfg.embed_batch_size)[comm.rank::comm.world_size]
+        if final and im.n_samples == 1 and getattr(im.samples[0], "draws", False):
+            return self._embed_draws(im.samples[0])
         parts, rows = [], []
-        for s, a, b in mine:
+        for j, (s, a, b) in enumerate(im.chunks(cfg.embed_batch_size)):
             off = int(im.offsets[s])
+            if j % comm.world_size != comm.rank:
+                _skip_draws(im.samples[s], a - off, b - off)
+                continue
             parts.append(embed_all(self.model, im.samples[s], batch_size=cfg.embed_batch_size, device=self.device,
                                    amp=cfg.amp, rows=np.arange(a - off, b - off)))
             rows.append(torch.arange(a, b))
@@ -629,6 +659,44 @@ class DistributedTrainer(Trainer):
             Z = torch.zeros(0, self.model.embed_dim, device=self.device)
             rows = torch.zeros(0, dtype=torch.long)
         return comm.gather_rows(Z, rows, im.n_genes)
+
+    def _embed_draws(self, images) -> torch.Tensor:
+        """The final vectors of one sample read as depth-matched draws, shard-wise
+        (:func:`~sigel.train.trainer.embed_draws`, with the same batches and draws).
+
+        Genes read whole are embedded once; each batch of deeper genes is
+        embedded by one rank per draw (round-robin) and drawn and discarded by
+        the others; the draws are summed in order, as in one process.
+        """
+        cfg, comm = self.cfg, self.comm
+        bs, n, r = cfg.embed_batch_size, comm.world_size, comm.rank
+        kw = dict(batch_size=bs, device=self.device, amp=cfg.amp)
+        whole = np.flatnonzero(images.read_whole)
+        deep = np.flatnonzero(~images.read_whole)
+        parts, rows = [], []
+        for j, a in enumerate(range(0, len(whole), bs)):
+            if j % n == r:
+                parts.append(embed_all(self.model, images.whole_images, rows=whole[a:a + bs], **kw))
+                rows.append(torch.from_numpy(whole[a:a + bs]))
+        batches = [deep[a:a + bs] for a in range(0, len(deep), bs)]
+        sums = {}
+        for d in range(max(int(cfg.rarefy_draws), 1)):
+            images.reseed(d)
+            for j, idx in enumerate(batches):
+                if j % n != r:
+                    images.dense(idx)  # drawn and discarded (see `_skip_draws`)
+                    continue
+                z = embed_all(self.model, images, rows=idx, **kw)
+                sums[j] = z if j not in sums else sums[j] + z
+        for j, z in sums.items():
+            parts.append(z / max(int(cfg.rarefy_draws), 1))
+            rows.append(torch.from_numpy(batches[j]))
+        if parts:
+            Z, rows = torch.cat(parts), torch.cat(rows)
+        else:
+            Z = torch.zeros(0, self.model.embed_dim, device=self.device)
+            rows = torch.zeros(0, dtype=torch.long)
+        return comm.gather_rows(Z, rows, images.n_genes)
 
     def _fit_mixture(self, Z, n_iter, init):
         return fit_mixture_distributed(self.mixture, Z, n_iter, comm=self.comm, init=init,
@@ -717,7 +785,11 @@ class DistributedTrainer(Trainer):
                 if dummy_gen is None:
                     dummy_gen = torch.Generator(device=device).manual_seed(self.seed + 7)
                 gen = dummy_gen
-            x = sample.to_tensor(loc.numpy(), device=device)
+            if getattr(sample, "draws", False):  # depth-matched draws: the whole batch, as one process draws it
+                x = sample.to_tensor(glob.numpy(), device=device)
+                x = x[before:before + len(loc)] if scale else x[:1]
+            else:
+                x = sample.to_tensor(loc.numpy(), device=device)
             loc_d, glob_d = loc.to(device), glob.to(device)
             second = w.get("invariance", 0.0) > 0
             drawn = None

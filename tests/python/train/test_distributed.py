@@ -50,8 +50,8 @@ from sigel.model.scaffold import image_knn_graph
 from sigel.train.distributed import Comm, launch, sharded_knn_graph
 from sigel.train.trainer import gene_batches
 
-# rarefy=None: the data-parallel path reads full images (rarefy='auto' turns itself off under torchrun and
-# for several samples), so the one-process reference must read them too
+# rarefy=None in most runs (several samples read full images, and the mechanisms tested here do not depend on
+# the draws); the "rarefied" runs read depth-matched draws (the default) under torchrun
 HYPER = dict(epochs=4, pretrain_epochs=2, embed_dim=8, width=16, depth=1, n_heads=2, decoder_width=8,
              batch_size=16, embed_batch_size=16, n_contexts=3, rarefy=None)
 ENCODER_ONLY = dict(HYPER, epochs=3, refine=False)  # Module I + DDP only: no discrete choices during training
@@ -172,7 +172,10 @@ RUNS = {"full": HYPER, "encoder": ENCODER_ONLY, "multi": HYPER,
         # the denoising pass: the reconstruction's input is a count view drawn for the whole batch
         "denoise": dict(ENCODER_ONLY, denoise=True),
         # noise2noise: both halves of the count split are drawn for the whole batch
-        "split": dict(ENCODER_ONLY, denoise="split")}
+        "split": dict(ENCODER_ONLY, denoise="split"),
+        # depth-matched draws (the default): every rank draws what one process draws, in the same order
+        "rarefied": dict(HYPER, rarefy="auto"),
+        "rarefied_encoder": dict(ENCODER_ONLY, rarefy="auto")}
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +191,7 @@ def two_process_fit(tmp_path_factory):
 @pytest.fixture(scope="module")
 def one_process_fit():
     return {name: sigel.SIGEL(**RUNS[name]).fit(_tissue(0), seed=0, progress=False, n_threads=1, device="cpu")
-            for name in ("full", "encoder", "spread", "denoise", "split")}
+            for name in ("full", "encoder", "spread", "denoise", "split", "rarefied", "rarefied_encoder")}
 
 
 @pytest.fixture(scope="module")
@@ -261,6 +264,19 @@ def test_two_process_full_fit_matches_one_process(two_process_fit, one_process_f
     res = read_results_h5(d / "full.h5")
     np.testing.assert_array_equal(res["embeddings"].to_numpy(), r0["emb"].astype(np.float32))
     assert list(res["embeddings"].index) == list(one.embeddings_.index)
+
+
+def test_two_process_depth_matched_draws_match_one_process(two_process_fit, one_process_fit):
+    _, runs = two_process_fit
+    for name, atol in (("rarefied_encoder", ATOL_ENCODER), ("rarefied", ATOL_FULL)):
+        r0, one = runs[name][0], one_process_fit[name]
+        assert one.image_options_.get("rarefy") is not None  # the default reads draws, under torchrun too
+        assert list(r0["genes"]) == list(one.embeddings_.index)
+        np.testing.assert_allclose(r0["emb"], one.embeddings_.to_numpy(), atol=atol, rtol=0, err_msg=name)
+    r0, one, full = runs["rarefied"][0], one_process_fit["rarefied"], one_process_fit["full"]
+    assert np.array_equal(r0["graph"], one.graph_.indices.numpy())  # the scaffold of drawn images: bitwise
+    assert not np.array_equal(one.graph_.indices.numpy(), full.graph_.indices.numpy())  # and not the full images'
+    assert _matched_agreement(r0["mem"], one.memberships_.to_numpy()) >= 0.95
 
 
 # ------------------------------------------------------------------ multi-sample
