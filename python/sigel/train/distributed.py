@@ -337,8 +337,8 @@ class _RowView:
         return self._im.dense(np.asarray(idx, dtype=np.int64) + self._a)
 
 
-def _skip_draws(images, a: int, b: int) -> None:
-    """Draw rows ``a:b`` of depth-matched images and discard them (nothing for other images).
+def _skip_draws(images, rows: np.ndarray) -> None:
+    """Draw ``rows`` of depth-matched images and discard them (nothing for other images).
 
     :class:`~sigel.data.views.RarefiedImages` draw from one sequential
     generator, and binomial draws cannot be skipped; a rank that leaves a
@@ -346,8 +346,8 @@ def _skip_draws(images, a: int, b: int) -> None:
     single process makes, so its next own draws are the ones a single
     process would make.
     """
-    if getattr(images, "draws", False) and b > a:
-        images.dense(np.arange(a, b))
+    if getattr(images, "draws", False) and len(rows):
+        images.dense(rows)
 
 
 def sharded_knn_graph(images, k: int = 10, *, comm: Comm | None = None, device=None, smooth: str = "box",
@@ -389,7 +389,7 @@ def sharded_knn_graph(images, k: int = 10, *, comm: Comm | None = None, device=N
         if j % n == r:
             feats.append(smoothed_image_features(_RowView(images, a, b), **opts))
         else:
-            _skip_draws(images, a, b)
+            _skip_draws(images, np.arange(a, b))
     if blocks:
         feats = torch.cat(feats)
         rows = torch.cat([torch.arange(a, b) for a, b in blocks])
@@ -648,17 +648,21 @@ class DistributedTrainer(Trainer):
         for j, (s, a, b) in enumerate(im.chunks(cfg.embed_batch_size)):
             off = int(im.offsets[s])
             if j % comm.world_size != comm.rank:
-                _skip_draws(im.samples[s], a - off, b - off)
+                _skip_draws(im.samples[s], np.arange(a - off, b - off))
                 continue
             parts.append(embed_all(self.model, im.samples[s], batch_size=cfg.embed_batch_size, device=self.device,
                                    amp=cfg.amp, rows=np.arange(a - off, b - off)))
             rows.append(torch.arange(a, b))
+        return self._gathered(parts, rows, im.n_genes)
+
+    def _gathered(self, parts: list, rows: list, n_genes: int) -> torch.Tensor:
+        """The ``(n_genes, D)`` table from every rank's row blocks (``parts`` at ``rows``; a rank may hold none)."""
         if parts:
-            Z, rows = torch.cat(parts), torch.cat(rows)
+            Z, idx = torch.cat(parts), torch.cat(rows)
         else:
             Z = torch.zeros(0, self.model.embed_dim, device=self.device)
-            rows = torch.zeros(0, dtype=torch.long)
-        return comm.gather_rows(Z, rows, im.n_genes)
+            idx = torch.zeros(0, dtype=torch.long)
+        return self.comm.gather_rows(Z, idx, n_genes)
 
     def _embed_draws(self, images) -> torch.Tensor:
         """The final vectors of one sample read as depth-matched draws, shard-wise
@@ -684,19 +688,14 @@ class DistributedTrainer(Trainer):
             images.reseed(d)
             for j, idx in enumerate(batches):
                 if j % n != r:
-                    images.dense(idx)  # drawn and discarded (see `_skip_draws`)
+                    _skip_draws(images, idx)
                     continue
                 z = embed_all(self.model, images, rows=idx, **kw)
                 sums[j] = z if j not in sums else sums[j] + z
         for j, z in sums.items():
             parts.append(z / max(int(cfg.rarefy_draws), 1))
             rows.append(torch.from_numpy(batches[j]))
-        if parts:
-            Z, rows = torch.cat(parts), torch.cat(rows)
-        else:
-            Z = torch.zeros(0, self.model.embed_dim, device=self.device)
-            rows = torch.zeros(0, dtype=torch.long)
-        return comm.gather_rows(Z, rows, images.n_genes)
+        return self._gathered(parts, rows, images.n_genes)
 
     def _fit_mixture(self, Z, n_iter, init):
         return fit_mixture_distributed(self.mixture, Z, n_iter, comm=self.comm, init=init,
