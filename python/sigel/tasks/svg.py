@@ -312,7 +312,7 @@ def svg(
         each draw's sampling noise hides them. On the olfactory bulb, 8, 16
         and 32 draws raised the AUPRC against the published SpatialDE calls
         from 0.24-0.28 (4 draws, two refits) to 0.30-0.37, 0.35-0.46 and
-        0.50 (one refit), with calibration kept. The time grows about in
+        0.38-0.50, with calibration kept (16 draws, three sections). The time grows about in
         proportion for genes deeper than the common depth: 8,325 DLPFC genes
         take about 2 min with 4 draws and 5 min with 16 on 2 CPU threads
         (benchmarks/RESULTS.md). Ignored by a model that reads whole images.
