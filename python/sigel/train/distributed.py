@@ -380,19 +380,18 @@ def sharded_knn_graph(images, k: int = 10, *, comm: Comm | None = None, device=N
     comm = comm or Comm.single()
     G = images.n_genes
     r, n = comm.rank, comm.world_size
-    every = [(a, min(a + feature_batch, G)) for a in range(0, G, feature_batch)]
-    blocks = every[r::n]
     opts = dict(smooth=smooth, smooth_radius=smooth_radius, sigma=sigma, max_pixels=max_pixels,
                 batch_size=feature_batch, device=device)
-    feats = []
-    for j, (a, b) in enumerate(every):
+    feats, rows = [], []
+    for j, a in enumerate(range(0, G, feature_batch)):
+        b = min(a + feature_batch, G)
         if j % n == r:
             feats.append(smoothed_image_features(_RowView(images, a, b), **opts))
+            rows.append(torch.arange(a, b))
         else:
             _skip_draws(images, np.arange(a, b))
-    if blocks:
-        feats = torch.cat(feats)
-        rows = torch.cat([torch.arange(a, b) for a, b in blocks])
+    if feats:
+        feats, rows = torch.cat(feats), torch.cat(rows)
     else:  # fewer blocks than ranks: contribute nothing (the width comes from a 1-gene dummy, read whole)
         feats = smoothed_image_features(_RowView(getattr(images, "whole_images", images), 0, 1), **opts)[:0]
         rows = torch.zeros(0, dtype=torch.long)
@@ -683,8 +682,9 @@ class DistributedTrainer(Trainer):
                 parts.append(embed_all(self.model, images.whole_images, rows=whole[a:a + bs], **kw))
                 rows.append(torch.from_numpy(whole[a:a + bs]))
         batches = [deep[a:a + bs] for a in range(0, len(deep), bs)]
+        n_draws = max(int(cfg.rarefy_draws), 1)
         sums = {}
-        for d in range(max(int(cfg.rarefy_draws), 1)):
+        for d in range(n_draws):
             images.reseed(d)
             for j, idx in enumerate(batches):
                 if j % n != r:
@@ -693,7 +693,7 @@ class DistributedTrainer(Trainer):
                 z = embed_all(self.model, images, rows=idx, **kw)
                 sums[j] = z if j not in sums else sums[j] + z
         for j, z in sums.items():
-            parts.append(z / max(int(cfg.rarefy_draws), 1))
+            parts.append(z / n_draws)
             rows.append(torch.from_numpy(batches[j]))
         return self._gathered(parts, rows, images.n_genes)
 
