@@ -140,21 +140,6 @@ class SampleImages:
         return np.arange(self.offsets[s], self.offsets[s + 1])
 
     # ---------------------------------------------------------------- batches
-    def chunks(self, size: int) -> list:
-        """Consecutive row ranges of at most ``size`` rows, never crossing a sample.
-
-        Returns
-        -------
-        list of (int, int, int)
-            ``(sample, start, stop)`` in global rows. For one sample these are
-            exactly the chunks of a plain ``range(0, G, size)`` loop.
-        """
-        out = []
-        for s in range(self.n_samples):
-            a, b = int(self.offsets[s]), int(self.offsets[s + 1])
-            out.extend((s, i, min(i + size, b)) for i in range(a, b, size))
-        return out
-
     def batches(self, batch_size: int, generator=None) -> list:
         """Shuffled training batches, each from one sample.
 

@@ -28,7 +28,7 @@ from .. import tissue
 from .._validate import SigelInputError
 from .images import GeneImages, spot_factors
 
-__all__ = ["CountViews", "RarefiedImages", "rarefied"]
+__all__ = ["CountViews", "RarefiedImages", "rarefied", "skip_draws"]
 
 
 class CountViews:
@@ -299,6 +299,19 @@ class RarefiedImages(GeneImages):
         idx = np.asarray(idx, dtype=np.int64)
         return self._views.rarefied(idx, self._keep[idx], generator=self.generator).reshape(
             len(idx), self.height, self.width)
+
+
+def skip_draws(images, rows) -> None:
+    """Draw rows ``rows`` of depth-matched images and discard them (nothing for other images).
+
+    :class:`RarefiedImages` draw from one sequential generator, and binomial
+    draws cannot be skipped: a reader that leaves a block of rows to another
+    process (a data-parallel rank) draws them anyway, with the call a single
+    process makes, so that its next own draws are the ones a single process
+    would make.
+    """
+    if getattr(images, "draws", False) and len(rows):
+        images.dense(rows)
 
 
 def rarefied(images, seed: int = 0):

@@ -9,7 +9,7 @@ Every process (rank) runs the same script; :func:`setup_distributed` sees
 (``nccl`` on GPUs, one GPU per rank by ``LOCAL_RANK``; ``gloo`` on CPU) and
 :class:`DistributedTrainer` splits the work of every epoch step:
 
-1. **Embedding pass** - the inference chunks (``embed_batch_size`` genes)
+1. **Embedding pass** - each sample's inference batches (``embed_batch_size`` genes)
    are dealt round-robin to the ranks; the ``(G, D)`` result is all-gathered.
 2. **Module II (MAP-EM)** - genes split into contiguous shards; each rank
    computes the per-component sufficient statistics of its shard and one
@@ -37,7 +37,7 @@ Depth-matched draws (:class:`sigel.data.views.RarefiedImages`, the default
 ``rarefy='auto'``) come from one sequential generator, and binomial draws
 cannot be skipped: every rank draws each step's whole batch, every embedding
 chunk and every scaffold block as one process does, and keeps its own share
-(:func:`_skip_draws`), so the ranks read the draws a one-process fit reads.
+(:func:`sigel.data.views.skip_draws`), so the ranks read the draws a one-process fit reads.
 
 So a ``N``-process fit runs the same algorithm as a one-process fit with the
 same seed and hyper-parameters; results differ only by floating-point
@@ -75,11 +75,12 @@ from torch.overrides import TorchFunctionMode
 
 from .._settings import logger
 from ..data.multisample import SampleImages
+from ..data.views import skip_draws
 from ..model.mixture_stats import fit_sharded
 from ..model.refine import RefineState, refinement_losses
 from ..model.scaffold import GeneGraph, principal_scores, smoothed_image_features
-from .trainer import (Trainer, _autocast, draw_views, embed_all, fit_mixture, lr_at, n_views, scaffold_graph_options,
-                      training_views, uses_full_view)
+from .trainer import (Trainer, _autocast, draw_views, embed_all, embed_draws, fit_mixture, lr_at, n_views,
+                      scaffold_graph_options, training_views, uses_full_view)
 
 __all__ = [
     "Comm",
@@ -337,19 +338,6 @@ class _RowView:
         return self._im.dense(np.asarray(idx, dtype=np.int64) + self._a)
 
 
-def _skip_draws(images, rows: np.ndarray) -> None:
-    """Draw ``rows`` of depth-matched images and discard them (nothing for other images).
-
-    :class:`~sigel.data.views.RarefiedImages` draw from one sequential
-    generator, and binomial draws cannot be skipped; a rank that leaves a
-    block of rows to another rank draws them anyway, with the same call a
-    single process makes, so its next own draws are the ones a single
-    process would make.
-    """
-    if getattr(images, "draws", False) and len(rows):
-        images.dense(rows)
-
-
 def sharded_knn_graph(images, k: int = 10, *, comm: Comm | None = None, device=None, smooth: str = "box",
                       smooth_radius: int = 1, sigma: float = 2.0, n_components: int | None = None,
                       max_pixels: int = 1024, feature_batch: int = 512, chunk_size: int = 1024) -> GeneGraph:
@@ -389,7 +377,7 @@ def sharded_knn_graph(images, k: int = 10, *, comm: Comm | None = None, device=N
             feats.append(smoothed_image_features(_RowView(images, a, b), **opts))
             rows.append(torch.arange(a, b))
         else:
-            _skip_draws(images, np.arange(a, b))
+            skip_draws(images, np.arange(a, b))
     if feats:
         feats, rows = torch.cat(feats), torch.cat(rows)
     else:  # fewer blocks than ranks: contribute nothing (the width comes from a 1-gene dummy, read whole)
@@ -640,62 +628,19 @@ class DistributedTrainer(Trainer):
         return self.images.batches(self.cfg.batch_size, generator)
 
     def _embed(self, final: bool = False) -> torch.Tensor:
+        """Every gene's vector (:meth:`Trainer._embed`), each sample's batches dealt round-robin to the ranks
+        (``shard`` of :func:`~sigel.train.trainer.embed_all` and :func:`~sigel.train.trainer.embed_draws`)."""
         cfg, im, comm = self.cfg, self.images, self.comm
-        if final and im.n_samples == 1 and getattr(im.samples[0], "draws", False):
-            return self._embed_draws(im.samples[0])
+        kw = dict(batch_size=cfg.embed_batch_size, device=self.device, amp=cfg.amp,
+                  shard=(comm.rank, comm.world_size))
         parts, rows = [], []
-        for j, (s, a, b) in enumerate(im.chunks(cfg.embed_batch_size)):
-            off = int(im.offsets[s])
-            if j % comm.world_size != comm.rank:
-                _skip_draws(im.samples[s], np.arange(a - off, b - off))
-                continue
-            parts.append(embed_all(self.model, im.samples[s], batch_size=cfg.embed_batch_size, device=self.device,
-                                   amp=cfg.amp, rows=np.arange(a - off, b - off)))
-            rows.append(torch.arange(a, b))
-        return self._gathered(parts, rows, im.n_genes)
-
-    def _gathered(self, parts: list, rows: list, n_genes: int) -> torch.Tensor:
-        """The ``(n_genes, D)`` table from every rank's row blocks (``parts`` at ``rows``; a rank may hold none)."""
-        if parts:
-            Z, idx = torch.cat(parts), torch.cat(rows)
-        else:
-            Z = torch.zeros(0, self.model.embed_dim, device=self.device)
-            idx = torch.zeros(0, dtype=torch.long)
-        return self.comm.gather_rows(Z, idx, n_genes)
-
-    def _embed_draws(self, images) -> torch.Tensor:
-        """The final vectors of one sample read as depth-matched draws, shard-wise
-        (:func:`~sigel.train.trainer.embed_draws`, with the same batches and draws).
-
-        Genes read whole are embedded once; each batch of deeper genes is
-        embedded by one rank per draw (round-robin) and drawn and discarded by
-        the others; the draws are summed in order, as in one process.
-        """
-        cfg, comm = self.cfg, self.comm
-        bs, n, r = cfg.embed_batch_size, comm.world_size, comm.rank
-        kw = dict(batch_size=bs, device=self.device, amp=cfg.amp)
-        whole = np.flatnonzero(images.read_whole)
-        deep = np.flatnonzero(~images.read_whole)
-        parts, rows = [], []
-        for j, a in enumerate(range(0, len(whole), bs)):
-            if j % n == r:
-                parts.append(embed_all(self.model, images.whole_images, rows=whole[a:a + bs], **kw))
-                rows.append(torch.from_numpy(whole[a:a + bs]))
-        batches = [deep[a:a + bs] for a in range(0, len(deep), bs)]
-        n_draws = max(int(cfg.rarefy_draws), 1)
-        sums = {}
-        for d in range(n_draws):
-            images.reseed(d)
-            for j, idx in enumerate(batches):
-                if j % n != r:
-                    _skip_draws(images, idx)
-                    continue
-                z = embed_all(self.model, images, rows=idx, **kw)
-                sums[j] = z if j not in sums else sums[j] + z
-        for j, z in sums.items():
-            parts.append(z / n_draws)
-            rows.append(torch.from_numpy(batches[j]))
-        return self._gathered(parts, rows, images.n_genes)
+        for s, images in enumerate(im.samples):
+            Z, own = embed_draws(self.model, images, cfg.rarefy_draws, **kw) if final \
+                else embed_all(self.model, images, **kw)
+            own = torch.from_numpy(np.flatnonzero(own))
+            parts.append(Z[own.to(Z.device)])
+            rows.append(own + int(im.offsets[s]))
+        return self.comm.gather_rows(torch.cat(parts), torch.cat(rows), im.n_genes)
 
     def _fit_mixture(self, Z, n_iter, init):
         return fit_mixture_distributed(self.mixture, Z, n_iter, comm=self.comm, init=init,

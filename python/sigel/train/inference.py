@@ -210,8 +210,14 @@ class _Smoother:
 
 
 def embed_rows(model, images, rows: np.ndarray, *, batch_size: int, device, out: torch.Tensor,
-               layout: TokenLayout) -> None:
-    """Embed image rows ``rows`` into ``out`` (call under ``torch.inference_mode``)."""
+               layout: TokenLayout, own=None) -> None:
+    """Embed image rows ``rows`` into ``out`` (call under ``torch.inference_mode``).
+
+    ``own``, a boolean per batch of ``batch_size`` rows, leaves the batches
+    marked ``False`` out (their rows of ``out`` are not written; depth-matched
+    images draw them and discard them, :func:`sigel.data.views.skip_draws`).
+    """
+    from ..data.views import skip_draws
     from ..model.mae import TokenBatch
 
     p = layout.patch
@@ -235,8 +241,11 @@ def embed_rows(model, images, rows: np.ndarray, *, batch_size: int, device, out:
     valid = None if Lp == L else (slots < L)
     standardize = model.input_norm == "standardize"
     smoother = _Smoother(model, layout, device) if model.input_norm in ("gaussian", "smooth") else None
-    for s in range(0, len(rows), batch_size):
+    for j, s in enumerate(range(0, len(rows), batch_size)):
         idx = rows[s:s + batch_size]
+        if own is not None and not own[j]:
+            skip_draws(images, idx)
+            continue
         B = len(idx)
         if smoother is not None:
             v = smoother.tokens(images, idx, L, p * p, Lp).to(w.dtype)

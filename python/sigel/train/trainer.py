@@ -31,6 +31,7 @@ import torch
 
 from .._settings import logger, settings
 from ..data.batches import gene_batches
+from ..data.views import skip_draws
 from ..model.refine import (
     RefineState,
     label_change,
@@ -284,9 +285,17 @@ def scaffold_graph_options(graph: str, model) -> dict:
     return {"smooth": "box", "smooth_radius": int(size), "n_components": 50}
 
 
+def _owned_batches(n: int, batch_size: int, shard) -> np.ndarray | None:
+    """Which of the ``ceil(n / batch_size)`` batches a data-parallel rank embeds (``None``: all)."""
+    if shard is None:
+        return None
+    rank, world = (int(v) for v in shard)
+    return np.arange(-(-n // batch_size)) % world == rank
+
+
 @torch.no_grad()
 def embed_all(model, images, *, batch_size: int = 256, device=None, amp: bool = False,
-              rows: np.ndarray | None = None) -> torch.Tensor:
+              rows: np.ndarray | None = None, shard: tuple[int, int] | None = None):
     """Embed every gene (or ``rows``) without gradients.
 
     Parameters
@@ -303,34 +312,48 @@ def embed_all(model, images, *, batch_size: int = 256, device=None, amp: bool = 
         bf16 autocast on CUDA.
     rows
         Optional subset of image rows.
+    shard
+        ``(rank, world)`` of a data-parallel process: embed only the batches
+        ``j`` (of ``batch_size`` rows, in order) with ``j % world == rank``.
+        Depth-matched images draw the other batches and discard them
+        (:func:`sigel.data.views.skip_draws`), so every batch is embedded from
+        the draw a single process would read.
 
     Returns
     -------
-    torch.Tensor
-        ``(n, D)`` float32 on ``device``.
+    torch.Tensor or (torch.Tensor, numpy.ndarray)
+        ``(n, D)`` float32 on ``device``. With ``shard``, also the ``(n,)``
+        boolean mask of the rows this process embedded (the others are 0).
     """
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
     n = images.n_genes if rows is None else len(rows)
-    out = torch.empty(n, model.embed_dim, device=device, dtype=torch.float32)
+    own = _owned_batches(n, batch_size, shard)
+    out = (torch.empty if own is None else torch.zeros)(n, model.embed_dim, device=device, dtype=torch.float32)
     layout = token_layout(model, images)
     try:
         with torch.inference_mode(), _autocast(device, amp):
             if layout is not None:  # tokens straight from the sparse rows (same result, faster)
                 all_rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
-                embed_rows(model, images, all_rows, batch_size=batch_size, device=device, out=out, layout=layout)
+                embed_rows(model, images, all_rows, batch_size=batch_size, device=device, out=out, layout=layout,
+                           own=own)
             else:
-                for s in range(0, n, batch_size):
+                for j, s in enumerate(range(0, n, batch_size)):
                     idx = np.arange(s, min(s + batch_size, n)) if rows is None else rows[s:s + batch_size]
+                    if own is not None and not own[j]:
+                        skip_draws(images, idx)
+                        continue
                     x = images.to_tensor(idx, device=device)
                     out[s:s + len(idx)] = model.embed(x).float()
     finally:
         model.train(was_training)
-    return out.clone()  # a normal tensor (inference tensors cannot enter autograd)
+    out = out.clone()  # a normal tensor (inference tensors cannot enter autograd)
+    return out if own is None else (out, np.repeat(own, batch_size)[:n])
 
 
-def embed_draws(model, images, n_draws: int, *, rows: np.ndarray | None = None, **kwargs) -> torch.Tensor:
+def embed_draws(model, images, n_draws: int, *, rows: np.ndarray | None = None,
+                shard: tuple[int, int] | None = None, **kwargs):
     """:func:`embed_all`, averaged over ``n_draws`` depth-matched draws when ``images`` make them.
 
     For :class:`sigel.data.views.RarefiedImages` the draws are seeded
@@ -338,23 +361,34 @@ def embed_draws(model, images, n_draws: int, *, rows: np.ndarray | None = None, 
     whatever was read before); other images are embedded once. Genes whose
     total is at most the common depth are the same image in every draw: they
     are embedded once, from the stored images (the sparse token route), and
-    only the deeper genes are drawn ``n_draws`` times.
+    only the deeper genes are drawn ``n_draws`` times. ``shard`` shares the
+    batches of each of these passes between data-parallel processes, and the
+    return value is then :func:`embed_all`'s pair.
     """
     if not getattr(images, "draws", False):
-        return embed_all(model, images, rows=rows, **kwargs)
+        return embed_all(model, images, rows=rows, shard=shard, **kwargs)
     rows = np.arange(images.n_genes) if rows is None else np.asarray(rows, dtype=np.int64)
     whole = images.read_whole[rows]
-    Z = embed_all(model, images.whole_images, rows=rows[whole], **kwargs)
-    out = Z.new_empty(len(rows), Z.shape[1])
+    deep = ~whole
+    Z = embed_all(model, images.whole_images, rows=rows[whole], shard=shard, **kwargs)
+    if shard is not None:
+        Z, own_whole = Z
+    out = Z.new_zeros(len(rows), Z.shape[1])
+    own = np.zeros(len(rows), dtype=bool)
     out[torch.from_numpy(whole).to(out.device)] = Z
-    if not whole.all():
+    own[whole] = True if shard is None else own_whole
+    if deep.any():
         n = max(int(n_draws), 1)
         acc = 0
         for r in range(n):  # a sequential sum: the same result however the genes are batched
             images.reseed(r)
-            acc = acc + embed_all(model, images, rows=rows[~whole], **kwargs)
-        out[torch.from_numpy(~whole).to(out.device)] = acc / n
-    return out
+            z = embed_all(model, images, rows=rows[deep], shard=shard, **kwargs)
+            if shard is not None:
+                z, own_deep = z
+            acc = acc + z
+        out[torch.from_numpy(deep).to(out.device)] = acc / n
+        own[deep] = True if shard is None else own_deep
+    return out if shard is None else (out, own)
 
 
 def fit_mixture(mixture, Z: torch.Tensor, n_iter: int, *, init: bool = False, n_init: int = 10,
