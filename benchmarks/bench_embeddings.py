@@ -328,6 +328,10 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="append the JSON records to this file")
     ap.add_argument("--kmeans-seeds", type=int, default=1,
                     help="average the pathway measures over this many k-means random states (less noise)")
+    ap.add_argument("--trace-epochs", default="", metavar="E1,E2,...",
+                    help="also score each variant's vectors after E epochs of training (0: the untrained encoder; "
+                         "the trainer's per-epoch pass, one draw; rows '<name>@e<E>'): where the space gains "
+                         "or loses structure")
     ap.add_argument("--residualize", action="store_true",
                     help="also score every representation with detection rate and log mean regressed out "
                          "(rows '<name>_resid')")
@@ -342,6 +346,7 @@ def main(argv=None):
     adata, fit_kw, images, ctx = build_context(Path(args.data), args.dataset)
     ctx["kmeans_seeds"] = args.kmeans_seeds
     genes = ctx["genes"]
+    trace = {int(e) for e in args.trace_epochs.split(",") if e.strip()}
     D = 32
     records = _Records(args.out)
     base = dict(dataset=args.dataset, n_genes=len(genes), seed=args.seed)
@@ -370,6 +375,11 @@ def main(argv=None):
     for spec in args.variant:
         name, kw = parse_variant(spec)
         model = sigel.SIGEL(**kw)
+        traced = {}
+        if trace:
+            # the trainer's per-epoch hook: the vectors every epoch's mixture and selection were computed from
+            model._callback = lambda epoch, rec, Z, resp: traced.update(
+                {epoch: Z.detach().cpu().numpy().astype(np.float64)} if epoch in trace else {})
         t0 = time.perf_counter()
         model.fit(adata, seed=args.seed, progress=False, n_threads=args.threads, **fit_kw)
         fit_s = time.perf_counter() - t0
@@ -385,6 +395,9 @@ def main(argv=None):
             if col in h:
                 extra[f"history_{col}"] = [round(float(v), 4) for v in h[col]]
         scored(name, E.to_numpy(np.float64), **extra)
+        rows = pd.Index(model.embeddings_.index).get_indexer(genes)
+        for epoch, Z in sorted(traced.items()):
+            scored(f"{name}@e{epoch}", Z[rows], epoch=epoch)
     df = pd.DataFrame(list(records))
     cols = ["representation", "family", "family_shuffled", "path_k20", "path_k50", "path_k100", "r2_detection",
             "r2_mean", "r2_moran", "knn_detection", "erank", "mean_cos", "fit_s", "peak_gb"]
