@@ -316,7 +316,9 @@ class SIGEL:
         cosine on the 50 leading principal axes of the images after the
         encoder's input filter (``input_norm``, ``smooth_sigma``), centred
         and scaled per gene: the truncation drops the pixel noise that no
-        other gene shares.
+        other gene shares. ``'pca'`` with ``scaffold_weight=3`` helps on
+        sections whose tissue spans many times the filter width (DLPFC) and
+        fails on small grids (docs/design.md §6).
     mixture
         ``'student_t'`` (default) or ``'gaussian'`` (ablation).
     dirichlet_alpha
