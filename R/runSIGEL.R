@@ -545,7 +545,7 @@
 #'   `"box"`, correlation of the images after a 3x3 box filter; `"pca"`,
 #'   cosine on the 50 leading principal axes of the images after the
 #'   input filter (`input_norm`, `smooth_sigma`). `"pca"` with
-#'   `scaffold_weight = 3` helps on large sections (DLPFC) and fails on
+#'   `scaffold_weight = 3` can help on large sections (DLPFC) and fails on
 #'   small grids (about 20 x 20 pixels), where it groups noise genes.
 #' @param mixture `character(1)`: `"student_t"` or `"gaussian"`.
 #' @param dirichlet_alpha `numeric(1)`: Dirichlet prior on the mixture

@@ -316,7 +316,7 @@ class SIGEL:
         cosine on the 50 leading principal axes of the images after the
         encoder's input filter (``input_norm``, ``smooth_sigma``), centred
         and scaled per gene: the truncation drops the pixel noise that no
-        other gene shares. ``'pca'`` with ``scaffold_weight=3`` helps on
+        other gene shares. ``'pca'`` with ``scaffold_weight=3`` can help on
         sections whose tissue spans many times the filter width (DLPFC) and
         fails on small grids (docs/design.md §6).
     mixture
