@@ -110,6 +110,37 @@ def test_fit_sharded_matches_fit():
 
 
 # ------------------------------------------------------------- samples and batches
+def test_embedding_shards_add_up_to_the_one_process_vectors():
+    """`embed_all` / `embed_draws` with a shard: every batch is embedded by exactly one rank, from the
+    draw a single process reads (the other ranks draw it and discard it), so the shards make up the
+    one-process vectors exactly; without the discarded draws they would not."""
+    from sigel.data.views import rarefied
+    from sigel.train.trainer import embed_all, embed_draws
+
+    adata = sigel.datasets.synthetic_tissue(90, seed=6)
+    m = sigel.SIGEL(**dict(HYPER, epochs=1, rarefy="auto", rarefy_draws=2)).fit(adata, n_threads=1, progress=False)
+    images = lambda: rarefied(m.images_for(adata), seed=3)  # noqa: E731 - a fresh generator per reader
+    assert images().read_whole.any() and not images().read_whole.all()
+    kw = dict(batch_size=16)
+    one_draw, all_draws = embed_all(m.module_, images(), **kw), embed_draws(m.module_, images(), 2, **kw)
+    for fn, want in ((lambda im, **k: embed_all(m.module_, im, **k), one_draw),
+                     (lambda im, **k: embed_draws(m.module_, im, 2, **k), all_draws)):
+        parts = [fn(images(), shard=(r, 3), **kw) for r in range(3)]
+        owned = np.stack([own for _, own in parts])
+        assert (owned.sum(0) == 1).all() and owned.any(1).all()  # each gene once, every rank some
+        got = torch.zeros_like(want)
+        for Z, own in parts:
+            assert not Z[torch.from_numpy(~own)].any()  # rows of other ranks are left at 0
+            got[torch.from_numpy(own)] = Z[torch.from_numpy(own)]
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+    # read without drawing batch 0 first (a rank that skipped the others' batches), batch 1's deep genes differ
+    rows = np.arange(16, 32)
+    deep = torch.from_numpy(~images().read_whole[rows])
+    assert deep.any()
+    fresh = embed_all(m.module_, images(), rows=rows, **kw)
+    assert not torch.allclose(fresh[deep], one_draw[16:32][deep])
+
+
 def test_sample_images_bucket_batches_per_sample():
     a = sigel.GeneImages.from_anndata(_tissue(0))
     b = sigel.GeneImages.from_anndata(sigel.datasets.synthetic_tissue(40, shape=(12, 20), seed=1))
