@@ -37,6 +37,11 @@ Measures (vectors are centred first; "cosine" = cosine of centred vectors):
   cosine between genes.
 * ``fit_s``, ``peak_gb``: SIGEL fit seconds and the process's peak RSS after it.
 
+``--trace-epochs 1,4,8`` also scores each variant's vectors after those
+epochs of training (the trainer's per-epoch embedding pass, one draw; rows
+``<name>@e<epoch>``), to see whether a measure is gained or lost in
+pre-training or in refinement.
+
 Data sets (``--dataset``): ``dlpfc151673``, ``dlpfc151674``, ``dlpfc151675``
 (Visium, ``sum_umi`` library size), ``mob`` (Stahl 2016 replicate 11).
 
