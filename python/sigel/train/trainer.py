@@ -325,6 +325,15 @@ def embed_all(model, images, *, batch_size: int = 256, device=None, amp: bool = 
         ``(n, D)`` float32 on ``device``. With ``shard``, also the ``(n,)``
         boolean mask of the rows this process embedded (the others are 0).
     """
+    Z, own = _embed_owned(model, images, batch_size=batch_size, device=device, amp=amp, rows=rows, shard=shard)
+    return Z if shard is None else (Z, own)
+
+
+@torch.no_grad()
+def _embed_owned(model, images, *, batch_size: int = 256, device=None, amp: bool = False,
+                 rows: np.ndarray | None = None, shard: tuple[int, int] | None = None):
+    """:func:`embed_all`'s work: the ``(n, D)`` vectors and the ``(n,)`` mask of the rows embedded here
+    (all rows without ``shard``)."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -349,7 +358,7 @@ def embed_all(model, images, *, batch_size: int = 256, device=None, amp: bool = 
     finally:
         model.train(was_training)
     out = out.clone()  # a normal tensor (inference tensors cannot enter autograd)
-    return out if own is None else (out, np.repeat(own, batch_size)[:n])
+    return out, (np.ones(n, dtype=bool) if own is None else np.repeat(own, batch_size)[:n])
 
 
 def embed_draws(model, images, n_draws: int, *, rows: np.ndarray | None = None,
@@ -370,24 +379,21 @@ def embed_draws(model, images, n_draws: int, *, rows: np.ndarray | None = None,
     rows = np.arange(images.n_genes) if rows is None else np.asarray(rows, dtype=np.int64)
     whole = images.read_whole[rows]
     deep = ~whole
-    Z = embed_all(model, images.whole_images, rows=rows[whole], shard=shard, **kwargs)
-    if shard is not None:
-        Z, own_whole = Z
+    kw = dict(kwargs, shard=shard)
+    Z, own_whole = _embed_owned(model, images.whole_images, rows=rows[whole], **kw)
     out = Z.new_zeros(len(rows), Z.shape[1])
     own = np.zeros(len(rows), dtype=bool)
     out[torch.from_numpy(whole).to(out.device)] = Z
-    own[whole] = True if shard is None else own_whole
+    own[whole] = own_whole
     if deep.any():
         n = max(int(n_draws), 1)
         acc = 0
         for r in range(n):  # a sequential sum: the same result however the genes are batched
             images.reseed(r)
-            z = embed_all(model, images, rows=rows[deep], shard=shard, **kwargs)
-            if shard is not None:
-                z, own_deep = z
+            z, own_deep = _embed_owned(model, images, rows=rows[deep], **kw)
             acc = acc + z
         out[torch.from_numpy(deep).to(out.device)] = acc / n
-        own[deep] = True if shard is None else own_deep
+        own[deep] = own_deep
     return out if shard is None else (out, own)
 
 
