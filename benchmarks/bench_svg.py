@@ -377,8 +377,9 @@ def main(argv=None):
                     help="DLPFC 151673 model directory (loaded if it exists, else fitted and saved)")
     ap.add_argument("--mob-model", default=str(HERE / "out" / "models" / "svg_mob_rep11"))
     ap.add_argument("--n-null", type=int, default=10)
-    ap.add_argument("--draws", type=int, default=None,
-                    help="depth-matched draws per vector for sigel svg (default: the library default)")
+    ap.add_argument("--draws", type=lambda v: v if v == "depth" else int(v), default=None,
+                    help="depth-matched draws per vector for sigel svg: a number or 'depth' "
+                         "(default: the library default)")
     ap.add_argument("--epochs", type=int, default=None,
                     help="epochs when a model must be fitted (default: the SIGEL defaults)")
     ap.add_argument("--threads", type=int, default=2)

@@ -65,6 +65,9 @@ def _gene_index(genes) -> pd.Index:
     return pd.Index(genes, name="gene")
 
 
+#: ``draws='depth'`` reads a gene at most this many times ``rarefy_draws``.
+DEPTH_DRAWS_MAX = 4
+
 # ------------------------------------------------------------ hyper-parameters
 _INT_PARAMS = ("n_contexts", "embed_dim", "patch_size", "max_tokens", "width", "depth", "n_heads",
                "decoder_width", "epochs", "pretrain_epochs", "batch_size", "warmup_epochs", "scaffold_k",
@@ -885,7 +888,7 @@ class SIGEL:
 
     # --------------------------------------------------------------- inference
     def embed_images(self, images: GeneImages, *, batch_size: int | None = None, device=None,
-                     draws: int | None = None) -> np.ndarray:
+                     draws: int | str | None = None) -> np.ndarray:
         """Embed the genes of prebuilt images with the trained encoder (no decoder, no grad).
 
         Parameters
@@ -900,8 +903,13 @@ class SIGEL:
             For a model that reads depth-matched draws (``rarefy``): how many
             draws to average per gene (default ``rarefy_draws``). More draws
             give vectors with less sampling noise and cost one encoder pass
-            each for genes deeper than the common depth. Ignored by a model
-            that reads whole images.
+            each for genes deeper than the common depth. ``'depth'``: as
+            many draws as each gene's counts hold (a gene ``k`` times deeper
+            than the common depth gets ``k``), at least ``rarefy_draws`` and
+            at most ``4 * rarefy_draws``
+            (:meth:`~sigel.data.views.RarefiedImages.draws_by_depth`); this
+            spends the encoder passes where the counts are. Ignored by a
+            model that reads whole images.
 
         Returns
         -------
@@ -928,17 +936,24 @@ class SIGEL:
             self.module_.to(dev)
         bs = int(batch_size or self.init_params_["embed_batch_size"])
         n_draws = self.draws_per_gene(draws) or 1
+        if n_draws == "depth":
+            r = int(self.init_params_.get("rarefy_draws", 4))
+            n_draws = images.draws_by_depth(r, DEPTH_DRAWS_MAX * r)
         with thread_scope():
             Z = embed_draws(self.module_, images, n_draws, batch_size=bs,
                             device=dev, amp=bool(self.init_params_["amp"]))
         return Z.cpu().numpy().astype(np.float32)
 
-    def draws_per_gene(self, draws: int | None = None) -> int | None:
+    def draws_per_gene(self, draws: int | str | None = None) -> int | str | None:
         """How many depth-matched draws :meth:`embed_images` averages per gene.
 
-        ``draws`` (a positive whole number) when given, else ``rarefy_draws``;
-        ``None`` for a model that reads whole images (``rarefy=None``).
+        ``draws`` (a positive whole number, or ``'depth'``: per gene, from its
+        depth) when given, else ``rarefy_draws``; ``None`` for a model that
+        reads whole images (``rarefy=None``).
         """
+        if isinstance(draws, str):
+            assert_one_of("draws", draws, ("depth",))
+            return None if self.image_options_.get("rarefy") is None else draws
         n = as_int("draws", draws, allow_none=True)
         if n is not None:
             assert_positive("draws", n)

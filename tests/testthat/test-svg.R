@@ -21,6 +21,7 @@ test_that("input errors are raised in R", {
     expect_error(sigelSVG(sce, n_null = 1), "n_null")
     expect_error(sigelSVG(sce, draws = 0), "draws")
     expect_error(sigelCompareSVG(sce, draws = 1.5), "draws")
+    expect_error(sigelSVG(sce, draws = "deep"), "depth")
     expect_error(sigelSVG(sce, metric = "manhattan"), "arg")
     expect_error(sigelSVG(sigelExampleData()), "runSIGEL")
     expect_error(sigelPatternSearch(sce, rep(TRUE, 3)), "3 values")
@@ -54,6 +55,11 @@ test_that("sigelSVG writes scores to rowData", {
                                          draws = 8))$sigel_svg
     expect_setequal(rownames(more), rownames(tab))
     expect_false(isTRUE(all.equal(more[rownames(tab), "score"], tab$score)))
+    # draws = "depth": each gene read as often as its counts allow
+    dep <- S4Vectors::metadata(sigelSVG(sce, n_null = 4, seed = 2,
+                                        draws = "depth"))$sigel_svg
+    expect_setequal(rownames(dep), rownames(tab))
+    expect_true(all(dep$pval > 0 & dep$pval <= 1))
     # a count matrix with the model
     m <- as.matrix(SummarizedExperiment::assay(sce))
     cd <- SummarizedExperiment::colData(sce)

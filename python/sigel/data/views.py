@@ -285,9 +285,29 @@ class RarefiedImages(GeneImages):
         totals = np.asarray(images.counts.sum(1), dtype=np.float64).ravel()
         keep = np.minimum(1.0, float(images.settings["rarefy"]) / np.maximum(totals, 1.0))
         self._keep = torch.from_numpy(keep.astype(np.float32))
+        self._totals = totals
         #: genes whose total is at most the common depth: every draw is the whole image
         self.read_whole = keep >= 1.0
         self.generator = torch.Generator().manual_seed(int(seed))
+
+    def draws_by_depth(self, min_draws: int, max_draws: int) -> np.ndarray:
+        """How many draws each gene's counts hold: ``ceil(total / rarefy)``, clipped to ``[min_draws, max_draws]``.
+
+        A gene ``k`` times deeper than the common depth holds about ``k``
+        draws with little overlap (each keeps ``1 / k`` of its counts), so
+        averaging that many uses most of its counts. Genes read whole (total
+        at most the common depth) get 1: every draw is the same image.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(n_genes,)`` int64, in row order.
+        """
+        lo, hi = int(min_draws), int(max_draws)
+        if not 1 <= lo <= hi:
+            raise SigelInputError(f"need 1 <= min_draws <= max_draws; got {lo} and {hi}")
+        n = np.ceil(self._totals / float(self.settings["rarefy"]))
+        return np.where(self.read_whole, 1, np.clip(n, lo, hi)).astype(np.int64)
 
     def reseed(self, seed: int) -> None:
         """Restart the draws from ``seed``."""

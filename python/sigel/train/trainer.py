@@ -361,7 +361,7 @@ def _embed_owned(model, images, *, batch_size: int = 256, device=None, amp: bool
     return out, (np.ones(n, dtype=bool) if own is None else np.repeat(own, batch_size)[:n])
 
 
-def embed_draws(model, images, n_draws: int, *, rows: np.ndarray | None = None,
+def embed_draws(model, images, n_draws, *, rows: np.ndarray | None = None,
                 shard: tuple[int, int] | None = None, **kwargs):
     """:func:`embed_all`, averaged over ``n_draws`` depth-matched draws when ``images`` make them.
 
@@ -370,12 +370,17 @@ def embed_draws(model, images, n_draws: int, *, rows: np.ndarray | None = None,
     whatever was read before); other images are embedded once. Genes whose
     total is at most the common depth are the same image in every draw: they
     are embedded once, from the stored images (the sparse token route), and
-    only the deeper genes are drawn ``n_draws`` times. ``shard`` shares the
+    only the deeper genes are drawn ``n_draws`` times. ``n_draws`` is one
+    number for every gene or a ``(n_rows,)`` array of counts per gene (e.g.
+    :meth:`~sigel.data.views.RarefiedImages.draws_by_depth`): draw ``r`` then
+    reads only the genes that take more than ``r`` draws. ``shard`` shares the
     batches of each of these passes between data-parallel processes, and the
     return value is then :func:`embed_all`'s pair.
     """
     if not getattr(images, "draws", False):
         return embed_all(model, images, rows=rows, shard=shard, **kwargs)
+    if shard is not None and np.ndim(n_draws) > 0:
+        raise ValueError("draw counts per gene are for one process (shards need one count for all genes)")
     rows = np.arange(images.n_genes) if rows is None else np.asarray(rows, dtype=np.int64)
     whole = images.read_whole[rows]
     deep = ~whole
@@ -386,13 +391,17 @@ def embed_draws(model, images, n_draws: int, *, rows: np.ndarray | None = None,
     out[torch.from_numpy(whole).to(out.device)] = Z
     own[whole] = own_whole
     if deep.any():
-        n = max(int(n_draws), 1)
-        acc = 0
-        for r in range(n):  # a sequential sum: the same result however the genes are batched
+        n = np.maximum(np.broadcast_to(np.asarray(n_draws, dtype=np.int64), rows.shape)[deep], 1)
+        deep_rows = rows[deep]
+        acc = out.new_zeros(len(deep_rows), out.shape[1])
+        own_deep = np.zeros(len(deep_rows), dtype=bool)
+        for r in range(int(n.max())):  # a sequential sum: the same result however the genes are batched
             images.reseed(r)
-            z, own_deep = _embed_owned(model, images, rows=rows[deep], **kw)
-            acc = acc + z
-        out[torch.from_numpy(deep).to(out.device)] = acc / n
+            now = n > r
+            z, own_r = _embed_owned(model, images, rows=deep_rows[now], **kw)
+            acc[torch.from_numpy(now).to(acc.device)] += z
+            own_deep[now] |= own_r
+        out[torch.from_numpy(deep).to(out.device)] = acc / torch.from_numpy(n).to(acc)[:, None]
         own[deep] = own_deep
     return out if shard is None else (out, own)
 

@@ -341,3 +341,37 @@ def test_svg_draws_average_depth_matched_reads(model, tissue):
                                                      seed=3)["score"].reindex(a.index))
     with pytest.raises(SigelInputError, match="draws"):
         sigel.tl.svg(model, tissue.copy(), genes=sub, draws=2.5)
+
+
+def test_depth_draws_read_each_gene_as_often_as_its_counts_allow(model, tissue):
+    # draws='depth': a gene k times deeper than the common depth is read k times (between rarefy_draws and 4x that)
+    from sigel.data.views import rarefied
+    from sigel.train.trainer import embed_draws
+
+    ad = tissue.copy()
+    images = model.images_for(ad, genes=ad.var_names[:150])
+    r = rarefied(images)
+    T = images.settings["rarefy"]
+    total = np.asarray(images.counts.sum(1)).ravel()
+    n = r.draws_by_depth(4, 16)
+    deep = ~r.read_whole
+    np.testing.assert_array_equal(n[~deep], 1)
+    np.testing.assert_array_equal(n[deep], np.clip(np.ceil(total[deep] / T), 4, 16))
+    assert (n[deep] > 4).any() and (n[deep] == 4).any(), "the test tissue needs genes on both sides of 4x depth"
+    with pytest.raises(SigelInputError, match="max_draws"):
+        r.draws_by_depth(5, 4)
+    # one count for every gene, as an array, is the plain fixed-count read, bit for bit
+    kw = dict(batch_size=32)
+    fixed = embed_draws(model.module_, rarefied(images), 4, **kw)
+    np.testing.assert_array_equal(fixed.numpy(), embed_draws(model.module_, rarefied(images), np.full(150, 4),
+                                                             **kw).numpy())
+    z4, zd = model.embed_images(images, draws=4), model.embed_images(images, draws="depth")
+    four = n <= 4  # whole reads and genes read 4 times: the same draws as draws=4
+    np.testing.assert_array_equal(zd[four], z4[four])
+    assert not np.allclose(zd[~four], z4[~four])
+    with pytest.raises(SigelInputError, match="draws"):
+        model.embed_images(images, draws="deep")
+    sub = ad.var_names[:60]
+    tab = sigel.tl.svg(model, ad, genes=sub, n_null=4, draws="depth", seed=3)
+    assert ad.uns["sigel_svg"]["params"]["draws"] == "depth"
+    pd.testing.assert_frame_equal(tab, sigel.tl.svg(model, tissue.copy(), genes=sub, n_null=4, draws="depth", seed=3))
