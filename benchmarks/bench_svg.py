@@ -31,6 +31,7 @@ the directory exists, else fitted with the default settings and saved there
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -376,7 +377,7 @@ def main(argv=None):
     ap.add_argument("--model", default=str(HERE / "out" / "models" / "domains_dlpfc_151673"),
                     help="DLPFC 151673 model directory (loaded if it exists, else fitted and saved)")
     ap.add_argument("--mob-model", default=str(HERE / "out" / "models" / "svg_mob_rep11"))
-    ap.add_argument("--n-null", type=int, default=10)
+    ap.add_argument("--n-null", type=int, default=None, help="controls per gene (default: the library default)")
     ap.add_argument("--draws", type=lambda v: v if v == "depth" else int(v), default=None,
                     help="depth-matched draws per vector for sigel svg: a number or 'depth' "
                          "(default: the library default)")
@@ -410,6 +411,10 @@ def main(argv=None):
     from bench_fit_dlpfc import parse_settings
 
     args.hyper = parse_settings(args.hyper)
+    defaults = inspect.signature(sigel.tl.svg).parameters  # unset options run what a user gets
+    for name in ("n_null", "draws"):
+        if getattr(args, name) is None:
+            setattr(args, name, defaults[name].default)
 
     res = dict(machine=f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
                n_null=args.n_null, draws=args.draws, threads=args.threads)
