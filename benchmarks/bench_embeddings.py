@@ -337,6 +337,9 @@ def main(argv=None):
                     help="also score each variant's vectors after E epochs of training (0: the untrained encoder; "
                          "the trainer's per-epoch pass, one draw; rows '<name>@e<E>'): where the space gains "
                          "or loses structure")
+    ap.add_argument("--reread", nargs="*", default=[], metavar="DRAWS",
+                    help="also score each fitted variant re-embedded with these `draws` (a number or 'depth'; "
+                         "`SIGEL.embed_images`; rows '<name>@d<DRAWS>')")
     ap.add_argument("--residualize", action="store_true",
                     help="also score every representation with detection rate and log mean regressed out "
                          "(rows '<name>_resid')")
@@ -403,6 +406,12 @@ def main(argv=None):
         rows = pd.Index(model.embeddings_.index).get_indexer(genes)
         for epoch, Z in sorted(traced.items()):
             scored(f"{name}@e{epoch}", Z[rows], epoch=epoch)
+        for d in args.reread:
+            t0 = time.perf_counter()
+            im = model.images_for(adata, genes=genes)
+            Z = model.embed_images(im, draws=d if d == "depth" else int(d))
+            Z = pd.DataFrame(Z, index=im.genes).loc[genes].to_numpy(np.float64)
+            scored(f"{name}@d{d}", Z, draws=d, embed_s=time.perf_counter() - t0)
     df = pd.DataFrame(list(records))
     cols = ["representation", "family", "family_shuffled", "path_k20", "path_k50", "path_k100", "r2_detection",
             "r2_mean", "r2_moran", "knn_detection", "erank", "mean_cos", "fit_s", "peak_gb"]

@@ -936,9 +936,9 @@ class SIGEL:
             self.module_.to(dev)
         bs = int(batch_size or self.init_params_["embed_batch_size"])
         n_draws = self.draws_per_gene(draws) or 1
-        if n_draws == "depth":
+        if n_draws == "depth":  # per gene, from its depth (images that make no draws are read once)
             r = int(self.init_params_.get("rarefy_draws", 4))
-            n_draws = images.draws_by_depth(r, DEPTH_DRAWS_MAX * r)
+            n_draws = images.draws_by_depth(r, DEPTH_DRAWS_MAX * r) if getattr(images, "draws", False) else 1
         with thread_scope():
             Z = embed_draws(self.module_, images, n_draws, batch_size=bs,
                             device=dev, amp=bool(self.init_params_["amp"]))
