@@ -58,8 +58,11 @@ test_that("sigelSVG writes scores to rowData", {
     # draws = "depth": each gene read as often as its counts allow
     dep <- S4Vectors::metadata(sigelSVG(sce, n_null = 4, seed = 2,
                                         draws = "depth"))$sigel_svg
-    expect_setequal(rownames(dep), rownames(tab))
-    expect_true(all(dep$pval > 0 & dep$pval <= 1))
+    expect_equal(dep[rownames(tab), "score"], tab$score)  # the default
+    four <- S4Vectors::metadata(sigelSVG(sce, n_null = 4, seed = 2,
+                                         draws = NULL))$sigel_svg
+    expect_setequal(rownames(four), rownames(tab))
+    expect_true(all(four$pval > 0 & four$pval <= 1))
     # a count matrix with the model
     m <- as.matrix(SummarizedExperiment::assay(sce))
     cd <- SummarizedExperiment::colData(sce)
