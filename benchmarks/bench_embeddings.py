@@ -406,9 +406,9 @@ def main(argv=None):
         rows = pd.Index(model.embeddings_.index).get_indexer(genes)
         for epoch, Z in sorted(traced.items()):
             scored(f"{name}@e{epoch}", Z[rows], epoch=epoch)
+        im = model.images_for(adata, genes=genes) if args.reread else None  # imaged once for every re-read
         for d in args.reread:
             t0 = time.perf_counter()
-            im = model.images_for(adata, genes=genes)
             Z = model.embed_images(im, draws=d if d == "depth" else int(d))
             Z = pd.DataFrame(Z, index=im.genes).loc[genes].to_numpy(np.float64)
             scored(f"{name}@d{d}", Z, draws=d, embed_s=time.perf_counter() - t0)
