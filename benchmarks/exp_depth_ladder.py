@@ -17,12 +17,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np, torch
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_svg as B
-import sigel
-from sigel.data import views as V
+import numpy as np
+import torch
 from sklearn.metrics import average_precision_score
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_svg as B  # noqa: E402
+import sigel  # noqa: E402
+from bench_fit_dlpfc import parse_settings  # noqa: E402
+from sigel.data import views as V  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--data", default=str(Path(__file__).resolve().parent.parent.parent / "shared" / "data"))
@@ -52,15 +55,14 @@ def dense(self, idx):
     return self._views.rarefied(idx, keep, generator=self.generator).reshape(len(idx), self.height, self.width)
 V.RarefiedImages.dense = dense
 adata, truth = B.load_mob(Path(a.data))
-hyper = {}
-for kv in a.hyper:
-    k, v = kv.split("=", 1); hyper[k] = json.loads(v)
+hyper = parse_settings(a.hyper)  # the benchmarks' KEY=VALUE reader (JSON values, else text)
 t = time.time()
 if a.model and Path(a.model, "config.json").exists():
     model = sigel.SIGEL.load(a.model)
 else:
     model = sigel.SIGEL(**hyper).fit(adata, seed=a.seed, n_threads=a.threads, geometry="grid")
-    if a.model: model.save(a.model, overwrite=True)
+    if a.model:
+        model.save(a.model, overwrite=True)
 fit_s = time.time() - t
 STATE["train"] = False
 T = model.image_options_["rarefy"]
