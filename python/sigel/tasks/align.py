@@ -926,12 +926,13 @@ def _standardized_changes(alignment: Alignment, standardize: str, focus, part, f
     anc = alignment.anchors
     if standardize == "genes":
         need = focus.union(part, sort=False).union(anc, sort=False)
-        st = _gene_change_stats(alignment, need, n_probe, np.random.default_rng([seed, 17]))
-        cf, sf = st.loc[focus, "center"].to_numpy()[fi], st.loc[focus, "scale"].to_numpy()[fi]
-        cp, sp_ = st.loc[part, "center"].to_numpy()[pj], st.loc[part, "scale"].to_numpy()[pj]
-        t = (delta - cf - cp) / np.sqrt(sf ** 2 + sp_ ** 2)
-        ca, sa = st.loc[anc, "center"].to_numpy(), st.loc[anc, "scale"].to_numpy()
-        return t, (dnull - ca[ni] - ca[nj]) / np.sqrt(sa[ni] ** 2 + sa[nj] ** 2)
+        st = _gene_change_stats(alignment, need, n_probe, np.random.default_rng([seed, 17]))[["center", "scale"]]
+
+        def beyond_genes(d, genes_a, ia, genes_b, ib):  # (d - m_a - m_b) / sqrt(s_a^2 + s_b^2)
+            a, b = st.loc[genes_a].to_numpy()[ia], st.loc[genes_b].to_numpy()[ib]
+            return (d - a[:, 0] - b[:, 0]) / np.sqrt(a[:, 1] ** 2 + b[:, 1] ** 2)
+
+        return beyond_genes(delta, focus, fi, part, pj), beyond_genes(dnull, anc, ni, anc, nj)
     if standardize == "noise":
         if alignment.noise is None:
             raise SigelInputError("standardize='noise' needs a noise estimate; call "
