@@ -75,12 +75,13 @@
 
 #' Spatially variable genes against simulated homogeneous controls
 #'
-#' For every gene, simulates `n_null + 1` spatially homogeneous controls from
+#' For every gene, simulates `n_null` spatially homogeneous controls from
 #' the gene's own marginal shuffled over the tissue (its values permuted, or
 #' a fitted zero-inflated negative binomial, see [simulateHomogeneous()];
 #' both keep each spot's library size), images and embeds
 #' them with the trained SIGEL encoder in batches, and scores the gene by the
-#' distance of its vector from its controls' mean over the controls' spread.
+#' distance of its vector from the mean of the controls of the genes nearest
+#' in expression level, over their typical spread.
 #' P-values come from the controls' own (leave-one-out) scores pooled over
 #' genes of similar mean count; q-values by Benjamini-Hochberg.
 #'
@@ -88,15 +89,23 @@
 #'   (`SingleCellExperiment`, `SpatialExperiment`, `Seurat`), or plain data
 #'   (such an object, or a count matrix genes x spots with `coords`) together
 #'   with `model`.
-#' @param n_null `integer(1)`: controls per gene in the reference set (with
-#'   `draws = "depth"`, 6 found as many spatially variable genes on the
-#'   olfactory bulb as 10, in two thirds of the time).
+#' @param n_null `integer(1)`: controls simulated per gene (with
+#'   `reference = "gene"`: `n_null + 1`, and `n_null` at least 2). With the
+#'   pooled `"level"` reference a gene's score rests on the controls of 101
+#'   genes, so a few per gene suffice.
 #' @param n_bins `integer(1)`: expression bins for pooling null scores.
 #' @param genes `character` or `NULL`: genes to test (default: every gene
 #'   the model embedded).
 #' @param metric `character(1)`: `"cosine"`, `"euclidean"` or `"whitened"`
 #'   (unit vectors; distances in the controls' own covariance pooled per
 #'   expression bin).
+#' @param reference `character(1)`: what a gene's vector is compared with:
+#'   `"level"` (default), the controls of the 101 genes nearest in
+#'   expression level, pooled (where a homogeneous gene of that level lands,
+#'   and how far it wanders), or `"gene"`, the gene's own `n_null` controls
+#'   (`n_null + 1` are simulated), which measure mostly their own noise. On
+#'   the olfactory bulb `"level"` found more of the published SpatialDE
+#'   genes and gave steadier scores (see benchmarks/RESULTS.md).
 #' @param null `character(1)`: controls are drawn from a fitted
 #'   zero-inflated negative binomial whose mean follows each spot's
 #'   sequencing depth (`"zinb"`, the default, [simulateHomogeneous()]), or
@@ -115,12 +124,12 @@
 #'   draws are averaged into each gene's and each control's vector.
 #'   `"depth"` (default): as many as its counts hold (a gene `k` times deeper
 #'   than the common depth is read `k` times, between the model's
-#'   `rarefy_draws`, 4, and 4 times that), so the counts of deep genes are
+#'   `rarefy_draws`, 4, and 8 times that), so the counts of deep genes are
 #'   used rather than thinned away; a number: that many for every deep gene;
 #'   `NULL`: the model's `rarefy_draws`. On the olfactory bulb the AUPRC
 #'   against published SpatialDE calls was 0.24-0.28 with 4 draws and
-#'   0.35-0.48 with `"depth"` (6 controls). Ignored by a model that reads
-#'   whole images.
+#'   0.60 / 0.44 (two refits) with the defaults. Ignored by a model that
+#'   reads whole images.
 #' @param model `NULL`, or the trained model when `x` carries no results: an
 #'   object returned by [runSIGEL()], a [SigelModel-class] or a saved model
 #'   directory.
@@ -151,18 +160,23 @@
 #' }
 #' }
 #' @export
-sigelSVG <- function(x, n_null = 6L, n_bins = 10L, genes = NULL,
+sigelSVG <- function(x, n_null = 2L, n_bins = 10L, genes = NULL,
                      metric = c("cosine", "euclidean", "whitened"),
+                     reference = c("level", "gene"),
                      null = c("zinb", "permutation"),
                      variance = c("local", "marginal"), depth_aware = TRUE,
                      draws = "depth",
                      model = NULL, coords = NULL, library_size = NULL,
                      seed = 0L, verbose = FALSE) {
-    n_null <- .check_number(n_null, "n_null", min = 2, whole = TRUE)
+    n_null <- .check_number(n_null, "n_null", min = 1, whole = TRUE)
     n_bins <- .check_number(n_bins, "n_bins", min = 1, whole = TRUE)
     draws <- .check_draws(draws)
     seed <- .check_seed(seed)
     metric <- match.arg(metric)
+    reference <- match.arg(reference)
+    if (reference == "gene" && n_null < 2) {
+        stop("`n_null` must be >= 2 with reference = \"gene\"", call. = FALSE)
+    }
     null <- match.arg(null)
     variance <- match.arg(variance)
     if (!is.null(genes) && (!is.character(genes) || !length(genes))) {
@@ -172,7 +186,9 @@ sigelSVG <- function(x, n_null = 6L, n_bins = 10L, genes = NULL,
     inp <- .task_inputs(x, model, coords, library_size)
     tab <- .py_call(.sigel_py()$tl$svg(
         inp$model, inp$ad, genes = if (is.null(genes)) NULL else as.list(genes),
-        n_null = n_null, n_bins = n_bins, metric = metric, null = null,
+        n_null = n_null, n_bins = n_bins, metric = metric,
+        reference = reference,
+        null = null,
         variance = variance, depth_aware = isTRUE(depth_aware), draws = draws,
         image_options = inp$opts,
         seed = seed, progress = isTRUE(verbose)), "sigelSVG")
@@ -337,14 +353,19 @@ sigelPatternSearch <- function(x, template, quantiles = NULL, means = NULL,
 #' }
 #' }
 #' @export
-sigelCompareSVG <- function(x, n_null = 6L,
+sigelCompareSVG <- function(x, n_null = 2L,
+                            reference = c("level", "gene"),
                             null = c("zinb", "permutation"),
                             variance = c("local", "marginal"),
                             draws = "depth",
                             top_k = c(50L, 100L), k = 6L,
                             genes = NULL, model = NULL, coords = NULL,
                             library_size = NULL, seed = 0L, verbose = FALSE) {
-    n_null <- .check_number(n_null, "n_null", min = 2, whole = TRUE)
+    n_null <- .check_number(n_null, "n_null", min = 1, whole = TRUE)
+    reference <- match.arg(reference)
+    if (reference == "gene" && n_null < 2) {
+        stop("`n_null` must be >= 2 with reference = \"gene\"", call. = FALSE)
+    }
     null <- match.arg(null)
     variance <- match.arg(variance)
     draws <- .check_draws(draws)
@@ -358,8 +379,9 @@ sigelCompareSVG <- function(x, n_null = 6L,
     t0 <- proc.time()[["elapsed"]]
     tab <- .py_call(.sigel_py()$tl$svg(
         inp$model, inp$ad, genes = if (is.null(genes)) NULL else as.list(genes),
-        n_null = n_null, null = null, variance = variance, draws = draws,
-        image_options = inp$opts, seed = seed,
+        n_null = n_null, reference = reference, null = null,
+        variance = variance,
+        draws = draws, image_options = inp$opts, seed = seed,
         progress = isTRUE(verbose), key_added = "sigel_svg"),
         "sigelCompareSVG")
     sg <- .py_df(tab)

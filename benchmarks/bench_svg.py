@@ -68,11 +68,13 @@ def load_or_fit(sigel, adata, path: Path, threads: int, epochs=None, seed: int =
 
 
 def run_three(sigel, model, adata, *, n_null, threads, lib_key=None, genes=None, image_options=None,
-              metrics=("cosine",), null="permutation", seed=0, variances=("marginal",), draws=None):
-    """sigel svg (one table per metric and null variance), SPARK-X-style (R, via rpy2) and Moran's I on the same genes.
+              metrics=("cosine",), null="permutation", seed=0, variances=("marginal",), draws=None,
+              references=("level",)):
+    """sigel svg (one table per metric, null variance and reference), SPARK-X-style (R, via rpy2) and Moran's I on
+    the same genes.
 
     Returns ``({variant: table}, sparkx, moran, seconds)``; a variant is the metric, suffixed ``_local`` for
-    ``variance='local'``.
+    ``variance='local'`` and ``_ref-gene`` for ``reference="gene"`` (`variant_name`).
     """
     import torch
 
@@ -84,12 +86,14 @@ def run_three(sigel, model, adata, *, n_null, threads, lib_key=None, genes=None,
     sgs = {}
     for variance in variances:
         for metric in metrics:
-            key = variant_name(metric, variance)
-            t = time.perf_counter()
-            sgs[key] = sigel.tl.svg(model, adata, genes=genes, n_null=n_null, image_options=image_options,
-                                    seed=seed, metric=metric, null=null, variance=variance, draws=draws,
-                                    progress=False)
-            secs[f"sigel_{key}"] = time.perf_counter() - t
+            for spec in references:
+                reference, n_ref = parse_reference(spec, n_null)
+                key = variant_name(metric, variance, spec)
+                t = time.perf_counter()
+                sgs[key] = sigel.tl.svg(model, adata, genes=genes, n_null=n_ref, image_options=image_options,
+                                        seed=seed, metric=metric, null=null, variance=variance, draws=draws,
+                                        reference=reference, progress=False)
+                secs[f"sigel_{key}"] = time.perf_counter() - t
     sg = next(iter(sgs.values()))
     g = sg.index
     X = adata[:, g].X
@@ -102,9 +106,20 @@ def run_three(sigel, model, adata, *, n_null, threads, lib_key=None, genes=None,
     return {k: v.reindex(g) for k, v in sgs.items()}, sx.reindex(g), mi.reindex(g), secs
 
 
-def variant_name(metric: str, variance: str) -> str:
-    """``metric`` for the marginal-variance null, ``<metric>_local`` for ``variance='local'``."""
-    return metric if variance == "marginal" else f"{metric}_{variance}"
+def parse_reference(spec: str, n_null: int) -> tuple[str, int]:
+    """``'level'`` / ``'gene'``, optionally with its own number of controls (``'gene:6'``): (reference, n_null)."""
+    ref, _, n = spec.partition(":")
+    if ref not in ("level", "gene"):
+        raise SystemExit(f"--reference: expected level or gene[:N_NULL], got {spec!r}")
+    return ref, int(n) if n else n_null
+
+
+def variant_name(metric: str, variance: str, reference: str = "level") -> str:
+    """``metric`` for the marginal-variance null, ``<metric>_local`` for ``variance='local'``; ``_ref-<spec>``
+    appended for any other reference spec than the plain default (``reference="gene"``: each gene against
+    its own controls, the default before Session 14; ``gene:6`` with 6 controls)."""
+    name = metric if variance == "marginal" else f"{metric}_{variance}"
+    return name if reference == "level" else f"{name}_ref-{reference}"
 
 
 def scores_table(sgs, sx, mi):
@@ -144,7 +159,8 @@ def mob(args, sigel):
     model, fit_s = load_or_fit(sigel, adata, Path(args.mob_model), args.threads, epochs=args.epochs,
                                seed=args.fit_seed, hyper=args.hyper, geometry="grid")
     sgs, sx, mi, secs = run_three(sigel, model, adata, n_null=args.n_null, threads=args.threads,
-                                  metrics=args.metrics, null=args.null, variances=args.variance, draws=args.draws)
+                                  metrics=args.metrics, null=args.null, variances=args.variance, draws=args.draws,
+                                  references=args.reference)
     tab = scores_table(sgs, sx, mi)
     y = truth.reindex(tab.index).fillna(False).to_numpy()
     n_ref = int(y.sum())
@@ -175,7 +191,7 @@ def mob(args, sigel):
         sh.X = sh.X[perm]
         sg2, sx2, mi2, secs2 = run_three(sigel, model, sh, n_null=args.n_null, threads=args.threads,
                                          metrics=args.metrics, null=args.null, variances=args.variance,
-                                         draws=args.draws)
+                                         draws=args.draws, references=args.reference)
         out["shuffled_frac_p05"] = {f"sigel_{m}": round(float((t["pval"] < 0.05).mean()), 4)
                                     for m, t in sg2.items()}
         out["shuffled_frac_p05"].update(sparkx=round(float((sx2["pval"] < 0.05).mean()), 4),
@@ -197,7 +213,7 @@ def dlpfc(args, sigel):
     opts = {"library_size_key": "sum_umi"}
     sgs, sx, mi, secs = run_three(sigel, model, adata, n_null=args.n_null, threads=args.threads,
                                   lib_key="sum_umi", image_options=opts, metrics=args.metrics, null=args.null,
-                                  variances=args.variance, draws=args.draws)
+                                  variances=args.variance, draws=args.draws, references=args.reference)
     tab = scores_table(sgs, sx, mi)
     names = [f"sigel_{k}" for k in sgs] + ["sparkx", "moran"]
     rho = tab[names].rank().corr()
@@ -259,8 +275,9 @@ def _fractions(p: pd.Series) -> dict:
 
 
 def _sigel_variants(args):
-    """(null, metric, variance) of every sigel run of the calibration (the variance matters for the ZINB null only)."""
-    return [(n, m, v) for n in args.nulls for m in args.metrics for v in args.variance
+    """(null, metric, variance, reference) of every sigel run of the calibration (the variance matters for the ZINB
+    null only)."""
+    return [(n, m, v, s) for n in args.nulls for m in args.metrics for v in args.variance for s in args.reference
             if n == "zinb" or v == "marginal"]
 
 
@@ -270,12 +287,14 @@ def _null_fractions(sigel, args, model, adata, genes, coords, opts, lib_key, see
     from sigel._rbridge import sparkx_r
 
     out = {}
-    for null, metric, variance in _sigel_variants(args):
+    for null, metric, variance, spec in _sigel_variants(args):
+        reference, n_ref = parse_reference(spec, args.n_null)
         t = time.perf_counter()
-        sg = sigel.tl.svg(model, adata, genes=genes, n_null=args.n_null, null=null, metric=metric,
-                          image_options=opts, seed=seed, variance=variance, draws=args.draws, progress=False)
-        out[f"sigel_{null}_{variant_name(metric, variance)}"] = dict(_fractions(sg["pval"]),
-                                                                     seconds=round(time.perf_counter() - t, 1))
+        sg = sigel.tl.svg(model, adata, genes=genes, n_null=n_ref, null=null, metric=metric,
+                          image_options=opts, seed=seed, variance=variance, draws=args.draws, reference=reference,
+                          progress=False)
+        out[f"sigel_{null}_{variant_name(metric, variance, spec)}"] = dict(_fractions(sg["pval"]),
+                                                                             seconds=round(time.perf_counter() - t, 1))
     out["sparkx"] = _fractions(sparkx_r(adata[:, genes].X, coords, genes=genes)["pval"])
     out["moran"] = _fractions(sigel.tl.morans_i(adata, genes=genes, library_size_key=lib_key)["pval"])
     return out
@@ -381,6 +400,9 @@ def main(argv=None):
     ap.add_argument("--draws", type=lambda v: v if v == "depth" else int(v), default=None,
                     help="depth-matched draws per vector for sigel svg: a number or 'depth' "
                          "(default: the library default)")
+    ap.add_argument("--reference", nargs="+", default=None, metavar="REF[:N_NULL]",
+                    help="sigel svg reference(s) side by side (tl.svg(reference=...), 'level' or 'gene', each with "
+                         "its own number of controls after a colon, e.g. level gene:6; default: the library default)")
     ap.add_argument("--epochs", type=int, default=None,
                     help="epochs when a model must be fitted (default: the SIGEL defaults)")
     ap.add_argument("--threads", type=int, default=2)
@@ -415,6 +437,8 @@ def main(argv=None):
     for name in ("n_null", "draws"):
         if getattr(args, name) is None:
             setattr(args, name, defaults[name].default)
+    if args.reference is None:
+        args.reference = [defaults["reference"].default]
 
     res = dict(machine=f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
                n_null=args.n_null, draws=args.draws, threads=args.threads)

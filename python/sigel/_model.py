@@ -66,7 +66,7 @@ def _gene_index(genes) -> pd.Index:
 
 
 #: ``draws='depth'`` reads a gene at most this many times ``rarefy_draws``.
-DEPTH_DRAWS_MAX = 4
+DEPTH_DRAWS_MAX = 8
 
 # ------------------------------------------------------------ hyper-parameters
 _INT_PARAMS = ("n_contexts", "embed_dim", "patch_size", "max_tokens", "width", "depth", "n_heads",
@@ -906,7 +906,7 @@ class SIGEL:
             each for genes deeper than the common depth. ``'depth'``: as
             many draws as each gene's counts hold (a gene ``k`` times deeper
             than the common depth gets ``k``), at least ``rarefy_draws`` and
-            at most ``4 * rarefy_draws``
+            at most ``8 * rarefy_draws``
             (:meth:`~sigel.data.views.RarefiedImages.draws_by_depth`); this
             spends the encoder passes where the counts are. Ignored by a
             model that reads whole images.

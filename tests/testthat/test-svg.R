@@ -18,11 +18,13 @@
 test_that("input errors are raised in R", {
     skip_if_no_sigel_python()
     sce <- .svg_fixture()
-    expect_error(sigelSVG(sce, n_null = 1), "n_null")
     expect_error(sigelSVG(sce, draws = 0), "draws")
     expect_error(sigelCompareSVG(sce, draws = 1.5), "draws")
     expect_error(sigelSVG(sce, draws = "deep"), "depth")
     expect_error(sigelSVG(sce, metric = "manhattan"), "arg")
+    expect_error(sigelSVG(sce, reference = "bin"), "arg")
+    expect_error(sigelSVG(sce, n_null = 0), "n_null")
+    expect_error(sigelSVG(sce, n_null = 1, reference = "gene"), "n_null")
     expect_error(sigelSVG(sigelExampleData()), "runSIGEL")
     expect_error(sigelPatternSearch(sce, rep(TRUE, 3)), "3 values")
     expect_error(sigelPatternSearch(sce, rep(TRUE, ncol(sce)),
@@ -63,6 +65,14 @@ test_that("sigelSVG writes scores to rowData", {
                                          draws = NULL))$sigel_svg
     expect_setequal(rownames(four), rownames(tab))
     expect_true(all(four$pval > 0 & four$pval <= 1))
+    # reference = "level" is the default; "gene" compares each gene with its own controls
+    lev <- S4Vectors::metadata(sigelSVG(sce, n_null = 4, seed = 2,
+                                        reference = "level"))$sigel_svg
+    expect_equal(lev[rownames(tab), "score"], tab$score)
+    own <- S4Vectors::metadata(sigelSVG(sce, n_null = 4, seed = 2,
+                                        reference = "gene"))$sigel_svg
+    expect_setequal(rownames(own), rownames(tab))
+    expect_false(isTRUE(all.equal(own[rownames(tab), "score"], tab$score)))
     # a count matrix with the model
     m <- as.matrix(SummarizedExperiment::assay(sce))
     cd <- SummarizedExperiment::colData(sce)

@@ -1,20 +1,22 @@
 """Spatially variable genes: distance from simulated homogeneous controls in the embedding space.
 
-For every gene, ``n_null + 1`` spatially homogeneous controls are simulated
+For every gene, ``n_null`` spatially homogeneous controls are simulated
 from the gene's own marginal spread over the tissue, following each spot's
 depth (by default a zero-inflated negative binomial with mean proportional
 to the spot's size factor, fitted to the gene's spot-to-neighbour variance
 so that it carries the gene's noise but not its pattern,
 `sigel.sim.homogeneous`; or its values permuted, `sigel.sim.permuted`),
-imaged exactly as
-the real genes were and embedded with the trained encoder, in batches. The score of a gene
-is the distance of its vector from the mean of ``n_null`` of its controls,
-divided by their spread (root mean squared distance of the controls to their
-mean). Each control gets the same score against the other ``n_null``
-controls (leave one out), so under the null a real gene and its controls'
-scores are exchangeable; the null scores are pooled over the genes of similar
-expression level (quantile bins of the mean count) to give fine-grained
-empirical p-values, then Benjamini-Hochberg q-values.
+imaged exactly as the real genes were and embedded with the trained
+encoder, in batches. Homogeneous controls of genes of similar expression
+level land in the same place, so the controls of the 101 genes nearest in
+level are pooled (``reference="level"``): the score of a gene is the
+distance of its vector from their mean, divided by their typical spread.
+Each control gets the same score (leave one out), so under the null a real
+gene and the controls are exchangeable; the null scores are pooled over
+the genes of similar expression level (quantile bins of the mean count) to
+give fine-grained empirical p-values, then Benjamini-Hochberg q-values.
+``reference="gene"`` compares each gene with its own ``n_null`` controls
+instead (``n_null + 1`` are simulated; the default before).
 
 `compare_svg` runs this next to a SPARK-X-style test (the R package's
 ``sigelSparkX()``, through rpy2) and Moran's I (`morans_i`) on the same genes.
@@ -38,6 +40,8 @@ __all__ = ["svg", "svg_scores", "compare_svg", "morans_i", "bh", "control_images
 
 METRICS = ("cosine", "euclidean", "whitened")
 VARIANCES = ("local", "marginal")
+REFERENCES = ("level", "gene")
+LEVEL_WINDOW = 101
 
 
 # ====================================================================== helpers
@@ -57,7 +61,8 @@ def _normalise(Z):
 
 # ====================================================================== core
 def svg_scores(real, controls, level=None, *, n_bins: int = 10, min_bin: int = 50, metric: str = "cosine",
-               floor: float = 0.25, tail: bool = True, index=None) -> pd.DataFrame:
+               reference: str = "level", window: int = LEVEL_WINDOW, floor: float = 0.25, tail: bool = True,
+               index=None) -> pd.DataFrame:
     """Scores, pooled-null p-values and q-values from real and control embeddings (the core of `svg`).
 
     Parameters
@@ -65,12 +70,12 @@ def svg_scores(real, controls, level=None, *, n_bins: int = 10, min_bin: int = 5
     real
         ``(G, D)`` embeddings of the real genes.
     controls
-        ``(G, n_null + 1, D)`` embeddings of each gene's homogeneous controls.
-        The real gene is compared with controls ``1..n_null``; every control
-        ``j`` is scored against the other ``n_null`` (leave one out) for the null.
+        ``(G, n, D)`` embeddings of each gene's homogeneous controls
+        (``reference="level"``: ``n >= 1``; ``"gene"``: ``n = n_null + 1 >= 3``).
     level
-        ``(G,)`` expression level used to pool null scores (quantile bins);
-        ``None`` pools all genes.
+        ``(G,)`` expression level; the reference of ``"level"`` is taken from
+        the genes nearest in level, and null scores are pooled over quantile
+        bins of it. ``None``: all genes alike.
     n_bins
         Number of expression bins (fewer when a bin would hold < ``min_bin`` genes).
     min_bin
@@ -79,16 +84,33 @@ def svg_scores(real, controls, level=None, *, n_bins: int = 10, min_bin: int = 5
         ``"cosine"`` (vectors scaled to unit length first), ``"euclidean"``,
         or ``"whitened"``: unit length, then distances measured in the
         controls' own covariance, pooled over the genes of each expression
-        bin (deviations of every control from its gene's control mean;
+        bin (deviations of every control from its reference point;
         shrunk 10 % towards a multiple of the identity), so directions in
         which homogeneous controls already vary (sampling noise, depth) count
         less than directions they never reach.
+    reference
+        Where a homogeneous gene's vector is expected, and how far from it
+        its vector wanders. ``"level"`` (default): pooled over the
+        ``window`` genes nearest in ``level`` -- the mean of all their
+        controls, and the median of their controls' mean squared distance
+        to it. Every control is scored against the same reference (leave
+        one out), so the null has ``n`` scores per gene. ``"gene"``: the
+        gene's own controls ``1..n_null`` -- their mean and their spread --
+        and each control ``j`` is scored against the other ``n_null``.
+        Homogeneous controls of genes of the same level land alike: on the
+        olfactory bulb two independent sets of controls agreed on where a
+        gene's controls sit and how far they spread no better than chance,
+        once its level was accounted for (correlations 0.01-0.03), so a
+        gene's own few controls measured mainly their own noise, which
+        went straight into its score (benchmarks/RESULTS.md).
+    window
+        Genes pooled by ``reference="level"`` (at most all genes).
     floor
         Lower bound of a gene's squared control spread, as a fraction of the
         median over its expression bin (applied alike to the real gene and
-        to the leave-one-out controls). It keeps genes whose few controls
-        happen to be nearly identical (e.g. all-zero images of very sparse
-        genes) from getting huge scores.
+        to the controls' null scores). It keeps genes whose controls happen
+        to be nearly identical (e.g. all-zero images of very sparse genes)
+        from getting huge scores.
     tail
         Where fewer than 10 null scores of the bin exceed a gene's score,
         extrapolate the p-value with a generalised Pareto fit to the bin's
@@ -109,25 +131,28 @@ def svg_scores(real, controls, level=None, *, n_bins: int = 10, min_bin: int = 5
     >>> import numpy as np
     >>> from sigel.tasks.svg import svg_scores
     >>> rng = np.random.default_rng(0)
-    >>> C = rng.normal(size=(200, 11, 4)); R = rng.normal(size=(200, 4))
+    >>> C = rng.normal(size=(200, 3, 4)); R = rng.normal(size=(200, 4))
     >>> R[:10] += 4  # ten "spatially variable" genes
     >>> tab = svg_scores(R, C, index=[f"g{i}" for i in range(200)], metric="euclidean")
     >>> int((tab["qval"] < 0.05).sum()) >= 8
     True
     """
     assert_one_of("metric", metric, METRICS)
+    assert_one_of("reference", reference, REFERENCES)
+    assert_positive("window", window)
     if not 0 <= floor <= 1:
         raise SigelInputError(f"`floor` must be in [0, 1]; got {floor!r}")
     R = np.asarray(real, dtype=np.float64)
     C = np.asarray(controls, dtype=np.float64)
-    if C.ndim != 3 or C.shape[0] != R.shape[0] or C.shape[2] != R.shape[1] or C.shape[1] < 3:
+    n_min = 1 if reference == "level" else 3
+    if C.ndim != 3 or C.shape[0] != R.shape[0] or C.shape[2] != R.shape[1] or C.shape[1] < n_min:
         raise SigelInputError(
-            f"controls must have shape (G, n_null + 1 >= 3, D) matching real {R.shape}; got {C.shape}"
+            f"controls must have shape (G, n >= {n_min}, D) matching real {R.shape} for reference={reference!r}; "
+            f"got {C.shape}"
         )
     if metric in ("cosine", "whitened"):
         R, C = _normalise(R), _normalise(C)
-    G, n1, _ = C.shape
-    n = n1 - 1
+    G = C.shape[0]
     if level is None:
         bins = np.zeros(G, dtype=np.int64)
     else:
@@ -135,27 +160,19 @@ def svg_scores(real, controls, level=None, *, n_bins: int = 10, min_bin: int = 5
         nb = int(max(1, min(n_bins, G // max(min_bin, 1))))
         ranks = pd.Series(level).rank(method="first").to_numpy() - 1
         bins = np.minimum((ranks * nb / G).astype(np.int64), nb - 1)
-    if metric == "whitened":
-        R, C = _whiten_per_bin(R, C, bins)
-    # real gene vs controls 1..n
-    ref = C[:, 1:, :]
-    m = ref.mean(1)
-    spread2 = np.maximum((ref ** 2).sum(-1).mean(1) - (m ** 2).sum(-1), 0.0)
-    d2 = ((R - m) ** 2).sum(-1)
-    # every control vs the other n (leave one out)
-    S = C.sum(1, keepdims=True)
-    sq = (C ** 2).sum(-1)                                  # (G, n1)
-    m_loo = (S - C) / n                                    # (G, n1, D)
-    spread_loo = np.maximum((sq.sum(1, keepdims=True) - sq) / n - (m_loo ** 2).sum(-1), 0.0)
-    d2_loo = ((C - m_loo) ** 2).sum(-1)                    # (G, n1)
+    if reference == "level":
+        d2, d2_null, spread2, spread_null = _level_reference(R, C, level, bins, int(window),
+                                                             whiten=metric == "whitened")
+    else:
+        d2, d2_null, spread2, spread_null = _gene_reference(R, C, bins, whiten=metric == "whitened")
     if floor > 0:
         low = np.zeros(G)
         for b in np.unique(bins):
             low[bins == b] = floor * np.median(spread2[bins == b])
         spread2 = np.maximum(spread2, low)
-        spread_loo = np.maximum(spread_loo, low[:, None])
+        spread_null = np.maximum(spread_null, low[:, None])
     score = np.sqrt(d2 / np.maximum(spread2, 1e-24))
-    null = np.sqrt(d2_loo / np.maximum(spread_loo, 1e-24))
+    null = np.sqrt(d2_null / np.maximum(spread_null, 1e-24))
 
     pval = np.empty(G)
     for b in np.unique(bins):
@@ -174,27 +191,80 @@ def svg_scores(real, controls, level=None, *, n_bins: int = 10, min_bin: int = 5
     return out.sort_values("rank")[["score", "pval", "qval", "rank", "bin"]]
 
 
-def _whiten_per_bin(R: np.ndarray, C: np.ndarray, bins: np.ndarray, shrink: float = 0.1):
-    """Map real and control vectors of each bin by the inverse square root of the bin's control covariance.
+def _gene_reference(R: np.ndarray, C: np.ndarray, bins: np.ndarray, whiten: bool):
+    """``reference="gene"``: squared distances of the real gene to its controls ``1..n`` and of every control
+    to the other ``n`` (leave one out), and the matching squared spreads."""
+    if whiten:
+        R, C = _whiten_per_bin(R, C, C.mean(1), bins, ddof=1)[:2]
+    n = C.shape[1] - 1
+    ref = C[:, 1:, :]
+    m = ref.mean(1)
+    spread2 = np.maximum((ref ** 2).sum(-1).mean(1) - (m ** 2).sum(-1), 0.0)
+    d2 = ((R - m) ** 2).sum(-1)
+    S = C.sum(1, keepdims=True)
+    sq = (C ** 2).sum(-1)                                  # (G, n1)
+    m_loo = (S - C) / n                                    # (G, n1, D)
+    spread_loo = np.maximum((sq.sum(1, keepdims=True) - sq) / n - (m_loo ** 2).sum(-1), 0.0)
+    d2_loo = ((C - m_loo) ** 2).sum(-1)                    # (G, n1)
+    return d2, d2_loo, spread2, spread_loo
 
-    The covariance is that of every control around its own gene's control
-    mean, pooled over the bin (it never sees the real genes, so a real gene
-    and its controls stay exchangeable under the null); shrunk by ``shrink``
-    towards ``trace / D`` times the identity.
+
+def _level_windows(level, G: int, window: int):
+    """Start of each gene's window of ``window`` consecutive genes in level order (shifted, never clipped, at
+    the ends) and the level order itself."""
+    order = np.argsort(level, kind="stable") if level is not None else np.arange(G)
+    pos = np.empty(G, dtype=np.int64)
+    pos[order] = np.arange(G)
+    return np.clip(pos - window // 2, 0, G - window), order
+
+
+def _level_reference(R: np.ndarray, C: np.ndarray, level, bins: np.ndarray, window: int, whiten: bool):
+    """``reference="level"``: each gene's reference point is the mean of all controls of the ``window`` genes
+    nearest in level; its squared spread the median, over those genes, of their controls' mean squared
+    distance to their own reference points. Returns the real genes' squared distances, the controls' leave-one-
+    out squared distances ``(G, n)`` and the squared spreads (``(G,)``, and ``(G, 1)`` for the null)."""
+    G, n, D = C.shape
+    w = int(min(window, G))
+    start, order = _level_windows(level, G, w)
+    csum = np.concatenate([np.zeros((1, D)), np.cumsum(C.sum(1)[order], axis=0)])
+    N = w * n
+    centre = (csum[start + w] - csum[start]) / N                       # (G, D)
+    if whiten:
+        R, C, centre = _whiten_per_bin(R, C, centre, bins)
+    d2 = ((R - centre) ** 2).sum(-1)
+    d2c = ((C - centre[:, None, :]) ** 2).sum(-1)                      # (G, n)
+    # leave one out: C - (N centre - C) / (N - 1) = N / (N - 1) (C - centre)
+    d2_null = d2c * (N / (N - 1.0)) ** 2 if N > 1 else d2c
+    own = d2c.mean(1)[order]
+    windows = np.lib.stride_tricks.sliding_window_view(own, w)        # (G - w + 1, w), a view
+    spread2 = np.median(windows, axis=1)[start]
+    return d2, d2_null, spread2, spread2[:, None]
+
+
+def _whiten_per_bin(R: np.ndarray, C: np.ndarray, centre: np.ndarray, bins: np.ndarray, shrink: float = 0.1,
+                    ddof: int = 0):
+    """Map real and control vectors (and ``centre``) of each bin by the inverse square root of the bin's control
+    covariance.
+
+    The covariance is that of every control around its gene's reference point ``centre`` (its own
+    controls' mean, or the pooled one), pooled over the bin (it never sees the real genes, so a real gene
+    and its controls stay exchangeable under the null), with ``ddof`` degrees of freedom per gene spent on
+    ``centre`` (1 for a gene's own mean); shrunk by ``shrink`` towards ``trace / D`` times the identity.
     """
-    R, C = R.copy(), C.copy()
+    R, C, centre = R.copy(), C.copy(), centre.copy()
     D = R.shape[1]
     for b in np.unique(bins):
         sel = bins == b
-        dev = C[sel] - C[sel].mean(1, keepdims=True)
+        dev = C[sel] - centre[sel][:, None, :]
         n_g, n1 = dev.shape[:2]
-        cov = np.einsum("gid,gie->de", dev, dev) / max(n_g * (n1 - 1), 1)
+        cov = np.einsum("gid,gie->de", dev, dev) / max(n_g * (n1 - ddof), 1)
         cov = (1.0 - shrink) * cov + shrink * np.trace(cov) / D * np.eye(D)
         w, V = np.linalg.eigh(cov)
         W = V @ np.diag(1.0 / np.sqrt(np.maximum(w, 1e-12 * max(w.max(), 1e-300)))) @ V.T
         R[sel] = R[sel] @ W
         C[sel] = C[sel] @ W
-    return R, C
+        centre[sel] = centre[sel] @ W
+    return R, C, centre
 
 
 def _gpd_tail(pool: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -224,9 +294,10 @@ def svg(
     adata,
     *,
     genes=None,
-    n_null: int = 6,
+    n_null: int = 2,
     n_bins: int = 10,
     metric: str = "cosine",
+    reference: str = "level",
     null: str = "zinb",
     variance: str = "local",
     depth_aware: bool = True,
@@ -239,13 +310,14 @@ def svg(
 ) -> pd.DataFrame:
     """Spatially variable genes against simulated spatially homogeneous controls.
 
-    For every gene, ``n_null + 1`` spatially homogeneous controls are drawn
+    For every gene, ``n_null`` spatially homogeneous controls are drawn
     from the gene's own marginal shuffled over the tissue (its values
     permuted, `sigel.sim.permuted`, or a fitted zero-inflated negative
     binomial, `sigel.sim.homogeneous`), turned into images exactly as the real genes
     were (same grid, library sizes of the real genes, same scaling) and
     embedded with the trained encoder in batches. Score = distance of the
-    gene's vector from its controls' mean over the controls' spread; p-values
+    gene's vector from the mean of the controls of the genes nearest in
+    expression level, over their typical spread; p-values
     from the leave-one-out control scores pooled over genes of similar mean
     count (`svg_scores`); BH q-values.
 
@@ -263,14 +335,23 @@ def svg(
     genes
         Genes to test (default: every gene the model embedded that is in ``adata``).
     n_null
-        Controls per gene in the reference set (``n_null + 1`` are simulated).
-        With ``draws='depth'``, 6 controls found as many spatially variable
-        genes on the olfactory bulb as 10, in two thirds of the time.
+        Controls simulated per gene (``reference="gene"``: ``n_null + 1``,
+        at least 3). With the pooled ``"level"`` reference a gene's score
+        rests on the controls of 101 genes, so few per gene suffice: on the
+        olfactory bulb 1, 2 and 4 per gene found the published SpatialDE
+        genes equally well (benchmarks/RESULTS.md); more give the p-values a
+        larger null to be read from.
     n_bins
         Expression bins for pooling null scores.
     metric
         ``"cosine"`` (default), ``"euclidean"`` or ``"whitened"`` distances
         between vectors (see `svg_scores`).
+    reference
+        What a gene's vector is compared with: ``"level"`` (default), the
+        controls of the 101 genes nearest in expression level, pooled --
+        where a homogeneous gene of that level lands, and how far it wanders
+        -- or ``"gene"``, the gene's own ``n_null`` controls, which measure
+        mostly their own noise (see `svg_scores`).
     null
         How controls are drawn: ``"zinb"`` (default; `sigel.sim.homogeneous`:
         a zero-inflated negative binomial fitted to the gene by moments, its
@@ -310,14 +391,14 @@ def svg(
         ``rarefy='auto'``): how many draws are averaged into each gene's and
         each control's vector. ``'depth'`` (default): as many as each one's
         counts hold -- a gene ``k`` times deeper than the common depth is read
-        ``k`` times, at least the model's ``rarefy_draws`` (4) and at most 4
+        ``k`` times, at least the model's ``rarefy_draws`` (4) and at most 8
         times that (`sigel.SIGEL.embed_images`) -- so that the counts of deep
         genes, where most spatial signal is, are used rather than thinned
         away. A whole number reads every deep gene that many times; ``None``
         reads ``rarefy_draws``. On the olfactory bulb (two refits, against
-        the published SpatialDE calls) the AUPRC was 0.24-0.28 with 4 draws,
-        0.38-0.50 with 32 and 0.35-0.48 with ``'depth'`` (6 controls), in
-        less time than 4 draws with 10 controls; Moran's I is 0.755 there.
+        the published SpatialDE calls; the default reference and 2 controls)
+        the AUPRC was 0.56 / 0.40 with at most 16 reads and 0.60 / 0.44 with
+        at most 32 (the default); Moran's I is 0.755 there.
         The score reads small differences that each draw's sampling noise
         hides, and a gene thinned to the common depth keeps only part of
         its counts (Moran's I itself falls from 0.72 to 0.23 on the bulb
@@ -356,9 +437,10 @@ def svg(
     from tqdm.auto import tqdm
 
     check_model(model, "svg")
+    assert_one_of("reference", reference, REFERENCES)
     assert_positive("n_null", n_null)
-    if n_null < 2:
-        raise SigelInputError(f"`n_null` must be >= 2; got {n_null}")
+    if reference == "gene" and n_null < 2:
+        raise SigelInputError(f"`n_null` must be >= 2 with reference='gene'; got {n_null}")
     assert_positive("n_bins", n_bins)
     assert_positive("batch_genes", batch_genes)
     assert_one_of("metric", metric, METRICS)
@@ -379,7 +461,7 @@ def svg(
     draw = _ControlDraws(adata, genes, opts, null=null, depth_aware=depth_aware, seed=seed, variance=variance)
     mean_count = draw.mean_count
 
-    n1 = int(n_null) + 1
+    n1 = int(n_null) + (reference == "gene")  # 'gene': n_null references and one more control for the null
     G = len(genes)
     controls = np.empty((G, n1, real.shape[1]), dtype=np.float32)
     starts = range(0, G, int(batch_genes))
@@ -389,10 +471,11 @@ def svg(
         same_grid(pim, images)
         controls[s:e] = model.embed_images(pim, draws=draws).reshape(e - s, n1, -1)
     level = np.log1p(mean_count)
-    tab = svg_scores(real, controls, level, n_bins=n_bins, metric=metric, index=genes)
+    tab = svg_scores(real, controls, level, n_bins=n_bins, metric=metric, reference=reference, index=genes)
     tab["mean"] = pd.Series(mean_count, index=genes).reindex(tab.index).to_numpy()
     secs = time.perf_counter() - t0
-    _write(adata, tab, key_added, dict(n_null=int(n_null), n_bins=int(n_bins), metric=metric, null=null,
+    _write(adata, tab, key_added, dict(n_null=int(n_null), n_bins=int(n_bins), metric=metric, reference=reference,
+                                       null=null,
                                        variance=variance, depth_aware=bool(depth_aware), draws=draws, seed=seed,
                                        seconds=secs))
     logger.info("svg: %d genes, %d at q < 0.05, %.1f s", G, int((tab["qval"] < 0.05).sum()), secs)
@@ -535,7 +618,8 @@ def compare_svg(
     adata,
     *,
     genes=None,
-    n_null: int = 6,
+    n_null: int = 2,
+    reference: str = "level",
     null: str = "zinb",
     variance: str = "local",
     draws: int | str | None = "depth",
@@ -557,9 +641,10 @@ def compare_svg(
         The AnnData the model was trained on.
     genes
         Genes to compare (default: the model's genes present in ``adata``).
-    n_null, null, variance, draws
-        Controls per gene, how they are drawn and how many depth-matched
-        draws are averaged per vector, for `svg`.
+    n_null, reference, null, variance, draws
+        Controls per gene, what a gene is compared with, how the
+        controls are drawn and how many depth-matched draws are averaged per
+        vector, for `svg`.
     top_k
         Sizes of the top lists whose overlaps are reported.
     sparkx
@@ -599,7 +684,7 @@ def compare_svg(
     opts = model_image_options(model, image_options, adata)
     secs = {}
     t = time.perf_counter()
-    s = svg(model, adata, genes=genes, n_null=n_null, null=null, variance=variance, draws=draws,
+    s = svg(model, adata, genes=genes, n_null=n_null, reference=reference, null=null, variance=variance, draws=draws,
             image_options=image_options, seed=seed, progress=progress)
     secs["sigel"] = time.perf_counter() - t
     genes = s.index

@@ -85,7 +85,7 @@ def test_svg_scores_core_calibrated_and_powerful():
     R = rng.normal(size=(G, D)) * scale[:, 0]
     R[:100] += 5 * scale[:100, 0]                               # planted
     level = rng.uniform(0, 5, G)
-    tab = svg_scores(R, C, level, index=[f"g{i}" for i in range(G)], metric="euclidean")
+    tab = svg_scores(R, C, level, index=[f"g{i}" for i in range(G)], metric="euclidean", reference="gene")
     null = tab.loc[[f"g{i}" for i in range(100, G)]]
     assert 0.035 < (null["pval"] < 0.05).mean() < 0.065
     assert (tab.loc[[f"g{i}" for i in range(100)], "qval"] < 0.05).mean() > 0.9
@@ -93,7 +93,42 @@ def test_svg_scores_core_calibrated_and_powerful():
     assert tab["rank"].tolist() == list(range(1, G + 1))
     assert tab["bin"].nunique() == 10
     with pytest.raises(SigelInputError, match="controls must have shape"):
-        svg_scores(R, C[:, :2], level)
+        svg_scores(R, C[:, :2], level, reference="gene")
+    with pytest.raises(SigelInputError, match="controls must have shape"):
+        svg_scores(R, C[:, :0], level)
+
+
+def test_level_reference_calibrated_and_less_noisy_than_each_genes_own():
+    """Controls land alike at one expression level (their spread falls with level), and 6 controls
+    estimate a gene's own reference poorly: pooling the controls of the genes nearest in level gives a
+    calibrated null and ranks the planted genes better than each gene's own controls do; with 2
+    controls per gene it still does."""
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(3)
+    G, n1, D = 3000, 7, 8
+    level = rng.uniform(0, 5, G)
+    scale = np.exp(-0.4 * level)[:, None]                       # deeper genes: tighter controls
+    C = rng.normal(size=(G, n1, D)) * scale[:, None]
+    R = rng.normal(size=(G, D)) * scale
+    planted = np.zeros(G, bool)
+    planted[rng.choice(G, 150, replace=False)] = True
+    R[planted, 0] += 4.0 * scale[planted, 0]                    # a shift of a few spreads
+    idx = [f"g{i}" for i in range(G)]
+    tabs = {sp_: svg_scores(R, C, level, index=idx, metric="euclidean", reference=sp_).loc[idx]
+            for sp_ in ("level", "gene")}
+    for sp_, tab in tabs.items():
+        assert 0.03 < (tab.loc[~planted, "pval"] < 0.05).mean() < 0.07, sp_
+    ap = {sp_: average_precision_score(planted, tab["score"]) for sp_, tab in tabs.items()}
+    assert ap["level"] > ap["gene"] + 0.05, ap
+    # a window of every gene ignores the level trend: deep genes' scores shrink, and the ranking is worse
+    flat = svg_scores(R, C, level, index=idx, metric="euclidean", window=G).loc[idx]
+    assert average_precision_score(planted, flat["score"]) < ap["level"] - 0.2
+    two = svg_scores(R, C[:, :2], level, index=idx, metric="euclidean").loc[idx]
+    assert 0.03 < (two.loc[~planted, "pval"] < 0.05).mean() < 0.07
+    assert average_precision_score(planted, two["score"]) > ap["gene"] + 0.05
+    with pytest.raises(SigelInputError, match="reference"):
+        svg_scores(R, C, level, reference="bin")
 
 
 def test_whitened_metric_calibrated_and_sees_directions_controls_never_reach():
@@ -166,6 +201,7 @@ def test_svg_table_and_writes(svg_table, model, tissue):
     assert np.allclose(ad.var.loc[tab.index, "sigel_svg_score"], tab["score"])
     assert ad.uns["sigel_svg"]["params"]["n_null"] == 10
     assert ad.uns["sigel_svg"]["params"]["null"] == "zinb"
+    assert ad.uns["sigel_svg"]["params"]["reference"] == "level"
     assert "sigel_svg_score" not in tissue.var  # inputs are not modified
     # same seed -> same table; a gene subset gives a table for that subset
     sub = tissue.var_names[:60]
@@ -174,7 +210,11 @@ def test_svg_table_and_writes(svg_table, model, tissue):
     pd.testing.assert_frame_equal(a, b)
     assert set(a.index) == set(sub)
     with pytest.raises(SigelInputError, match="n_null"):
-        sigel.tl.svg(model, tissue.copy(), n_null=1)
+        sigel.tl.svg(model, tissue.copy(), n_null=0)
+    with pytest.raises(SigelInputError, match="n_null"):
+        sigel.tl.svg(model, tissue.copy(), n_null=1, reference="gene")
+    with pytest.raises(SigelInputError, match="reference"):
+        sigel.tl.svg(model, tissue.copy(), reference="bin")
     with pytest.raises(SigelInputError, match="not trained"):
         sigel.tl.svg(sigel.SIGEL(), tissue.copy())
 
