@@ -281,19 +281,20 @@ def _sigel_variants(args):
             if n == "zinb" or v == "marginal"]
 
 
-def _null_fractions(sigel, args, model, adata, genes, coords, opts, lib_key, seed) -> dict:
+def _null_fractions(sigel, args, model, adata, genes, coords, opts, lib_key, seed, tested=None) -> dict:
     """Fractions called among ``genes`` (all null by construction): sigel per control model and metric
-    (with seconds), the SPARK-X-style test and Moran's I."""
+    (with seconds), the SPARK-X-style test and Moran's I. ``tested``: the genes sigel tests in the same call
+    (default ``genes``), e.g. every real gene besides the planted ones, as a user's run would."""
     from sigel._rbridge import sparkx_r
 
     out = {}
     for null, metric, variance, spec in _sigel_variants(args):
         reference, n_ref = parse_reference(spec, args.n_null)
         t = time.perf_counter()
-        sg = sigel.tl.svg(model, adata, genes=genes, n_null=n_ref, null=null, metric=metric,
-                          image_options=opts, seed=seed, variance=variance, draws=args.draws, reference=reference,
-                          progress=False)
-        out[f"sigel_{null}_{variant_name(metric, variance, spec)}"] = dict(_fractions(sg["pval"]),
+        sg = sigel.tl.svg(model, adata, genes=genes if tested is None else tested, n_null=n_ref, null=null,
+                          metric=metric, image_options=opts, seed=seed, variance=variance, draws=args.draws,
+                          reference=reference, progress=False)
+        out[f"sigel_{null}_{variant_name(metric, variance, spec)}"] = dict(_fractions(sg["pval"].reindex(genes)),
                                                                              seconds=round(time.perf_counter() - t, 1))
     out["sparkx"] = _fractions(sparkx_r(adata[:, genes].X, coords, genes=genes)["pval"])
     out["moran"] = _fractions(sigel.tl.morans_i(adata, genes=genes, library_size_key=lib_key)["pval"])
@@ -326,8 +327,11 @@ def calibration(args, sigel):
                 opts_s, lk = {"library_size_key": "_lib"}, "_lib"
             else:
                 opts_s, lk = opts, lib_key
-            rec = dict(seed=seed, kind="depth_homogeneous",
-                       **_null_fractions(sigel, args, model, ad2, nulls, coords, opts_s, lk, seed))
+            tested = None
+            if args.among_all:  # the planted genes tested together with every real gene the model embeds
+                tested = model.embeddings_.index.intersection(ad2.var_names, sort=False).append(pd.Index(nulls))
+            rec = dict(seed=seed, kind="depth_homogeneous" + ("_among_all" if args.among_all else ""),
+                       **_null_fractions(sigel, args, model, ad2, nulls, coords, opts_s, lk, seed, tested))
             rows.append(rec)
             log(json.dumps(rec))
             # shuffled positions: all real genes (the easy null)
@@ -408,6 +412,9 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip", nargs="*", default=[], choices=["mob", "dlpfc"])
     ap.add_argument("--no-shuffle", action="store_true", help="skip the shuffled-spots calibration on MOB")
+    ap.add_argument("--among-all", action="store_true",
+                    help="calibration: sigel tests the planted null genes together with every real gene (as a "
+                         "user's run would; the reference then pools all genes' controls), not on their own")
     ap.add_argument("--save-tables", default=None, help="folder for the per-gene score tables")
     ap.add_argument("--out", default=None, help="write the JSON results here")
     ap.add_argument("--calibration", action="store_true",

@@ -434,7 +434,6 @@ def svg(
     >>> tab.columns.tolist()                                 # doctest: +SKIP
     ['score', 'pval', 'qval', 'rank', 'bin', 'mean']
     """
-    from tqdm.auto import tqdm
 
     check_model(model, "svg")
     assert_one_of("reference", reference, REFERENCES)
@@ -448,28 +447,11 @@ def svg(
     assert_one_of("variance", variance, VARIANCES)
     draws = model.draws_per_gene(draws)  # validated; recorded in the parameters as used
     t0 = time.perf_counter()
-    opts = model_image_options(model, image_options, adata)
-    if genes is None:
-        genes = model.embeddings_.index.intersection(adata.var_names, sort=False)
-    genes = pd.Index([str(g) for g in np.atleast_1d(genes)])
-    if len(genes) == 0:
-        raise SigelInputError("no genes to test: none of the model's genes is in adata.var_names")
-    images = real_images(model, adata, genes, opts)
-    genes = images.genes
-    real = model.embed_images(images, draws=draws)
-
-    draw = _ControlDraws(adata, genes, opts, null=null, depth_aware=depth_aware, seed=seed, variance=variance)
-    mean_count = draw.mean_count
-
     n1 = int(n_null) + (reference == "gene")  # 'gene': n_null references and one more control for the null
+    genes, real, controls, mean_count = embed_with_controls(
+        model, adata, genes, n1, draws=draws, null=null, depth_aware=depth_aware, variance=variance,
+        batch_genes=batch_genes, image_options=image_options, seed=seed, progress=progress)
     G = len(genes)
-    controls = np.empty((G, n1, real.shape[1]), dtype=np.float32)
-    starts = range(0, G, int(batch_genes))
-    for s in tqdm(starts, disable=not settings.show_progress(progress), desc="svg controls"):
-        e = min(s + int(batch_genes), G)
-        pim = draw.images(s, e, n1)
-        same_grid(pim, images)
-        controls[s:e] = model.embed_images(pim, draws=draws).reshape(e - s, n1, -1)
     level = np.log1p(mean_count)
     tab = svg_scores(real, controls, level, n_bins=n_bins, metric=metric, reference=reference, index=genes)
     tab["mean"] = pd.Series(mean_count, index=genes).reindex(tab.index).to_numpy()
@@ -480,6 +462,39 @@ def svg(
                                        seconds=secs))
     logger.info("svg: %d genes, %d at q < 0.05, %.1f s", G, int((tab["qval"] < 0.05).sum()), secs)
     return tab
+
+
+def embed_with_controls(model, adata, genes, n_controls: int, *, draws="depth", null: str = "zinb",
+                        depth_aware: bool = True, variance: str = "local", batch_genes: int = 256,
+                        image_options: dict | None = None, seed: int | None = 0, progress: bool | None = None):
+    """The real genes' vectors and those of ``n_controls`` homogeneous controls per gene, as `svg` reads them.
+
+    Returns
+    -------
+    tuple
+        ``(genes, real (G, D), controls (G, n_controls, D), mean_count (G,))``; ``genes`` are those the
+        model's image filters keep, in order.
+    """
+    from tqdm.auto import tqdm
+
+    opts = model_image_options(model, image_options, adata)
+    if genes is None:
+        genes = model.embeddings_.index.intersection(adata.var_names, sort=False)
+    genes = pd.Index([str(g) for g in np.atleast_1d(genes)])
+    if len(genes) == 0:
+        raise SigelInputError("no genes to test: none of the model's genes is in adata.var_names")
+    images = real_images(model, adata, genes, opts)
+    genes = images.genes
+    real = model.embed_images(images, draws=draws)
+    draw = _ControlDraws(adata, genes, opts, null=null, depth_aware=depth_aware, seed=seed, variance=variance)
+    G = len(genes)
+    controls = np.empty((G, int(n_controls), real.shape[1]), dtype=np.float32)
+    for s in tqdm(range(0, G, int(batch_genes)), disable=not settings.show_progress(progress), desc="svg controls"):
+        e = min(s + int(batch_genes), G)
+        pim = draw.images(s, e, int(n_controls))
+        same_grid(pim, images)
+        controls[s:e] = model.embed_images(pim, draws=draws).reshape(e - s, int(n_controls), -1)
+    return genes, real, controls, draw.mean_count
 
 
 class _ControlDraws:
