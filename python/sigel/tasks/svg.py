@@ -98,11 +98,12 @@ def svg_scores(real, controls, level=None, *, n_bins: int = 10, min_bin: int = 5
         gene's own controls ``1..n_null`` -- their mean and their spread --
         and each control ``j`` is scored against the other ``n_null``.
         Homogeneous controls of genes of the same level land alike: on the
-        olfactory bulb two independent sets of controls agreed on where a
-        gene's controls sit and how far they spread no better than chance,
-        once its level was accounted for (correlations 0.01-0.03), so a
-        gene's own few controls measured mainly their own noise, which
-        went straight into its score (benchmarks/RESULTS.md).
+        olfactory bulb, once the level was accounted for, two independent
+        sets of a gene's controls agreed on where they sit no better than
+        chance (r <= 0.06) and on how far they spread only a little, among
+        the deepest genes (r 0.16-0.20). A gene's own few controls measured
+        mainly their own noise, which went straight into its score
+        (benchmarks/RESULTS.md).
     window
         Genes pooled by ``reference="level"`` (at most all genes).
     floor
