@@ -36,7 +36,7 @@ from .._validate import SigelInputError, assert_one_of, assert_positive
 from .. import tissue
 from ._model import check_model, model_image_options, same_grid
 
-__all__ = ["svg", "svg_scores", "compare_svg", "morans_i", "bh", "control_images"]
+__all__ = ["svg", "svg_scores", "compare_svg", "morans_i", "bh", "control_images", "embed_with_controls"]
 
 METRICS = ("cosine", "euclidean", "whitened")
 VARIANCES = ("local", "marginal")

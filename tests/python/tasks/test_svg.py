@@ -415,3 +415,17 @@ def test_depth_draws_read_each_gene_as_often_as_its_counts_allow(model, tissue):
     tab = sigel.tl.svg(model, ad, genes=sub, n_null=4, draws="depth", seed=3)
     assert ad.uns["sigel_svg"]["params"]["draws"] == "depth"
     pd.testing.assert_frame_equal(tab, sigel.tl.svg(model, tissue.copy(), genes=sub, n_null=4, draws="depth", seed=3))
+
+
+def test_embed_with_controls_is_what_svg_scores(model, tissue):
+    """The vectors `embed_with_controls` returns are the ones `tl.svg` scores (benchmarks build on it)."""
+    from sigel.tasks.svg import embed_with_controls
+
+    sub = tissue.var_names[:50]
+    genes, real, C, mean = embed_with_controls(model, tissue.copy(), sub, 2, seed=4)
+    assert list(genes) == list(sub) and real.shape == (50, C.shape[2]) and C.shape[:2] == (50, 2)
+    assert np.all(mean > 0)
+    tab = sigel.tl.svg(model, tissue.copy(), genes=sub, n_null=2, seed=4)
+    again = svg_scores(real, C, np.log1p(mean), index=genes)
+    np.testing.assert_allclose(again["score"].reindex(tab.index), tab["score"], rtol=1e-12)
+    np.testing.assert_allclose(again["pval"].reindex(tab.index), tab["pval"], rtol=1e-12)
