@@ -95,7 +95,10 @@
 #'   genes, so a few per gene suffice.
 #' @param n_bins `integer(1)`: expression bins for pooling null scores.
 #' @param genes `character` or `NULL`: genes to test (default: every gene
-#'   the model embedded).
+#'   the model embedded). With `reference = "level"` the genes tested
+#'   together lend each other their controls, so test all of them in one
+#'   call (scores change somewhat with the set a gene is tested in, less
+#'   than with `"gene"`).
 #' @param metric `character(1)`: `"cosine"`, `"euclidean"` or `"whitened"`
 #'   (unit vectors; distances in the controls' own covariance pooled per
 #'   expression bin).

@@ -151,6 +151,8 @@ def svg_scores(real, controls, level=None, *, n_bins: int = 10, min_bin: int = 5
             f"controls must have shape (G, n >= {n_min}, D) matching real {R.shape} for reference={reference!r}; "
             f"got {C.shape}"
         )
+    if reference == "level" and C.shape[0] * C.shape[1] < 2:
+        raise SigelInputError("reference='level' needs at least 2 controls in all (more genes, or n_null >= 2)")
     if metric in ("cosine", "whitened"):
         R, C = _normalise(R), _normalise(C)
     G = C.shape[0]
@@ -335,6 +337,12 @@ def svg(
         The AnnData the model was trained on (same spots; counts as at fit).
     genes
         Genes to test (default: every gene the model embedded that is in ``adata``).
+        With ``reference="level"`` the genes tested together lend each other
+        their controls, so test all of them in one call (a few hundred genes
+        or more). Scores change somewhat with the set a gene is tested in (its
+        draws and controls differ), less than with ``"gene"``: on the
+        olfactory bulb a random 2,000-gene subset ranked its genes as the
+        full run did at Spearman 0.90 (``"gene"``: 0.72).
     n_null
         Controls simulated per gene (``reference="gene"``: ``n_null + 1``,
         at least 3). With the pooled ``"level"`` reference a gene's score

@@ -429,3 +429,11 @@ def test_embed_with_controls_is_what_svg_scores(model, tissue):
     again = svg_scores(real, C, np.log1p(mean), index=genes)
     np.testing.assert_allclose(again["score"].reindex(tab.index), tab["score"], rtol=1e-12)
     np.testing.assert_allclose(again["pval"].reindex(tab.index), tab["pval"], rtol=1e-12)
+
+
+def test_level_reference_needs_two_controls_in_all():
+    R = np.zeros((1, 4))
+    with pytest.raises(SigelInputError, match="at least 2 controls"):
+        svg_scores(R, np.ones((1, 1, 4)), [0.0])
+    tab = svg_scores(R, np.random.default_rng(0).normal(size=(1, 2, 4)), [0.0], index=["g"])
+    assert tab["pval"].between(0, 1).all() and np.isfinite(tab["score"]).all()
