@@ -176,10 +176,7 @@ sigelSVG <- function(x, n_null = 2L, n_bins = 10L, genes = NULL,
     draws <- .check_draws(draws)
     seed <- .check_seed(seed)
     metric <- match.arg(metric)
-    reference <- match.arg(reference)
-    if (reference == "gene" && n_null < 2) {
-        stop("`n_null` must be >= 2 with reference = \"gene\"", call. = FALSE)
-    }
+    reference <- .check_reference(reference, n_null)
     null <- match.arg(null)
     variance <- match.arg(variance)
     if (!is.null(genes) && (!is.character(genes) || !length(genes))) {
@@ -365,10 +362,7 @@ sigelCompareSVG <- function(x, n_null = 2L,
                             genes = NULL, model = NULL, coords = NULL,
                             library_size = NULL, seed = 0L, verbose = FALSE) {
     n_null <- .check_number(n_null, "n_null", min = 1, whole = TRUE)
-    reference <- match.arg(reference)
-    if (reference == "gene" && n_null < 2) {
-        stop("`n_null` must be >= 2 with reference = \"gene\"", call. = FALSE)
-    }
+    reference <- .check_reference(reference, n_null)
     null <- match.arg(null)
     variance <- match.arg(variance)
     draws <- .check_draws(draws)
@@ -429,6 +423,15 @@ sigelCompareSVG <- function(x, n_null = 2L,
 }
 
 # `draws` of the SVG functions: NULL, "depth" or a whole number >= 1
+# `reference` matched against its choices; the per-gene reference needs >= 2 controls
+.check_reference <- function(reference, n_null) {
+    reference <- match.arg(reference, c("level", "gene"))
+    if (reference == "gene" && n_null < 2) {
+        stop("`n_null` must be >= 2 with reference = \"gene\"", call. = FALSE)
+    }
+    reference
+}
+
 .check_draws <- function(draws) {
     if (identical(draws, "depth")) return(draws)
     if (is.character(draws)) {
