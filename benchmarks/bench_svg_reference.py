@@ -29,16 +29,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "python"))
 sys.path.insert(0, str(HERE))
 
-WINDOW = 101
-
-
 def detrended(values: np.ndarray, level: np.ndarray, stat) -> np.ndarray:
-    """``values`` (G, ...) minus ``stat`` over the WINDOW genes nearest in level (the library's windows)."""
-    from sigel.tasks.svg import _level_windows
+    """``values`` (G, ...) minus ``stat`` over the genes nearest in level (the library's windows)."""
+    from sigel.tasks.svg import LEVEL_WINDOW, _level_windows
 
     G = len(level)
-    start, order = _level_windows(level, G, WINDOW)
-    win = np.lib.stride_tricks.sliding_window_view(values[order], WINDOW, axis=0)  # (G - W + 1, ..., W)
+    start, order = _level_windows(level, G, LEVEL_WINDOW)
+    win = np.lib.stride_tricks.sliding_window_view(values[order], LEVEL_WINDOW, axis=0)  # (G - W + 1, ..., W)
     return values - stat(win, axis=-1)[start]
 
 

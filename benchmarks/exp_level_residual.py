@@ -41,7 +41,7 @@ def main(argv=None):
     import torch
 
     import sigel
-    from sigel.tasks.svg import LEVEL_WINDOW, _level_windows, embed_with_controls
+    from sigel.tasks.svg import LEVEL_WINDOW, _level_centre, embed_with_controls
 
     torch.set_num_threads(args.threads)
     adata = anndata.read_h5ad(Path(args.data) / "dlpfc" / f"dlpfc_{args.sample}_counts.h5ad")
@@ -50,13 +50,10 @@ def main(argv=None):
     genes, real, C, mean = embed_with_controls(model, adata, None, args.n_controls, draws=None,
                                                image_options={"library_size_key": "sum_umi"})
     level = np.log1p(mean)
-    G, n, D = C.shape
-    start, order = _level_windows(level, G, LEVEL_WINDOW)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     unit = lambda Z: Z / np.linalg.norm(Z, axis=-1, keepdims=True)  # noqa: E731
     for name, R, Cs in (("raw", real, C), ("unit", unit(real), unit(C))):
-        csum = np.concatenate([np.zeros((1, D)), np.cumsum(Cs.sum(1)[order], axis=0)])
-        centre = (csum[start + LEVEL_WINDOW] - csum[start]) / (LEVEL_WINDOW * n)
+        centre = _level_centre(Cs, level, LEVEL_WINDOW)[0]
         pd.DataFrame(R - centre, index=genes).to_csv(f"{args.out}_{name}_levelcorr.csv")
     pd.DataFrame(real, index=genes).to_csv(f"{args.out}_real.csv")
 

@@ -221,17 +221,26 @@ def _level_windows(level, G: int, window: int):
     return np.clip(pos - window // 2, 0, G - window), order
 
 
+def _level_centre(C: np.ndarray, level, window: int):
+    """Each gene's pooled reference point: the mean of all controls ``C`` (``(G, n, D)``) of the ``window``
+    genes nearest in level (at most all genes). Returns it (``(G, D)``) with `_level_windows`' starts and
+    level order."""
+    G, n, D = C.shape
+    w = int(min(window, G))
+    start, order = _level_windows(level, G, w)
+    csum = np.concatenate([np.zeros((1, D)), np.cumsum(C.sum(1)[order], axis=0)])
+    return (csum[start + w] - csum[start]) / (w * n), start, order
+
+
 def _level_reference(R: np.ndarray, C: np.ndarray, level, bins: np.ndarray, window: int, whiten: bool):
     """``reference="level"``: each gene's reference point is the mean of all controls of the ``window`` genes
     nearest in level; its squared spread the median, over those genes, of their controls' mean squared
     distance to their own reference points. Returns the real genes' squared distances, the controls' leave-one-
     out squared distances ``(G, n)`` and the squared spreads (``(G,)``, and ``(G, 1)`` for the null)."""
-    G, n, D = C.shape
+    G, n, _ = C.shape
     w = int(min(window, G))
-    start, order = _level_windows(level, G, w)
-    csum = np.concatenate([np.zeros((1, D)), np.cumsum(C.sum(1)[order], axis=0)])
+    centre, start, order = _level_centre(C, level, w)                 # (G, D)
     N = w * n
-    centre = (csum[start + w] - csum[start]) / N                       # (G, D)
     if whiten:
         R, C, centre = _whiten_per_bin(R, C, centre, bins)
     d2 = ((R - centre) ** 2).sum(-1)
