@@ -127,8 +127,10 @@
 #' @param ... further GAN options: `batch_size`, `lr`, `adv_start`,
 #'   `hidden`, `n_prototypes`, `channels`, `dropout`, `embed_noise`,
 #'   `weight_decay`, `encoder_lr`, `pixel_budget` (numbers) and
-#'   `neighbour_prior` (`TRUE`/`FALSE`: the generator refines the `"knn"`
-#'   read-out instead of drawing from scratch), see the Python
+#'   `neighbour_prior` (`TRUE`, the default, or `FALSE`: the generator
+#'   refines a read-out of the measured genes' images, weighted by embedding
+#'   similarity at a learned temperature, instead of drawing from scratch;
+#'   `FALSE` can do better with panels of about ten genes), see the Python
 #'   `sigel.tl.impute`.
 #' @return
 #' * `SingleCellExperiment` target: the target with an `altExp(target,

@@ -2,7 +2,8 @@
 
 Scenario 1 -- Visium, adjacent DLPFC sections (Maynard et al. 2021):
 reference = 151673 (full coverage; a SIGEL model is fitted on it, or loaded
-with ``--model DIR``); target = 151675 restricted to a panel of ``--n-panel``
+with ``--model DIR``); target = 151675 (``--sections REF TGT`` swaps or
+changes the pair) restricted to a panel of ``--n-panel``
 genes. Panel rule (documented, deterministic): among genes embedded by the
 model and detected (> 0) in at least 10% of 151675's spots, the top
 ``--n-panel`` by Moran's I in 151675 (log-normalised by ``sum_umi``, binary
@@ -138,8 +139,9 @@ def dlpfc(args, results):
     import anndata as ad
 
     d = Path(args.data) / "dlpfc"
-    ref = ad.read_h5ad(d / "dlpfc_151673_counts.h5ad")
-    tgt = ad.read_h5ad(d / "dlpfc_151675_counts.h5ad")
+    ref_id, tgt_id = args.sections
+    ref = ad.read_h5ad(d / f"dlpfc_{ref_id}_counts.h5ad")
+    tgt = ad.read_h5ad(d / f"dlpfc_{tgt_id}_counts.h5ad")
     ref.var_names_make_unique()
     tgt.var_names_make_unique()
     log(f"reference {ref.shape}, target {tgt.shape}")
@@ -155,7 +157,7 @@ def dlpfc(args, results):
         genes = ref.var_names[order[: args.n_genes]]
         hyper = parse_settings(args.hyper)
         model = sigel.SIGEL(epochs=args.epochs, **hyper)
-        log(f"fitting SIGEL on {len(genes)} genes of 151673 ({args.epochs} epochs; {hyper or 'defaults'})")
+        log(f"fitting SIGEL on {len(genes)} genes of {ref_id} ({args.epochs} epochs; {hyper or 'defaults'})")
         model.fit(ref, genes=genes, library_size_key="sum_umi", seed=0, n_threads=args.threads, progress=False)
         fit_s = time.perf_counter() - t0
         log(f"fitted in {fit_s:.0f}s: {model}")
@@ -214,15 +216,15 @@ def dlpfc(args, results):
     hi = mi[evalg] >= mi[evalg].median()
     sv = impute_summary(met[met.index.isin(evalg[hi.to_numpy()])])
     results["dlpfc"] = dict(
-        n_model_genes=int(len(emb_genes)), n_panel=int(len(panel)), n_eval=int(len(evalg)), fit_seconds=fit_s,
+        sections=[ref_id, tgt_id], n_model_genes=int(len(emb_genes)), n_panel=int(len(panel)), n_eval=int(len(evalg)), fit_seconds=fit_s,
         summary=summ.reset_index().to_dict(orient="records"), seconds=secs,
         summary_spatial_half=sv.reset_index().to_dict(orient="records"),
         confidence_spearman_gan=float(rho), model=repr(model),
     )
-    md = ["### Imputation: DLPFC 151673 -> 151675 panel",
+    md = [f"### Imputation: DLPFC {ref_id} -> {tgt_id} panel",
           f"Model: {model!r}" + (f" (fitted in {fit_s:.0f}s)" if fit_s else " (loaded)"),
-          f"Panel: top {len(panel)} Moran's I genes of 151675 among embedded genes detected in >=10% of spots; "
-          f"{len(evalg)} random other eligible genes imputed and scored against their 151675 maps.", "",
+          f"Panel: top {len(panel)} Moran's I genes of {tgt_id} among embedded genes detected in >=10% of spots; "
+          f"{len(evalg)} random other eligible genes imputed and scored against their {tgt_id} maps.", "",
           md_table(summ, secs), "",
           "More spatially structured half of the evaluation genes (Moran's I >= median):", "",
           md_table(sv, {}), "",
@@ -300,7 +302,9 @@ def fish(args, results):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data"))
-    p.add_argument("--model", default=None, help="saved SIGEL model of DLPFC 151673 to reuse")
+    p.add_argument("--model", default=None, help="saved SIGEL model of the reference section to reuse")
+    p.add_argument("--sections", nargs=2, default=["151673", "151675"], metavar=("REF", "TGT"),
+                   help="DLPFC reference and target sections (default 151673 151675)")
     p.add_argument("--save-model", default=None, help="save the fitted DLPFC model here")
     p.add_argument("--n-genes", type=int, default=2000, help="genes to embed when fitting (most detected)")
     p.add_argument("--epochs", type=int, default=20)

@@ -30,6 +30,13 @@ Design (see ``docs/design.md`` §7, "Imputation for targeted panels"):
   image (in imputation: the kNN read-out of the measured genes nearest in
   embedding space): the prior is one more input of the last read-out, whose
   output is added to ``logit(prior)`` before the sigmoid and starts at 0.
+- :class:`MeasuredImageBank` -- where that prior comes from: a bank whose
+  keys are the measured genes' embeddings and whose values are their measured
+  images. A gene reads ``softmax(cos(z, k_j) / tau) @ images``, every
+  measured gene weighted by its similarity at a temperature ``tau`` that is
+  trained with the generator (starts at ``MeasuredImageBank.TAU``); a
+  training gene is left out of its own read-out (the situation of a query
+  gene).
 - :class:`ProjectionDiscriminator` -- a conditional critic in the style of
   Miyato & Koyama (2018): spectral-normalised strided convolutions over
   (image, tissue mask) -> global mean pooling over tissue -> feature ``phi``;
@@ -44,7 +51,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["MemoryBank", "ImageGenerator", "ProjectionDiscriminator", "n_upsampling_stages"]
+__all__ = ["MemoryBank", "MeasuredImageBank", "ImageGenerator", "ProjectionDiscriminator", "n_upsampling_stages"]
 
 
 def n_upsampling_stages(height: int, width: int, min_seed: int = 4, max_stages: int = 4) -> int:
@@ -78,6 +85,47 @@ class MemoryBank(nn.Module):
         """Return ``(LayerNorm(h + read), attention (B, M))``."""
         att = torch.softmax(self.query(h) @ self.keys.t() / math.sqrt(self.dim), dim=-1)
         return self.norm(h + att @ self.values), att
+
+
+class MeasuredImageBank(nn.Module):
+    """Attention read-out of the measured genes' images, keyed by their embeddings.
+
+    ``forward(z)`` returns ``softmax(cos(z, keys) / tau) @ values``: each row
+    a convex mix of the measured images, weighted by the cosine similarity of
+    embeddings at a learned temperature ``tau`` (starts at :attr:`TAU`). The
+    temperature is the bank's only parameter, so it can be trained on a
+    handful of measured genes without over-fitting them.
+
+    Parameters
+    ----------
+    keys
+        ``(n, D)`` embeddings of the measured genes.
+    values
+        ``(n, P)`` their images, flattened (``P = H * W``), in [0, 1].
+    """
+
+    TAU = 0.2
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
+        super().__init__()
+        keys = torch.as_tensor(keys, dtype=torch.float32)
+        self.register_buffer("keys", F.normalize(keys, dim=1), persistent=True)
+        self.register_buffer("values", torch.as_tensor(values, dtype=torch.float32), persistent=True)
+        self.log_tau = nn.Parameter(torch.tensor(math.log(self.TAU)))
+
+    @property
+    def tau(self) -> float:
+        """The current temperature."""
+        return float(self.log_tau.exp())
+
+    def forward(self, z: torch.Tensor, exclude: torch.Tensor | None = None):
+        """Return ``(images (B, P), attention (B, n))``; ``exclude`` (B,) leaves out one bank entry per row."""
+        logits = F.normalize(z, dim=1) @ self.keys.t() / self.log_tau.exp()
+        if exclude is not None:
+            logits = logits.index_put((torch.arange(len(z), device=z.device), exclude.to(z.device)),
+                                      torch.tensor(float("-inf"), device=z.device, dtype=logits.dtype))
+        att = torch.softmax(logits, dim=-1)
+        return att @ self.values, att
 
 
 def _coord_channels(mask: torch.Tensor, h: int, w: int) -> torch.Tensor:

@@ -4,7 +4,9 @@ SIGEL embeddings are learned on a full-coverage (sequencing) reference. A
 generator turns a gene's embedding into its image on the *target* geometry
 (the panel sample's own grid, or its rasterised free coordinates); it is
 trained on the genes both samples measure and then asked for the genes the
-panel lacks. A conditional (projection) discriminator keeps the generated
+panel lacks. By default it refines a prior image read from a bank of the
+measured genes' images (weighted by embedding similarity at a learned
+temperature). A conditional (projection) discriminator keeps the generated
 images realistic, a memory bank of learned feature prototypes stabilises the
 generator (:mod:`sigel.model.generator`), and the reference encoder may be
 fine-tuned during the adversarial training.
@@ -332,29 +334,21 @@ def _discriminator_step(Dn, opt_d, y, fake, z):
     return d_loss
 
 
-def _prior_images(W: sp.csr_matrix | None, rows: np.ndarray, train_pixels: sp.csr_matrix, device):
-    """Neighbour read-outs ``W[rows] @ train_pixels`` as a ``(B, H*W)`` float32 tensor (``None`` without ``W``)."""
-    import torch
-
-    if W is None:
-        return None
-    return torch.from_numpy(np.asarray((W[rows] @ train_pixels).todense(), dtype=np.float32)).to(device)
-
-
 def _train_gan(problem: _Problem, train_genes: pd.Index, *, n_steps, batch_size, lr, adv_weight, adv_start,
                hidden, n_prototypes, channels, dropout, embed_noise, weight_decay, finetune_encoder, encoder_lr,
-               pixel_budget, neighbour_prior, loo_weights, device, seed, progress):
+               pixel_budget, neighbour_prior, device, seed, progress):
     """Train generator (+ discriminator); return (generator, encoder-or-None, history DataFrame).
 
-    With ``neighbour_prior`` every training gene's prior image is the
-    leave-one-out kNN read-out of the *other* training genes' images
-    (``loo_weights``, `_loo_knn_weights`; the situation of a query gene,
-    whose prior comes from all of them).
+    With ``neighbour_prior`` the generator refines the read-out of a
+    :class:`~sigel.model.generator.MeasuredImageBank` of the training genes'
+    measured images (``G.measured``), trained with it; a training gene is
+    left out of its own read-out (the situation of a query gene, whose prior
+    comes from all of them).
     """
     import torch
     from tqdm.auto import tqdm
 
-    from ..model.generator import ImageGenerator, ProjectionDiscriminator
+    from ..model.generator import ImageGenerator, MeasuredImageBank, ProjectionDiscriminator
 
     img = problem.images
     H, W = img.height, img.width
@@ -366,10 +360,11 @@ def _train_gan(problem: _Problem, train_genes: pd.Index, *, n_steps, batch_size,
     mask = torch.from_numpy(img.mask.astype(np.float32)).to(device)
     n_tis = float(mask.sum().clamp(min=1.0))
 
-    W_prior = loo_weights if neighbour_prior else None
-    train_pixels = img.values[tidx] if W_prior is not None else None
     G = ImageGenerator(D, mask, hidden=hidden, n_prototypes=n_prototypes, channels=channels,
-                       dropout=dropout, prior=W_prior is not None).to(device)
+                       dropout=dropout, prior=bool(neighbour_prior)).to(device)
+    G.measured = None
+    if neighbour_prior:
+        G.measured = MeasuredImageBank(Zt, torch.from_numpy(img.dense(tidx).reshape(len(tidx), -1))).to(device)
     Dn = ProjectionDiscriminator(D, mask).to(device)
     params = [{"params": G.parameters(), "lr": lr}]
     enc = None
@@ -404,7 +399,7 @@ def _train_gan(problem: _Problem, train_genes: pd.Index, *, n_steps, batch_size,
             z = Zt[b]
         if embed_noise > 0:
             z = z + embed_noise * torch.randn(z.shape, generator=gen).to(device)
-        prior = _prior_images(W_prior, b, train_pixels, device)
+        prior = None if G.measured is None else G.measured(z, exclude=torch.from_numpy(b))[0]
         fake = G(z, prior=prior)
         rec = (((fake - y) ** 2) * mask).sum() / (n_tis * len(b))
         use_adv = adv_weight > 0 and step >= start_adv
@@ -435,13 +430,11 @@ def _train_gan(problem: _Problem, train_genes: pd.Index, *, n_steps, batch_size,
     return G, enc, pd.DataFrame(rows)
 
 
-def _generate(problem: _Problem, G, enc, query_ref: pd.Index, train_genes: pd.Index, *, batch_size, pixel_budget,
-              knn_weights: sp.csr_matrix, device):
+def _generate(problem: _Problem, G, enc, query_ref: pd.Index, *, batch_size, pixel_budget, device):
     """Generated images of the query genes read back at every target cell -> (queries, cells) float32.
 
-    A generator with a neighbour prior reads it from ``knn_weights``, the kNN
-    weights of each query gene among ``train_genes`` (the baseline
-    ``method='knn'``'s weights).
+    A generator with a neighbour prior reads it from its bank of measured
+    images (``G.measured``, trained with it).
     """
     import torch
 
@@ -455,15 +448,13 @@ def _generate(problem: _Problem, G, enc, query_ref: pd.Index, train_genes: pd.In
         ridx = ref_images.gene_index(query_ref)
         mu_t, sd_t = _embedding_moments(problem, device)
     Zq = problem.z(ref_names=query_ref)
-    W_prior = knn_weights if G.prior else None
-    train_pixels = img.values[img.gene_index(train_genes)] if G.prior else None
     with torch.inference_mode():
         for s in range(0, len(query_ref), bs):
             if enc is not None:
                 z = (enc.embed(ref_images.to_tensor(ridx[s:s + bs], device=device)) - mu_t) / sd_t
             else:
                 z = torch.from_numpy(Zq[s:s + bs]).to(device)
-            prior = _prior_images(W_prior, np.arange(s, min(s + bs, len(query_ref))), train_pixels, device)
+            prior = None if G.measured is None else G.measured(z)[0]
             g = G(z, prior=prior).reshape(z.shape[0], -1)
             out[s:s + bs] = g[:, pix].float().cpu().numpy()
     return out
@@ -487,10 +478,9 @@ def _fit_predict(problem: _Problem, train_genes: pd.Index, query_ref: pd.Index, 
     elif method == "knn":
         vals = _predict_knn(W, train_values)
     else:
-        G, enc, history = _train_gan(problem, train_genes, loo_weights=W_loo, device=device, seed=seed,
-                                     progress=progress, **gan_kw)
-        vals = _generate(problem, G, enc, query_ref, train_genes, batch_size=gan_kw["batch_size"],
-                         pixel_budget=gan_kw["pixel_budget"], knn_weights=W, device=device)
+        G, enc, history = _train_gan(problem, train_genes, device=device, seed=seed, progress=progress, **gan_kw)
+        vals = _generate(problem, G, enc, query_ref, batch_size=gan_kw["batch_size"],
+                         pixel_budget=gan_kw["pixel_budget"], device=device)
     return vals, conf, history
 
 
@@ -610,7 +600,7 @@ def impute(
     finetune_encoder: bool = False,
     encoder_lr: float = 1e-4,
     pixel_budget: int = 2**22,
-    neighbour_prior: bool = False,
+    neighbour_prior: bool = True,
     device: str = "auto",
     seed: int | None = None,
     progress: bool | None = None,
@@ -685,19 +675,23 @@ def impute(
         Upper bound on genes x target pixels held densely at once (caps the
         batch size, so memory is bounded for large targets).
     neighbour_prior
-        The generator refines a prior image instead of drawing from scratch:
-        the similarity-weighted mean of the measured images of the gene's
-        ``n_neighbors`` nearest measured genes in embedding space (what
-        ``method='knn'`` returns; leave-one-out for the training genes, so
-        they see the prior a query gene gets). The generator's output is
-        ``sigmoid(logit(prior) + residual)``, with the residual's last layer
-        starting at 0, so training starts from the kNN read-out. Off by
-        default. With panels of 50-150 genes it raised the GAN's median PCC
-        from 0.055 to 0.107 (DLPFC, 150 genes) and from 0.310 to 0.375
-        (Molecular Cartography, 50 genes, above kNN's 0.348); with ~9
-        training genes (osmFISH folds) the prior is nearly the mean image
-        and it lowered the PCC (0.264 to 0.197) (benchmarks/RESULTS.md,
-        "Imputation"). Use it for panels of 50 or more genes.
+        The generator refines a prior image instead of drawing from scratch.
+        The prior is read from a bank of the measured genes' images
+        (:class:`~sigel.model.generator.MeasuredImageBank`): every measured
+        image weighted by ``softmax(cosine of the standardised embeddings /
+        tau)``, with the temperature ``tau`` trained with the generator
+        (starts at 0.2); a training gene is left out of its own read-out, so
+        it sees the prior a query gene gets. The output is
+        ``sigmoid(logit(prior) + residual)``, the residual's last layer
+        starting at 0, so training starts from the bank's read-out.
+        On by default; ``False`` draws every image from the embedding alone.
+        Median PCC with / without it, and of ``method='knn'``
+        (benchmarks/RESULTS.md, "Imputation", Session 15): DLPFC 151673 ->
+        151675, 150-gene panel, 0.122 / 0.102 / 0.115; 151675 -> 151673
+        0.125 / 0.106 / 0.118; Molecular Cartography, 50 genes, 0.386 /
+        0.321 / 0.345. With about 9 training genes (osmFISH folds) it was
+        worse: 0.253 / 0.268 / 0.268; for panels of ten genes or so try
+        ``neighbour_prior=False``.
     device
         ``'auto'`` (CUDA, then MPS, then CPU), ``'cpu'``, ``'cuda'``, ...
     seed
@@ -841,7 +835,7 @@ def impute_cv(
     """
     defaults = dict(n_steps=600, batch_size=32, lr=2e-3, adv_weight=0.01, adv_start=0.3, hidden=128,
                     n_prototypes=32, channels=64, dropout=0.1, embed_noise=0.1, weight_decay=1e-4,
-                    finetune_encoder=False, encoder_lr=1e-4, pixel_budget=2**22, neighbour_prior=False)
+                    finetune_encoder=False, encoder_lr=1e-4, pixel_budget=2**22, neighbour_prior=True)
     unknown = set(gan_options) - set(defaults)
     if unknown:
         raise SigelInputError(f"unknown options for impute_cv: {sorted(unknown)}; GAN options are {sorted(defaults)}")
