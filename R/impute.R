@@ -129,9 +129,8 @@
 #'   `weight_decay`, `encoder_lr`, `pixel_budget` (numbers) and
 #'   `neighbour_prior` (`TRUE`, the default, or `FALSE`: the generator
 #'   refines a read-out of the measured genes' images, weighted by embedding
-#'   similarity at a learned temperature, instead of drawing from scratch;
-#'   `FALSE` can do better with panels of about ten genes), see the Python
-#'   `sigel.tl.impute`.
+#'   similarity at a learned temperature, instead of drawing from scratch),
+#'   see the Python `sigel.tl.impute`.
 #' @return
 #' * `SingleCellExperiment` target: the target with an `altExp(target,
 #'   name)`: a `SingleCellExperiment` (imputed + measured genes x cells) with

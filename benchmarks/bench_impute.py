@@ -27,7 +27,8 @@ Usage::
 
     PYTHONPATH=python .venv/bin/python benchmarks/bench_impute.py --data ../shared/data \
         [--model DIR] [--save-model DIR] [--n-genes 2000] [--epochs 20] [--threads 2] \
-        [--n-steps 600] [--fish-steps 300] [--skip-tangram] [--skip-fish] [--json out.json]
+        [--n-steps 600] [--fish-steps 300] [--skip-tangram] [--skip-fish] [--json out.json] \
+        [--sections 151675 151673] [--seed 1] [--gan-variant NAME:KEY=VALUE,...]
 
 Prints a markdown section and (with ``--json``) writes all numbers.
 """
@@ -191,7 +192,7 @@ def dlpfc(args, results):
     preds, secs, confs = {}, {}, {}
     for name, meth, kw in gan_runs(args):
         t = time.perf_counter()
-        out = impute(model, tgt_panel, genes=list(evalg), method=meth, library_size_key="sum_umi", seed=0,
+        out = impute(model, tgt_panel, genes=list(evalg), method=meth, library_size_key="sum_umi", seed=args.seed,
                      n_threads=args.threads, reference_images=ref_images, n_steps=args.n_steps, progress=False,
                      **kw)
         secs[name] = time.perf_counter() - t
@@ -266,7 +267,7 @@ def fish(args, results):
     for name, meth, kw in gan_runs(args):
         t = time.perf_counter()
         out = impute(model, b1p, genes=list(evalg), method=meth, library_size_key="total", geometry="free",
-                     seed=0, n_threads=args.threads, n_steps=args.n_steps, progress=False, **kw)
+                     seed=args.seed, n_threads=args.threads, n_steps=args.n_steps, progress=False, **kw)
         secs[name] = time.perf_counter() - t
         preds[name] = frame_of(out, evalg)
     shape = out.uns["sigel_impute"]["params"]["image_shape"]
@@ -276,10 +277,10 @@ def fish(args, results):
     if "Valid" in osm.obs:
         osm = osm[osm.obs["Valid"].astype(int) == 1].copy()
     t = time.perf_counter()
-    cv = impute_cv(model, osm, k=5, method=["gan", "knn", "mean"], geometry="free", seed=0, n_threads=args.threads,
+    cv = impute_cv(model, osm, k=5, method=["gan", "knn", "mean"], geometry="free", seed=args.seed, n_threads=args.threads,
                    progress=False, n_steps=args.fish_steps, min_cells=3)
     for name, kw in args.gan_variant:
-        extra = impute_cv(model, osm, k=5, method="gan", geometry="free", seed=0, n_threads=args.threads,
+        extra = impute_cv(model, osm, k=5, method="gan", geometry="free", seed=args.seed, n_threads=args.threads,
                           progress=False, n_steps=args.fish_steps, min_cells=3, **kw)
         cv = pd.concat([cv, extra.assign(method="gan_" + name)])
     osm_s = time.perf_counter() - t
@@ -314,6 +315,7 @@ def main(argv=None):
     p.add_argument("--n-steps", type=int, default=600, help="GAN training steps")
     p.add_argument("--fish-steps", type=int, default=300, help="GAN steps per fold of the osmFISH CV")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0, help="seed of the imputation runs (the GAN's training draws)")
     p.add_argument("--hyper", nargs="*", default=[], metavar="KEY=VALUE",
                    help="SIGEL hyper-parameters of the fitted DLPFC model other than the defaults (e.g. rarefy=auto)")
     p.add_argument("--skip-tangram", action="store_true")

@@ -687,11 +687,12 @@ def impute(
         On by default; ``False`` draws every image from the embedding alone.
         Median PCC with / without it, and of ``method='knn'``
         (benchmarks/RESULTS.md, "Imputation", Session 15): DLPFC 151673 ->
-        151675, 150-gene panel, 0.122 / 0.102 / 0.115; 151675 -> 151673
-        0.125 / 0.106 / 0.118; Molecular Cartography, 50 genes, 0.386 /
-        0.321 / 0.345. With about 9 training genes (osmFISH folds) it was
-        worse: 0.253 / 0.268 / 0.268; for panels of ten genes or so try
-        ``neighbour_prior=False``.
+        151675, 150-gene panel, 0.123 / 0.102 / 0.115; 151675 -> 151673
+        0.125 / 0.106 / 0.118; Molecular Cartography, 50 genes, 0.372 /
+        0.321 / 0.345. With about 9 training genes per fold (osmFISH, 11
+        genes in all) the result swings with the random initialisation
+        (0.311 in one run, 0.253 in another, against 0.268 without the
+        prior and 0.268 for kNN).
     device
         ``'auto'`` (CUDA, then MPS, then CPU), ``'cpu'``, ``'cuda'``, ...
     seed
