@@ -421,7 +421,9 @@ def _train_gan(problem: _Problem, train_genes: pd.Index, *, n_steps, batch_size,
         if (step + 1) % 50 == 0 or step == n_steps - 1:
             n = acc["n"]
             rows.append({"step": step + 1, "reconstruction": acc["rec"] / n, "adversarial_g": acc["g_adv"] / n,
-                         "discriminator": acc["d"] / n, "seconds": time.perf_counter() - t0})
+                         "discriminator": acc["d"] / n,
+                         "prior_tau": G.measured.tau if G.measured is not None else float("nan"),
+                         "seconds": time.perf_counter() - t0})
             bar.set_postfix(rec=f"{acc['rec'] / n:.4f}")
             acc = {"rec": 0.0, "g_adv": 0.0, "d": 0.0, "n": 0}
     G.eval()
@@ -725,7 +727,8 @@ def impute(
         leave-one-out kNN PCC, weighted by similarity); ``var['nearest_measured']``,
         ``var['reference_gene']``; ``uns[key_added]``: ``params``,
         ``n_shared``, ``shared_genes``, ``unmatched`` (measured genes without
-        an embedding), ``history`` (GAN training losses) and ``seconds``.
+        an embedding), ``history`` (GAN training losses and the prior's
+        learned temperature ``prior_tau``) and ``seconds``.
 
     Examples
     --------

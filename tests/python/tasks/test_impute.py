@@ -248,6 +248,8 @@ def test_free_coordinate_target_and_reproducibility(scenario):
     assert not np.array_equal(a.X, c.X)
     hist = a.uns["sigel_impute"]["history"]
     assert list(hist.columns[:3]) == ["step", "reconstruction", "adversarial_g"]
+    assert (hist["prior_tau"] > 0).all()  # the bank's temperature, trained from 0.2
+    assert hist["prior_tau"].iloc[-1] != pytest.approx(MeasuredImageBank.TAU, abs=1e-6)
 
 
 def test_finetune_encoder_and_pixel_budget(scenario):
