@@ -27,9 +27,10 @@ Design (see ``docs/design.md`` §7, "Imputation for targeted panels"):
   Off-tissue pixels are set to 0. The output is cropped to the target
   ``(H, W)``; parameters grow with the seed size ``(H W / 4**s)``, not with
   the number of genes. Built with ``prior=True`` it refines a given prior
-  image (in imputation: the kNN read-out of the measured genes nearest in
-  embedding space): the prior is one more input of the last read-out, whose
-  output is added to ``logit(prior)`` before the sigmoid and starts at 0.
+  image (in imputation: the read-out of a :class:`MeasuredImageBank`, kept
+  as the generator's ``measured`` attribute): the prior is one more input of
+  the last read-out, whose output is added to ``logit(prior)`` before the
+  sigmoid and starts at 0.
 - :class:`MeasuredImageBank` -- where that prior comes from: a bank whose
   keys are the measured genes' embeddings and whose values are their measured
   images. A gene reads ``softmax(cos(z, k_j) / tau) @ images``, every
@@ -202,6 +203,7 @@ class ImageGenerator(nn.Module):
             nn.init.zeros_(self.out.weight)
             nn.init.zeros_(self.out.bias)
         self._coords: dict = {}
+        self.measured: MeasuredImageBank | None = None  # the prior's bank, attached by the imputation
 
     def _coord(self, h, w):
         key = (h, w, str(self.mask.device), self.mask.dtype)

@@ -362,7 +362,6 @@ def _train_gan(problem: _Problem, train_genes: pd.Index, *, n_steps, batch_size,
 
     G = ImageGenerator(D, mask, hidden=hidden, n_prototypes=n_prototypes, channels=channels,
                        dropout=dropout, prior=bool(neighbour_prior)).to(device)
-    G.measured = None
     if neighbour_prior:
         G.measured = MeasuredImageBank(Zt, torch.from_numpy(img.dense(tidx).reshape(len(tidx), -1))).to(device)
     Dn = ProjectionDiscriminator(D, mask).to(device)
