@@ -422,7 +422,6 @@ sigelCompareSVG <- function(x, n_null = 2L,
          overlap = ov, seconds = secs)
 }
 
-# `draws` of the SVG functions: NULL, "depth" or a whole number >= 1
 # `reference` matched against its choices; the per-gene reference needs >= 2 controls
 .check_reference <- function(reference, n_null) {
     reference <- match.arg(reference, c("level", "gene"))
@@ -432,6 +431,7 @@ sigelCompareSVG <- function(x, n_null = 2L,
     reference
 }
 
+# `draws` of the SVG functions: NULL, "depth" or a whole number >= 1
 .check_draws <- function(draws) {
     if (identical(draws, "depth")) return(draws)
     if (is.character(draws)) {

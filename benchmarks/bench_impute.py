@@ -3,14 +3,14 @@
 Scenario 1 -- Visium, adjacent DLPFC sections (Maynard et al. 2021):
 reference = 151673 (full coverage; a SIGEL model is fitted on it, or loaded
 with ``--model DIR``); target = 151675 (``--sections REF TGT`` swaps or
-changes the pair) restricted to a panel of ``--n-panel``
-genes. Panel rule (documented, deterministic): among genes embedded by the
-model and detected (> 0) in at least 10% of 151675's spots, the top
-``--n-panel`` by Moran's I in 151675 (log-normalised by ``sum_umi``, binary
+changes the pair) restricted to a panel of ``--n-panel`` genes. Panel rule
+(documented, deterministic): among genes embedded by the model and detected
+(> 0) in at least 10% of the target's spots, the top ``--n-panel`` by
+Moran's I in the target (log-normalised by ``sum_umi``, binary
 hexagonal 6-neighbour weights on the Visium array). Evaluation genes:
 ``--n-eval`` genes drawn at random (seed 0) from the remaining eligible
 genes. Each method imputes them from the panel and is scored against their
-real 151675 maps (values on the target image scale: normalised by
+real maps in the target (values on the target image scale: normalised by
 ``sum_umi``, log1p, divided by the gene's 0.99 quantile, clipped) with the
 Li et al. 2022 metrics (median over genes) and the accuracy score (AS).
 Methods: SIGEL-GAN, SIGEL-kNN, the mean panel image, and Tangram
@@ -192,9 +192,9 @@ def dlpfc(args, results):
     preds, secs, confs = {}, {}, {}
     for name, meth, kw in gan_runs(args):
         t = time.perf_counter()
-        out = impute(model, tgt_panel, genes=list(evalg), method=meth, library_size_key="sum_umi", seed=args.seed,
-                     n_threads=args.threads, reference_images=ref_images, n_steps=args.n_steps, progress=False,
-                     **kw)
+        out = impute(model, tgt_panel, genes=list(evalg), method=meth, library_size_key="sum_umi",
+                     seed=args.seed, n_threads=args.threads, reference_images=ref_images, n_steps=args.n_steps,
+                     progress=False, **kw)
         secs[name] = time.perf_counter() - t
         preds[name] = frame_of(out, evalg)
         confs[name] = out.var.loc[list(evalg), "confidence"]
@@ -217,7 +217,8 @@ def dlpfc(args, results):
     hi = mi[evalg] >= mi[evalg].median()
     sv = impute_summary(met[met.index.isin(evalg[hi.to_numpy()])])
     results["dlpfc"] = dict(
-        sections=[ref_id, tgt_id], n_model_genes=int(len(emb_genes)), n_panel=int(len(panel)), n_eval=int(len(evalg)), fit_seconds=fit_s,
+        sections=[ref_id, tgt_id], n_model_genes=int(len(emb_genes)), n_panel=int(len(panel)),
+        n_eval=int(len(evalg)), fit_seconds=fit_s,
         summary=summ.reset_index().to_dict(orient="records"), seconds=secs,
         summary_spatial_half=sv.reset_index().to_dict(orient="records"),
         confidence_spearman_gan=float(rho), model=repr(model),
@@ -277,8 +278,8 @@ def fish(args, results):
     if "Valid" in osm.obs:
         osm = osm[osm.obs["Valid"].astype(int) == 1].copy()
     t = time.perf_counter()
-    cv = impute_cv(model, osm, k=5, method=["gan", "knn", "mean"], geometry="free", seed=args.seed, n_threads=args.threads,
-                   progress=False, n_steps=args.fish_steps, min_cells=3)
+    cv = impute_cv(model, osm, k=5, method=["gan", "knn", "mean"], geometry="free", seed=args.seed,
+                   n_threads=args.threads, progress=False, n_steps=args.fish_steps, min_cells=3)
     for name, kw in args.gan_variant:
         extra = impute_cv(model, osm, k=5, method="gan", geometry="free", seed=args.seed, n_threads=args.threads,
                           progress=False, n_steps=args.fish_steps, min_cells=3, **kw)
@@ -323,7 +324,7 @@ def main(argv=None):
     p.add_argument("--skip-fish", action="store_true")
     p.add_argument("--json", default=None)
     p.add_argument("--gan-variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
-                   help="another GAN run (every scenario), scored as gan_NAME (e.g. prior:neighbour_prior=true)")
+                   help="another GAN run (every scenario), scored as gan_NAME (e.g. plain:neighbour_prior=false)")
     args = p.parse_args(argv)
     from bench_embeddings import parse_variant
 

@@ -467,7 +467,7 @@ def _fit_predict(problem: _Problem, train_genes: pd.Index, query_ref: pd.Index, 
     Zt = problem.z(target_names=train_genes)
     Zq = problem.z(ref_names=query_ref)
     train_values = problem.images.spot_values(train_genes)
-    # each neighbour search once per fit: the confidence, kNN and the GAN's priors share them
+    # each neighbour search once per fit: the confidence and kNN share them (the GAN's prior has its own bank)
     idx, sim = _neighbours(Zq, Zt, n_neighbors)
     W = _neighbour_weights(idx, sim, Zt.shape[0])
     W_loo = _loo_knn_weights(Zt, n_neighbors)
