@@ -49,10 +49,14 @@ def planted():
     return _planted_domains()
 
 
+def _tiny_fit(adata, seed):
+    return sigel.SIGEL(epochs=4, pretrain_epochs=2, embed_dim=8, width=16, depth=1, n_heads=2,
+                       decoder_width=8).fit(adata, seed=seed, n_threads=1, library_size_key="libsize")
+
+
 @pytest.fixture(scope="module")
 def model(planted):
-    return sigel.SIGEL(epochs=4, pretrain_epochs=2, embed_dim=8, width=16, depth=1, n_heads=2,
-                       decoder_width=8).fit(planted, seed=0, n_threads=1, library_size_key="libsize")
+    return _tiny_fit(planted, 0)
 
 
 # ----------------------------------------------------------------- Moran's I
@@ -155,34 +159,48 @@ def test_refine_matches_spagcn():
 
 def test_pruned_genes_beat_all_genes(planted, model):
     """Acceptance: on planted domains with redundant copies and noise genes, SpaGCN on the
-    pruned genes recovers the domains better (ARI) than on all genes."""
+    pruned genes recovers the domains better (ARI) than on all genes.
+
+    The pruned sets of different fits of this 4-epoch, 8-d model differ by a few
+    genes (about 50 kept: the markers, 12 gradient copies, 10 marker copies and 13-18
+    noise genes), and SpaGCN on so few genes turns that into refined ARIs from 0.2 to
+    0.95; about one fit in seven scores below 0.6. So the procedure is judged on the
+    median over three fits (seeds 0-2), not on one seed's luck."""
     adata = planted.copy()
     truth = adata.obs["domain"]
     # near-duplicate grouping by a similarity threshold keeps one gene per block of copies
     thr = sigel.tl.prune_genes(model, adata, keep=1, score="morans_i", group_by="threshold", threshold=0.9)
     assert thr.index.str.startswith("copy0").sum() <= 1 and thr.index.str.startswith("gradcopy").sum() <= 1
-    # the model's contexts, top 20 % of each by Moran's I
-    sel = sigel.tl.prune_genes(model, adata, keep=0.2, score="morans_i")
-    assert len(sel) < 0.25 * adata.n_vars
-    noise = adata.var_names.str.startswith("noise")
-    assert sel.index.str.startswith("noise").mean() < noise.mean()
     kw = dict(n_domains=4, seed=0, library_size_key="libsize", n_threads=1)
     all_genes = sigel.tl.spatial_domains(adata, **kw)
-    pruned = sigel.tl.spatial_domains(adata, sel, **kw)
     s_all = sigel.tl.domain_scores(all_genes, truth)
-    s_pr = sigel.tl.domain_scores(pruned, truth)
-    assert s_pr.loc["domain_refined", "ari"] > s_all.loc["domain_refined", "ari"] + 0.2
-    assert s_pr.loc["domain", "ari"] > s_all.loc["domain", "ari"]
-    assert s_pr.loc["domain_refined", "ari"] > 0.5
-    # output and AnnData writes
-    assert list(pruned.columns) == ["domain", "domain_refined"] and pruned.index.equals(adata.obs_names)
-    assert pruned["domain"].nunique() == 4
+    noise = adata.var_names.str.startswith("noise")
+    refined, raw = [], []
+    for seed, m in ((0, model), (1, None), (2, None)):
+        m = m if m is not None else _tiny_fit(planted, seed)
+        a = planted.copy()
+        # the model's contexts, top 20 % of each by Moran's I
+        sel = sigel.tl.prune_genes(m, a, keep=0.2, score="morans_i")
+        assert len(sel) < 0.25 * a.n_vars
+        assert sel.index.str.startswith("noise").mean() < noise.mean()
+        pruned = sigel.tl.spatial_domains(a, sel, **kw)
+        s_pr = sigel.tl.domain_scores(pruned, truth)
+        refined.append(s_pr.loc["domain_refined", "ari"])
+        raw.append(s_pr.loc["domain", "ari"])
+        if seed == 0:
+            adata, sel0, pruned0 = a, sel, pruned
+    assert np.median(refined) > s_all.loc["domain_refined", "ari"] + 0.2
+    assert np.median(raw) > s_all.loc["domain", "ari"]
+    assert np.median(refined) > 0.5
+    # output and AnnData writes (seed 0's run)
+    assert list(pruned0.columns) == ["domain", "domain_refined"] and pruned0.index.equals(adata.obs_names)
+    assert pruned0["domain"].nunique() == 4
     assert (adata.obs["sigel_domain_refined"].astype(str).to_numpy()
-            == pruned["domain_refined"].astype(str).to_numpy()).all()
-    assert adata.uns["sigel_domain"]["n_genes"] == len(sel)
+            == pruned0["domain_refined"].astype(str).to_numpy()).all()
+    assert adata.uns["sigel_domain"]["n_genes"] == len(sel0)
     # same seed -> same labels
-    again = sigel.tl.spatial_domains(adata, sel, **kw)
-    pd.testing.assert_frame_equal(again, pruned)
+    again = sigel.tl.spatial_domains(adata, sel0, **kw)
+    pd.testing.assert_frame_equal(again, pruned0)
 
 
 def test_spatial_domains_validates(planted):
