@@ -16,7 +16,7 @@
                          scaffold_weight = 1, scaffold_graph = "box",
                          mixture = "student_t",
                          dirichlet_alpha = 2, contrastive_weight = 1,
-                         mixture_weight = 0.1, temperature = 0.2,
+                         mixture_weight = 0.1, temperature = 0.1,
                          select_start = 0.3, select_end = 1, em_iters = 5L,
                          tol = 1e-3, amp = FALSE, embed_batch_size = 256L,
                          invariance_weight = 0, view_temperature = 0.1,
@@ -552,7 +552,9 @@
 #'   weights (>= 1).
 #' @param contrastive_weight,mixture_weight,temperature weights of the
 #'   pseudo-contrastive and mixture-likelihood terms, and the contrastive
-#'   temperature.
+#'   temperature (of the pseudo-contrastive and scaffold terms; 0.1, before
+#'   0.2: more pathway structure in the vectors, a little less agreement
+#'   between seeds).
 #' @param select_start,select_end self-paced kept fraction of each context's
 #'   most confident genes at the start and the end of the ramp.
 #' @param em_iters `integer(1)`: MAP-EM iterations per epoch.

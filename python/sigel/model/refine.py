@@ -77,7 +77,7 @@ class RefineState:
     mixture: object | None
     graph: object | None
     weights: dict
-    temperature: float = 0.2
+    temperature: float = 0.1
     self_weight: float = 1.0
     view_temperature: float = 0.1
 
@@ -139,7 +139,7 @@ def schedule(epoch: int, start: int, length: int, v0: float, v1: float) -> float
 
 # --------------------------------------------------------------------- terms
 def prototype_contrastive_loss(z: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor,
-                               center: torch.Tensor, temperature: float = 0.2,
+                               center: torch.Tensor, temperature: float = 0.1,
                                weight: torch.Tensor | None = None) -> torch.Tensor:
     """Pseudo-contrastive loss: pull each gene to its context prototype, push from the others.
 
@@ -202,7 +202,7 @@ def mixture_nll_loss(z: torch.Tensor, mixture, weight: torch.Tensor | None = Non
 
 
 def scaffold_contrastive_loss(z: torch.Tensor, idx: torch.Tensor, graph, bank: torch.Tensor,
-                              center: torch.Tensor, temperature: float = 0.2,
+                              center: torch.Tensor, temperature: float = 0.1,
                               self_weight: float = 1.0) -> torch.Tensor:
     """Graph smoothness on the image scaffold, as a contrastive term against a memory bank.
 

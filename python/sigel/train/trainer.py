@@ -154,7 +154,7 @@ class TrainConfig:
     scaffold_graph: str = "box"
     contrastive_weight: float = 1.0
     mixture_weight: float = 0.1
-    temperature: float = 0.2
+    temperature: float = 0.1
     select_start: float = 0.3
     select_end: float = 1.0
     select_epochs: int | None = None
