@@ -66,6 +66,7 @@ import socket
 import subprocess
 import sys
 import threading
+import warnings
 from datetime import timedelta
 
 import numpy as np
@@ -609,7 +610,12 @@ class DistributedTrainer(Trainer):
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device] if self.device.type == "cuda" else None
-            self.ddp = DDP(self.step_module, device_ids=ids, broadcast_buffers=False)
+            # Buffers stay rank-local (each rank holds the same ones). Newer torch versions
+            # deprecate the argument in favour of one that still syncs at init and tell the
+            # caller to keep it until that is configurable: a note for us, not for a user.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+                self.ddp = DDP(self.step_module, device_ids=ids, broadcast_buffers=False)
         else:
             self.ddp = self.step_module
 
