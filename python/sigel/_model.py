@@ -331,7 +331,7 @@ class SIGEL:
         and the contrastive temperature (of the pseudo-contrastive and
         scaffold terms). 0.1 (before 0.2) raises pathway coherence of the
         vectors on both DLPFC sections and their effective rank, at some cost
-        in seed-to-seed agreement (docs/design.md, "Refinement").
+        in seed-to-seed agreement (docs/design.md §6, "Temperature").
     select_start, select_end
         Self-paced kept fraction of each context's most confident genes at the
         first refinement epoch and at the end of the ramp (half of the
