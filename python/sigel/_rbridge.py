@@ -29,8 +29,19 @@ def register_r_engine(fn) -> None:
     """Route R-engine calls through ``fn`` (the R package's ``.sigel_r_engine``, via reticulate).
 
     Called by the R package when it imports the backend into an R session.
+    It also turns off tqdm's monitor thread: inside R the main thread holds
+    the GIL between calls, and once a progress bar had started that thread,
+    every later call into the backend ran many times slower (an R test that
+    takes 5 s took 180 s after the fits of another test file had shown bars).
+    The monitor only adjusts the refresh rate of stalled bars.
     """
     _cache["engine"] = fn
+    try:
+        import tqdm
+
+        tqdm.tqdm.monitor_interval = 0
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        pass
 
 
 def _embedded_engine():

@@ -117,7 +117,7 @@ class MeasuredImageBank(nn.Module):
     @property
     def tau(self) -> float:
         """The current temperature."""
-        return float(self.log_tau.exp())
+        return float(self.log_tau.detach().exp())
 
     def forward(self, z: torch.Tensor, exclude: torch.Tensor | None = None):
         """Return ``(images (B, P), attention (B, n))``; ``exclude`` (B,) leaves out one bank entry per row."""

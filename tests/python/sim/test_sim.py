@@ -254,3 +254,18 @@ def test_fit_zinb_takes_size_factors_or_library_sizes():
         sigel.sim.fit_zinb(ad.X, library_size=lib, size_factors=lib / lib.mean())
     with pytest.raises(SigelInputError, match="size_factors has 3 values"):
         sigel.sim.nulls.fit_zinb(ad.X, size_factors=[1.0, 1.0, 1.0])
+
+
+def test_registering_the_r_engine_turns_off_tqdms_monitor_thread(monkeypatch):
+    """Inside R (reticulate) tqdm's monitor thread slowed every later backend call many times over."""
+    import tqdm
+
+    from sigel import _rbridge
+
+    monkeypatch.setattr(tqdm.tqdm, "monitor_interval", 10)
+    monkeypatch.setitem(_rbridge._cache, "engine", None)
+    _rbridge.register_r_engine(lambda *a, **k: None)
+    assert tqdm.tqdm.monitor_interval == 0
+    from tqdm.auto import tqdm as auto_tqdm
+
+    assert auto_tqdm.monitor_interval == 0  # the bars sigel shows inherit it
