@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .._defaults import HYPER as _D
+
 __all__ = [
     "RefineState",
     "select_confident",
@@ -77,9 +79,9 @@ class RefineState:
     mixture: object | None
     graph: object | None
     weights: dict
-    temperature: float = 0.1
+    temperature: float = _D["temperature"]
     self_weight: float = 1.0
-    view_temperature: float = 0.1
+    view_temperature: float = _D["view_temperature"]
 
 
 # ----------------------------------------------------------------- selection
@@ -139,7 +141,7 @@ def schedule(epoch: int, start: int, length: int, v0: float, v1: float) -> float
 
 # --------------------------------------------------------------------- terms
 def prototype_contrastive_loss(z: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor,
-                               center: torch.Tensor, temperature: float = 0.1,
+                               center: torch.Tensor, temperature: float = _D["temperature"],
                                weight: torch.Tensor | None = None) -> torch.Tensor:
     """Pseudo-contrastive loss: pull each gene to its context prototype, push from the others.
 
@@ -202,7 +204,7 @@ def mixture_nll_loss(z: torch.Tensor, mixture, weight: torch.Tensor | None = Non
 
 
 def scaffold_contrastive_loss(z: torch.Tensor, idx: torch.Tensor, graph, bank: torch.Tensor,
-                              center: torch.Tensor, temperature: float = 0.1,
+                              center: torch.Tensor, temperature: float = _D["temperature"],
                               self_weight: float = 1.0) -> torch.Tensor:
     """Graph smoothness on the image scaffold, as a contrastive term against a memory bank.
 
@@ -264,7 +266,7 @@ def scaffold_contrastive_loss(z: torch.Tensor, idx: torch.Tensor, graph, bank: t
 
 
 def view_invariance_loss(z1: torch.Tensor, z2: torch.Tensor, idx: torch.Tensor, bank: torch.Tensor,
-                         center: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+                         center: torch.Tensor, temperature: float = _D["view_temperature"]) -> torch.Tensor:
     """Sampling-noise invariance: two count-thinned views of a gene are one gene (InfoNCE against a bank).
 
     For each gene of the batch, its second view is the positive and every

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .._defaults import HYPER as _D
 from .._settings import logger, settings
 from ..data.batches import gene_batches
 from ..data.views import skip_draws
@@ -60,6 +61,11 @@ __all__ = [
 @dataclass
 class TrainConfig:
     """Training hyper-parameters (see :class:`sigel.SIGEL` for their meaning).
+
+    The defaults of the fields :class:`sigel.SIGEL` also takes are its own
+    (read from :data:`sigel._defaults.HYPER`); ``min_lr`` is 1/20 of ``lr``,
+    as ``SIGEL`` sets it. ``epochs`` and ``pretrain_epochs``, which ``SIGEL``
+    resolves from the number of genes, default to 40 and 10 here.
 
     Attributes
     ----------
@@ -135,41 +141,41 @@ class TrainConfig:
 
     epochs: int = 40
     pretrain_epochs: int = 10
-    batch_size: int = 64
-    embed_batch_size: int = 256
-    lr: float = 2e-3
-    min_lr: float = 1e-4
-    weight_decay: float = 0.05
-    warmup_epochs: int = 2
+    batch_size: int = _D["batch_size"]
+    embed_batch_size: int = _D["embed_batch_size"]
+    lr: float = _D["lr"]
+    min_lr: float = _D["lr"] / 20.0
+    weight_decay: float = _D["weight_decay"]
+    warmup_epochs: int = _D["warmup_epochs"]
     grad_clip: float | None = 1.0
-    mask_ratio: float = 0.5
+    mask_ratio: float = _D["mask_ratio"]
     refine_view: str = "full"
     thinning: float = 0.7
     scaffold_self_weight: float = 1.0
-    refine: bool = True
-    scaffold: bool = True
-    scaffold_k: int = 10
-    scaffold_weight: float = 1.0
+    refine: bool = _D["refine"]
+    scaffold: bool = _D["scaffold"]
+    scaffold_k: int = _D["scaffold_k"]
+    scaffold_weight: float = _D["scaffold_weight"]
     scaffold_epochs: int | None = None
-    scaffold_graph: str = "box"
-    contrastive_weight: float = 1.0
-    mixture_weight: float = 0.1
-    temperature: float = 0.1
-    select_start: float = 0.3
-    select_end: float = 1.0
+    scaffold_graph: str = _D["scaffold_graph"]
+    contrastive_weight: float = _D["contrastive_weight"]
+    mixture_weight: float = _D["mixture_weight"]
+    temperature: float = _D["temperature"]
+    select_start: float = _D["select_start"]
+    select_end: float = _D["select_end"]
     select_epochs: int | None = None
-    em_iters: int = 5
+    em_iters: int = _D["em_iters"]
     init_em_iters: int = 30
     final_em_iters: int = 50
     mixture_n_init: int = 10
-    tol: float = 1e-3
-    amp: bool = False
-    invariance_weight: float = 0.0
-    view_temperature: float = 0.1
-    spread_weight: float = 0.0
-    thin_min: float = 0.2
-    denoise: bool | str = False
-    rarefy_draws: int = 4
+    tol: float = _D["tol"]
+    amp: bool = _D["amp"]
+    invariance_weight: float = _D["invariance_weight"]
+    view_temperature: float = _D["view_temperature"]
+    spread_weight: float = _D["spread_weight"]
+    thin_min: float = _D["thin_min"]
+    denoise: bool | str = _D["denoise"]
+    rarefy_draws: int = _D["rarefy_draws"]
 
     @property
     def refine_epochs(self) -> int:
