@@ -317,7 +317,8 @@ sigelShiftedGenes <- function(x, query = NULL,
 #'   `"auto"` picks `"noise"` when noise estimates exist, `"none"` uses the
 #'   raw change. On real sections read the ranking rather than the q-values:
 #'   on adjacent DLPFC sections, where nothing changed, `"genes"` still calls
-#'   9 % of the pairs of the 50 most shifted genes at q < 0.05.
+#'   5-17 % of the pairs of the 50 most shifted genes at q < 0.05,
+#'   depending on the fit (17 % with the current default model).
 #' @param null `character(1)`: `"normal"` (robust, two-sided) or
 #'   `"empirical"`.
 #' @param seed `integer(1)` or `NULL`: seeds the probe genes and the subset
