@@ -34,6 +34,10 @@ def register_r_engine(fn) -> None:
     every later call into the backend ran many times slower (an R test that
     takes 5 s took 180 s after the fits of another test file had shown bars).
     The monitor only adjusts the refresh rate of stalled bars.
+
+    It also keeps numba's parallel code (scanpy's Moran's I, used by
+    ``prune_genes`` and ``morans_i``) off OpenMP: see
+    :func:`_numba_off_openmp`.
     """
     _cache["engine"] = fn
     try:
@@ -42,6 +46,34 @@ def register_r_engine(fn) -> None:
         tqdm.tqdm.monitor_interval = 0
     except ImportError:  # pragma: no cover - tqdm is a dependency
         pass
+    _numba_off_openmp()
+
+
+def _numba_off_openmp() -> None:
+    """Make numba run its parallel loops on its own thread pool (``workqueue``), not on OpenMP.
+
+    R loads the system OpenMP runtime (``libgomp.so.1``) at start-up, before
+    the R package can ask idle OpenMP threads to sleep (``OMP_WAIT_POLICY``),
+    and torch, whose own copy has the same name, then shares it. Once
+    numba's OpenMP layer had run a parallel loop in that runtime, every torch
+    call with 2 threads slowed down many times over: on 2 cores
+    ``sigelSVG`` on 60 genes took 12 s after ``sigelPruneGenes`` instead of
+    0.2 s, and the R test suite took 226 s instead of 67 s with 1 thread.
+    With numba's ``workqueue`` layer both stay fast. A user's own choice
+    (``NUMBA_THREADING_LAYER``) is kept. Called when R imports the backend.
+    """
+    import os
+    import sys
+
+    if os.environ.get("NUMBA_THREADING_LAYER"):
+        return
+    os.environ["NUMBA_THREADING_LAYER"] = "workqueue"
+    numba = sys.modules.get("numba")
+    if numba is not None:  # already imported: numba picks its layer at the first parallel launch
+        try:
+            numba.config.THREADING_LAYER = "workqueue"
+        except AttributeError:  # pragma: no cover - numba without a config module
+            pass
 
 
 def _embedded_engine():

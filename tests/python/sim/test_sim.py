@@ -264,8 +264,33 @@ def test_registering_the_r_engine_turns_off_tqdms_monitor_thread(monkeypatch):
 
     monkeypatch.setattr(tqdm.tqdm, "monitor_interval", 10)
     monkeypatch.setitem(_rbridge._cache, "engine", None)
+    monkeypatch.setenv("NUMBA_THREADING_LAYER", "omp")  # (kept: see the next test)
     _rbridge.register_r_engine(lambda *a, **k: None)
     assert tqdm.tqdm.monitor_interval == 0
     from tqdm.auto import tqdm as auto_tqdm
 
     assert auto_tqdm.monitor_interval == 0  # the bars sigel shows inherit it
+
+
+def test_registering_the_r_engine_keeps_numba_off_openmp(monkeypatch):
+    """Inside R, numba's OpenMP layer and torch share R's OpenMP runtime; after a numba parallel
+    loop (scanpy's Moran's I) torch calls with 2 threads ran many times slower. The R bridge picks
+    numba's own thread pool, unless the user chose a layer."""
+    import os
+
+    import numba
+
+    from sigel import _rbridge
+
+    monkeypatch.setitem(_rbridge._cache, "engine", None)
+    monkeypatch.delenv("NUMBA_THREADING_LAYER", raising=False)
+    monkeypatch.setattr(numba.config, "THREADING_LAYER", "default")
+    _rbridge.register_r_engine(lambda *a, **k: None)
+    assert os.environ["NUMBA_THREADING_LAYER"] == "workqueue"
+    assert numba.config.THREADING_LAYER == "workqueue"
+    # a user's own choice is kept
+    monkeypatch.setenv("NUMBA_THREADING_LAYER", "omp")
+    monkeypatch.setattr(numba.config, "THREADING_LAYER", "omp")
+    _rbridge.register_r_engine(lambda *a, **k: None)
+    assert os.environ["NUMBA_THREADING_LAYER"] == "omp"
+    assert numba.config.THREADING_LAYER == "omp"
