@@ -11,7 +11,7 @@ import sigel
 ROOT = Path(sigel.__file__).resolve().parent
 
 # small shared modules every layer may use
-BASE = {"_settings", "_validate", "_keys", "_stats", "_version", "tissue", "_rbridge"}
+BASE = {"_settings", "_validate", "_keys", "_stats", "_version", "tissue", "_rbridge", "_defaults"}
 ALLOWED = {  # layer -> the layers it may import (besides "base")
     "base": set(),
     "datasets": {"datasets"},
