@@ -5,6 +5,14 @@ import pytest
 
 matplotlib.use("Agg")
 
+# One thread count for the whole suite. sigel's automatic count follows the
+# machine's load (sigel._settings.default_threads), and torch sums in another
+# order with 1 and with 2 threads, so two calls that should agree to the last
+# bit could differ by 1e-9 when the load changed between them (it happened in
+# CI: test_embed_with_controls_is_what_svg_scores). Tests of the thread logic
+# itself remove the variable (monkeypatch) and restore it afterwards.
+os.environ.setdefault("SIGEL_NUM_THREADS", "1")
+
 
 def require_backend() -> bool:
     """True when CI demands every backend (R, rpy2, ...) be present: no skipping."""
