@@ -8,3 +8,10 @@ skip_if_no_sigel_python <- function() {
     }
     testthat::skip("sigel Python backend not available")
 }
+
+# One thread count for the whole suite, as in the Python tests: the automatic
+# count follows the machine's load, and torch sums in another order with 1 and
+# with 2 threads, so two calls that should agree could differ slightly when the
+# load changed between them. Set before the backend starts (Python reads its
+# environment once), unless the caller chose a count.
+if (!nzchar(Sys.getenv("SIGEL_NUM_THREADS"))) Sys.setenv(SIGEL_NUM_THREADS = "1")
