@@ -124,8 +124,8 @@ def _validate_params(p: dict) -> None:
     assert_one_of("mixture", p["mixture"], ("student_t", "gaussian"))
     assert_one_of("input_norm", p["input_norm"], (None, "none", "standardize", "smooth", "gaussian", "rank"))
     assert_positive("smooth_sigma", p["smooth_sigma"])
-    assert_one_of("recon_loss", p.get("recon_loss", "mse"), ("mse", "pearson"))
-    assert_one_of("scaffold_graph", p.get("scaffold_graph", "box"), ("box", "pca"))
+    assert_one_of("recon_loss", p["recon_loss"], ("mse", "pearson"))
+    assert_one_of("scaffold_graph", p["scaffold_graph"], ("box", "pca"))
     if p["dirichlet_alpha"] < 1:
         raise SigelInputError(f"`dirichlet_alpha` must be >= 1; got {p['dirichlet_alpha']!r}")
     if p["patch_size"] is not None:
@@ -138,8 +138,8 @@ def _validate_params(p: dict) -> None:
         )
     if p["decoder_width"] % 4:
         raise SigelInputError(f"`decoder_width` must be divisible by 4; got {p['decoder_width']}")
-    check_rarefy(p.get("rarefy"))
-    assert_positive("rarefy_draws", p.get("rarefy_draws", 4))
+    check_rarefy(p["rarefy"])
+    assert_positive("rarefy_draws", p["rarefy_draws"])
     for k in ("refine", "scaffold", "amp"):
         if k in p and not isinstance(p[k], (bool, np.bool_)):
             raise SigelInputError(f"`{k}` must be True or False; got {p[k]!r}")
@@ -588,7 +588,7 @@ class SIGEL:
             patch_size=patch_size, width=p["width"], depth=p["depth"], n_heads=p["n_heads"],
             mlp_ratio=p["mlp_ratio"], embed_dim=p["embed_dim"], decoder_width=p["decoder_width"],
             mask_ratio=p["mask_ratio"], input_norm=None if p["input_norm"] == "none" else p["input_norm"],
-            smooth_sigma=p["smooth_sigma"], recon_loss=p.get("recon_loss", "mse"),
+            smooth_sigma=p["smooth_sigma"], recon_loss=p["recon_loss"],
         )
 
     def _build_mixture(self, n_contexts: int, seed: int):
@@ -624,13 +624,13 @@ class SIGEL:
             embed_batch_size=p["embed_batch_size"], lr=p["lr"], min_lr=p["lr"] / 20.0,
             weight_decay=p["weight_decay"], warmup_epochs=p["warmup_epochs"], mask_ratio=p["mask_ratio"],
             refine=bool(p["refine"]), scaffold=bool(p["scaffold"]), scaffold_k=p["scaffold_k"],
-            scaffold_weight=p["scaffold_weight"], scaffold_graph=p.get("scaffold_graph", "box"),
+            scaffold_weight=p["scaffold_weight"], scaffold_graph=p["scaffold_graph"],
             contrastive_weight=p["contrastive_weight"],
             mixture_weight=p["mixture_weight"], temperature=p["temperature"], select_start=p["select_start"],
             select_end=p["select_end"], em_iters=p["em_iters"], tol=p["tol"], amp=bool(p["amp"]),
             invariance_weight=p["invariance_weight"], view_temperature=p["view_temperature"],
-            thin_min=p["thin_min"], spread_weight=p["spread_weight"], denoise=_denoise(p.get("denoise", False)),
-            rarefy_draws=p.get("rarefy_draws", 4),
+            thin_min=p["thin_min"], spread_weight=p["spread_weight"], denoise=_denoise(p["denoise"]),
+            rarefy_draws=p["rarefy_draws"],
         )
 
     # --------------------------------------------------------------------- fit
@@ -723,7 +723,7 @@ class SIGEL:
         resolve_device(device)
         opts = dict(layer=layer, genes=genes, spatial_key=spatial_key, library_size_key=library_size_key,
                     **image_options)
-        rarefy = self.init_params_.get("rarefy")
+        rarefy = self.init_params_["rarefy"]
         several = isinstance(adata, (list, tuple, dict)) and len(adata) > 1
         if rarefy == "auto" and "rarefy" not in opts and several:
             rarefy_off("depth-matched draws are for single-sample fits (this fit has several samples)", stacklevel=3)
@@ -754,7 +754,7 @@ class SIGEL:
         """Count-thinning views for the invariance term (``None`` when off or not raw counts)."""
         p = self.init_params_
         if isinstance(images, GeneImages) and (p["invariance_weight"] > 0 or p["spread_weight"] > 0
-                                                 or p.get("denoise", False)):
+                                                 or p["denoise"]):
             from .data.views import CountViews
 
             try:
@@ -827,7 +827,7 @@ class SIGEL:
         from .train.distributed import DistributedTrainer
         from .train.trainer import Trainer
 
-        _check_rarefied_fit(images, self.init_params_.get("rarefy"))
+        _check_rarefied_fit(images, self.init_params_["rarefy"])
         G = images.n_genes
         cb = getattr(self, "_callback", None)
         train_images = images
@@ -942,7 +942,7 @@ class SIGEL:
         bs = int(batch_size or self.init_params_["embed_batch_size"])
         n_draws = self.draws_per_gene(draws) or 1
         if n_draws == "depth":  # per gene, from its depth (images that make no draws are read once)
-            r = int(self.init_params_.get("rarefy_draws", 4))
+            r = int(self.init_params_["rarefy_draws"])
             n_draws = images.draws_by_depth(r, DEPTH_DRAWS_MAX * r) if getattr(images, "draws", False) else 1
         with thread_scope():
             Z = embed_draws(self.module_, images, n_draws, batch_size=bs,
@@ -964,7 +964,7 @@ class SIGEL:
             assert_positive("draws", n)
         if self.image_options_.get("rarefy") is None:
             return None
-        return int(self.init_params_.get("rarefy_draws", 4)) if n is None else n
+        return int(self.init_params_["rarefy_draws"]) if n is None else n
 
     def transform(self, adata_or_images, *, genes=None, batch_size: int | None = None, device=None,
                   **image_options) -> pd.DataFrame:

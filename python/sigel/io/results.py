@@ -169,7 +169,7 @@ def transform_to_h5(model, adata_or_images, path, *, genes=None, batch_size: int
     mod.to(dev)
     bs = int(batch_size or model.init_params_["embed_batch_size"])
     n, d, k = images.n_genes, model.embed_dim, model.n_contexts_
-    amp = bool(model.init_params_.get("amp", False))
+    amp = bool(model.init_params_["amp"])
     mix = model.mixture_model_
     with thread_scope(), _create(path, n, d, k, False, max(bs, 1024), model.mixture_, overwrite) as f:
         for s in tqdm(range(0, n, bs), disable=not settings.show_progress(progress), desc="embed", unit="batch"):
