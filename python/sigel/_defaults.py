@@ -41,6 +41,7 @@ HYPER = MappingProxyType({
     "lr": 3e-3,
     "weight_decay": 0.05,
     "warmup_epochs": 2,
+    "ema_decay": 0.998,
     # Module III: refinement and its fading scaffold
     "refine": True,
     "scaffold": True,

@@ -503,6 +503,14 @@ def test_model_saved_before_the_scaffold_graph_option_loads_with_the_box_graph(m
     pd.testing.assert_frame_equal(loaded.embeddings_, model.embeddings_)
 
 
+def test_model_saved_before_the_weight_average_loads_without_one(model, tmp_path):
+    d = model.save(tmp_path / "m")
+    _rewrite(d, edit_config=lambda c: c["init_params"].pop("ema_decay"))
+    loaded = SIGEL.load(d)
+    assert loaded.init_params_["ema_decay"] == 0.0
+    pd.testing.assert_frame_equal(loaded.embeddings_, model.embeddings_)
+
+
 @pytest.mark.parametrize("key", ["mae.patch_embed.weight", "mixture.mu", "results.embeddings"])
 def test_nan_weights_are_refused(model, tmp_path, key):
     d = model.save(tmp_path / "m")

@@ -467,7 +467,54 @@ def test_bad_hyperparameters_are_rejected():
         SIGEL(patch_size=6)
     with pytest.raises(SigelInputError, match="width"):
         SIGEL(width=30, n_heads=4)
+    for bad in (-0.1, 1.0):
+        with pytest.raises(SigelInputError, match="ema_decay"):
+            SIGEL(ema_decay=bad)
     with pytest.raises(TypeError):
         SIGEL(32)  # keyword-only
     with pytest.raises(SigelInputError, match="n_contexts"):
         SIGEL(n_contexts=500).fit(sigel.datasets.synthetic_tissue(30, shape=(10, 10)), **FIT)
+
+
+def test_weight_average_is_a_running_mean_then_an_exponential_one():
+    from sigel.train.trainer import WeightAverage
+
+    live = torch.nn.Linear(1, 1, bias=False)
+    avg = WeightAverage(live, decay=0.75)  # plain mean over the first 1 / (1 - 0.75) = 4 steps
+    seen, expect = [], None
+    for step, w in enumerate([4.0, 2.0, 6.0, 0.0, 8.0, 8.0]):
+        with torch.no_grad():
+            live.weight.fill_(w)
+        avg.update(step)
+        seen.append(w)
+        expect = float(np.mean(seen)) if step < 4 else 0.75 * expect + 0.25 * w
+        assert float(avg.module.weight) == pytest.approx(expect)
+    assert not avg.module.weight.requires_grad and float(live.weight.detach()) == 8.0
+    avg.copy_to(live)
+    assert float(live.weight) == pytest.approx(expect)
+
+
+def test_the_weight_average_is_the_model_returned(adata):
+    """With ema_decay the averaged encoder is what fit returns and saves; its
+    vectors are the fit's vectors, and it differs from the live weights."""
+    from sigel.train import trainer as T
+
+    live = {}
+    orig = T.WeightAverage.copy_to
+
+    def spy(self, model):
+        live.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+        orig(self, model)
+
+    T.WeightAverage.copy_to = spy
+    try:
+        m = SIGEL(**{**FAST, "ema_decay": 0.9}).fit(adata, **FIT)
+    finally:
+        T.WeightAverage.copy_to = orig
+    assert live, "the weight average was not written into the model"
+    sd = m.module_.state_dict()
+    assert any(not torch.equal(sd[k], live[k]) for k in live)
+    np.testing.assert_allclose(m.transform(adata).to_numpy(), m.embeddings_.to_numpy(), atol=1e-4)
+    off = SIGEL(**{**FAST, "ema_decay": 0.0}).fit(adata, **FIT)
+    assert not np.allclose(off.embeddings_.to_numpy(), m.embeddings_.to_numpy())
+

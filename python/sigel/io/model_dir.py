@@ -329,6 +329,8 @@ def _new_model(model_class, cfg: dict, cfg_file: Path):
     params.setdefault("input_norm", None)
     # models saved before the scaffold graph was an option used the box-filter correlation graph
     params.setdefault("scaffold_graph", "box")
+    # models saved before the weight average existed were trained without one
+    params.setdefault("ema_decay", 0.0)
     try:
         return model_class(**params)
     except (TypeError, SigelInputError) as e:

@@ -140,6 +140,10 @@ class Checkpointer:
                                   "resume with the same input and options, or choose another checkpoint folder")
         device = trainer.device
         trainer.model.load_state_dict(st["model"])
+        if trainer.ema is not None:
+            if "ema" not in st:
+                raise SigelInputError(f"{str(self.file)!r} holds no weight average (`ema_decay`)")
+            trainer.ema.module.load_state_dict(st["ema"])
         optimizer.load_state_dict(st["optimizer"])
         _set_mixture_state(trainer.mixture, st["mixture"], device)
         batch_gen.set_state(st["rng"]["batch"])
@@ -181,6 +185,8 @@ class Checkpointer:
                      "history": [{k: v.item() if isinstance(v, np.generic) else v for k, v in r.items()}
                                  for r in history]},
         }
+        if trainer.ema is not None:
+            st["ema"] = {k: v.detach().cpu().clone() for k, v in trainer.ema.module.state_dict().items()}
         if getattr(trainer.images, "draws", False):
             st["rng"]["draws"] = trainer.images.generator.get_state()
         self.dir.mkdir(parents=True, exist_ok=True)

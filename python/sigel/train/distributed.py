@@ -641,8 +641,8 @@ class DistributedTrainer(Trainer):
                   shard=(comm.rank, comm.world_size))
         parts, rows = [], []
         for s, images in enumerate(im.samples):
-            Z, own = embed_draws(self.model, images, cfg.rarefy_draws, **kw) if final \
-                else embed_all(self.model, images, **kw)
+            Z, own = embed_draws(self.reader, images, cfg.rarefy_draws, **kw) if final \
+                else embed_all(self.reader, images, **kw)
             own = torch.from_numpy(np.flatnonzero(own))
             parts.append(Z[own.to(Z.device)])
             rows.append(own + int(im.offsets[s]))
@@ -780,6 +780,7 @@ class DistributedTrainer(Trainer):
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
+            self._after_step(step0 + b)
             for name, v in zip(names + ["total"], vec.tolist()):
                 sums[name] = sums.get(name, 0.0) + v
             n += 1

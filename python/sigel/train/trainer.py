@@ -137,6 +137,10 @@ class TrainConfig:
     rarefy_draws
         With depth-matched images (:class:`sigel.data.views.RarefiedImages`):
         how many rarefied draws the final vectors average over.
+    ema_decay
+        Decay of the running average of the weights (:class:`WeightAverage`)
+        that computes every epoch's vectors and becomes the trained model;
+        ``0``: no average, the live weights throughout.
     """
 
     epochs: int = 40
@@ -176,6 +180,7 @@ class TrainConfig:
     thin_min: float = _D["thin_min"]
     denoise: bool | str = _D["denoise"]
     rarefy_draws: int = _D["rarefy_draws"]
+    ema_decay: float = _D["ema_decay"]
 
     @property
     def refine_epochs(self) -> int:
@@ -534,7 +539,7 @@ def training_views(model, x: torch.Tensor, cfg: TrainConfig, generator: torch.Ge
 
 def gradient_steps(model, images, batches, optimizer, *, state: RefineState, device, step0: int, total_steps: int,
                    warmup_steps: int, cfg: TrainConfig, mask_generator: torch.Generator | None, epoch: int,
-                   views=None) -> dict:
+                   views=None, after_step=None) -> dict:
     """One pass of AdamW steps over ``batches``; returns the mean of every loss term.
 
     Parameters
@@ -562,6 +567,9 @@ def gradient_steps(model, images, batches, optimizer, *, state: RefineState, dev
     views
         Optional :class:`sigel.data.views.CountViews` of ``images`` (count
         thinning for the full views; see :func:`training_views`).
+    after_step
+        Optional ``after_step(step)`` called after every optimiser step with
+        the 0-based global step (the weight average's update).
 
     Returns
     -------
@@ -601,12 +609,48 @@ def gradient_steps(model, images, batches, optimizer, *, state: RefineState, dev
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
+        if after_step is not None:
+            after_step(step0 + b)
         for name, v in terms.items():
             sums[name] = sums.get(name, 0.0) + float(v.detach())
         n += 1
     out = {k: v / max(n, 1) for k, v in sums.items()}
     out["lr"] = lr
     return out
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights (a "mean teacher").
+
+    After every optimiser step ``update(step)`` moves the copy towards the
+    live weights: ``avg <- d * avg + (1 - d) * w`` with
+    ``d = min(decay, step / (step + 1))`` (a plain running mean over the first
+    ``1 / (1 - decay)`` steps). Buffers are copied as they are.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        import copy
+
+        self.decay = float(decay)
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self._live = model
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        """Fold the live weights after gradient step ``step`` (0-based) into the average."""
+        d = min(self.decay, step / (step + 1.0))
+        for a, w in zip(self.module.parameters(), self._live.parameters()):
+            a.lerp_(w.detach(), 1.0 - d)
+        for a, w in zip(self.module.buffers(), self._live.buffers()):
+            a.copy_(w)
+
+    @torch.no_grad()
+    def copy_to(self, model: torch.nn.Module) -> None:
+        """Write the averaged weights into ``model``."""
+        for a, w in zip(self.module.parameters(), model.parameters()):
+            w.copy_(a)
 
 
 # -------------------------------------------------------------------- trainer
@@ -655,6 +699,7 @@ class Trainer:
         self.callback = callback
         self._detection = None
         self.checkpoint = checkpoint
+        self.ema = WeightAverage(self.model, config.ema_decay) if config.ema_decay > 0 else None
 
     # -- pieces ---------------------------------------------------------
     def _state(self, Z, resp, selected, epoch, graph) -> RefineState:
@@ -726,8 +771,19 @@ class Trainer:
         cfg = self.cfg
         kw = dict(batch_size=cfg.embed_batch_size, device=self.device, amp=cfg.amp)
         if final:
-            return embed_draws(self.model, self.images, cfg.rarefy_draws, **kw)
-        return embed_all(self.model, self.images, **kw)
+            return embed_draws(self.reader, self.images, cfg.rarefy_draws, **kw)
+        return embed_all(self.reader, self.images, **kw)
+
+    @property
+    def reader(self) -> torch.nn.Module:
+        """The encoder that computes the epoch's vectors and the final ones: the weight average
+        (``ema_decay > 0``, :class:`WeightAverage`) or the live model."""
+        return self.model if self.ema is None else self.ema.module
+
+    def _after_step(self, step: int) -> None:
+        """Called after every optimiser step (``step``: 0-based global step): folds the weights into the average."""
+        if self.ema is not None:
+            self.ema.update(step)
 
     def _fit_mixture(self, Z: torch.Tensor, n_iter: int, init: bool) -> torch.Tensor:
         """MAP-EM on ``Z`` (:func:`fit_mixture`); returns the ``(G, K)`` memberships."""
@@ -738,7 +794,8 @@ class Trainer:
         """One epoch of AdamW steps over ``batches`` (:func:`gradient_steps`); returns the mean loss terms."""
         return gradient_steps(self.model, self.images, batches, optimizer, state=state, device=self.device,
                               step0=step0, total_steps=total_steps, warmup_steps=warmup_steps, cfg=self.cfg,
-                              mask_generator=mask_generator, epoch=epoch, views=self.views)
+                              mask_generator=mask_generator, epoch=epoch, views=self.views,
+                              after_step=self._after_step)
 
     # -- loop -------------------------------------------------------------
     def fit(self) -> TrainResult:
@@ -758,6 +815,8 @@ class Trainer:
                 loop.start, loop.step = restored["epoch"], restored["step"]
                 loop.prev_labels, loop.history = restored["prev_labels"], restored["history"]
         self._run_epochs(loop)
+        if self.ema is not None:  # the averaged weights are the model's
+            self.ema.copy_to(self.model)
 
         # final embeddings and memberships under the final weights
         Z = self._embed(final=True)
