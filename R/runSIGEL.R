@@ -563,7 +563,8 @@
 #'   pseudo-contrastive and mixture-likelihood terms, and the contrastive
 #'   temperature (of the pseudo-contrastive and scaffold terms; 0.1, before
 #'   0.2: more pathway-enriched gene clusters at coarse resolution, less
-#'   agreement between seeds: 0.84-0.90 against 0.94 on DLPFC).
+#'   agreement between seeds without the weight average of `ema_decay`:
+#'   0.84-0.90 against 0.94 on DLPFC).
 #' @param select_start,select_end self-paced kept fraction of each context's
 #'   most confident genes at the start and the end of the ramp.
 #' @param em_iters `integer(1)`: MAP-EM iterations per epoch.

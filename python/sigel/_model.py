@@ -347,8 +347,9 @@ class SIGEL:
         and the contrastive temperature (of the pseudo-contrastive and
         scaffold terms). 0.1 (before 0.2) gives more pathway-enriched gene
         clusters at coarse resolution and a higher effective rank, at a cost
-        in seed-to-seed agreement (0.84-0.90 on DLPFC, against 0.94 at 0.2;
-        docs/design.md §6, "Temperature").
+        in seed-to-seed agreement without the weight average (0.84-0.90 on
+        DLPFC, against 0.94 at 0.2; docs/design.md §6, "Temperature"); see
+        ``ema_decay``.
     select_start, select_end
         Self-paced kept fraction of each context's most confident genes at the
         first refinement epoch and at the end of the ramp (half of the
