@@ -638,7 +638,7 @@ class SIGEL:
         epochs, pre = self.resolve_epochs(n_genes)
         return TrainConfig(
             epochs=epochs, pretrain_epochs=pre, batch_size=p["batch_size"],
-            embed_batch_size=p["embed_batch_size"], lr=p["lr"], min_lr=p["lr"] / 20.0,
+            embed_batch_size=p["embed_batch_size"], lr=p["lr"],
             weight_decay=p["weight_decay"], warmup_epochs=p["warmup_epochs"], mask_ratio=p["mask_ratio"],
             refine=bool(p["refine"]), scaffold=bool(p["scaffold"]), scaffold_k=p["scaffold_k"],
             scaffold_weight=p["scaffold_weight"], scaffold_graph=p["scaffold_graph"],

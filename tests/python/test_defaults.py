@@ -44,3 +44,10 @@ def test_refinement_losses_default_to_the_models_temperatures():
     for f in (refine.prototype_contrastive_loss, refine.scaffold_contrastive_loss):
         assert _signature_defaults(f)["temperature"] == HYPER["temperature"]
     assert _signature_defaults(refine.view_invariance_loss)["temperature"] == HYPER["view_temperature"]
+
+
+def test_the_learning_rate_floor_follows_the_learning_rate():
+    """min_lr is lr / 20 wherever lr is set (one rule, in TrainConfig), unless given."""
+    assert TrainConfig(lr=1e-2).min_lr == pytest.approx(5e-4)
+    assert TrainConfig(lr=1e-2, min_lr=1e-3).min_lr == 1e-3
+    assert sigel.SIGEL(lr=4e-3)._train_config(3000).min_lr == pytest.approx(2e-4)

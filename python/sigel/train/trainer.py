@@ -63,9 +63,10 @@ class TrainConfig:
     """Training hyper-parameters (see :class:`sigel.SIGEL` for their meaning).
 
     The defaults of the fields :class:`sigel.SIGEL` also takes are its own
-    (read from :data:`sigel._defaults.HYPER`); ``min_lr`` is 1/20 of ``lr``,
-    as ``SIGEL`` sets it. ``epochs`` and ``pretrain_epochs``, which ``SIGEL``
-    resolves from the number of genes, default to 40 and 10 here.
+    (read from :data:`sigel._defaults.HYPER`); ``min_lr`` left at ``None``
+    becomes 1/20 of ``lr``, the schedule ``SIGEL`` trains with. ``epochs``
+    and ``pretrain_epochs``, which ``SIGEL`` resolves from the number of
+    genes, default to 40 and 10 here.
 
     Attributes
     ----------
@@ -148,7 +149,7 @@ class TrainConfig:
     batch_size: int = _D["batch_size"]
     embed_batch_size: int = _D["embed_batch_size"]
     lr: float = _D["lr"]
-    min_lr: float = _D["lr"] / 20.0
+    min_lr: float | None = None
     weight_decay: float = _D["weight_decay"]
     warmup_epochs: int = _D["warmup_epochs"]
     grad_clip: float | None = 1.0
@@ -181,6 +182,10 @@ class TrainConfig:
     denoise: bool | str = _D["denoise"]
     rarefy_draws: int = _D["rarefy_draws"]
     ema_decay: float = _D["ema_decay"]
+
+    def __post_init__(self):
+        if self.min_lr is None:
+            self.min_lr = self.lr / 20.0
 
     @property
     def refine_epochs(self) -> int:
