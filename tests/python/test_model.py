@@ -494,7 +494,7 @@ def test_weight_average_is_a_running_mean_then_an_exponential_one():
     assert float(live.weight.detach()) == pytest.approx(expect)
 
 
-def test_the_weight_average_is_the_model_returned(adata):
+def test_the_weight_average_is_the_model_returned(adata, monkeypatch):
     """With ema_decay the averaged encoder is what fit returns and saves; its
     vectors are the fit's vectors, and it differs from the live weights."""
     from sigel.train import trainer as T
@@ -506,11 +506,9 @@ def test_the_weight_average_is_the_model_returned(adata):
         live.update({k: v.detach().clone() for k, v in model.state_dict().items()})
         orig(self, model)
 
-    T.WeightAverage.copy_to = spy
-    try:
-        m = SIGEL(**{**FAST, "ema_decay": 0.9}).fit(adata, **FIT)
-    finally:
-        T.WeightAverage.copy_to = orig
+    monkeypatch.setattr(T.WeightAverage, "copy_to", spy)
+    m = SIGEL(**{**FAST, "ema_decay": 0.9}).fit(adata, **FIT)
+    monkeypatch.undo()
     assert live, "the weight average was not written into the model"
     sd = m.module_.state_dict()
     assert any(not torch.equal(sd[k], live[k]) for k in live)
