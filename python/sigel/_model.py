@@ -984,7 +984,7 @@ class SIGEL:
         return int(self.init_params_["rarefy_draws"]) if n is None else n
 
     def transform(self, adata_or_images, *, genes=None, batch_size: int | None = None, device=None,
-                  **image_options) -> pd.DataFrame:
+                  draws: int | str | None = None, **image_options) -> pd.DataFrame:
         """Embed the genes of a new AnnData (or of prebuilt images) without retraining.
 
         Images are rebuilt with the options saved at fit time (normalisation,
@@ -1001,6 +1001,14 @@ class SIGEL:
             Genes per forward pass.
         device
             Torch device (default: where the model is).
+        draws
+            For a model that reads depth-matched draws: how many to average
+            per gene (:meth:`embed_images`; default ``rarefy_draws``, which
+            is what ``fit`` used, so the training genes get back their fitted
+            vectors). Fewer draws are faster and noisier: on DLPFC 151673
+            (8,325 genes, 2 threads) 1 draw ran at about 2,200-2,700 genes/s
+            against 830-910 for 4, and its vectors agreed with the 4-draw
+            ones at r = 0.93-0.94 (gene-gene cosines; benchmarks/RESULTS.md).
         **image_options
             Overrides of the saved image options (e.g. ``library_size_key=None``
             for a sample without that column).
@@ -1013,7 +1021,7 @@ class SIGEL:
         """
         self._require_trained("transform")
         images = self.images_for(adata_or_images, genes=genes, **image_options)
-        Z = self.embed_images(images, batch_size=batch_size, device=device)
+        Z = self.embed_images(images, batch_size=batch_size, device=device, draws=draws)
         return pd.DataFrame(Z, index=pd.Index(images.genes, name="gene"),
                             columns=[f"dim_{i}" for i in range(Z.shape[1])])
 

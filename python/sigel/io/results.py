@@ -4,9 +4,10 @@ For atlas-size jobs the per-gene results need not sit in memory:
 
 * :func:`write_results_h5` stores a fitted model's results (what
   ``SIGEL.fit(..., out_file=...)`` writes, on rank 0 only under ``torchrun``);
-* :func:`transform_to_h5` embeds the genes of new data in batches and
-  streams each batch's vectors and memberships straight into the file, so
-  memory is bounded by one batch of dense images plus the sparse inputs;
+* :func:`transform_to_h5` embeds the genes of new data in batches, as
+  ``SIGEL.transform`` does, and streams the vectors and memberships into
+  the file block by block, so memory is bounded by one batch of dense
+  images, the sparse inputs and the ``(G, D)`` vectors;
 * :func:`read_results_h5` reads a file back into DataFrames (or only some
   rows, lazily through h5py).
 
@@ -123,12 +124,16 @@ def write_results_h5(path, model, *, chunk_size: int = 16384, overwrite: bool = 
 
 
 def transform_to_h5(model, adata_or_images, path, *, genes=None, batch_size: int | None = None,
-                    device=None, overwrite: bool = True, progress: bool | None = None, **image_options) -> Path:
-    """Embed new data with a trained model, streaming vectors and memberships to HDF5.
+                    device=None, draws: int | str | None = None, overwrite: bool = True,
+                    progress: bool | None = None, **image_options) -> Path:
+    """Embed new data with a trained model, streaming the memberships to HDF5.
 
-    Like :meth:`sigel.SIGEL.transform` but never holds the ``(G, D)`` result:
-    each batch of genes is densified, embedded, scored under the fitted
-    mixture and written, then dropped.
+    The vectors are :meth:`sigel.SIGEL.transform`'s, computed the same way
+    (:meth:`sigel.SIGEL.embed_images`: batches of genes densified and
+    embedded, averaged over the model's depth-matched draws where it reads
+    them). Only the ``(G, D)`` vectors are held (4 bytes x G x D: 1 MB for
+    8,000 genes at D = 32); the ``(G, K)`` memberships under the fitted
+    mixture are computed, written and dropped block by block.
 
     Parameters
     ----------
@@ -145,10 +150,13 @@ def transform_to_h5(model, adata_or_images, path, *, genes=None, batch_size: int
         Genes per forward pass (default: the model's ``embed_batch_size``).
     device
         Torch device (default: where the model is).
+    draws
+        Depth-matched draws averaged per gene (:meth:`sigel.SIGEL.embed_images`;
+        default the model's ``rarefy_draws``).
     overwrite
         Replace an existing file.
     progress
-        Progress bar (``None``: ``sigel.settings.show_progress()``).
+        Progress bar over the blocks written (``None``: ``sigel.settings.show_progress()``).
     **image_options
         Overrides of the saved image options.
 
@@ -159,25 +167,20 @@ def transform_to_h5(model, adata_or_images, path, *, genes=None, batch_size: int
     import torch
     from tqdm.auto import tqdm
 
-    from .._settings import settings, thread_scope
-    from ..train.trainer import embed_all
+    from .._settings import settings
 
     model._require_trained("transform_to_h5")
     images = model.images_for(adata_or_images, genes=genes, **image_options)
-    mod = model.module_
-    dev = torch.device(device) if device is not None else next(mod.parameters()).device
-    mod.to(dev)
-    bs = int(batch_size or model.init_params_["embed_batch_size"])
+    Z = model.embed_images(images, batch_size=batch_size, device=device, draws=draws)
     n, d, k = images.n_genes, model.embed_dim, model.n_contexts_
-    amp = bool(model.init_params_["amp"])
+    block = max(int(batch_size or model.init_params_["embed_batch_size"]), 1024)
     mix = model.mixture_model_
-    with thread_scope(), _create(path, n, d, k, False, max(bs, 1024), model.mixture_, overwrite) as f:
-        for s in tqdm(range(0, n, bs), disable=not settings.show_progress(progress), desc="embed", unit="batch"):
-            rows = np.arange(s, min(s + bs, n))
-            Z = embed_all(mod, images, batch_size=bs, device=dev, amp=amp, rows=rows)
+    with _create(path, n, d, k, False, block, model.mixture_, overwrite) as f:
+        for s in tqdm(range(0, n, block), disable=not settings.show_progress(progress), desc="write", unit="block"):
+            rows = np.arange(s, min(s + block, n))
             with torch.no_grad():
-                r = mix.predict_proba(Z.to(mix.params.mu.device, mix.params.mu.dtype))
-            _write_block(f, s, Z.cpu().numpy(), r.double().cpu().numpy(), images.genes[rows])
+                r = mix.predict_proba(torch.from_numpy(Z[rows]).to(mix.params.mu.device, mix.params.mu.dtype))
+            _write_block(f, s, Z[rows], r.double().cpu().numpy(), images.genes[rows])
     return Path(path)
 
 

@@ -278,3 +278,30 @@ def test_rarefy_auto_turns_itself_off_with_a_warning_where_it_cannot_draw():
     with pytest.warns(UserWarning, match="rarefy='auto'.*several samples"):
         m = sigel.SIGEL(**kw).fit([adata, adata], sample_names=["a", "b"], n_threads=1, progress=False)
     assert "rarefy" not in m.image_options_
+
+
+def test_transform_draws_and_the_hdf5_stream_read_what_transform_reads(tmp_path):
+    """`transform_to_h5` gives `transform`'s vectors for a model that reads depth-matched draws (it read
+    whole images before), and `draws` trades noise for speed on the deep genes only."""
+    from sigel.data.views import rarefied
+    from sigel.io import read_results_h5, transform_to_h5
+
+    adata = sigel.datasets.synthetic_tissue(80, seed=6)
+    m = sigel.SIGEL(epochs=2, n_contexts=3, embed_dim=8, rarefy="auto", rarefy_draws=2).fit(
+        adata, n_threads=1, progress=False)
+    E = m.transform(adata)
+    got = read_results_h5(transform_to_h5(m, adata, tmp_path / "t.h5", batch_size=16, progress=False))
+    assert got["embeddings"].index.equals(E.index)
+    np.testing.assert_array_equal(got["embeddings"].to_numpy(), E.to_numpy())
+    np.testing.assert_allclose(got["memberships"].to_numpy(), m.predict_memberships(E).to_numpy(), atol=1e-6)
+    # the model's own count of draws is the default; one draw changes only the genes deeper than the common depth
+    np.testing.assert_array_equal(m.transform(adata, draws=2).to_numpy(), E.to_numpy())
+    one = m.transform(adata, draws=1)
+    whole = rarefied(m.images_for(adata)).read_whole
+    assert whole.any() and not whole.all()
+    np.testing.assert_array_equal(one.to_numpy()[whole], E.to_numpy()[whole])
+    assert not np.allclose(one.to_numpy()[~whole], E.to_numpy()[~whole], atol=1e-4)
+    h5_one = read_results_h5(transform_to_h5(m, adata, tmp_path / "one.h5", draws=1, progress=False))
+    np.testing.assert_array_equal(h5_one["embeddings"].to_numpy(), one.to_numpy())
+    with pytest.raises(sigel.SigelInputError, match="draws"):
+        m.transform(adata, draws=0)
