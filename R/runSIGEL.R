@@ -14,7 +14,7 @@
                          weight_decay = 0.05, warmup_epochs = 2L,
                          ema_decay = 0.998,
                          refine = TRUE, scaffold = TRUE, scaffold_k = 10L,
-                         scaffold_weight = 1, scaffold_graph = "box",
+                         scaffold_weight = 3, scaffold_graph = "pca",
                          mixture = "student_t",
                          dirichlet_alpha = 2, contrastive_weight = 1,
                          mixture_weight = 0.1, temperature = 0.1,
@@ -551,11 +551,12 @@
 #' @param scaffold_k,scaffold_weight neighbours per gene in the scaffold and
 #'   the initial weight of its term.
 #' @param scaffold_graph `character(1)`: how the scaffold finds neighbours:
-#'   `"box"`, correlation of the images after a 3x3 box filter; `"pca"`,
-#'   cosine on the 50 leading principal axes of the images after the
-#'   input filter (`input_norm`, `smooth_sigma`). `"pca"` with
-#'   `scaffold_weight = 3` can help on large sections (DLPFC) and fails on
-#'   small grids (about 20 x 20 pixels), where it groups noise genes.
+#'   `"pca"` (default), cosine on the 50 leading principal axes of the
+#'   images after the input filter (`input_norm`, `smooth_sigma`); `"box"`,
+#'   correlation of the images after a 3x3 box filter (the default before,
+#'   with `scaffold_weight = 1`). On very small grids (about 20 x 20
+#'   pixels) the PCA graph groups noise genes: use `scaffold_graph = "box",
+#'   scaffold_weight = 1` there.
 #' @param mixture `character(1)`: `"student_t"` or `"gaussian"`.
 #' @param dirichlet_alpha `numeric(1)`: Dirichlet prior on the mixture
 #'   weights (>= 1).

@@ -46,8 +46,8 @@ HYPER = MappingProxyType({
     "refine": True,
     "scaffold": True,
     "scaffold_k": 10,
-    "scaffold_weight": 1.0,
-    "scaffold_graph": "box",
+    "scaffold_weight": 3.0,
+    "scaffold_graph": "pca",
     # Module II: the mixture
     "mixture": "student_t",
     "dirichlet_alpha": 2.0,

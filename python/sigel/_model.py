@@ -330,14 +330,15 @@ class SIGEL:
         smoothed images) and the initial weight of its contrastive smoothness
         term, which decays linearly to 0 at the last epoch.
     scaffold_graph
-        How the scaffold finds each gene's neighbours: ``'box'``, Pearson
-        correlation of the images after a 3x3 masked box filter; ``'pca'``,
+        How the scaffold finds each gene's neighbours: ``'pca'`` (default),
         cosine on the 50 leading principal axes of the images after the
         encoder's input filter (``input_norm``, ``smooth_sigma``), centred
         and scaled per gene: the truncation drops the pixel noise that no
-        other gene shares. ``'pca'`` with ``scaffold_weight=3`` can help on
-        sections whose tissue spans many times the filter width (DLPFC) and
-        fails on small grids (docs/design.md §6).
+        other gene shares; ``'box'``, Pearson correlation of the images
+        after a 3x3 masked box filter (the default before, with
+        ``scaffold_weight=1``). On very small images (about 20 x 20 pixels)
+        the PCA graph links noise genes by chance; use
+        ``scaffold_graph='box', scaffold_weight=1`` there (docs/design.md §6).
     mixture
         ``'student_t'`` (default) or ``'gaussian'`` (ablation).
     dirichlet_alpha
