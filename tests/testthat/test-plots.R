@@ -5,11 +5,14 @@ test_that("plotContexts shows the 12 largest contexts, without warnings", {
     sce <- sigel_tiny_sce(150L)
     h <- sigel_tiny_hyper()
     # this fit must occupy more than 12 contexts: with full images
-    # (rarefy = NULL) and 24 on offer it does (17 at seed 2). The depth-matched
-    # default, and 16 contexts at the sharper default temperature (12
-    # occupied), do not on 150 tiny genes
+    # (rarefy = NULL), the box scaffold at weight 1 and 24 on offer it does
+    # (17 at seed 2). The depth-matched default, 16 contexts at the sharper
+    # default temperature (12 occupied) and the default PCA scaffold at
+    # weight 3 (9 of 24 occupied) do not on 150 tiny genes
     h$n_contexts <- 24L
     h["rarefy"] <- list(NULL)
+    h$scaffold_graph <- "box"
+    h$scaffold_weight <- 1
     fit <- do.call(runSIGEL, c(list(sce), h, list(seed = 2L, verbose = FALSE,
                                                   n_threads = 1L)))
     sizes <- table(sigelContexts(fit)$context)
