@@ -1009,7 +1009,8 @@ class SIGEL:
             vectors). Fewer draws are faster and noisier: on DLPFC 151673
             (8,325 genes, 2 threads) 1 draw ran at about 2,200-2,700 genes/s
             against 830-910 for 4, and its vectors agreed with the 4-draw
-            ones at r = 0.93-0.94 (gene-gene cosines; benchmarks/RESULTS.md).
+            ones at r = 0.92-0.94 on 151673 and 151675 (gene-gene cosines;
+            benchmarks/RESULTS.md).
         **image_options
             Overrides of the saved image options (e.g. ``library_size_key=None``
             for a sample without that column).
