@@ -431,7 +431,8 @@ sigelCompareSVG <- function(x, n_null = 2L,
     reference
 }
 
-# `draws` of the SVG functions: NULL, "depth" or a whole number >= 1
+# `draws` of the SVG functions and of runSIGEL(model =): NULL, "depth" or a
+# whole number >= 1
 .check_draws <- function(draws) {
     if (identical(draws, "depth")) return(draws)
     if (is.character(draws)) {

@@ -43,7 +43,11 @@ epochs of training (the trainer's per-epoch embedding pass, one draw; rows
 pre-training or in refinement.
 
 Data sets (``--dataset``): ``dlpfc151673``, ``dlpfc151674``, ``dlpfc151675``
-(Visium, ``sum_umi`` library size), ``mob`` (Stahl 2016 replicate 11).
+(Visium, ``sum_umi`` library size), ``mob`` (Stahl 2016 replicate 11, all
+262 spots and every gene the images keep) and ``mob_svg`` (the same section as
+benchmarks/bench_svg.py reads it: the 260 spots and the genes of the published
+SpatialDE analysis, grid geometry), so that the SVG benchmark's saved bulb
+models can be scored with ``--embedding``.
 
     .venv/bin/python benchmarks/bench_embeddings.py --data ../shared/data --dataset dlpfc151673 \\
         --variant default --out benchmarks/out/emb_151673.json
@@ -84,15 +88,21 @@ def load_dataset(data: Path, name: str):
         sym = pd.Series(sym.to_numpy(), index=a.var_names.astype(str))
         coords = a.obs[["array_row", "array_col"]].to_numpy(float) * np.array([np.sqrt(3) / 2 * 2, 1.0])
         return a, {"library_size_key": "sum_umi"}, sym, sym, coords
-    if name == "mob":
-        a = ad.read_h5ad(data / "svg" / "mob_rep11_stahl2016.h5ad")
+    if name in ("mob", "mob_svg"):
+        if name == "mob_svg":
+            from bench_svg import load_mob
+
+            a, _ = load_mob(data)
+            fit_kw = {"geometry": "grid"}
+        else:
+            a, fit_kw = ad.read_h5ad(data / "svg" / "mob_rep11_stahl2016.h5ad"), {}
         hom = pd.read_csv(data / "reference" / "mouse_to_human_homologs_EWCE.tsv.gz", sep="\t")
         m2h = dict(zip(hom["MGI.symbol"].astype(str), hom["HGNC.symbol"].astype(str)))
         genes = a.var_names.astype(str)
         human = pd.Series([m2h.get(g) for g in genes], index=genes, dtype=object)
         fam = pd.Series(list(genes), index=genes, dtype=object)  # nomenclature families from mouse symbols
         coords = a.obs[["x", "y"]].to_numpy(float)
-        return a, {}, human, fam, coords
+        return a, fit_kw, human, fam, coords
     raise SystemExit(f"unknown dataset {name!r}")
 
 

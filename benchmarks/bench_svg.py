@@ -27,6 +27,13 @@ the directory exists, else fitted with the default settings and saved there
     .venv/bin/python benchmarks/bench_svg.py --data ../shared/data
     .venv/bin/python benchmarks/bench_svg.py --model DIR --skip mob
     .venv/bin/python benchmarks/bench_svg.py --data ../shared/data --calibration --seeds 0 1
+    .venv/bin/python benchmarks/bench_svg.py --data ../shared/data --skip dlpfc \
+        --prostate-calls benchmarks/out/spatialde_prostate_cancer.csv
+
+* ``--prostate-calls``: the same power measures on the prostate cancer section,
+  against SpatialDE's calls there (the section has no published calls; run
+  benchmarks/spatialde_reference.py first, which reproduces the bulb's
+  published calls exactly).
 """
 from __future__ import annotations
 
@@ -150,14 +157,46 @@ def load_mob(data: Path):
     return adata, ref.loc[genes, "qval"] < 0.05
 
 
-def mob(args, sigel):
-    from sklearn.metrics import average_precision_score
+def load_prostate(data: Path, calls: Path):
+    """The prostate cancer section (Visium FFPE) and the genes SpatialDE tested there; its calls (q < 0.05) from
+    ``calls``, a table written by benchmarks/spatialde_reference.py (the section has no published calls)."""
+    import anndata as ad
 
+    adata = ad.read_h5ad(data / "cross_sample" / "visium_ffpe_prostate_normal_vs_cancer_giotto_mini.h5ad")
+    adata = adata[adata.obs["condition"].astype(str).str.lower().str.contains("cancer")].copy()
+    ref = pd.read_csv(calls).drop_duplicates("g").set_index("g")
+    genes = adata.var_names.intersection(ref.index)
+    return adata[:, genes].copy(), ref.loc[genes, "qval"] < 0.05
+
+
+def mob(args, sigel):
+    """AUPRC etc. on the bulb against the published SpatialDE calls (`power`)."""
     adata, truth = load_mob(Path(args.data))
     log(f"MOB: {adata.n_obs} spots x {adata.n_vars} genes (SpatialDE-tested); {int(truth.sum())} SpatialDE SVGs")
     # legacy ST: integer array positions with small offsets -> the grid geometry
-    model, fit_s = load_or_fit(sigel, adata, Path(args.mob_model), args.threads, epochs=args.epochs,
-                               seed=args.fit_seed, hyper=args.hyper, geometry="grid")
+    return power(args, sigel, adata, truth, Path(args.mob_model), dict(geometry="grid"), args.save_scores,
+                 shuffle=not args.no_shuffle)
+
+
+def prostate(args, sigel):
+    """AUPRC etc. on the prostate cancer section against SpatialDE's calls there (`power`); the model is the
+    calibration's (``--model-dir``/svg_prostate_cancer, or ``--prostate-model``)."""
+    adata, truth = load_prostate(Path(args.data), Path(args.prostate_calls))
+    log(f"prostate cancer: {adata.n_obs} spots x {adata.n_vars} genes (SpatialDE-tested); "
+        f"{int(truth.sum())} SpatialDE SVGs")
+    path = Path(args.prostate_model or Path(args.model_dir) / "svg_prostate_cancer")
+    save = None if not args.save_scores else str(Path(args.save_scores).with_suffix("")) + "_prostate.csv"
+    return power(args, sigel, adata, truth, path, {}, save, shuffle=False)
+
+
+def power(args, sigel, adata, truth, model_path: Path, fit_kw: dict, save_scores, *, shuffle: bool):
+    """Each ranking (sigel per variant, SPARK-X-style, Moran's I) against the reference calls ``truth``: AUPRC,
+    reference genes in the top n, calls at q < 0.05; Spearman and top-k overlaps between methods; with
+    ``shuffle``, the fraction at p < 0.05 after the spots are shuffled."""
+    from sklearn.metrics import average_precision_score
+
+    model, fit_s = load_or_fit(sigel, adata, model_path, args.threads, epochs=args.epochs,
+                               seed=args.fit_seed, hyper=args.hyper, **fit_kw)
     sgs, sx, mi, secs = run_three(sigel, model, adata, n_null=args.n_null, threads=args.threads,
                                   metrics=args.metrics, null=args.null, variances=args.variance, draws=args.draws,
                                   references=args.reference)
@@ -184,7 +223,7 @@ def mob(args, sigel):
         ov[k] = {f"{a}-{b}": len(tops[a] & tops[b]) for i, a in enumerate(names) for b in names[i + 1:]}
     out["top_k_overlap"] = ov
     # calibration on real genes: shuffle the spots' coordinates (pattern-free by construction)
-    if not args.no_shuffle:
+    if shuffle:
         rng = np.random.default_rng(1)
         sh = adata.copy()
         perm = rng.permutation(sh.n_obs)
@@ -196,10 +235,8 @@ def mob(args, sigel):
                                     for m, t in sg2.items()}
         out["shuffled_frac_p05"].update(sparkx=round(float((sx2["pval"] < 0.05).mean()), 4),
                                         moran=round(float((mi2["pval"] < 0.05).mean()), 4))
-    if args.save_tables:
-        tab.to_csv(Path(args.save_tables) / "mob_svg_scores.csv")
-    if args.save_scores:
-        tab.to_csv(args.save_scores)
+    if save_scores:
+        tab.to_csv(save_scores)
     return out
 
 
@@ -367,10 +404,15 @@ def calibration_markdown(res) -> str:
 
 def markdown(res):
     lines = ["## Spatially variable genes (issue 6)", ""]
-    if "mob" in res:
-        m = res["mob"]
-        lines += [f"MOB replicate 11 ({m['spots']} spots, {m['genes']} genes tested by SpatialDE; "
-                  f"reference: {m['reference_svgs']} published SpatialDE SVGs at q < 0.05).", "",
+    titles = dict(mob="MOB replicate 11 ({spots} spots, {genes} genes tested by SpatialDE; reference: "
+                      "{reference_svgs} published SpatialDE SVGs at q < 0.05).",
+                  prostate="Prostate cancer section ({spots} spots, {genes} genes tested by SpatialDE; reference: "
+                           "{reference_svgs} SpatialDE SVGs at q < 0.05, benchmarks/spatialde_reference.py).")
+    for name in ("mob", "prostate"):
+        if name not in res:
+            continue
+        m = res[name]
+        lines += [titles[name].format(**m), "",
                   "| method | AUPRC (random {:.3f}) | reference genes in top {} | genes at q < 0.05 | seconds |".format(
                       m["methods"]["moran"]["random_auprc"], m["reference_svgs"]),
                   "|---|---|---|---|---|"]
@@ -415,7 +457,12 @@ def main(argv=None):
     ap.add_argument("--among-all", action="store_true",
                     help="calibration: sigel tests the planted null genes together with every real gene (as a "
                          "user's run would; the reference then pools all genes' controls), not on their own")
-    ap.add_argument("--save-tables", default=None, help="folder for the per-gene score tables")
+    ap.add_argument("--prostate-calls", default=None,
+                    help="SpatialDE table of the prostate cancer section (benchmarks/spatialde_reference.py): "
+                         "also score the power there")
+    ap.add_argument("--prostate-model", default=None,
+                    help="prostate model directory (default: --model-dir/svg_prostate_cancer, shared with "
+                         "--calibration); fitted and saved when missing")
     ap.add_argument("--out", default=None, help="write the JSON results here")
     ap.add_argument("--calibration", action="store_true",
                     help="depth-homogeneous null genes on MOB, DLPFC 151673 and prostate cancer (see above)")
@@ -460,6 +507,9 @@ def main(argv=None):
     if "mob" not in args.skip:
         res["mob"] = mob(args, sigel)
         log(json.dumps(res["mob"]))
+    if args.prostate_calls:
+        res["prostate"] = prostate(args, sigel)
+        log(json.dumps(res["prostate"]))
     if "dlpfc" not in args.skip:
         res["dlpfc"] = dlpfc(args, sigel)
         log(json.dumps(res["dlpfc"]))

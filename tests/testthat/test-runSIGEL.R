@@ -173,6 +173,19 @@ test_that("save / load round trip; objects survive saveRDS", {
                  SummarizedExperiment::rowData(sce)$sigel_context)
     new2 <- runSIGEL(sce, model = dir, verbose = FALSE)     # a path works too
     expect_equal(sigelEmbeddings(new2), sigelEmbeddings(new))
+    # draws: the model's own number (rarefy_draws = 4) unless told; one draw
+    # reads other (noisier) vectors; only with `model =`
+    four <- runSIGEL(sce, model = model, draws = 4, verbose = FALSE)
+    expect_equal(sigelEmbeddings(four), sigelEmbeddings(new), tolerance = 1e-6)
+    one <- runSIGEL(sce, model = model, draws = 1L, verbose = FALSE)
+    expect_identical(rownames(sigelEmbeddings(one)), rownames(sigelEmbeddings(new)))
+    expect_gt(max(abs(sigelEmbeddings(one) - sigelEmbeddings(new))), 1e-3)
+    expect_error(runSIGEL(sce, model = model, draws = 0, verbose = FALSE),
+                 "`draws` must be")
+    expect_error(runSIGEL(sce, model = model, draws = "many", verbose = FALSE),
+                 "\"depth\"")
+    expect_error(runSIGEL(sigel_tiny_sce(), draws = 2, verbose = FALSE),
+                 "rarefy_draws")
 
     # saveRDS / readRDS keeps a path, not a Python pointer
     f <- tempfile(fileext = ".rds")
