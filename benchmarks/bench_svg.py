@@ -30,6 +30,9 @@ the directory exists, else fitted with the default settings and saved there
     .venv/bin/python benchmarks/bench_svg.py --data ../shared/data --skip dlpfc \
         --prostate-calls benchmarks/out/spatialde_prostate_cancer.csv
 
+* ``--compare A.csv B.csv``: two ``--save-scores`` tables (two refits, or one
+  model scored with two ``--svg-seed``) side by side: Spearman, shared calls,
+  top-200 overlap per method.
 * ``--prostate-calls``: the same power measures on the prostate cancer section,
   against SpatialDE's calls there (the section has no published calls; run
   benchmarks/spatialde_reference.py first, which reproduces the bulb's
@@ -199,7 +202,7 @@ def power(args, sigel, adata, truth, model_path: Path, fit_kw: dict, save_scores
                                seed=args.fit_seed, hyper=args.hyper, **fit_kw)
     sgs, sx, mi, secs = run_three(sigel, model, adata, n_null=args.n_null, threads=args.threads,
                                   metrics=args.metrics, null=args.null, variances=args.variance, draws=args.draws,
-                                  references=args.reference)
+                                  references=args.reference, seed=args.svg_seed)
     tab = scores_table(sgs, sx, mi)
     y = truth.reindex(tab.index).fillna(False).to_numpy()
     n_ref = int(y.sum())
@@ -389,6 +392,28 @@ def calibration(args, sigel):
     return out
 
 
+def compare_tables(path_a: str, path_b: str) -> pd.DataFrame:
+    """Two score tables (``--save-scores``) side by side, per method: Spearman of the scores over the common
+    genes, calls at q < 0.05 in each and the share of the smaller set found in both, top-200 overlap."""
+    from scipy.stats import spearmanr
+
+    a, b = pd.read_csv(path_a, index_col=0), pd.read_csv(path_b, index_col=0)
+    g = a.index.intersection(b.index)
+    rows = []
+    for m in [c for c in a.columns if f"{c}_q" in a.columns and c in b.columns]:
+        ca, cb = set(g[a.loc[g, f"{m}_q"] < 0.05]), set(g[b.loc[g, f"{m}_q"] < 0.05])
+        ta, tb = set(a.loc[g, m].nlargest(200).index), set(b.loc[g, m].nlargest(200).index)
+        rows.append(dict(method=m, genes=len(g), spearman=round(float(spearmanr(a.loc[g, m], b.loc[g, m])[0]), 3),
+                         calls=f"{len(ca)} / {len(cb)}",
+                         shared=round(len(ca & cb) / max(1, min(len(ca), len(cb))), 3), top200=len(ta & tb)))
+    return pd.DataFrame(rows)
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+    return "\n".join(lines + ["| " + " | ".join(str(v) for v in r) + " |" for r in df.itertuples(index=False)])
+
+
 def calibration_markdown(res) -> str:
     methods = [k for k in res["calibration"][next(iter(res["calibration"]))]["rows"][0] if k.startswith("sigel_")]
     methods += ["sparkx", "moran"]
@@ -457,6 +482,10 @@ def main(argv=None):
     ap.add_argument("--among-all", action="store_true",
                     help="calibration: sigel tests the planted null genes together with every real gene (as a "
                          "user's run would; the reference then pools all genes' controls), not on their own")
+    ap.add_argument("--svg-seed", type=int, default=0, help="tl.svg(seed=...) of the power runs (controls, draws)")
+    ap.add_argument("--compare", nargs=2, default=None, metavar="SCORES.csv",
+                    help="only compare two --save-scores tables (e.g. two refits): per method, Spearman of the "
+                         "scores, calls at q < 0.05 shared, top-200 overlap")
     ap.add_argument("--prostate-calls", default=None,
                     help="SpatialDE table of the prostate cancer section (benchmarks/spatialde_reference.py): "
                          "also score the power there")
@@ -482,6 +511,9 @@ def main(argv=None):
     ap.add_argument("--model-dir", default=str(HERE / "out" / "models"),
                     help="where calibration models are loaded from / saved to")
     args = ap.parse_args(argv)
+    if args.compare:
+        print(markdown_table(compare_tables(*args.compare)))
+        return
     sys.path.insert(0, str(HERE.parent / "python"))
     import sigel
     from bench_fit_dlpfc import parse_settings
