@@ -14,7 +14,7 @@ def axes_or_new(ax, figsize):
 
 
 def image_grid(images, titles, *, ncols: int = 6, cmap: str = "magma", panel_size: float = 2.0, ax=None,
-               vmin=0.0, vmax=None, cmaps=None, height_ratio: float = 1.0):
+               vmin=0.0, vmax=None, cmaps=None):
     """Draw 2-D images in a grid of panels; NaN pixels (outside the tissue) stay white.
 
     Parameters
@@ -28,7 +28,8 @@ def image_grid(images, titles, *, ncols: int = 6, cmap: str = "magma", panel_siz
     cmap
         Matplotlib colormap.
     panel_size
-        Inches per panel.
+        Inches per panel (its width; its height follows the images' aspect,
+        so wide tissue strips leave no empty bands, plus room for the titles).
     ax
         Optional axes to draw into (one per image); a new figure otherwise.
     vmin
@@ -37,8 +38,6 @@ def image_grid(images, titles, *, ncols: int = 6, cmap: str = "magma", panel_siz
         Upper colour limit (``None``: the image's maximum).
     cmaps
         Optional per-image colormaps (overrides ``cmap``).
-    height_ratio
-        Panel height relative to its width (room for two-line titles).
 
     Returns
     -------
@@ -50,8 +49,10 @@ def image_grid(images, titles, *, ncols: int = 6, cmap: str = "magma", panel_siz
     if ax is None:
         ncols = max(1, min(int(ncols), max(n, 1)))
         nrows = max(int(np.ceil(n / ncols)), 1)
-        fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size * ncols, panel_size * height_ratio * nrows),
-                                 squeeze=False)
+        aspect = float(np.median([np.shape(m)[0] / max(np.shape(m)[1], 1) for m in images])) if n else 1.0
+        lines = max([str(t).count("\n") + 1 for t in titles] or [1])
+        row = panel_size * min(max(aspect, 0.25), 4.0) + 0.15 * lines + 0.1  # image + title lines (inches)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size * ncols, row * nrows), squeeze=False)
         axes = axes.ravel()
     else:
         axes = np.atleast_1d(ax).ravel()

@@ -64,7 +64,7 @@ def pattern_search(result, images, *, pseudo_image=None, n_top: int = 5, key: st
     cmaps = [cmap] * len(genes)
     if pseudo_image is not None:
         imgs, titles, cmaps = [pseudo_image] + imgs, ["template\n(pseudo-gene)"] + titles, ["viridis"] + cmaps
-    return image_grid(imgs, titles, ncols=max(len(imgs), 1), cmaps=cmaps, panel_size=panel_size, height_ratio=1.1)
+    return image_grid(imgs, titles, ncols=max(len(imgs), 1), cmaps=cmaps, panel_size=panel_size)
 
 
 def svg(result, images, *, n_top: int = 12, controls=None, key: str = "sigel_svg", ncols: int = 4,
@@ -114,7 +114,7 @@ def svg(result, images, *, n_top: int = 12, controls=None, key: str = "sigel_svg
     titles = [f"{g}\nscore {table.loc[g, 'score']:.1f}, q {table.loc[g, 'qval']:.2g}" for g in genes]
     if controls is None:
         return image_grid([images.image(g) for g in genes], titles, ncols=ncols, cmap=cmap,
-                          panel_size=panel_size, height_ratio=1.1)
+                          panel_size=panel_size)
     missing = [g for g in genes if f"{g} (control)" not in controls.genes]
     if missing:
         raise SigelInputError(f"no control image for {missing[:5]}; make them with "
@@ -126,7 +126,7 @@ def svg(result, images, *, n_top: int = 12, controls=None, key: str = "sigel_svg
         imgs += [a / hi, c / hi]
         heads += [t, "homogeneous control"]
     ncols = max(2, int(ncols) - int(ncols) % 2)
-    return image_grid(imgs, heads, ncols=ncols, cmap=cmap, panel_size=panel_size, height_ratio=1.1, vmax=1.0)
+    return image_grid(imgs, heads, ncols=ncols, cmap=cmap, panel_size=panel_size, vmax=1.0)
 
 
 def compare_svg(table, *, methods=("sigel", "sparkx", "moran"), panel_size: float = 3.0, highlight=None):

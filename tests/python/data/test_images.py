@@ -212,3 +212,17 @@ def test_plot_gene_images():
     im = GeneImages.from_anndata(a)
     fig = sigel.pl.gene_images(im, im.genes[:5], ncols=3)
     assert len([ax for ax in fig.axes if ax.images]) == 5
+
+
+def test_image_grid_panels_follow_the_tissue_aspect():
+    """Wide tissue strips get short panels (no empty bands between rows); square ones square panels."""
+    from sigel.pl._grid import image_grid
+
+    titles = ["gene\nscore 1.0, q 0.01"] * 4
+    square = image_grid([np.ones((40, 40))] * 4, titles, ncols=2, panel_size=2.0)
+    wide = image_grid([np.ones((10, 40))] * 4, titles, ncols=2, panel_size=2.0)
+    w_sq, h_sq = square.get_size_inches()
+    w_wd, h_wd = wide.get_size_inches()
+    assert w_sq == w_wd == 4.0
+    assert h_sq > 2 * 2.0  # two rows of square images plus their two-line titles
+    assert h_wd < 0.5 * h_sq  # a quarter of the image height, the same title room
