@@ -336,12 +336,13 @@ def svg(
     Parameters
     ----------
     model
-        A trained `sigel.SIGEL`. Its input blur matters: on the olfactory
-        bulb (260 legacy-ST spots, layers one or two spots wide) a model
-        fitted with ``smooth_sigma=1`` instead of the default 2 raised the
-        AUPRC against the published SpatialDE calls from 0.17-0.22 to
-        0.23-0.38 (two refits) with calibration kept; for tissues of a few
-        hundred spots fit with ``smooth_sigma=1`` (benchmarks/RESULTS.md).
+        A trained `sigel.SIGEL`. On the olfactory bulb (260 legacy-ST
+        spots) a lighter input blur (``smooth_sigma=1``) no longer helps with
+        the default model (AUPRC 0.53 / 0.48 against 0.55 / 0.57, two
+        refits): keep the default. On such small tissues sigel's ranking
+        trails Moran's I (`tl.morans_i`, 0.755 there); on a Visium section
+        of 1,340 spots it found SpatialDE's calls as well or better
+        (benchmarks/RESULTS.md).
     adata
         The AnnData the model was trained on (same spots; counts as at fit).
     genes
