@@ -70,7 +70,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "python"))
 sys.path.insert(0, str(HERE))
 
-from bench_fit_dlpfc import context_enrichment, cv_r2, morans_i, parse_settings, peak_rss_gb, read_gmt  # noqa: E402
+from bench_fit_dlpfc import (context_enrichment, cv_r2, markdown_table, morans_i, parse_settings,  # noqa: E402
+                             peak_rss_gb, read_gmt)
 
 
 def log(msg):
@@ -295,16 +296,6 @@ def build_context(data: Path, dataset: str):
 
 
 # ------------------------------------------------------------------ main
-def markdown_table(df: pd.DataFrame) -> str:
-    """A pipe table with 3 decimals (no extra dependency)."""
-    def fmt(v):
-        return f"{v:.3f}" if isinstance(v, (float, np.floating)) and np.isfinite(v) else ("" if v is None or (
-            isinstance(v, float) and not np.isfinite(v)) else str(v))
-    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
-
-
 class _Records(list):
     """Scored records, each appended to the JSON-lines file ``path`` as soon as it exists (a long run
     that is stopped keeps what it measured)."""

@@ -135,6 +135,16 @@ def morans_i(Xn: np.ndarray, coords: np.ndarray, k: int = 6) -> np.ndarray:
 
 
 # --------------------------------------------------------------------- main
+def markdown_table(df: pd.DataFrame) -> str:
+    """A pipe table with 3 decimals (no extra dependency)."""
+    def fmt(v):
+        return f"{v:.3f}" if isinstance(v, (float, np.floating)) and np.isfinite(v) else ("" if v is None or (
+            isinstance(v, float) and not np.isfinite(v)) else str(v))
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
 def parse_settings(pairs) -> dict:
     """``["key=value", ...]`` -> dict; values read as JSON where they parse (numbers, true/false), else strings."""
     out = {}

@@ -409,11 +409,6 @@ def compare_tables(path_a: str, path_b: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def markdown_table(df: pd.DataFrame) -> str:
-    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    return "\n".join(lines + ["| " + " | ".join(str(v) for v in r) + " |" for r in df.itertuples(index=False)])
-
-
 def calibration_markdown(res) -> str:
     methods = [k for k in res["calibration"][next(iter(res["calibration"]))]["rows"][0] if k.startswith("sigel_")]
     methods += ["sparkx", "moran"]
@@ -512,6 +507,8 @@ def main(argv=None):
                     help="where calibration models are loaded from / saved to")
     args = ap.parse_args(argv)
     if args.compare:
+        from bench_fit_dlpfc import markdown_table
+
         print(markdown_table(compare_tables(*args.compare)))
         return
     sys.path.insert(0, str(HERE.parent / "python"))
