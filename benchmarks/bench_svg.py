@@ -33,8 +33,9 @@ the directory exists, else fitted with the default settings and saved there
 * ``--compare A.csv B.csv``: two ``--save-scores`` tables (two refits, or one
   model scored with two ``--svg-seed``) side by side: Spearman, shared calls,
   top-200 overlap per method.
-* ``--prostate-calls``: the same power measures on the prostate cancer section,
-  against SpatialDE's calls there (the section has no published calls; run
+* ``--prostate-calls`` / ``--dlpfc-calls``: the same power measures on the
+  prostate cancer section / DLPFC 151673 (``--model``), against SpatialDE's
+  calls there (neither has published calls; run
   benchmarks/spatialde_reference.py first, which reproduces the bulb's
   published calls exactly).
 """
@@ -160,13 +161,17 @@ def load_mob(data: Path):
     return adata, ref.loc[genes, "qval"] < 0.05
 
 
-def load_prostate(data: Path, calls: Path):
-    """The prostate cancer section (Visium FFPE) and the genes SpatialDE tested there; its calls (q < 0.05) from
-    ``calls``, a table written by benchmarks/spatialde_reference.py (the section has no published calls)."""
+def load_with_calls(data: Path, section: str, calls: Path):
+    """A section without published calls (``prostate_cancer``: the cancer section of the Visium FFPE set;
+    ``dlpfc151673``) and the genes SpatialDE tested there; its calls (q < 0.05) from ``calls``, a table
+    written by benchmarks/spatialde_reference.py."""
     import anndata as ad
 
-    adata = ad.read_h5ad(data / "cross_sample" / "visium_ffpe_prostate_normal_vs_cancer_giotto_mini.h5ad")
-    adata = adata[adata.obs["condition"].astype(str).str.lower().str.contains("cancer")].copy()
+    if section == "prostate_cancer":
+        adata = ad.read_h5ad(data / "cross_sample" / "visium_ffpe_prostate_normal_vs_cancer_giotto_mini.h5ad")
+        adata = adata[adata.obs["condition"].astype(str).str.lower().str.contains("cancer")].copy()
+    else:
+        adata = ad.read_h5ad(data / "dlpfc" / f"dlpfc_{section[5:]}_counts.h5ad")
     ref = pd.read_csv(calls).drop_duplicates("g").set_index("g")
     genes = adata.var_names.intersection(ref.index)
     return adata[:, genes].copy(), ref.loc[genes, "qval"] < 0.05
@@ -184,7 +189,7 @@ def mob(args, sigel):
 def prostate(args, sigel):
     """AUPRC etc. on the prostate cancer section against SpatialDE's calls there (`power`); the model is the
     calibration's (``--model-dir``/svg_prostate_cancer, or ``--prostate-model``)."""
-    adata, truth = load_prostate(Path(args.data), Path(args.prostate_calls))
+    adata, truth = load_with_calls(Path(args.data), "prostate_cancer", Path(args.prostate_calls))
     log(f"prostate cancer: {adata.n_obs} spots x {adata.n_vars} genes (SpatialDE-tested); "
         f"{int(truth.sum())} SpatialDE SVGs")
     path = Path(args.prostate_model or Path(args.model_dir) / "svg_prostate_cancer")
@@ -192,17 +197,29 @@ def prostate(args, sigel):
     return power(args, sigel, adata, truth, path, {}, save, shuffle=False)
 
 
-def power(args, sigel, adata, truth, model_path: Path, fit_kw: dict, save_scores, *, shuffle: bool):
+def dlpfc_calls(args, sigel):
+    """AUPRC etc. on DLPFC 151673 against SpatialDE's calls there (`power`); the model is ``--model``."""
+    adata, truth = load_with_calls(Path(args.data), "dlpfc151673", Path(args.dlpfc_calls))
+    log(f"DLPFC 151673: {adata.n_obs} spots x {adata.n_vars} genes (SpatialDE-tested); "
+        f"{int(truth.sum())} SpatialDE SVGs")
+    save = None if not args.save_scores else str(Path(args.save_scores).with_suffix("")) + "_dlpfc151673.csv"
+    return power(args, sigel, adata, truth, Path(args.model), dict(library_size_key="sum_umi"), save,
+                 shuffle=False, lib_key="sum_umi")
+
+
+def power(args, sigel, adata, truth, model_path: Path, fit_kw: dict, save_scores, *, shuffle: bool,
+          lib_key: str | None = None):
     """Each ranking (sigel per variant, SPARK-X-style, Moran's I) against the reference calls ``truth``: AUPRC,
     reference genes in the top n, calls at q < 0.05; Spearman and top-k overlaps between methods; with
-    ``shuffle``, the fraction at p < 0.05 after the spots are shuffled."""
+    ``shuffle``, the fraction at p < 0.05 after the spots are shuffled. ``lib_key``: the ``obs`` column of
+    library sizes Moran's I normalises by (default: the counts' column sums)."""
     from sklearn.metrics import average_precision_score
 
     model, fit_s = load_or_fit(sigel, adata, model_path, args.threads, epochs=args.epochs,
                                seed=args.fit_seed, hyper=args.hyper, **fit_kw)
     sgs, sx, mi, secs = run_three(sigel, model, adata, n_null=args.n_null, threads=args.threads,
                                   metrics=args.metrics, null=args.null, variances=args.variance, draws=args.draws,
-                                  references=args.reference, seed=args.svg_seed)
+                                  references=args.reference, seed=args.svg_seed, lib_key=lib_key)
     tab = scores_table(sgs, sx, mi)
     y = truth.reindex(tab.index).fillna(False).to_numpy()
     n_ref = int(y.sum())
@@ -427,8 +444,10 @@ def markdown(res):
     titles = dict(mob="MOB replicate 11 ({spots} spots, {genes} genes tested by SpatialDE; reference: "
                       "{reference_svgs} published SpatialDE SVGs at q < 0.05).",
                   prostate="Prostate cancer section ({spots} spots, {genes} genes tested by SpatialDE; reference: "
-                           "{reference_svgs} SpatialDE SVGs at q < 0.05, benchmarks/spatialde_reference.py).")
-    for name in ("mob", "prostate"):
+                           "{reference_svgs} SpatialDE SVGs at q < 0.05, benchmarks/spatialde_reference.py).",
+                  dlpfc_calls="DLPFC 151673 ({spots} spots, {genes} genes tested by SpatialDE; reference: "
+                              "{reference_svgs} SpatialDE SVGs at q < 0.05, benchmarks/spatialde_reference.py).")
+    for name in ("mob", "prostate", "dlpfc_calls"):
         if name not in res:
             continue
         m = res[name]
@@ -484,6 +503,9 @@ def main(argv=None):
     ap.add_argument("--prostate-calls", default=None,
                     help="SpatialDE table of the prostate cancer section (benchmarks/spatialde_reference.py): "
                          "also score the power there")
+    ap.add_argument("--dlpfc-calls", default=None,
+                    help="SpatialDE table of DLPFC 151673 (benchmarks/spatialde_reference.py): also score the power "
+                         "there, with the --model model")
     ap.add_argument("--prostate-model", default=None,
                     help="prostate model directory (default: --model-dir/svg_prostate_cancer, shared with "
                          "--calibration); fitted and saved when missing")
@@ -539,6 +561,9 @@ def main(argv=None):
     if args.prostate_calls:
         res["prostate"] = prostate(args, sigel)
         log(json.dumps(res["prostate"]))
+    if args.dlpfc_calls:
+        res["dlpfc_calls"] = dlpfc_calls(args, sigel)
+        log(json.dumps(res["dlpfc_calls"]))
     if "dlpfc" not in args.skip:
         res["dlpfc"] = dlpfc(args, sigel)
         log(json.dumps(res["dlpfc"]))

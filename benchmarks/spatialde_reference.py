@@ -33,13 +33,16 @@ import pandas as pd
 
 
 def load_section(data: Path, section: str):
-    """(counts DataFrame spots x genes, coordinates DataFrame with x, y) of one section."""
+    """(counts DataFrame spots x genes, coordinates DataFrame with x, y, library sizes or None) of one section."""
     import anndata as ad
 
     if section == "mob":
         a = ad.read_h5ad(data / "svg" / "mob_rep11_stahl2016.h5ad")
         a = a[a.obs["in_MOB_sample_info"].astype(bool)].copy()
         xy = np.c_[a.obs["x"].astype(float), a.obs["y"].astype(float)]
+    elif section.startswith("dlpfc"):
+        a = ad.read_h5ad(data / "dlpfc" / f"dlpfc_{section[5:]}_counts.h5ad")
+        xy = np.asarray(a.obsm["spatial"], dtype=float)[:, :2]
     elif section == "prostate_cancer":
         a = ad.read_h5ad(data / "cross_sample" / "visium_ffpe_prostate_normal_vs_cancer_giotto_mini.h5ad")
         a = a[a.obs["condition"].astype(str).str.lower().str.contains("cancer")].copy()
@@ -49,23 +52,25 @@ def load_section(data: Path, section: str):
     X = a.X.toarray() if hasattr(a.X, "toarray") else np.asarray(a.X)
     counts = pd.DataFrame(X, index=a.obs_names, columns=a.var_names)
     coords = pd.DataFrame(xy, index=a.obs_names, columns=["x", "y"])
-    return counts, coords
+    # library size over all genes where the file holds a gene subset (DLPFC: `sum_umi`)
+    lib = a.obs["sum_umi"].to_numpy(float) if "sum_umi" in a.obs else None
+    return counts, coords, lib
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="../shared/data")
-    ap.add_argument("--section", required=True, choices=["mob", "prostate_cancer"])
+    ap.add_argument("--section", required=True, choices=["mob", "prostate_cancer", "dlpfc151673", "dlpfc151675"])
     ap.add_argument("--min-total", type=int, default=3)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     import NaiveDE
     import SpatialDE
 
-    counts, coords = load_section(Path(args.data), args.section)
+    counts, coords, lib = load_section(Path(args.data), args.section)
     counts = counts.loc[:, counts.sum(0) >= args.min_total]
     info = coords.copy()
-    info["total_counts"] = counts.sum(1)
+    info["total_counts"] = counts.sum(1) if lib is None else lib
     t = time.perf_counter()
     norm = NaiveDE.stabilize(counts.T).T
     resid = NaiveDE.regress_out(info, norm.T, "np.log(total_counts)").T
