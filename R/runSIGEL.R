@@ -384,7 +384,7 @@
                                     device = "auto", verbose = interactive(),
                                     n_threads = NULL, geometry = "auto",
                                     image_options = list(), draws = NULL,
-                                 ...) {
+                                    ...) {
     .no_dots(...)
     if (missing(coords)) coords <- NULL
     parts <- .input_parts(x, coords = coords, library_size = library_size)
