@@ -34,7 +34,7 @@ the directory exists, else fitted with the default settings and saved there
   model scored with two ``--svg-seed``) side by side: Spearman, shared calls,
   top-200 overlap per method.
 * ``--prostate-calls`` / ``--dlpfc-calls``: the same power measures on the
-  prostate cancer section / DLPFC 151673 (``--model``), against SpatialDE's
+  prostate cancer section / a DLPFC section (``--dlpfc-section``, ``--model``), against SpatialDE's
   calls there (neither has published calls; run
   benchmarks/spatialde_reference.py first, which reproduces the bulb's
   published calls exactly).
@@ -163,7 +163,7 @@ def load_mob(data: Path):
 
 def load_with_calls(data: Path, section: str, calls: Path):
     """A section without published calls (``prostate_cancer``: the cancer section of the Visium FFPE set;
-    ``dlpfc151673``) and the genes SpatialDE tested there; its calls (q < 0.05) from ``calls``, a table
+    ``dlpfc151673``, ``dlpfc151675``) and the genes SpatialDE tested there; its calls (q < 0.05) from ``calls``, a table
     written by benchmarks/spatialde_reference.py."""
     import anndata as ad
 
@@ -198,13 +198,16 @@ def prostate(args, sigel):
 
 
 def dlpfc_calls(args, sigel):
-    """AUPRC etc. on DLPFC 151673 against SpatialDE's calls there (`power`); the model is ``--model``."""
-    adata, truth = load_with_calls(Path(args.data), "dlpfc151673", Path(args.dlpfc_calls))
-    log(f"DLPFC 151673: {adata.n_obs} spots x {adata.n_vars} genes (SpatialDE-tested); "
+    """AUPRC etc. on a DLPFC section (``--dlpfc-section``) against SpatialDE's calls there (`power`); the model is
+    ``--model``."""
+    section = f"dlpfc{args.dlpfc_section}"
+    adata, truth = load_with_calls(Path(args.data), section, Path(args.dlpfc_calls))
+    log(f"DLPFC {args.dlpfc_section}: {adata.n_obs} spots x {adata.n_vars} genes (SpatialDE-tested); "
         f"{int(truth.sum())} SpatialDE SVGs")
-    save = None if not args.save_scores else str(Path(args.save_scores).with_suffix("")) + "_dlpfc151673.csv"
-    return power(args, sigel, adata, truth, Path(args.model), dict(library_size_key="sum_umi"), save,
-                 shuffle=False, lib_key="sum_umi")
+    save = None if not args.save_scores else str(Path(args.save_scores).with_suffix("")) + f"_{section}.csv"
+    out = power(args, sigel, adata, truth, Path(args.model), dict(library_size_key="sum_umi"), save,
+                shuffle=False, lib_key="sum_umi")
+    return dict(out, section=args.dlpfc_section)
 
 
 def power(args, sigel, adata, truth, model_path: Path, fit_kw: dict, save_scores, *, shuffle: bool,
@@ -445,7 +448,7 @@ def markdown(res):
                       "{reference_svgs} published SpatialDE SVGs at q < 0.05).",
                   prostate="Prostate cancer section ({spots} spots, {genes} genes tested by SpatialDE; reference: "
                            "{reference_svgs} SpatialDE SVGs at q < 0.05, benchmarks/spatialde_reference.py).",
-                  dlpfc_calls="DLPFC 151673 ({spots} spots, {genes} genes tested by SpatialDE; reference: "
+                  dlpfc_calls="DLPFC {section} ({spots} spots, {genes} genes tested by SpatialDE; reference: "
                               "{reference_svgs} SpatialDE SVGs at q < 0.05, benchmarks/spatialde_reference.py).")
     for name in ("mob", "prostate", "dlpfc_calls"):
         if name not in res:
@@ -504,8 +507,10 @@ def main(argv=None):
                     help="SpatialDE table of the prostate cancer section (benchmarks/spatialde_reference.py): "
                          "also score the power there")
     ap.add_argument("--dlpfc-calls", default=None,
-                    help="SpatialDE table of DLPFC 151673 (benchmarks/spatialde_reference.py): also score the power "
-                         "there, with the --model model")
+                    help="SpatialDE table of a DLPFC section (benchmarks/spatialde_reference.py): also score the "
+                         "power there, with the --model model")
+    ap.add_argument("--dlpfc-section", default="151673", choices=["151673", "151675"],
+                    help="the section of --dlpfc-calls")
     ap.add_argument("--prostate-model", default=None,
                     help="prostate model directory (default: --model-dir/svg_prostate_cancer, shared with "
                          "--calibration); fitted and saved when missing")
