@@ -340,7 +340,7 @@ def svg(
         spots) a lighter input blur (``smooth_sigma=1``) no longer helps with
         the default model (AUPRC 0.53 / 0.48 against 0.55 / 0.57, two
         refits): keep the default. On such small tissues sigel's ranking
-        trails Moran's I (`tl.morans_i`, 0.755 there); on two Visium
+        trails Moran's I (`tl.morans_i`, 0.755 there); on three Visium
         sections it found SpatialDE's calls as well as Moran's I or better,
         though less well among SpatialDE's strongest genes
         (benchmarks/RESULTS.md).
