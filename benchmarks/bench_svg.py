@@ -193,8 +193,12 @@ def prostate(args, sigel):
     log(f"prostate cancer: {adata.n_obs} spots x {adata.n_vars} genes (SpatialDE-tested); "
         f"{int(truth.sum())} SpatialDE SVGs")
     path = Path(args.prostate_model or Path(args.model_dir) / "svg_prostate_cancer")
-    save = None if not args.save_scores else str(Path(args.save_scores).with_suffix("")) + "_prostate.csv"
-    return power(args, sigel, adata, truth, path, {}, save, shuffle=False)
+    return power(args, sigel, adata, truth, path, {}, _scores_path(args, "prostate"), shuffle=False)
+
+
+def _scores_path(args, section: str):
+    """Where a section's score table goes beside the bulb's ``--save-scores`` file (``None``: not saved)."""
+    return None if not args.save_scores else f"{Path(args.save_scores).with_suffix('')}_{section}.csv"
 
 
 def dlpfc_calls(args, sigel):
@@ -204,9 +208,8 @@ def dlpfc_calls(args, sigel):
     adata, truth = load_with_calls(Path(args.data), section, Path(args.dlpfc_calls))
     log(f"DLPFC {args.dlpfc_section}: {adata.n_obs} spots x {adata.n_vars} genes (SpatialDE-tested); "
         f"{int(truth.sum())} SpatialDE SVGs")
-    save = None if not args.save_scores else str(Path(args.save_scores).with_suffix("")) + f"_{section}.csv"
-    out = power(args, sigel, adata, truth, Path(args.model), dict(library_size_key="sum_umi"), save,
-                shuffle=False, lib_key="sum_umi")
+    out = power(args, sigel, adata, truth, Path(args.model), dict(library_size_key="sum_umi"),
+                _scores_path(args, section), shuffle=False, lib_key="sum_umi")
     return dict(out, section=args.dlpfc_section)
 
 
@@ -220,9 +223,10 @@ def power(args, sigel, adata, truth, model_path: Path, fit_kw: dict, save_scores
 
     model, fit_s = load_or_fit(sigel, adata, model_path, args.threads, epochs=args.epochs,
                                seed=args.fit_seed, hyper=args.hyper, **fit_kw)
-    sgs, sx, mi, secs = run_three(sigel, model, adata, n_null=args.n_null, threads=args.threads,
-                                  metrics=args.metrics, null=args.null, variances=args.variance, draws=args.draws,
-                                  references=args.reference, seed=args.svg_seed, lib_key=lib_key)
+    kw = dict(n_null=args.n_null, threads=args.threads, metrics=args.metrics, null=args.null,
+              variances=args.variance, draws=args.draws, references=args.reference, seed=args.svg_seed,
+              lib_key=lib_key)  # the same options for the real and the shuffled spots
+    sgs, sx, mi, secs = run_three(sigel, model, adata, **kw)
     tab = scores_table(sgs, sx, mi)
     y = truth.reindex(tab.index).fillna(False).to_numpy()
     n_ref = int(y.sum())
@@ -251,9 +255,7 @@ def power(args, sigel, adata, truth, model_path: Path, fit_kw: dict, save_scores
         sh = adata.copy()
         perm = rng.permutation(sh.n_obs)
         sh.X = sh.X[perm]
-        sg2, sx2, mi2, secs2 = run_three(sigel, model, sh, n_null=args.n_null, threads=args.threads,
-                                         metrics=args.metrics, null=args.null, variances=args.variance,
-                                         draws=args.draws, references=args.reference)
+        sg2, sx2, mi2, secs2 = run_three(sigel, model, sh, **kw)
         out["shuffled_frac_p05"] = {f"sigel_{m}": round(float((t["pval"] < 0.05).mean()), 4)
                                     for m, t in sg2.items()}
         out["shuffled_frac_p05"].update(sparkx=round(float((sx2["pval"] < 0.05).mean()), 4),

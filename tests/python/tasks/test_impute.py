@@ -21,13 +21,18 @@ N_GENES = 150
 SMALL_GAN = dict(channels=32, hidden=64)
 
 
+def _fit_reference(ref, seed):
+    """The small model every imputation test reads (the scenario's fit is seed 0)."""
+    return sigel.SIGEL(epochs=6, pretrain_epochs=2, embed_dim=16).fit(ref, seed=seed, progress=False, n_threads=1)
+
+
 @pytest.fixture(scope="module")
 def scenario():
     torch.set_num_threads(1)
     ref = synthetic_tissue(N_GENES, shape=(16, 16), seed=0)
     tgt = synthetic_tissue(N_GENES, shape=(32, 32), seed=0, sample_seed=1)
     tgt.obs["total"] = np.asarray(tgt.X.sum(1)).ravel()
-    model = sigel.SIGEL(epochs=6, pretrain_epochs=2, embed_dim=16).fit(ref, seed=0, progress=False, n_threads=1)
+    model = _fit_reference(ref, 0)
     rng = np.random.default_rng(0)
     held = tgt.var_names[np.sort(rng.permutation(N_GENES)[:50])]
     panel = tgt[:, ~tgt.var_names.isin(held)].copy()
@@ -177,8 +182,7 @@ def test_gan_beats_knn_and_mean_on_held_out_panel_genes(scenario):
     two more seeds, each imputed with the same fixed GAN seed.
     """
     s = scenario
-    models = [s["model"]] + [sigel.SIGEL(epochs=6, pretrain_epochs=2, embed_dim=16).fit(
-        s["ref"], seed=seed, progress=False, n_threads=1) for seed in (1, 2)]
+    models = [s["model"]] + [_fit_reference(s["ref"], seed) for seed in (1, 2)]
     runs = []
     for model in models:
         preds = {}
