@@ -8,7 +8,7 @@
 .sigel_hyper <- function(n_contexts = NULL, embed_dim = 32L, patch_size = NULL,
                          max_tokens = 128L, width = 32L, depth = 4L,
                          n_heads = 4L, mlp_ratio = 2, decoder_width = 32L,
-                         mask_ratio = 0.75, input_norm = "gaussian",
+                         patch_stem = FALSE, mask_ratio = 0.75, input_norm = "gaussian",
                          smooth_sigma = 2, recon_loss = "mse", epochs = NULL,
                          pretrain_epochs = NULL, batch_size = 32L, lr = 3e-3,
                          weight_decay = 0.05, warmup_epochs = 2L,
@@ -538,6 +538,11 @@
 #' @param width,depth,n_heads,mlp_ratio transformer encoder: token width,
 #'   blocks, attention heads and MLP ratio.
 #' @param decoder_width `integer(1)`: channels of the convolutional decoder.
+#' @param patch_stem `logical(1)`: Module I's patch embedding. `FALSE`: one
+#'   linear map per patch; `TRUE`: two layers (a convolution into as many
+#'   channels as the patch holds values, a GELU, a 1x1 convolution to
+#'   `width`), at about the same cost. Models saved before this option
+#'   existed load with `FALSE`.
 #' @param mask_ratio `numeric(1)`: fraction of in-tissue patches masked per
 #'   step.
 #' @param input_norm `character(1)`: `"gaussian"` (default) averages each

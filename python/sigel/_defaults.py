@@ -30,6 +30,7 @@ HYPER = MappingProxyType({
     "n_heads": 4,
     "mlp_ratio": 2.0,
     "decoder_width": 32,
+    "patch_stem": False,
     "mask_ratio": 0.75,
     "input_norm": "gaussian",
     "smooth_sigma": 2.0,

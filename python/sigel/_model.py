@@ -142,7 +142,7 @@ def _validate_params(p: dict) -> None:
         raise SigelInputError(f"`ema_decay` must be in [0, 1); got {p['ema_decay']!r}")
     check_rarefy(p["rarefy"])
     assert_positive("rarefy_draws", p["rarefy_draws"])
-    for k in ("refine", "scaffold", "amp"):
+    for k in ("refine", "scaffold", "amp", "patch_stem"):
         if k in p and not isinstance(p[k], (bool, np.bool_)):
             raise SigelInputError(f"`{k}` must be True or False; got {p[k]!r}")
     if "denoise" in p and not (isinstance(p["denoise"], (bool, np.bool_)) or p["denoise"] == "split"):
@@ -266,6 +266,13 @@ class SIGEL:
         Transformer encoder: token width, blocks, attention heads, MLP ratio.
     decoder_width
         Channels of the convolutional decoder at patch resolution.
+    patch_stem
+        Module I's patch embedding. ``False``: one linear map per patch (as
+        in ViT/MAE). ``True``: two layers, a convolution into as many
+        channels as the patch holds values, a GELU, and a 1x1 convolution to
+        ``width`` (:class:`sigel.model.mae.MaskedAutoencoder`); the
+        transformer blocks, and so most of the cost, are unchanged. Models
+        saved before this option existed load with ``False``.
     mask_ratio
         Fraction of in-tissue patches hidden from the encoder per step. Our
         default 0.75 rather than the common ~0.5 (docs/design.md §3): on
@@ -499,6 +506,7 @@ class SIGEL:
         n_heads: int = _D["n_heads"],
         mlp_ratio: float = _D["mlp_ratio"],
         decoder_width: int = _D["decoder_width"],
+        patch_stem: bool = _D["patch_stem"],
         mask_ratio: float = _D["mask_ratio"],
         input_norm: str | None = _D["input_norm"],
         smooth_sigma: float = _D["smooth_sigma"],
@@ -606,7 +614,7 @@ class SIGEL:
             patch_size=patch_size, width=p["width"], depth=p["depth"], n_heads=p["n_heads"],
             mlp_ratio=p["mlp_ratio"], embed_dim=p["embed_dim"], decoder_width=p["decoder_width"],
             mask_ratio=p["mask_ratio"], input_norm=None if p["input_norm"] == "none" else p["input_norm"],
-            smooth_sigma=p["smooth_sigma"], recon_loss=p["recon_loss"],
+            smooth_sigma=p["smooth_sigma"], recon_loss=p["recon_loss"], patch_stem=bool(p["patch_stem"]),
         )
 
     def _build_mixture(self, n_contexts: int, seed: int):

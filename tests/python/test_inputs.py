@@ -511,6 +511,28 @@ def test_model_saved_before_the_weight_average_loads_without_one(model, tmp_path
     pd.testing.assert_frame_equal(loaded.embeddings_, model.embeddings_)
 
 
+def test_model_saved_before_the_patch_stem_option_loads_with_one_linear_patch_map(tmp_path):
+    old = SIGEL(**{**FAST, "patch_stem": False}).fit(tissue(), **FIT)
+    d = old.save(tmp_path / "m")
+    _rewrite(d, edit_config=lambda c: c["init_params"].pop("patch_stem"))
+    loaded = SIGEL.load(d)
+    assert loaded.init_params_["patch_stem"] is False and loaded.module_.patch_mix is None
+    pd.testing.assert_frame_equal(loaded.embeddings_, old.embeddings_)
+
+
+def test_a_model_with_the_patch_stem_round_trips(tmp_path):
+    m = SIGEL(**{**FAST, "patch_stem": True}).fit(tissue(), **FIT)
+    assert m.module_.patch_mix is not None
+    assert m.module_.patch_embed.out_channels == 2 * m.patch_size_ ** 2  # as many channels as a patch holds values
+    loaded = SIGEL.load(m.save(tmp_path / "m"))
+    assert loaded.init_params_["patch_stem"] is True
+    pd.testing.assert_frame_equal(loaded.embeddings_, m.embeddings_)
+    # the saved encoder gives back the fitted vectors (the sparse token route with the stem)
+    ad = tissue()
+    np.testing.assert_allclose(loaded.transform(ad).loc[m.embeddings_.index].to_numpy(),
+                               m.embeddings_.to_numpy(), atol=1e-4)
+
+
 @pytest.mark.parametrize("key", ["mae.patch_embed.weight", "mixture.mu", "results.embeddings"])
 def test_nan_weights_are_refused(model, tmp_path, key):
     d = model.save(tmp_path / "m")

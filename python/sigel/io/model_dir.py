@@ -331,6 +331,8 @@ def _new_model(model_class, cfg: dict, cfg_file: Path):
     params.setdefault("scaffold_graph", "box")
     # models saved before the weight average existed were trained without one
     params.setdefault("ema_decay", 0.0)
+    # models saved before the two-layer patch embedding existed embed each patch with one linear map
+    params.setdefault("patch_stem", False)
     try:
         return model_class(**params)
     except (TypeError, SigelInputError) as e:

@@ -230,6 +230,16 @@ class MaskedAutoencoder(nn.Module):
         *shape* of the pattern.
     in_chans
         Input channels (2: value + tissue mask).
+    patch_stem
+        How a patch becomes a token. ``False``: one linear map (a convolution
+        with kernel = stride = ``patch_size``), as in ViT/MAE. ``True``: a
+        two-layer patch embedding: that convolution into as many channels
+        as the patch holds values (``in_chans * patch_size**2``), a GELU,
+        then a 1x1 convolution to ``width``. With 8-pixel patches a token
+        holds 128 values; a single linear map to a 32-wide token keeps only
+        a 32-dimensional projection of them, the stem lets the token keep a
+        non-linear summary of the whole patch at the same width (and so at
+        the same cost in the transformer blocks).
     """
 
     def __init__(
@@ -248,6 +258,7 @@ class MaskedAutoencoder(nn.Module):
         smooth_sigma: float = 2.0,
         recon_loss: str = "mse",
         in_chans: int = 2,
+        patch_stem: bool = False,
     ):
         super().__init__()
         if patch_size < 1 or (patch_size & (patch_size - 1)) != 0:
@@ -268,8 +279,11 @@ class MaskedAutoencoder(nn.Module):
             raise ValueError(f"recon_loss must be 'mse' or 'pearson'; got {recon_loss!r}")
         self.recon_loss = recon_loss
 
-        # encoder
-        self.patch_embed = nn.Conv2d(in_chans, width, kernel_size=patch_size, stride=patch_size)
+        # encoder: patch embedding (one linear map, or the two-layer stem), then the blocks
+        self.patch_stem = bool(patch_stem)
+        stem = in_chans * patch_size * patch_size if self.patch_stem else width
+        self.patch_embed = nn.Conv2d(in_chans, stem, kernel_size=patch_size, stride=patch_size)
+        self.patch_mix = nn.Sequential(nn.GELU(), nn.Conv2d(stem, width, kernel_size=1)) if self.patch_stem else None
         self.blocks = nn.ModuleList([_Block(width, n_heads, mlp_ratio) for _ in range(depth)])
         self.norm = nn.LayerNorm(width)
         # projection head -> gene vector
@@ -314,8 +328,9 @@ class MaskedAutoencoder(nn.Module):
 
     # ------------------------------------------------------------------ init
     def _init_weights(self):
-        w = self.patch_embed.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        for conv in (self.patch_embed,) + ((self.patch_mix[1],) if self.patch_mix is not None else ()):
+            w = conv.weight.data
+            nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.normal_(self.mask_token, std=0.02)
         if self.pool_queries > 0:
             nn.init.normal_(self.pool_query, std=1.0)
@@ -427,6 +442,8 @@ class MaskedAutoencoder(nn.Module):
         x = self.pad(x)
         p = self.patch_size
         t = self.patch_embed(x)  # (B, C, gh, gw)
+        if self.patch_mix is not None:
+            t = self.patch_mix(t)
         B, C, gh, gw = t.shape
         t = t.flatten(2).transpose(1, 2)
         t = t + self._pos((gh, gw), C, t.device, t.dtype)[None]

@@ -221,20 +221,28 @@ def embed_rows(model, images, rows: np.ndarray, *, batch_size: int, device, out:
     from ..model.mae import TokenBatch
 
     p = layout.patch
-    w = model.patch_embed.weight  # (width, 2, p, p)
-    width = w.shape[0]
-    w_val = w[:, 0].reshape(width, p * p)
+    w = model.patch_embed.weight  # (C, 2, p, p): C = width, or the stem's channels
+    C = w.shape[0]
+    width = int(model.width)
+    w_val = w[:, 0].reshape(C, p * p)
     mask_pat = torch.from_numpy(layout.mask_patches).to(device=device, dtype=w.dtype)  # (L, p*p)
     ids = torch.as_tensor(layout.token_ids, device=device)
-    const = mask_pat @ w[:, 1].reshape(width, p * p).t()
+    const = mask_pat @ w[:, 1].reshape(C, p * p).t()
     if model.patch_embed.bias is not None:
         const = const + model.patch_embed.bias
-    const = const + model._pos(layout.grid, width, device, w.dtype)[ids]
+    pos = model._pos(layout.grid, width, device, w.dtype)[ids]
+    mix = getattr(model, "patch_mix", None)
+    if mix is None:
+        const = const + pos
+    else:  # the stem: GELU and a 1x1 convolution (a linear map per token), then the positions
+        w_mix = mix[1].weight.reshape(width, C)
+        b_mix = mix[1].bias
     N = layout.grid[0] * layout.grid[1]
     L = len(layout.token_ids)
     Lp = _padded_length(L, torch.device(device))
     if Lp > L:
         const = F.pad(const, (0, 0, 0, Lp - L))
+        pos = F.pad(pos, (0, 0, 0, Lp - L))
     tissue = torch.zeros(N, dtype=torch.bool, device=device)
     tissue[ids] = True
     slots = torch.arange(Lp, device=device)
@@ -253,6 +261,8 @@ def embed_rows(model, images, rows: np.ndarray, *, batch_size: int, device, out:
             v = torch.from_numpy(patch_values(images, idx, layout, standardize, n_slots=Lp)).to(device)
         t = F.linear(v, w_val)
         tokens = t + const.to(t.dtype)
+        if mix is not None:
+            tokens = F.linear(F.gelu(tokens), w_mix, b_mix) + pos.to(t.dtype)
         # tokens are already the tissue patches in grid order: encode gathers them as they are
         tb = TokenBatch(slots.expand(B, Lp), None if valid is None else valid.expand(B, Lp),
                         torch.zeros(B, N, dtype=torch.bool, device=device), tissue.expand(B, N), layout.grid)

@@ -23,10 +23,10 @@ def _images(geometry="grid", n_genes=60, shape=(22, 26), seed=0, **kw):
     return sigel.GeneImages.from_anndata(a, **kw)
 
 
-def _trained_like(patch, input_norm="standardize", seed=0):
+def _trained_like(patch, input_norm="standardize", seed=0, patch_stem=False):
     torch.manual_seed(seed)
     m = MaskedAutoencoder(patch_size=patch, width=16, depth=2, n_heads=2, embed_dim=8, decoder_width=8,
-                          input_norm=input_norm)
+                          input_norm=input_norm, patch_stem=patch_stem)
     with torch.no_grad():  # move away from the initialisation (zeros in biases, pool queries ...)
         for q in m.parameters():
             q.add_(0.1 * torch.randn_like(q))
@@ -41,9 +41,10 @@ def _plain_embed(model, images, rows, batch=17):
 # ------------------------------------------------- embedding from sparse rows
 @pytest.mark.parametrize("input_norm", ["gaussian", "standardize", "smooth", None])
 @pytest.mark.parametrize("patch", [2, 4])
-def test_sparse_token_embedding_equals_dense_embed(input_norm, patch):
+@pytest.mark.parametrize("patch_stem", [False, True])
+def test_sparse_token_embedding_equals_dense_embed(input_norm, patch, patch_stem):
     images = _images()
-    model = _trained_like(patch, input_norm)
+    model = _trained_like(patch, input_norm, patch_stem=patch_stem)
     assert token_layout(model, images) is not None
     rows = np.arange(images.n_genes)
     ref = _plain_embed(model, images, rows)
@@ -63,10 +64,11 @@ def test_sparse_token_embedding_free_geometry_padding_and_shared_pixels():
     images = _images("free", n_genes=40, shape=(30, 30), resolution=37)
     model = _trained_like(4)
     layout = token_layout(model, images)
-    gauss = _trained_like(4, "gaussian")
-    ref_g = _plain_embed(gauss, images, np.arange(images.n_genes))
-    got_g = embed_all(gauss, images, batch_size=16)
-    assert torch.allclose(got_g, ref_g, atol=2e-5, rtol=1e-5), (got_g - ref_g).abs().max()
+    for stem in (False, True):  # padded slots with and without the two-layer patch embedding
+        gauss = _trained_like(4, "gaussian", patch_stem=stem)
+        ref_g = _plain_embed(gauss, images, np.arange(images.n_genes))
+        got_g = embed_all(gauss, images, batch_size=16)
+        assert torch.allclose(got_g, ref_g, atol=2e-5, rtol=1e-5), (got_g - ref_g).abs().max()
     L = len(layout.token_ids)
     assert L > 16 and _padded_length(L, torch.device("cpu")) % 16 == 0
     rows = np.arange(images.n_genes)
