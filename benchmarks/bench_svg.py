@@ -146,14 +146,26 @@ def scores_table(sgs, sx, mi):
     return pd.DataFrame(cols, index=g)
 
 
-def load_mob(data: Path):
-    """MOB replicate 11: the 260 spots and the genes SpatialDE tested; the published calls (q < 0.05)."""
+def read_section(data: Path, section: str):
+    """The AnnData of one section, all its genes: ``mob`` (replicate 11, its 260 sample spots),
+    ``prostate_cancer`` (the cancer section of the Visium FFPE set) or ``dlpfc151673`` / ``dlpfc151675``."""
     import anndata as ad
 
-    path = data / "svg"
-    adata = ad.read_h5ad(path / "mob_rep11_stahl2016.h5ad")
-    adata = adata[adata.obs["in_MOB_sample_info"].astype(bool)].copy()
-    ref = pd.read_csv(path / "SPARK-Analysis_Rep11_MOB_spe.csv.gz", index_col=0)
+    if section == "mob":
+        a = ad.read_h5ad(data / "svg" / "mob_rep11_stahl2016.h5ad")
+        return a[a.obs["in_MOB_sample_info"].astype(bool)].copy()
+    if section == "prostate_cancer":
+        a = ad.read_h5ad(data / "cross_sample" / "visium_ffpe_prostate_normal_vs_cancer_giotto_mini.h5ad")
+        return a[a.obs["condition"].astype(str).str.lower().str.contains("cancer")].copy()
+    if section.startswith("dlpfc"):
+        return ad.read_h5ad(data / "dlpfc" / f"dlpfc_{section[5:]}_counts.h5ad")
+    raise SystemExit(f"unknown section {section!r}")
+
+
+def load_mob(data: Path):
+    """MOB replicate 11: the 260 spots and the genes SpatialDE tested; the published calls (q < 0.05)."""
+    adata = read_section(data, "mob")
+    ref = pd.read_csv(data / "svg" / "SPARK-Analysis_Rep11_MOB_spe.csv.gz", index_col=0)
     ref = ref.drop_duplicates("g").set_index("g")
     genes = adata.var_names.intersection(ref.index)
     adata = adata[:, genes].copy()
@@ -165,13 +177,7 @@ def load_with_calls(data: Path, section: str, calls: Path):
     """A section without published calls (``prostate_cancer``: the cancer section of the Visium FFPE set;
     ``dlpfc151673``, ``dlpfc151675``) and the genes SpatialDE tested there; its calls (q < 0.05) from ``calls``, a table
     written by benchmarks/spatialde_reference.py."""
-    import anndata as ad
-
-    if section == "prostate_cancer":
-        adata = ad.read_h5ad(data / "cross_sample" / "visium_ffpe_prostate_normal_vs_cancer_giotto_mini.h5ad")
-        adata = adata[adata.obs["condition"].astype(str).str.lower().str.contains("cancer")].copy()
-    else:
-        adata = ad.read_h5ad(data / "dlpfc" / f"dlpfc_{section[5:]}_counts.h5ad")
+    adata = read_section(data, section)
     ref = pd.read_csv(calls).drop_duplicates("g").set_index("g")
     genes = adata.var_names.intersection(ref.index)
     return adata[:, genes].copy(), ref.loc[genes, "qval"] < 0.05
@@ -266,9 +272,7 @@ def power(args, sigel, adata, truth, model_path: Path, fit_kw: dict, save_scores
 
 
 def dlpfc(args, sigel):
-    import anndata as ad
-
-    adata = ad.read_h5ad(Path(args.data) / "dlpfc" / "dlpfc_151673_counts.h5ad")
+    adata = read_section(Path(args.data), "dlpfc151673")
     log(f"DLPFC 151673: {adata.n_obs} spots x {adata.n_vars} genes")
     model, fit_s = load_or_fit(sigel, adata, Path(args.model), args.threads, epochs=args.epochs,
                                hyper=args.hyper, library_size_key="sum_umi")
@@ -291,13 +295,10 @@ def calibration_sections(args):
 
     MOB and DLPFC share their models with the AUPRC / timing runs (``--mob-model``, ``--model``).
     """
-    import anndata as ad
-
     data = Path(args.data)
     mob_ad, _ = load_mob(data)
-    dl = ad.read_h5ad(data / "dlpfc" / "dlpfc_151673_counts.h5ad")
-    pr = ad.read_h5ad(data / "cross_sample" / "visium_ffpe_prostate_normal_vs_cancer_giotto_mini.h5ad")
-    pr = pr[pr.obs["condition"].astype(str).str.lower().str.contains("cancer")].copy()
+    dl = read_section(data, "dlpfc151673")
+    pr = read_section(data, "prostate_cancer")
     return [("mob", mob_ad, None, dict(geometry="grid"), Path(args.mob_model)),
             ("dlpfc151673", dl, "sum_umi", dict(library_size_key="sum_umi"), Path(args.model)),
             ("prostate_cancer", pr, None, {}, Path(args.model_dir) / "svg_prostate_cancer")]

@@ -33,22 +33,15 @@ import pandas as pd
 
 
 def load_section(data: Path, section: str):
-    """(counts DataFrame spots x genes, coordinates DataFrame with x, y, library sizes or None) of one section."""
-    import anndata as ad
+    """(counts DataFrame spots x genes, coordinates DataFrame with x, y, library sizes or None) of one section
+    (read as the SVG benchmark reads it, `bench_svg.read_section`)."""
+    from bench_svg import read_section
 
+    a = read_section(data, section)
     if section == "mob":
-        a = ad.read_h5ad(data / "svg" / "mob_rep11_stahl2016.h5ad")
-        a = a[a.obs["in_MOB_sample_info"].astype(bool)].copy()
         xy = np.c_[a.obs["x"].astype(float), a.obs["y"].astype(float)]
-    elif section.startswith("dlpfc"):
-        a = ad.read_h5ad(data / "dlpfc" / f"dlpfc_{section[5:]}_counts.h5ad")
-        xy = np.asarray(a.obsm["spatial"], dtype=float)[:, :2]
-    elif section == "prostate_cancer":
-        a = ad.read_h5ad(data / "cross_sample" / "visium_ffpe_prostate_normal_vs_cancer_giotto_mini.h5ad")
-        a = a[a.obs["condition"].astype(str).str.lower().str.contains("cancer")].copy()
-        xy = np.asarray(a.obsm["spatial"], dtype=float)[:, :2]
     else:
-        raise SystemExit(f"unknown section {section!r}")
+        xy = np.asarray(a.obsm["spatial"], dtype=float)[:, :2]
     X = a.X.toarray() if hasattr(a.X, "toarray") else np.asarray(a.X)
     counts = pd.DataFrame(X, index=a.obs_names, columns=a.var_names)
     coords = pd.DataFrame(xy, index=a.obs_names, columns=["x", "y"])
