@@ -97,6 +97,42 @@ def test_embed_is_padding_invariant_and_skips_decoder(monkeypatch):
     assert torch.allclose(both, one, atol=1e-5)
 
 
+@pytest.mark.parametrize("masked", [False, True])
+def test_cpu_attention_equals_the_fused_kernel(monkeypatch, masked):
+    import torch.nn.functional as F
+
+    import sigel.model.mae as mae
+
+    g = torch.Generator().manual_seed(0)
+    B, h, L, d = 7, 2, 13, 4
+    q, k, v = (torch.randn(B, h, L, d, generator=g) for _ in range(3))
+    key_mask = None
+    if masked:  # every gene keeps at least its first key
+        key_mask = (torch.rand(B, 1, 1, L, generator=g) > 0.4)
+        key_mask[..., 0] = True
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask).transpose(1, 2)
+    monkeypatch.setattr(mae, "_ATTN_CHUNK", 3 * h * L * L)  # chunks of 3 genes: 3 + 3 + 1
+    got = mae.cpu_attention(q, k, v, key_mask)
+    assert got.shape == (B, L, h, d)
+    assert torch.allclose(got, want, atol=1e-6), (got - want).abs().max()
+
+
+def test_encoder_gives_the_same_vectors_with_and_without_gradients():
+    # training passes (gradients) take torch's fused attention; embedding passes on CPU the chunked one
+    torch.manual_seed(0)
+    m = MaskedAutoencoder(patch_size=4, width=16, depth=2, n_heads=2, decoder_width=16, embed_dim=8).eval()
+    a = np.zeros((16, 16), bool)
+    a[2:14, 2:14] = True
+    b = np.zeros((16, 16), bool)
+    b[:5, :9] = True  # a mixed batch: masked key slots
+    x = _batch([a, b, a], seed=4)
+    with_grad = m.embed(x)
+    assert with_grad.requires_grad
+    with torch.inference_mode():
+        without = m.embed(x)
+    assert torch.allclose(with_grad.detach(), without, atol=1e-5)
+
+
 def test_input_standardisation_is_per_image_over_tissue():
     m = MaskedAutoencoder(patch_size=4, width=16, depth=1, n_heads=2, decoder_width=16, embed_dim=8)
     mask = np.zeros((8, 8), bool)

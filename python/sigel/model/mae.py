@@ -119,8 +119,57 @@ class _Attention(nn.Module):
         B, L, C = x.shape
         qkv = self.qkv(x).reshape(B, L, 3, self.n_heads, C // self.n_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
+        if x.device.type == "cpu" and not torch.is_grad_enabled():
+            return self.proj(cpu_attention(q, k, v, attn_mask).reshape(B, L, C))
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.proj(y.transpose(1, 2).reshape(B, L, C))
+
+
+#: score-matrix elements per chunk of :func:`cpu_attention` (2 MB of float32: stays in cache)
+_ATTN_CHUNK = 1 << 19
+
+
+def cpu_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask=None) -> torch.Tensor:
+    """Softmax attention without gradients on CPU: batched matrix products over cache-sized chunks.
+
+    The same arithmetic as ``F.scaled_dot_product_attention`` (scores scaled by
+    ``1 / sqrt(d)``, masked keys at ``-inf``), faster for the encoder's shapes:
+    torch's fused CPU kernel works in blocks sized for long sequences and wide
+    heads, and with the encoder's ~70-130 tokens and heads of width 8 it runs
+    at about two thirds of this speed (DLPFC 151673, 2 threads: a 71-token
+    batch of 256 genes x 4 heads 12.3 ms fused, 8.0 ms here). It also needs
+    no padding of odd sequence lengths.
+
+    Parameters
+    ----------
+    q, k, v
+        ``(B, h, L, d)``.
+    key_mask
+        ``(B, 1, 1, L)`` bool, ``True`` where a key may be attended to, or ``None``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, L, h, d)`` (the layout the output projection reads).
+    """
+    B, h, L, d = q.shape
+    qs = (q * d ** -0.5).reshape(B * h, L, d)
+    kt = k.reshape(B * h, L, d).transpose(1, 2)
+    vs = v.reshape(B * h, L, d)
+    bias = None
+    if key_mask is not None:
+        bias = torch.zeros(B, 1, L, dtype=q.dtype, device=q.device)
+        bias = bias.masked_fill_(~key_mask.reshape(B, 1, L), float("-inf")).repeat_interleave(h, 0)
+    out = q.new_empty(B, L, h, d)
+    heads_first = out.permute(0, 2, 1, 3)
+    step = max(_ATTN_CHUNK // (h * L * L), 1)  # genes per chunk
+    for i in range(0, B, step):
+        j = min(i + step, B)
+        s = slice(i * h, j * h)
+        a = torch.bmm(qs[s], kt[s]) if bias is None else torch.baddbmm(bias[s], qs[s], kt[s])
+        torch.softmax(a, -1, out=a)
+        heads_first[i:j] = torch.bmm(a, vs[s]).view(j - i, h, L, d)
+    return out
 
 
 class _Block(nn.Module):

@@ -129,17 +129,15 @@ def _dense_rows(images, idx: np.ndarray) -> np.ndarray:
     return dense
 
 
-def patch_values(images, idx: np.ndarray, layout: TokenLayout, standardize: bool,
-                 n_slots: int | None = None) -> np.ndarray:
+def patch_values(images, idx: np.ndarray, layout: TokenLayout, standardize: bool) -> np.ndarray:
     """Value channel of genes ``idx`` in token layout ``(B, L, p * p)`` float32.
 
     With ``standardize`` each gene is centred and scaled over its tissue
     pixels and clipped to [-5, 5], zero outside the tissue (the model's
     ``input_norm='standardize'``); otherwise the values as stored.
-    ``n_slots`` (>= L) pads the token axis with zero tokens.
     """
     B = len(idx)
-    L = len(layout.token_ids) if n_slots is None else int(n_slots)
+    L = len(layout.token_ids)
     pp = layout.patch * layout.patch
     indptr, indices, data = _image_rows(images, idx)
     nnz = np.diff(indptr)
@@ -157,7 +155,7 @@ def patch_values(images, idx: np.ndarray, layout: TokenLayout, standardize: bool
         sd = np.sqrt(np.maximum(var, 1e-8))
         out = np.zeros((B, L * pp), dtype=np.float32)
         np.multiply.outer(np.clip(-mean / sd, -5.0, 5.0).astype(np.float32), layout.slot_mask,
-                          out=out[:, :layout.slot_mask.size])
+                          out=out)
         vals = np.clip((v - mean[r]) / sd[r], -5.0, 5.0).astype(np.float32)
     else:
         keep = slot >= 0
@@ -188,8 +186,8 @@ class _Smoother:
     def _filter(self, v: torch.Tensor) -> torch.Tensor:
         return self.model.filter2d(v)
 
-    def tokens(self, images, idx: np.ndarray, L: int, pp: int, n_slots: int) -> torch.Tensor:
-        """Filtered, standardised (clipped to [-5, 5]) values of genes ``idx`` in token layout ``(B, n_slots, pp)``.
+    def tokens(self, images, idx: np.ndarray, L: int, pp: int) -> torch.Tensor:
+        """Filtered, standardised (clipped to [-5, 5]) values of genes ``idx`` in token layout ``(B, L, pp)``.
 
         Image values live on tissue pixels only, so the filtered image needs no
         masking before the filter; the standardisation statistics are taken
@@ -204,9 +202,7 @@ class _Smoother:
         var = (((v - mean) * self.in_tissue) ** 2).sum(1, keepdim=True) / self.n
         t = torch.index_select(v, 1, self.gather)
         z = ((t - mean) / var.clamp(min=1e-8).sqrt()).clamp(-5.0, 5.0) * self.slot_tissue
-        out = z.new_zeros(B, n_slots, pp)
-        out[:, :L] = z.reshape(B, L, pp)
-        return out
+        return z.reshape(B, L, pp)
 
 
 def embed_rows(model, images, rows: np.ndarray, *, batch_size: int, device, out: torch.Tensor,
@@ -239,14 +235,9 @@ def embed_rows(model, images, rows: np.ndarray, *, batch_size: int, device, out:
         b_mix = mix[1].bias
     N = layout.grid[0] * layout.grid[1]
     L = len(layout.token_ids)
-    Lp = _padded_length(L, torch.device(device))
-    if Lp > L:
-        const = F.pad(const, (0, 0, 0, Lp - L))
-        pos = F.pad(pos, (0, 0, 0, Lp - L))
     tissue = torch.zeros(N, dtype=torch.bool, device=device)
     tissue[ids] = True
-    slots = torch.arange(Lp, device=device)
-    valid = None if Lp == L else (slots < L)
+    slots = torch.arange(L, device=device)
     standardize = model.input_norm == "standardize"
     smoother = _Smoother(model, layout, device) if model.input_norm in ("gaussian", "smooth") else None
     for j, s in enumerate(range(0, len(rows), batch_size)):
@@ -256,26 +247,15 @@ def embed_rows(model, images, rows: np.ndarray, *, batch_size: int, device, out:
             continue
         B = len(idx)
         if smoother is not None:
-            v = smoother.tokens(images, idx, L, p * p, Lp).to(w.dtype)
+            v = smoother.tokens(images, idx, L, p * p).to(w.dtype)
         else:
-            v = torch.from_numpy(patch_values(images, idx, layout, standardize, n_slots=Lp)).to(device)
+            v = torch.from_numpy(patch_values(images, idx, layout, standardize)).to(device)
         t = F.linear(v, w_val)
         tokens = t + const.to(t.dtype)
         if mix is not None:
             tokens = F.linear(F.gelu(tokens), w_mix, b_mix) + pos.to(t.dtype)
         # tokens are already the tissue patches in grid order: encode gathers them as they are
-        tb = TokenBatch(slots.expand(B, Lp), None if valid is None else valid.expand(B, Lp),
+        tb = TokenBatch(slots.expand(B, L), None,
                         torch.zeros(B, N, dtype=torch.bool, device=device), tissue.expand(B, N), layout.grid)
         out[s:s + B] = model.pool(model.encode(tokens, tb), tb).float()
 
-
-def _padded_length(L: int, device: torch.device) -> int:
-    """Token count to run attention at: on CPU a multiple of 16 (padding slots masked out).
-
-    torch's CPU attention kernel handles sequence lengths that are not a
-    multiple of its vector/block sizes slowly (measured, 128 genes x 4 heads
-    of width 8: 71 tokens 5.4 ms, padded to 80 with a key mask 3.9 ms).
-    """
-    if device.type != "cpu" or L <= 16:
-        return L
-    return -(-L // 16) * 16
