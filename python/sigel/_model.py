@@ -1015,10 +1015,10 @@ class SIGEL:
             per gene (:meth:`embed_images`; default ``rarefy_draws``, which
             is what ``fit`` used, so the training genes get back their fitted
             vectors). Fewer draws are faster and noisier: on DLPFC 151673
-            (8,325 genes, 2 threads) 1 draw ran at about 2,200-2,700 genes/s
-            against 830-910 for 4, and its vectors agreed with the 4-draw
-            ones at r = 0.92-0.94 on 151673 and 151675 (gene-gene cosines;
-            benchmarks/RESULTS.md).
+            (8,325 genes, 2 threads) 1 draw ran at about 2,700 genes/s and
+            2 at about 1,900, against 1,200-1,400 for 4, and 1-draw vectors
+            agreed with the 4-draw ones at r = 0.92-0.94 on 151673 and 151675
+            (gene-gene cosines; benchmarks/RESULTS.md).
         **image_options
             Overrides of the saved image options (e.g. ``library_size_key=None``
             for a sample without that column).
