@@ -153,7 +153,7 @@ def patch_values(images, idx: np.ndarray, layout: TokenLayout, standardize: bool
         mean = s1 / n
         var = np.maximum(s2 / n - mean * mean, 0.0)
         sd = np.sqrt(np.maximum(var, 1e-8))
-        out = np.zeros((B, L * pp), dtype=np.float32)
+        out = np.empty((B, L * pp), dtype=np.float32)  # every slot written: the standardised zero, or a value below
         np.multiply.outer(np.clip(-mean / sd, -5.0, 5.0).astype(np.float32), layout.slot_mask,
                           out=out)
         vals = np.clip((v - mean[r]) / sd[r], -5.0, 5.0).astype(np.float32)
@@ -253,7 +253,7 @@ def embed_rows(model, images, rows: np.ndarray, *, batch_size: int, device, out:
         t = F.linear(v, w_val)
         tokens = t + const.to(t.dtype)
         if mix is not None:
-            tokens = F.linear(F.gelu(tokens), w_mix, b_mix) + pos.to(t.dtype)
+            tokens = F.linear(mix[0](tokens), w_mix, b_mix) + pos.to(t.dtype)
         # tokens are already the tissue patches in grid order: encode gathers them as they are
         tb = TokenBatch(slots.expand(B, L), None,
                         torch.zeros(B, N, dtype=torch.bool, device=device), tissue.expand(B, N), layout.grid)
