@@ -536,7 +536,10 @@
 #' @param max_tokens `integer(1)`: patch-grid budget for the automatic
 #'   `patch_size`.
 #' @param width,depth,n_heads,mlp_ratio transformer encoder: token width,
-#'   blocks, attention heads and MLP ratio.
+#'   blocks, attention heads and MLP ratio. `depth = 2L` fits about 1.5x and
+#'   embeds about 1.6x faster than the default 4 blocks, with gene vectors
+#'   about as good on Visium sections but less SVG power on small tissues
+#'   (docs/performance.md).
 #' @param decoder_width `integer(1)`: channels of the convolutional decoder.
 #' @param patch_stem `logical(1)`: Module I's patch embedding. `FALSE`: one
 #'   linear map per patch; `TRUE`: two layers (a convolution into as many
