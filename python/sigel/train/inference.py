@@ -182,12 +182,13 @@ class _Smoother:
         self.slot_tissue = torch.from_numpy((pos >= 0) & layout.in_tissue[np.where(pos >= 0, pos, 0)]).to(
             device=device, dtype=torch.float32)
         self.shape, self.device = (H, W), device
+        self.token_shape = (len(layout.token_ids), layout.patch * layout.patch)  # (L, p * p)
 
     def _filter(self, v: torch.Tensor) -> torch.Tensor:
         return self.model.filter2d(v)
 
-    def tokens(self, images, idx: np.ndarray, L: int, pp: int) -> torch.Tensor:
-        """Filtered, standardised (clipped to [-5, 5]) values of genes ``idx`` in token layout ``(B, L, pp)``.
+    def tokens(self, images, idx: np.ndarray) -> torch.Tensor:
+        """Filtered, standardised (clipped to [-5, 5]) values of genes ``idx`` in token layout ``(B, L, p * p)``.
 
         Image values live on tissue pixels only, so the filtered image needs no
         masking before the filter; the standardisation statistics are taken
@@ -202,7 +203,7 @@ class _Smoother:
         var = (((v - mean) * self.in_tissue) ** 2).sum(1, keepdim=True) / self.n
         t = torch.index_select(v, 1, self.gather)
         z = ((t - mean) / var.clamp(min=1e-8).sqrt()).clamp(-5.0, 5.0) * self.slot_tissue
-        return z.reshape(B, L, pp)
+        return z.reshape(B, *self.token_shape)
 
 
 def embed_rows(model, images, rows: np.ndarray, *, batch_size: int, device, out: torch.Tensor,
@@ -247,7 +248,7 @@ def embed_rows(model, images, rows: np.ndarray, *, batch_size: int, device, out:
             continue
         B = len(idx)
         if smoother is not None:
-            v = smoother.tokens(images, idx, L, p * p).to(w.dtype)
+            v = smoother.tokens(images, idx).to(w.dtype)
         else:
             v = torch.from_numpy(patch_values(images, idx, layout, standardize)).to(device)
         t = F.linear(v, w_val)
