@@ -27,7 +27,7 @@ HYPER = MappingProxyType({
     "max_tokens": 128,
     "width": 32,
     "depth": 4,
-    "n_heads": 4,
+    "n_heads": 1,
     "mlp_ratio": 2.0,
     "decoder_width": 32,
     "patch_stem": False,

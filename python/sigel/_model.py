@@ -264,9 +264,14 @@ class SIGEL:
         Patch-grid budget for the automatic ``patch_size``.
     width, depth, n_heads, mlp_ratio
         Transformer encoder: token width, blocks, attention heads, MLP ratio.
+        One head by default (earlier models used 4 and load with them): on
+        two DLPFC sections and the olfactory bulb the head count moved the
+        gene vectors less than the seed does, and one head fits about 1.5x
+        and embeds about 1.5x faster on a CPU, where the attention's cost
+        grows with the number of heads (docs/performance.md).
         ``depth=2`` fits about 1.5x and embeds about 1.6x faster than the
-        default 4 blocks, with gene vectors about as good on Visium sections
-        but less SVG power on small tissues (docs/performance.md).
+        default 4 blocks (measured with 4 heads), with gene vectors about as
+        good on Visium sections but less SVG power on small tissues.
     decoder_width
         Channels of the convolutional decoder at patch resolution.
     patch_stem

@@ -520,6 +520,18 @@ def test_model_saved_before_the_patch_stem_option_loads_with_one_linear_patch_ma
     pd.testing.assert_frame_equal(loaded.embeddings_, old.embeddings_)
 
 
+def test_model_saved_without_its_head_count_loads_with_the_four_heads_of_the_earlier_default(tmp_path):
+    old = SIGEL(**{**FAST, "n_heads": 4}).fit(tissue(), **FIT)
+    d = old.save(tmp_path / "m")
+    _rewrite(d, edit_config=lambda c: c["init_params"].pop("n_heads"))
+    loaded = SIGEL.load(d)
+    assert loaded.init_params_["n_heads"] == 4
+    assert all(b.attn.n_heads == 4 for b in loaded.module_.blocks)
+    # the encoder reads its weights as four heads: the same vectors as the fitted model's encoder
+    ad = tissue()
+    np.testing.assert_allclose(loaded.transform(ad).to_numpy(), old.transform(ad).to_numpy(), atol=1e-5)
+
+
 def test_a_model_with_the_patch_stem_round_trips(tmp_path):
     m = SIGEL(**{**FAST, "patch_stem": True}).fit(tissue(), **FIT)
     assert m.module_.patch_mix is not None

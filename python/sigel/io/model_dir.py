@@ -333,6 +333,8 @@ def _new_model(model_class, cfg: dict, cfg_file: Path):
     params.setdefault("ema_decay", 0.0)
     # models saved before the two-layer patch embedding existed embed each patch with one linear map
     params.setdefault("patch_stem", False)
+    # every saved config records its heads; one without them predates the one-head default
+    params.setdefault("n_heads", 4)
     try:
         return model_class(**params)
     except (TypeError, SigelInputError) as e:
