@@ -537,9 +537,9 @@
 #'   `patch_size`.
 #' @param width,depth,n_heads,mlp_ratio transformer encoder: token width,
 #'   blocks, attention heads and MLP ratio. One head by default (earlier
-#'   models used 4 and load with them): the head count moved the gene vectors less
-#'   than the seed does, and one head fits and embeds about 1.5x faster on a
-#'   CPU. `depth = 2L` fits about 1.5x and embeds about 1.6x faster than the
+#'   models used 4 and load with them): the head count moved the gene
+#'   vectors less than the seed does, and one head fits and embeds about
+#'   1.5x faster on a CPU. `depth = 2L` fits about 1.5x and embeds about 1.6x faster than the
 #'   default 4 blocks (measured with 4 heads), with gene vectors about as
 #'   good on Visium sections but less SVG power on small tissues
 #'   (docs/performance.md).
