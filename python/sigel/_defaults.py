@@ -1,9 +1,10 @@
 """The model's hyper-parameter defaults, in one table.
 
 :class:`sigel.SIGEL` takes every default of its constructor from
-:data:`HYPER`; the training loop's :class:`sigel.train.trainer.TrainConfig`
-and the refinement's :class:`sigel.model.refine.RefineState` (and the
-keyword defaults of its loss functions) read the same entries, so a default
+:data:`HYPER`; the training loop's :class:`sigel.train.trainer.TrainConfig`,
+the refinement's :class:`sigel.model.refine.RefineState` (and the
+keyword defaults of its loss functions) and the encoder module
+:class:`sigel.model.mae.MaskedAutoencoder` read the same entries, so a default
 is changed here and nowhere else in Python. R's ``runSIGEL()`` repeats them
 in its signature (R needs literal defaults for its help page); a test there
 compares them with ``SIGEL``'s signature.

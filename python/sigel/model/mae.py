@@ -41,6 +41,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .._defaults import HYPER as _H
+
 __all__ = ["MaskedAutoencoder", "sincos_pos_embed_2d", "TokenBatch"]
 
 
@@ -292,25 +294,29 @@ class MaskedAutoencoder(nn.Module):
         a 32-dimensional projection of them, the stem lets the token keep a
         non-linear summary of the whole patch at the same width (and so at
         the same cost in the transformer blocks).
+
+    Every default that :class:`sigel.SIGEL` also has is read from
+    :data:`sigel._defaults.HYPER`; ``patch_size`` (resolved from the data by
+    ``SIGEL``), ``pool_queries`` and ``in_chans`` are this module's own.
     """
 
     def __init__(
         self,
         *,
         patch_size: int = 4,
-        width: int = 32,
-        depth: int = 4,
-        n_heads: int = 1,
-        mlp_ratio: float = 2.0,
-        embed_dim: int = 32,
-        decoder_width: int = 32,
-        mask_ratio: float = 0.5,
+        width: int = _H["width"],
+        depth: int = _H["depth"],
+        n_heads: int = _H["n_heads"],
+        mlp_ratio: float = _H["mlp_ratio"],
+        embed_dim: int = _H["embed_dim"],
+        decoder_width: int = _H["decoder_width"],
+        mask_ratio: float = _H["mask_ratio"],
         pool_queries: int = 4,
-        input_norm: str | None = "standardize",
-        smooth_sigma: float = 2.0,
-        recon_loss: str = "mse",
+        input_norm: str | None = _H["input_norm"],
+        smooth_sigma: float = _H["smooth_sigma"],
+        recon_loss: str = _H["recon_loss"],
         in_chans: int = 2,
-        patch_stem: bool = False,
+        patch_stem: bool = _H["patch_stem"],
     ):
         super().__init__()
         if patch_size < 1 or (patch_size & (patch_size - 1)) != 0:
