@@ -88,7 +88,8 @@ class TokenBatch:
     ----------
     ids
         ``(B, L)`` long: the patch index (row-major on the patch grid) of each
-        gathered token.
+        gathered token; ``None`` when the tokens given to :meth:`MaskedAutoencoder.encode`
+        are already the gathered ones (the sparse inference route builds them so).
     valid
         ``(B, L)`` bool: ``False`` for padding slots. ``None`` when every
         sample has ``L`` tokens (no padding).
@@ -565,7 +566,8 @@ class MaskedAutoencoder(nn.Module):
         Parameters
         ----------
         tokens
-            ``(B, N, width)`` output of :meth:`patchify`.
+            ``(B, N, width)`` output of :meth:`patchify` (``(B, L, width)``, already
+            gathered, when ``tb.ids`` is ``None``).
         tb
             Which tokens to encode (:meth:`mask_tissue_patches`).
 
@@ -574,7 +576,7 @@ class MaskedAutoencoder(nn.Module):
         torch.Tensor
             ``(B, L, width)`` normalised latent tokens (padding slots hold junk).
         """
-        x = torch.gather(tokens, 1, tb.ids[..., None].expand(-1, -1, tokens.shape[-1]))
+        x = tokens if tb.ids is None else torch.gather(tokens, 1, tb.ids[..., None].expand(-1, -1, tokens.shape[-1]))
         attn_mask = None if tb.valid is None else tb.valid[:, None, None, :]
         for blk in self.blocks:
             x = blk(x, attn_mask)

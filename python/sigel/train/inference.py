@@ -235,10 +235,8 @@ def embed_rows(model, images, rows: np.ndarray, *, batch_size: int, device, out:
         w_mix = mix[1].weight.reshape(width, C)
         b_mix = mix[1].bias
     N = layout.grid[0] * layout.grid[1]
-    L = len(layout.token_ids)
     tissue = torch.zeros(N, dtype=torch.bool, device=device)
     tissue[ids] = True
-    slots = torch.arange(L, device=device)
     standardize = model.input_norm == "standardize"
     smoother = _Smoother(model, layout, device) if model.input_norm in ("gaussian", "smooth") else None
     for j, s in enumerate(range(0, len(rows), batch_size)):
@@ -255,8 +253,8 @@ def embed_rows(model, images, rows: np.ndarray, *, batch_size: int, device, out:
         tokens = t + const.to(t.dtype)
         if mix is not None:
             tokens = F.linear(mix[0](tokens), w_mix, b_mix) + pos.to(t.dtype)
-        # tokens are already the tissue patches in grid order: encode gathers them as they are
-        tb = TokenBatch(slots.expand(B, L), None,
+        # tokens are already the tissue patches in grid order: nothing to gather (ids=None)
+        tb = TokenBatch(None, None,
                         torch.zeros(B, N, dtype=torch.bool, device=device), tissue.expand(B, N), layout.grid)
         out[s:s + B] = model.pool(model.encode(tokens, tb), tb).float()
 
