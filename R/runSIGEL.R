@@ -539,10 +539,10 @@
 #'   blocks, attention heads and MLP ratio. One head by default (earlier
 #'   models used 4 and load with them): the head count moved the gene
 #'   vectors less than the seed does, and one head fits and embeds about
-#'   1.5x faster on a CPU. `depth = 2L` fits about 1.5x and embeds about 1.6x faster than the
-#'   default 4 blocks (measured with 4 heads), with gene vectors about as
-#'   good on Visium sections but less SVG power on small tissues
-#'   (docs/performance.md).
+#'   1.5x faster on a CPU. `depth = 2L` fits about 1.5x and embeds about
+#'   1.6x faster than the default 4 blocks (measured with 4 heads), with
+#'   gene vectors about as good on Visium sections but less SVG power on
+#'   small tissues (docs/performance.md).
 #' @param decoder_width `integer(1)`: channels of the convolutional decoder.
 #' @param patch_stem `logical(1)`: Module I's patch embedding. `FALSE`: one
 #'   linear map per patch; `TRUE`: two layers (a convolution into as many

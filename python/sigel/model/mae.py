@@ -89,7 +89,8 @@ class TokenBatch:
     ids
         ``(B, L)`` long: the patch index (row-major on the patch grid) of each
         gathered token; ``None`` when the tokens given to :meth:`MaskedAutoencoder.encode`
-        are already the gathered ones (the sparse inference route builds them so).
+        are already the gathered ones (the sparse inference route builds them so;
+        it never decodes, and :meth:`MaskedAutoencoder.decode` needs the ids).
     valid
         ``(B, L)`` bool: ``False`` for padding slots. ``None`` when every
         sample has ``L`` tokens (no padding).
